@@ -1,0 +1,313 @@
+//! The relay's configuration: a YAML file (the operator writes one) with command-line overrides.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{EncoderConfig, VideoCodec};
+use crate::publish::sora::SoraConfig;
+use crate::publish::sora::signaling::ConnectOptions;
+use crate::publish::whip::WhipConfig;
+
+/// Problems with the configuration, each naming the setting and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this schema.
+    #[error("config file {path} is invalid: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    /// A setting is out of range.
+    #[error("{setting} = {value} is out of range ({expected})")]
+    OutOfRange { setting: &'static str, value: String, expected: &'static str },
+    /// A required setting is missing.
+    #[error("{0}")]
+    Missing(String),
+    /// A value could not be parsed.
+    #[error("{setting}: {detail}")]
+    Invalid { setting: &'static str, detail: String },
+}
+
+/// The whole relay configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// HTTP address for `/metrics`, `/healthz`, `/status` (and later `/offer`).
+    pub listen: Option<SocketAddr>,
+    /// Output video settings.
+    pub video: VideoConfig,
+    /// Publish into Sora (ImageFlux Live Streaming).
+    pub sora: Option<SoraOutput>,
+    /// Publish over WHIP.
+    pub whip: Option<WhipOutput>,
+    /// WebRTC network settings.
+    pub ice: IceConfig,
+    /// The test pattern's font (a TrueType/OpenType file).
+    pub font: Option<PathBuf>,
+}
+
+/// Video output settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VideoConfig {
+    /// `vp8` or `h264`.
+    pub codec: VideoCodec,
+    /// Target bitrate in kbit/s.
+    pub bitrate_kbps: u32,
+    /// A keyframe at least this often, in seconds (0: only when a viewer asks).
+    pub keyframe_interval_secs: f64,
+    /// Output width (test pattern size).
+    pub width: u32,
+    /// Output height.
+    pub height: u32,
+    /// Frames per second.
+    pub fps: u32,
+}
+
+impl Default for VideoConfig {
+    fn default() -> Self {
+        Self { codec: VideoCodec::Vp8, bitrate_kbps: 1000, keyframe_interval_secs: 2.0, width: 1280, height: 720, fps: 30 }
+    }
+}
+
+/// Where and how to publish into Sora.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SoraOutput {
+    /// `wss://.../signaling` URLs, raced in parallel.
+    pub signaling_urls: Vec<String>,
+    /// The channel.
+    pub channel_id: String,
+    /// Optional client id.
+    pub client_id: Option<String>,
+    /// Optional bundle id.
+    pub bundle_id: Option<String>,
+    /// Sent as `metadata` (ImageFlux: `{"access_token": "..."}`).
+    pub metadata: Option<serde_json::Value>,
+    /// Read `metadata` from this JSON file instead (a mounted Secret).
+    pub metadata_file: Option<PathBuf>,
+}
+
+/// Where to publish over WHIP.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WhipOutput {
+    /// The endpoint URL.
+    pub url: String,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Read the token from this file instead (a mounted Secret).
+    pub token_file: Option<PathBuf>,
+}
+
+/// WebRTC network settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IceConfig {
+    /// Local UDP sockets (`0.0.0.0:0` = every interface, ephemeral ports).
+    pub udp_addrs: Vec<String>,
+    /// Addresses to advertise instead (1:1 NAT, Kubernetes node IP).
+    pub public_ips: Vec<String>,
+}
+
+impl Default for IceConfig {
+    fn default() -> Self {
+        Self { udp_addrs: vec!["0.0.0.0:0".to_owned()], public_ips: Vec::new() }
+    }
+}
+
+/// The default HTTP listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+impl RelayConfig {
+    /// Reads a YAML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_yaml(&text).map_err(|detail| ConfigError::Parse { path: path.to_owned(), detail })
+    }
+
+    /// Parses YAML text.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        serde_yaml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The HTTP listen address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address"))
+    }
+
+    /// Checks every range; the first problem is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let v = &self.video;
+        range("video.width", v.width, 16, 4096, "16..=4096, even")?;
+        range("video.height", v.height, 16, 4096, "16..=4096, even")?;
+        if v.width % 2 != 0 || v.height % 2 != 0 {
+            return Err(ConfigError::OutOfRange {
+                setting: "video.width/height",
+                value: format!("{}x{}", v.width, v.height),
+                expected: "even numbers (4:2:0 chroma)",
+            });
+        }
+        range("video.fps", v.fps, 1, 120, "1..=120")?;
+        range("video.bitrate_kbps", v.bitrate_kbps, 50, 50_000, "50..=50000")?;
+        if !(0.0..=3600.0).contains(&v.keyframe_interval_secs) {
+            return Err(ConfigError::OutOfRange {
+                setting: "video.keyframe_interval_secs",
+                value: v.keyframe_interval_secs.to_string(),
+                expected: "0..=3600",
+            });
+        }
+        if let Some(sora) = &self.sora {
+            if sora.signaling_urls.is_empty() {
+                return Err(ConfigError::Missing("sora.signaling_urls needs at least one ws:// or wss:// URL".into()));
+            }
+            if sora.channel_id.is_empty() {
+                return Err(ConfigError::Missing("sora.channel_id is required".into()));
+            }
+        }
+        if let Some(whip) = &self.whip
+            && whip.url.is_empty()
+        {
+            return Err(ConfigError::Missing("whip.url is required".into()));
+        }
+        Ok(())
+    }
+
+    /// The encoder settings derived from `video`.
+    pub fn encoder_config(&self) -> EncoderConfig {
+        let v = &self.video;
+        EncoderConfig {
+            codec: v.codec,
+            fps: v.fps,
+            bitrate_kbps: v.bitrate_kbps,
+            keyframe_interval: (v.keyframe_interval_secs * f64::from(v.fps)).round() as u32,
+            threads: 1,
+        }
+    }
+
+    /// The Sora publisher settings, reading the metadata file if one is given.
+    pub fn sora_config(&self) -> Result<Option<SoraConfig>, ConfigError> {
+        let Some(sora) = &self.sora else { return Ok(None) };
+        let metadata = match &sora.metadata_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                Some(serde_json::from_str(&text).map_err(|e| ConfigError::Parse { path: path.clone(), detail: e.to_string() })?)
+            }
+            None => sora.metadata.clone(),
+        };
+        let mut config = SoraConfig::new(
+            sora.signaling_urls.clone(),
+            ConnectOptions {
+                channel_id: sora.channel_id.clone(),
+                client_id: sora.client_id.clone(),
+                bundle_id: sora.bundle_id.clone(),
+                metadata,
+                signaling_notify_metadata: None,
+                codec: self.video.codec,
+                bitrate_kbps: self.video.bitrate_kbps,
+                audio: false,
+            },
+        );
+        config.udp_addrs = self.ice.udp_addrs.clone();
+        config.public_ips = self.ice.public_ips.clone();
+        Ok(Some(config))
+    }
+
+    /// The WHIP publisher settings, reading the token file if one is given.
+    pub fn whip_config(&self) -> Result<Option<WhipConfig>, ConfigError> {
+        let Some(whip) = &self.whip else { return Ok(None) };
+        let token = match &whip.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => whip.token.clone(),
+        };
+        let mut config = WhipConfig::new(whip.url.clone(), token, self.video.codec);
+        config.udp_addrs = self.ice.udp_addrs.clone();
+        config.public_ips = self.ice.public_ips.clone();
+        config.request_timeout = Duration::from_secs(10);
+        Ok(Some(config))
+    }
+}
+
+fn range(setting: &'static str, value: u32, min: u32, max: u32, expected: &'static str) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange { setting, value: value.to_string(), expected })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_file_with_sora_output_parses_and_validates() {
+        let cfg = RelayConfig::from_yaml(
+            r#"
+listen: 0.0.0.0:9000
+video: {codec: h264, bitrate_kbps: 2500, width: 1920, height: 1080, fps: 30}
+sora:
+  signaling_urls: [wss://a/signaling, wss://b/signaling]
+  channel_id: ch
+  metadata: {access_token: secret}
+ice: {udp_addrs: ["0.0.0.0:40000"], public_ips: [203.0.113.7]}
+"#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.listen_addr().port(), 9000);
+        let sora = cfg.sora_config().unwrap().unwrap();
+        assert_eq!(sora.signaling_urls.len(), 2);
+        assert_eq!(sora.connect.codec, VideoCodec::H264);
+        assert_eq!(sora.connect.metadata, Some(serde_json::json!({"access_token": "secret"})));
+        assert_eq!(sora.public_ips, vec!["203.0.113.7".to_owned()]);
+        assert_eq!(cfg.encoder_config().keyframe_interval, 60);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = RelayConfig::from_yaml("video: {codec: vp8, bitrat_kbps: 5}").unwrap_err();
+        assert!(err.contains("bitrat_kbps"), "{err}");
+    }
+
+    #[test]
+    fn odd_sizes_and_zero_fps_are_out_of_range() {
+        let mut cfg = RelayConfig::default();
+        cfg.video.width = 641;
+        assert!(cfg.validate().unwrap_err().to_string().contains("641x720"));
+        cfg.video.width = 640;
+        cfg.video.fps = 0;
+        assert_eq!(cfg.validate().unwrap_err().to_string(), "video.fps = 0 is out of range (1..=120)");
+    }
+
+    #[test]
+    fn sora_without_urls_is_missing_them() {
+        let cfg = RelayConfig { sora: Some(SoraOutput { channel_id: "c".into(), ..Default::default() }), ..Default::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("signaling_urls"));
+    }
+
+    #[test]
+    fn whip_token_is_read_from_a_file_and_trimmed() {
+        let dir = std::env::temp_dir().join(format!("lf-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "abc\n").unwrap();
+        let cfg = RelayConfig {
+            whip: Some(WhipOutput { url: "http://x/whip/c".into(), token: None, token_file: Some(path) }),
+            ..Default::default()
+        };
+        assert_eq!(cfg.whip_config().unwrap().unwrap().token.as_deref(), Some("abc"));
+    }
+}

@@ -1,0 +1,160 @@
+//! Prometheus metrics of one relay process, on its own registry (tests create their own).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::publish::PublisherState;
+
+/// Why a frame did not reach a publisher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The publisher was not connected (connecting, reconnecting, or its SFU is gone).
+    PublisherDisconnected,
+    /// The publisher's small send buffer was full: the network is slower than the encoder.
+    PublisherBacklog,
+    /// The generator or encoder fell behind its schedule and skipped a frame.
+    Late,
+    /// The encoder's rate control skipped the frame.
+    EncoderSkipped,
+    /// The encoder failed on the frame.
+    EncodeError,
+}
+
+impl DropReason {
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::PublisherDisconnected => "publisher_disconnected",
+            DropReason::PublisherBacklog => "publisher_backlog",
+            DropReason::Late => "late",
+            DropReason::EncoderSkipped => "encoder_skipped",
+            DropReason::EncodeError => "encode_error",
+        }
+    }
+}
+
+/// All relay metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Test-pattern frames generated.
+    pub frames_generated: IntCounter,
+    /// Frames encoded, by codec.
+    pub frames_encoded: IntCounterVec,
+    /// Frames handed to the network, by publisher.
+    pub frames_sent: IntCounterVec,
+    /// Frames dropped, by publisher (or `pipeline`) and reason.
+    pub frames_dropped: IntCounterVec,
+    /// Encode time per frame.
+    pub encode_seconds: Histogram,
+    /// 1 for each publisher's current state, 0 for the others.
+    pub publisher_state: IntGaugeVec,
+    /// Publisher (re)connection attempts after the first, by publisher.
+    pub publisher_reconnects: IntCounterVec,
+    /// Publisher errors, by publisher and kind.
+    pub publisher_errors: IntCounterVec,
+    /// Keyframes requested by a viewer (PLI/FIR) or a (re)connect, by publisher.
+    pub keyframe_requests: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric on a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Self {
+            frames_generated: IntCounter::new(
+                "livefilter_frames_generated_total",
+                "Test-pattern frames generated",
+            )
+            .expect("valid metric"),
+            frames_encoded: IntCounterVec::new(
+                Opts::new("livefilter_frames_encoded_total", "Frames encoded"),
+                &["codec"],
+            )
+            .expect("valid metric"),
+            frames_sent: IntCounterVec::new(
+                Opts::new("livefilter_frames_sent_total", "Frames written to a publisher's track"),
+                &["publisher"],
+            )
+            .expect("valid metric"),
+            frames_dropped: IntCounterVec::new(
+                Opts::new("livefilter_frames_dropped_total", "Frames dropped, by where and why"),
+                &["publisher", "reason"],
+            )
+            .expect("valid metric"),
+            encode_seconds: Histogram::with_opts(
+                HistogramOpts::new("livefilter_encode_seconds", "Encode time per frame").buckets(
+                    vec![0.001, 0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.033, 0.050, 0.100],
+                ),
+            )
+            .expect("valid metric"),
+            publisher_state: IntGaugeVec::new(
+                Opts::new("livefilter_publisher_state", "1 for the publisher's current state"),
+                &["publisher", "state"],
+            )
+            .expect("valid metric"),
+            publisher_reconnects: IntCounterVec::new(
+                Opts::new("livefilter_publisher_reconnects_total", "Publisher reconnection attempts"),
+                &["publisher"],
+            )
+            .expect("valid metric"),
+            publisher_errors: IntCounterVec::new(
+                Opts::new("livefilter_publisher_errors_total", "Publisher errors by kind"),
+                &["publisher", "kind"],
+            )
+            .expect("valid metric"),
+            keyframe_requests: IntCounterVec::new(
+                Opts::new("livefilter_keyframe_requests_total", "Keyframe requests received"),
+                &["publisher"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        for c in [
+            Box::new(m.frames_generated.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.frames_encoded.clone()),
+            Box::new(m.frames_sent.clone()),
+            Box::new(m.frames_dropped.clone()),
+            Box::new(m.encode_seconds.clone()),
+            Box::new(m.publisher_state.clone()),
+            Box::new(m.publisher_reconnects.clone()),
+            Box::new(m.publisher_errors.clone()),
+            Box::new(m.keyframe_requests.clone()),
+        ] {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// Counts one dropped frame.
+    pub fn drop_frame(&self, publisher: &str, reason: DropReason) {
+        self.frames_dropped.with_label_values(&[publisher, reason.as_str()]).inc();
+    }
+
+    /// Records a publisher's state, clearing its previous one.
+    pub fn set_publisher_state(&self, publisher: &str, state: PublisherState) {
+        for s in PublisherState::ALL {
+            self.publisher_state
+                .with_label_values(&[publisher, s.as_str()])
+                .set(i64::from(s == state));
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on invalid metric data, which the typed API prevents.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

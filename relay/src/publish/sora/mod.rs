@@ -1,0 +1,473 @@
+//! The Sora publisher (what ImageFlux Live Streaming speaks): WebSocket signaling, a send-only
+//! peer, reconnection with backoff, and a polite `disconnect` on shutdown.
+
+pub mod signaling;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use webrtc::peer_connection::{RTCIceServer, RTCPeerConnectionState};
+
+use self::signaling::{CloseKind, ConnectOptions, ServerMessage, SignalingError};
+use super::backoff::Backoff;
+use super::peer::{PeerError, PeerEvent, PeerOptions, SendPeer};
+use super::{KeyframeRequest, OutgoingFrame, PublisherState};
+use crate::metrics::{DropReason, Metrics};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The metric label of this publisher.
+pub const PUBLISHER: &str = "sora";
+
+/// Sora publisher settings.
+#[derive(Clone, Debug)]
+pub struct SoraConfig {
+    /// Signaling URLs; all are tried at once and the first handshake wins.
+    pub signaling_urls: Vec<String>,
+    /// What goes into `connect`.
+    pub connect: ConnectOptions,
+    /// Local UDP binding and advertised addresses for the peer.
+    pub udp_addrs: Vec<String>,
+    /// Addresses to advertise instead of the bound ones.
+    pub public_ips: Vec<String>,
+    /// How long one signaling URL may take to complete its WebSocket handshake.
+    pub url_timeout: Duration,
+    /// How long from the first WebSocket attempt until media must be flowing.
+    pub connect_timeout: Duration,
+    /// How long to wait for the server's close after sending `disconnect`.
+    pub disconnect_timeout: Duration,
+}
+
+impl SoraConfig {
+    /// Defaults as in the official SDKs: 3 s per URL, 30 s to connect, a few seconds to say
+    /// goodbye.
+    pub fn new(signaling_urls: Vec<String>, connect: ConnectOptions) -> Self {
+        Self {
+            signaling_urls,
+            connect,
+            udp_addrs: vec!["0.0.0.0:0".to_owned()],
+            public_ips: Vec::new(),
+            url_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(30),
+            disconnect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why a Sora session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SoraError {
+    /// Configuration that can never work.
+    #[error("invalid Sora configuration: {0}")]
+    Config(String),
+    /// No signaling URL completed a WebSocket handshake.
+    #[error("no signaling URL answered: {}", .0.join("; "))]
+    Unreachable(Vec<String>),
+    /// The WebSocket failed.
+    #[error("signaling WebSocket to {url} failed: {detail}")]
+    WebSocket { url: String, detail: String },
+    /// The server sent something unusable.
+    #[error("signaling from {url}: {source}")]
+    Signaling {
+        url: String,
+        #[source]
+        source: SignalingError,
+    },
+    /// The server closed the signaling with an error code.
+    #[error("server closed signaling with code {code} ({reason})")]
+    ClosedWithError { code: u16, reason: String },
+    /// Not connected within the time limit.
+    #[error("not publishing within {0:?} of starting to connect")]
+    Timeout(Duration),
+    /// The media connection could not be set up.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// The media connection went down.
+    #[error("media connection {0}")]
+    PeerDown(RTCPeerConnectionState),
+}
+
+impl SoraError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SoraError::Config(_) => "config",
+            SoraError::Unreachable(_) => "unreachable",
+            SoraError::WebSocket { .. } => "websocket",
+            SoraError::Signaling { .. } => "signaling",
+            SoraError::ClosedWithError { .. } => "closed_with_error",
+            SoraError::Timeout(_) => "timeout",
+            SoraError::Peer(_) => "peer",
+            SoraError::PeerDown(_) => "peer_down",
+        }
+    }
+}
+
+/// How one session ended when it was not an error.
+enum SessionEnd {
+    Shutdown,
+    Redirect(String),
+    ClosedNormally(String),
+}
+
+/// Publishes encoded frames into a Sora channel until shut down.
+pub struct SoraPublisher {
+    config: SoraConfig,
+    metrics: Metrics,
+    keyframes: KeyframeRequest,
+    shutdown: CancellationToken,
+}
+
+impl SoraPublisher {
+    /// Validates the configuration.
+    pub fn new(
+        config: SoraConfig,
+        metrics: Metrics,
+        keyframes: KeyframeRequest,
+        shutdown: CancellationToken,
+    ) -> Result<Self, SoraError> {
+        if config.signaling_urls.is_empty() {
+            return Err(SoraError::Config("at least one signaling URL is required".into()));
+        }
+        for url in &config.signaling_urls {
+            let parsed = url::Url::parse(url).map_err(|e| SoraError::Config(format!("signaling URL {url:?}: {e}")))?;
+            if !matches!(parsed.scheme(), "ws" | "wss") {
+                return Err(SoraError::Config(format!("signaling URL {url:?} must be ws:// or wss://")));
+            }
+        }
+        config.connect.validate().map_err(|e| SoraError::Config(e.to_string()))?;
+        Ok(Self { config, metrics, keyframes, shutdown })
+    }
+
+    fn set_state(&self, state: PublisherState) {
+        self.metrics.set_publisher_state(PUBLISHER, state);
+    }
+
+    /// Runs until shutdown (or a normal close by the server), reconnecting after errors.
+    pub async fn run(self, mut frames: mpsc::Receiver<OutgoingFrame>) {
+        let mut backoff = Backoff::default();
+        let mut redirect: Option<String> = None;
+        loop {
+            self.set_state(PublisherState::Connecting);
+            let (urls, is_redirect) = match redirect.take() {
+                Some(location) => (vec![location], true),
+                None => (self.config.signaling_urls.clone(), false),
+            };
+            match self.session(&urls, is_redirect, &mut frames, &mut backoff).await {
+                Ok(SessionEnd::Shutdown) => break,
+                Ok(SessionEnd::Redirect(location)) => {
+                    tracing::info!(%location, "Sora redirected the publisher");
+                    redirect = Some(location);
+                    continue;
+                }
+                Ok(SessionEnd::ClosedNormally(reason)) => {
+                    tracing::info!(%reason, "Sora ended the session normally; publisher stops");
+                    break;
+                }
+                Err(e) => {
+                    self.metrics.publisher_errors.with_label_values(&[PUBLISHER, e.kind()]).inc();
+                    let delay = backoff.next_delay(rand::random::<f64>());
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "Sora publisher failed; reconnecting");
+                    self.set_state(PublisherState::Backoff);
+                    if self.drop_frames_for(delay, &mut frames).await {
+                        break;
+                    }
+                    self.metrics.publisher_reconnects.with_label_values(&[PUBLISHER]).inc();
+                }
+            }
+        }
+        self.set_state(PublisherState::Stopped);
+        // Frames offered after the end are counted as dropped by the handle (channel closed).
+        frames.close();
+    }
+
+    /// Drops incoming frames for `delay`; true when shutdown came first.
+    async fn drop_frames_for(&self, delay: Duration, frames: &mut mpsc::Receiver<OutgoingFrame>) -> bool {
+        let deadline = tokio::time::sleep(delay);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return true,
+                _ = &mut deadline => return false,
+                f = frames.recv() => match f {
+                    Some(_) => self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected),
+                    None => return true,
+                },
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        urls: &[String],
+        redirect: bool,
+        frames: &mut mpsc::Receiver<OutgoingFrame>,
+        backoff: &mut Backoff,
+    ) -> Result<SessionEnd, SoraError> {
+        let started = tokio::time::Instant::now();
+        let connect_deadline = started + self.config.connect_timeout;
+        let (url, mut ws) = tokio::select! {
+            _ = self.shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            r = race_urls(urls, self.config.url_timeout) => r?,
+        };
+        tracing::info!(%url, "signaling connected");
+        let ws_err = |e: tokio_tungstenite::tungstenite::Error| SoraError::WebSocket { url: url.clone(), detail: e.to_string() };
+        let connect = signaling::connect_message(&self.config.connect, redirect);
+        ws.send(Message::text(connect.to_string())).await.map_err(ws_err)?;
+
+        // Until the offer arrives there is no peer: only pings, notifies and redirects.
+        let offer = loop {
+            let msg = tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    say_goodbye(&mut ws, self.config.disconnect_timeout).await;
+                    return Ok(SessionEnd::Shutdown);
+                }
+                _ = tokio::time::sleep_until(connect_deadline) => return Err(SoraError::Timeout(self.config.connect_timeout)),
+                f = frames.recv() => {
+                    if f.is_some() { self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected); }
+                    continue;
+                }
+                m = ws.next() => m,
+            };
+            match self.read_server_message(&url, msg)? {
+                Incoming::Message(ServerMessage::Offer(offer)) => break offer,
+                Incoming::Message(ServerMessage::Redirect { location }) => return Ok(SessionEnd::Redirect(location)),
+                Incoming::Message(ServerMessage::Ping { .. }) => {
+                    ws.send(Message::text(signaling::pong_message(None).to_string())).await.map_err(ws_err)?;
+                }
+                Incoming::Message(other) => tracing::debug!(?other, "signaling message before offer"),
+                Incoming::Closed(CloseKind::Normal { reason }) => return Ok(SessionEnd::ClosedNormally(reason)),
+                Incoming::Closed(CloseKind::Error { code, reason }) => return Err(SoraError::ClosedWithError { code, reason }),
+                Incoming::Ignored => {}
+            }
+        };
+        tracing::info!(connection_id = %offer.connection_id, ice_servers = offer.ice_servers.len(), "offer received");
+
+        let (peer_tx, mut peer_rx) = mpsc::channel(64);
+        let metrics = self.metrics.clone();
+        let peer = SendPeer::new(
+            &PeerOptions {
+                codec: self.config.connect.codec,
+                ice_servers: offer
+                    .ice_servers
+                    .iter()
+                    .map(|s| RTCIceServer { urls: s.urls.clone(), username: s.username.clone(), credential: s.credential.clone() })
+                    .collect(),
+                relay_only: offer.relay_only,
+                udp_addrs: self.config.udp_addrs.clone(),
+                public_ips: self.config.public_ips.clone(),
+            },
+            peer_tx,
+            self.keyframes.clone(),
+            move || metrics.keyframe_requests.with_label_values(&[PUBLISHER]).inc(),
+        )
+        .await?;
+        let result = self
+            .media_session(&url, &mut ws, &peer, &mut peer_rx, &offer, frames, backoff, connect_deadline)
+            .await;
+        peer.close().await;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn media_session(
+        &self,
+        url: &str,
+        ws: &mut Ws,
+        peer: &SendPeer,
+        peer_rx: &mut mpsc::Receiver<PeerEvent>,
+        offer: &signaling::Offer,
+        frames: &mut mpsc::Receiver<OutgoingFrame>,
+        backoff: &mut Backoff,
+        connect_deadline: tokio::time::Instant,
+    ) -> Result<SessionEnd, SoraError> {
+        let ws_err = |e: tokio_tungstenite::tungstenite::Error| SoraError::WebSocket { url: url.to_owned(), detail: e.to_string() };
+        let answer = peer.answer(offer.sdp.clone()).await?;
+        ws.send(Message::text(signaling::answer_message(&answer).to_string())).await.map_err(ws_err)?;
+
+        let mut media_up = false;
+        let mut created = false;
+        let mut live = false;
+        let (mut frames_sent, mut bytes_sent) = (0u64, 0u64);
+        let connect_timer = tokio::time::sleep_until(connect_deadline);
+        tokio::pin!(connect_timer);
+        loop {
+            if !live && media_up && created {
+                live = true;
+                backoff.reset();
+                self.keyframes.request();
+                self.set_state(PublisherState::Connected);
+                tracing::info!(connection_id = %offer.connection_id, "publishing to Sora");
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    say_goodbye(ws, self.config.disconnect_timeout).await;
+                    return Ok(SessionEnd::Shutdown);
+                }
+                _ = &mut connect_timer, if !live => return Err(SoraError::Timeout(self.config.connect_timeout)),
+                event = peer_rx.recv() => match event {
+                    Some(PeerEvent::Candidate(c)) => {
+                        ws.send(Message::text(signaling::candidate_message(&c.candidate).to_string())).await.map_err(ws_err)?;
+                    }
+                    Some(PeerEvent::Connected) => media_up = true,
+                    Some(PeerEvent::GatheringComplete) => {}
+                    Some(PeerEvent::Down(state)) => return Err(SoraError::PeerDown(state)),
+                    None => return Err(SoraError::PeerDown(RTCPeerConnectionState::Closed)),
+                },
+                f = frames.recv() => {
+                    let Some(frame) = f else {
+                        say_goodbye(ws, self.config.disconnect_timeout).await;
+                        return Ok(SessionEnd::Shutdown);
+                    };
+                    if !media_up {
+                        self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected);
+                        continue;
+                    }
+                    match peer.write_frame(&frame).await {
+                        Ok(()) => {
+                            frames_sent += 1;
+                            bytes_sent += frame.frame.data.len() as u64;
+                            self.metrics.frames_sent.with_label_values(&[PUBLISHER]).inc();
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "frame not written");
+                            self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected);
+                        }
+                    }
+                }
+                msg = ws.next() => match self.read_server_message(url, msg)? {
+                    Incoming::Message(ServerMessage::Ping { stats }) => {
+                        let stats = stats.then(|| outbound_stats(peer.ssrc(), frames_sent, bytes_sent));
+                        ws.send(Message::text(signaling::pong_message(stats).to_string())).await.map_err(ws_err)?;
+                    }
+                    Incoming::Message(ServerMessage::Notify { event_type, connection_id }) => {
+                        if event_type == "connection.created" && connection_id.as_deref() == Some(offer.connection_id.as_str()) {
+                            created = true;
+                        } else {
+                            tracing::debug!(%event_type, ?connection_id, "notify");
+                        }
+                    }
+                    Incoming::Message(ServerMessage::ReOffer { sdp }) => {
+                        let answer = peer.reanswer(sdp).await?;
+                        ws.send(Message::text(signaling::reanswer_message(&answer).to_string())).await.map_err(ws_err)?;
+                        self.keyframes.request();
+                    }
+                    Incoming::Message(ServerMessage::Push { data }) => tracing::info!(%data, "push from Sora"),
+                    Incoming::Message(ServerMessage::Redirect { location }) => {
+                        let _ = ws.close(None).await;
+                        return Ok(SessionEnd::Redirect(location));
+                    }
+                    Incoming::Message(ServerMessage::Offer(_)) => tracing::warn!("second offer on one connection ignored"),
+                    Incoming::Message(ServerMessage::Unknown { message_type }) => tracing::info!(%message_type, "unknown signaling message ignored"),
+                    Incoming::Closed(CloseKind::Normal { reason }) => return Ok(SessionEnd::ClosedNormally(reason)),
+                    Incoming::Closed(CloseKind::Error { code, reason }) => return Err(SoraError::ClosedWithError { code, reason }),
+                    Incoming::Ignored => {}
+                },
+            }
+        }
+    }
+
+    fn read_server_message(
+        &self,
+        url: &str,
+        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Result<Incoming, SoraError> {
+        match msg {
+            None => Ok(Incoming::Closed(signaling::classify_close(None, ""))),
+            Some(Err(e)) => Err(SoraError::WebSocket { url: url.to_owned(), detail: e.to_string() }),
+            Some(Ok(Message::Text(text))) => signaling::parse_server_message(&text)
+                .map(Incoming::Message)
+                .map_err(|source| SoraError::Signaling { url: url.to_owned(), source }),
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = frame.map_or((None, String::new()), |CloseFrame { code, reason }| {
+                    (Some(u16::from(code)), reason.to_string())
+                });
+                let kind = signaling::classify_close(code, &reason);
+                match &kind {
+                    CloseKind::Normal { reason } => tracing::info!(%reason, "signaling closed normally by the server"),
+                    CloseKind::Error { code, reason } => tracing::warn!(code, %reason, "signaling closed with an error by the server"),
+                }
+                Ok(Incoming::Closed(kind))
+            }
+            Some(Ok(_)) => Ok(Incoming::Ignored),
+        }
+    }
+}
+
+enum Incoming {
+    Message(ServerMessage),
+    Closed(CloseKind),
+    Ignored,
+}
+
+/// Opens every URL at once; the first completed handshake wins and the others are dropped
+/// without a message (as the official SDKs do).
+async fn race_urls(urls: &[String], per_url: Duration) -> Result<(String, Ws), SoraError> {
+    let mut attempts = JoinSet::new();
+    for url in urls {
+        let url = url.clone();
+        attempts.spawn(async move {
+            let r = tokio::time::timeout(per_url, tokio_tungstenite::connect_async(url.as_str())).await;
+            let r = match r {
+                Ok(Ok((ws, _response))) => Ok(ws),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no handshake within {per_url:?}")),
+            };
+            (url, r)
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = attempts.join_next().await {
+        match joined {
+            Ok((url, Ok(ws))) => return Ok((url, ws)),
+            Ok((url, Err(e))) => {
+                tracing::debug!(%url, error = %e, "signaling URL failed");
+                failures.push(format!("{url}: {e}"));
+            }
+            Err(e) => failures.push(format!("connect task failed: {e}")),
+        }
+    }
+    Err(SoraError::Unreachable(failures))
+}
+
+/// Sends `disconnect` and waits (bounded) for the server to close, as the SDKs do.
+async fn say_goodbye(ws: &mut Ws, wait: Duration) {
+    if let Err(e) = ws.send(Message::text(signaling::disconnect_message().to_string())).await {
+        tracing::debug!(error = %e, "sending disconnect failed");
+        return;
+    }
+    let drained = tokio::time::timeout(wait, async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Close(frame) = msg {
+                tracing::info!(?frame, "signaling closed after disconnect");
+                break;
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(?wait, "server did not close signaling after disconnect");
+        let _ = ws.close(None).await;
+    }
+}
+
+fn outbound_stats(ssrc: u32, frames_sent: u64, bytes_sent: u64) -> Value {
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+    json!([{
+        "type": "outbound-rtp",
+        "id": format!("RTCOutboundRTPVideoStream_{ssrc}"),
+        "kind": "video",
+        "ssrc": ssrc,
+        "framesSent": frames_sent,
+        "bytesSent": bytes_sent,
+        "timestamp": now_ms,
+    }])
+}
