@@ -148,7 +148,7 @@ impl RelayConfig {
         let v = &self.video;
         range("video.width", v.width, 16, 4096, "16..=4096, even")?;
         range("video.height", v.height, 16, 4096, "16..=4096, even")?;
-        if v.width % 2 != 0 || v.height % 2 != 0 {
+        if !v.width.is_multiple_of(2) || !v.height.is_multiple_of(2) {
             return Err(ConfigError::OutOfRange {
                 setting: "video.width/height",
                 value: format!("{}x{}", v.width, v.height),

@@ -85,3 +85,60 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         "publishers": publishers,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    fn state() -> AppState {
+        let metrics = Metrics::new();
+        metrics.frames_generated.inc_by(42);
+        metrics.set_publisher_state("sora", PublisherState::Backoff);
+        AppState {
+            info: Arc::new(RelayInfo {
+                mode: "test-pattern",
+                codec: "vp8".into(),
+                width: 640,
+                height: 360,
+                fps: 30,
+                publishers: vec!["sora".into()],
+            }),
+            metrics,
+        }
+    }
+
+    async fn get(path: &str) -> (StatusCode, String) {
+        let response = app(state()).oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn metrics_are_prometheus_text_with_the_relay_counters() {
+        let (status, body) = get("/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("livefilter_frames_generated_total 42"), "{body}");
+        assert!(body.contains(r#"livefilter_publisher_state{publisher="sora",state="backoff"} 1"#), "{body}");
+    }
+
+    #[tokio::test]
+    async fn status_reports_output_and_publisher_state() {
+        let (status, body) = get("/status").await;
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["mode"], "test-pattern");
+        assert_eq!(v["output"], json!({"codec": "vp8", "width": 640, "height": 360, "fps": 30}));
+        assert_eq!(v["frames"]["generated"], 42);
+        assert_eq!(v["publishers"]["sora"]["state"], "backoff");
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_ok_and_unknown_paths_404() {
+        assert_eq!(get("/healthz").await, (StatusCode::OK, "ok".into()));
+        assert_eq!(get("/nope").await.0, StatusCode::NOT_FOUND);
+    }
+}

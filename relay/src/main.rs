@@ -39,7 +39,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Publish a generated test pattern (hue-cycling background, elapsed-time clock).
-    TestPattern(OutputArgs),
+    TestPattern(Box<OutputArgs>),
     /// Measure encode time per frame for VP8 and H.264 on this machine.
     Bench(BenchArgs),
 }

@@ -185,8 +185,10 @@ impl TestPattern {
         let scale = clock_scale(&font, width, height);
         let digit_height = digit_height(&font, scale);
         let stroke = (digit_height * STROKE_PER_GLYPH_HEIGHT).round().max(1.0) as i32;
-        let glyphs: Vec<GlyphBitmap> =
-            CLOCK_CHARS.chars().map(|c| rasterize(&font, c, scale, stroke)).collect();
+        let glyphs: Vec<GlyphBitmap> = CLOCK_CHARS
+            .chars()
+            .map(|c| rasterize(&font, c, scale, stroke))
+            .collect();
         let scaled = font.as_scaled(scale);
         let ids: Vec<_> = CLOCK_CHARS.chars().map(|c| font.glyph_id(c)).collect();
         let kerning = ids
@@ -196,7 +198,15 @@ impl TestPattern {
             .collect();
         let baseline = ((height as f32 + digit_height) / 2.0).round() as i32;
 
-        Ok(Self { width, height, fps, font, glyphs, kerning, baseline })
+        Ok(Self {
+            width,
+            height,
+            fps,
+            font,
+            glyphs,
+            kerning,
+            baseline,
+        })
     }
 
     /// The same pattern (font, frame rate) at another size.
@@ -254,9 +264,23 @@ impl TestPattern {
             let by0 = rect.y & !1;
             let bx1 = (rect.x + rect.width).next_multiple_of(2).min(self.width);
             let by1 = (rect.y + rect.height).next_multiple_of(2).min(self.height);
-            let boxed = PixelRect { x: bx0, y: by0, width: bx1 - bx0, height: by1 - by0 };
+            let boxed = PixelRect {
+                x: bx0,
+                y: by0,
+                width: bx1 - bx0,
+                height: by1 - by0,
+            };
             let (fill, stroke) = self.coverage(&placed, boxed);
-            composite(&mut y, &mut u, &mut v, (w, cw), boxed, &fill, &stroke, [bu, bv]);
+            composite(
+                &mut y,
+                &mut u,
+                &mut v,
+                (w, cw),
+                boxed,
+                &fill,
+                &stroke,
+                [bu, bv],
+            );
         }
 
         I420Frame::from_planes(self.width, self.height, y, u, v)
@@ -276,7 +300,12 @@ impl TestPattern {
             y1 = y1.max(y + g.height as i64);
         }
         if x0 > x1 {
-            return PixelRect { x: 0, y: 0, width: 0, height: 0 };
+            return PixelRect {
+                x: 0,
+                y: 0,
+                width: 0,
+                height: 0,
+            };
         }
         self.clip(x0, y0, x1, y1)
     }
@@ -419,8 +448,12 @@ fn composite(
 
 /// Height in pixels of the digit `0` at `scale`.
 fn digit_height(font: &FontArc, scale: PxScale) -> f32 {
-    let glyph = font.glyph_id('0').with_scale_and_position(scale, point(0.0, 0.0));
-    font.outline_glyph(glyph).map(|g| g.px_bounds().height()).unwrap_or(scale.y * 0.7)
+    let glyph = font
+        .glyph_id('0')
+        .with_scale_and_position(scale, point(0.0, 0.0));
+    font.outline_glyph(glyph)
+        .map(|g| g.px_bounds().height())
+        .unwrap_or(scale.y * 0.7)
 }
 
 /// The font scale making digits a fifth of the frame height, shrunk if the clock would not fit
@@ -430,8 +463,10 @@ fn clock_scale(font: &FontArc, width: u32, height: u32) -> PxScale {
     let probe_digit = digit_height(font, probe).max(1.0);
     let by_height = 100.0 * GLYPH_HEIGHT_FRACTION * height as f32 / probe_digit;
     let scaled = font.as_scaled(probe);
-    let probe_width: f32 =
-        WIDTH_REFERENCE_TEXT.chars().map(|c| scaled.h_advance(font.glyph_id(c))).sum();
+    let probe_width: f32 = WIDTH_REFERENCE_TEXT
+        .chars()
+        .map(|c| scaled.h_advance(font.glyph_id(c)))
+        .sum();
     let by_width = 100.0 * MAX_TEXT_WIDTH_FRACTION * width as f32 / probe_width.max(1.0);
     PxScale::from(by_height.min(by_width).max(1.0))
 }
@@ -515,7 +550,9 @@ mod tests {
 
     fn font() -> FontArc {
         load_font(DEFAULT_FONT_PATH).unwrap_or_else(|e| {
-            panic!("test font unavailable: {e} (install Debian fonts-dejavu-core, scripts/setup.sh)")
+            panic!(
+                "test font unavailable: {e} (install Debian fonts-dejavu-core, scripts/setup.sh)"
+            )
         })
     }
 
@@ -572,8 +609,18 @@ mod tests {
             let frame = pattern.frame(i);
             let rect = pattern.text_rect(i);
             assert!(!rect.contains(0, 0), "text reaches the corner: {rect:?}");
-            assert_close(pixel_rgb(&frame, 0, 0), hue_rgb((i % 180) as u8), 3, &format!("frame {i}"));
-            assert_close(pixel_rgb(&frame, 319, 179), hue_rgb((i % 180) as u8), 3, &format!("frame {i}"));
+            assert_close(
+                pixel_rgb(&frame, 0, 0),
+                hue_rgb((i % 180) as u8),
+                3,
+                &format!("frame {i}"),
+            );
+            assert_close(
+                pixel_rgb(&frame, 319, 179),
+                hue_rgb((i % 180) as u8),
+                3,
+                &format!("frame {i}"),
+            );
         }
     }
 
@@ -607,20 +654,26 @@ mod tests {
         let pattern = TestPattern::new(320, 180, 30, font()).unwrap();
         let i = 42;
         let frame = pattern.frame(i);
-        let background = I420Frame::filled(320, 180, rgb_to_yuv(pattern.background_rgb(i))).unwrap();
+        let background =
+            I420Frame::filled(320, 180, rgb_to_yuv(pattern.background_rgb(i))).unwrap();
         let rect = pattern.text_rect(i);
         for y in 0..180 {
             for x in 0..320 {
                 if !rect.contains(x, y) {
                     let k = (y * 320 + x) as usize;
-                    assert_eq!(frame.y()[k], background.y()[k], "luma at ({x},{y}) outside {rect:?}");
+                    assert_eq!(
+                        frame.y()[k],
+                        background.y()[k],
+                        "luma at ({x},{y}) outside {rect:?}"
+                    );
                 }
             }
         }
         let (cw, ch) = frame.chroma_size();
         for cy in 0..ch as u32 {
             for cx in 0..cw as u32 {
-                let touched = (0..2).any(|dy| (0..2).any(|dx| rect.contains(cx * 2 + dx, cy * 2 + dy)));
+                let touched =
+                    (0..2).any(|dy| (0..2).any(|dx| rect.contains(cx * 2 + dx, cy * 2 + dy)));
                 if !touched {
                     let k = cy as usize * cw + cx as usize;
                     assert_eq!(frame.u()[k], background.u()[k], "U at ({cx},{cy})");
@@ -640,7 +693,10 @@ mod tests {
             .flat_map(|y| (rect.x..rect.x + rect.width).map(move |x| (y * 320 + x) as usize))
             .filter(|&k| a.y()[k].abs_diff(b.y()[k]) > 64)
             .count();
-        assert!(differing > 20, "only {differing} luma pixels differ between 12.333 and 12.367");
+        assert!(
+            differing > 20,
+            "only {differing} luma pixels differ between 12.333 and 12.367"
+        );
     }
 
     #[test]
@@ -657,7 +713,10 @@ mod tests {
                 let frame = pattern.frame(i);
                 assert_eq!((frame.width(), frame.height()), (w, h));
                 let rect = pattern.text_rect(i);
-                assert!(rect.x + rect.width <= w && rect.y + rect.height <= h, "{w}x{h}: {rect:?}");
+                assert!(
+                    rect.x + rect.width <= w && rect.y + rect.height <= h,
+                    "{w}x{h}: {rect:?}"
+                );
             }
         }
     }
@@ -666,9 +725,15 @@ mod tests {
     fn new_rejects_empty_size_and_zero_fps() {
         assert!(matches!(
             TestPattern::new(0, 10, 30, font()),
-            Err(TestPatternError::EmptySize { width: 0, height: 10 })
+            Err(TestPatternError::EmptySize {
+                width: 0,
+                height: 10
+            })
         ));
-        assert!(matches!(TestPattern::new(10, 10, 0, font()), Err(TestPatternError::InvalidFps(0))));
+        assert!(matches!(
+            TestPattern::new(10, 10, 0, font()),
+            Err(TestPatternError::InvalidFps(0))
+        ));
     }
 
     #[test]
@@ -678,11 +743,15 @@ mod tests {
         assert!(msg.contains("/nonexistent/livefilter-font.ttf"), "{msg}");
         assert!(matches!(missing, TestPatternError::FontRead { .. }));
 
-        let path = std::env::temp_dir().join(format!("livefilter-not-a-font-{}.ttf", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("livefilter-not-a-font-{}.ttf", std::process::id()));
         std::fs::write(&path, b"definitely not a font").unwrap();
         let invalid = load_font(&path).unwrap_err();
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(invalid, TestPatternError::FontInvalid { .. }));
-        assert!(invalid.to_string().contains(&path.display().to_string()), "{invalid}");
+        assert!(
+            invalid.to_string().contains(&path.display().to_string()),
+            "{invalid}"
+        );
     }
 }

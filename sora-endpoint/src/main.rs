@@ -1,1 +1,103 @@
-fn main() {}
+//! `sora-endpoint`: a local Sora-compatible signaling + WHIP endpoint for tests.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use sora_endpoint::{AppState, Config};
+
+/// A local Sora-compatible endpoint (WebSocket signaling, WHIP) that decodes what it receives
+/// and reports it over an HTTP JSON API.
+#[derive(Debug, Parser)]
+#[command(name = "sora-endpoint", version)]
+struct Args {
+    /// HTTP + WebSocket listen address; port 0 picks a free port (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:7000", env = "SORA_ENDPOINT_LISTEN")]
+    listen: SocketAddr,
+    /// Address the WebRTC UDP sockets bind to (the only ICE host candidate offered).
+    #[arg(long, default_value = "127.0.0.1")]
+    ice_ip: IpAddr,
+    /// Seconds between signaling pings (0 disables them).
+    #[arg(long, default_value_t = 5)]
+    ping_interval_secs: u64,
+    /// Ask clients for stats in pings (`"stats": true`).
+    #[arg(long)]
+    ping_stats: bool,
+    /// Redirect every connect without `redirect: true` to this signaling URL.
+    #[arg(long)]
+    redirect_to: Option<String>,
+    /// Refuse connects whose `metadata.access_token` differs (close 4401).
+    #[arg(long)]
+    require_access_token: Option<String>,
+    /// Require `Authorization: Bearer TOKEN` on WHIP requests.
+    #[arg(long)]
+    whip_token: Option<String>,
+    /// Closed connections kept for inspection.
+    #[arg(long, default_value_t = 256)]
+    max_closed: usize,
+    /// Per-frame summaries kept per connection.
+    #[arg(long, default_value_t = 600)]
+    frame_ring: usize,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT"),
+        _ = term => tracing::info!("SIGTERM"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,webrtc=warn,rtc=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = Config {
+        listen: args.listen,
+        ice_ip: args.ice_ip,
+        ping_interval: Duration::from_secs(args.ping_interval_secs),
+        ping_stats: args.ping_stats,
+        redirect_to: args.redirect_to,
+        access_token: args.require_access_token,
+        whip_token: args.whip_token,
+        max_closed: args.max_closed,
+        frame_ring: args.frame_ring,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr().context("listener has no local address")?;
+    // Tests read this line to learn the port.
+    println!("sora-endpoint listening on http://{addr} (signaling ws://{addr}/signaling)");
+    tracing::info!(%addr, ice_ip = %config.ice_ip, "sora-endpoint started");
+    let state = AppState::new(config);
+    sora_endpoint::serve(listener, state, shutdown_signal()).await.context("server failed")?;
+    tracing::info!("sora-endpoint stopped");
+    Ok(())
+}

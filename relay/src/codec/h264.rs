@@ -6,8 +6,8 @@ use bytes::Bytes;
 use openh264::Timestamp;
 use openh264::decoder::Decoder;
 use openh264::encoder::{
-    BitRate, Complexity, Encoder, EncoderConfig as OhEncoderConfig, FrameRate, FrameType, IntraFramePeriod,
-    Profile, RateControlMode, SpsPpsStrategy, UsageType,
+    BitRate, Complexity, Encoder, EncoderConfig as OhEncoderConfig, FrameRate, FrameType,
+    IntraFramePeriod, Profile, RateControlMode, SpsPpsStrategy, UsageType,
 };
 use openh264::formats::YUVSource;
 
@@ -67,8 +67,12 @@ impl H264Encoder {
     /// An H.264 encoder for `config`; OpenH264 is initialised on the first frame, when the size
     /// is known.
     pub fn new(config: &EncoderConfig) -> Result<Self, CodecError> {
+        config.validate()?;
         Ok(Self {
-            config: EncoderConfig { codec: VideoCodec::H264, ..config.clone() },
+            config: EncoderConfig {
+                codec: VideoCodec::H264,
+                ..config.clone()
+            },
             session: None,
             pending_bitrate: false,
         })
@@ -83,9 +87,8 @@ impl H264Encoder {
             .rate_control_mode(RateControlMode::Bitrate)
             .bitrate(BitRate::from_bps(c.bitrate_kbps.saturating_mul(1000)))
             .max_frame_rate(FrameRate::from_hz(c.fps as f32))
-            // One frame in, one access unit out: the pipeline drops frames upstream, and
-            // skipped frames would shift keyframe timing.
-            .skip_frames(false)
+            // OpenH264's rate control only holds the bitrate when it may skip frames.
+            .skip_frames(true)
             // Keyframes only where asked (interval or request): a scene-change IDR mid-stream
             // costs a burst of bits the CBR budget did not plan for.
             .scene_change_detect(false)
@@ -95,7 +98,10 @@ impl H264Encoder {
     }
 
     fn session_for(&mut self, width: u32, height: u32) -> Result<&mut EncoderSession, CodecError> {
-        let same_size = self.session.as_ref().is_some_and(|s| s.width == width && s.height == height);
+        let same_size = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.width == width && s.height == height);
         if !same_size || self.pending_bitrate {
             if let Some(old) = &self.session {
                 tracing::info!(
@@ -106,13 +112,23 @@ impl H264Encoder {
                 );
             }
             self.session = None;
-            let encoder = Encoder::with_api_config(openh264::OpenH264API::from_source(), self.openh264_config())
-                .map_err(|e| CodecError::Init {
-                    codec: VideoCodec::H264,
-                    role: "encoder",
-                    detail: format!("{width}x{height}: {e}"),
-                })?;
-            self.session = Some(EncoderSession { encoder, width, height, frames: 0, sps: Vec::new(), pps: Vec::new() });
+            let encoder = Encoder::with_api_config(
+                openh264::OpenH264API::from_source(),
+                self.openh264_config(),
+            )
+            .map_err(|e| CodecError::Init {
+                codec: VideoCodec::H264,
+                role: "encoder",
+                detail: format!("{width}x{height}: {e}"),
+            })?;
+            self.session = Some(EncoderSession {
+                encoder,
+                width,
+                height,
+                frames: 0,
+                sps: Vec::new(),
+                pps: Vec::new(),
+            });
             self.pending_bitrate = false;
         }
         self.session.as_mut().ok_or_else(|| CodecError::Init {
@@ -128,12 +144,23 @@ impl VideoEncoder for H264Encoder {
         VideoCodec::H264
     }
 
-    fn encode(&mut self, frame: &I420Frame, force_keyframe: bool) -> Result<Option<EncodedFrame>, CodecError> {
+    fn encode(
+        &mut self,
+        frame: &I420Frame,
+        force_keyframe: bool,
+    ) -> Result<Option<EncodedFrame>, CodecError> {
         let (width, height) = (frame.width(), frame.height());
-        let fail = |detail: String| CodecError::Encode { codec: VideoCodec::H264, width, height, detail };
+        let fail = |detail: String| CodecError::Encode {
+            codec: VideoCodec::H264,
+            width,
+            height,
+            detail,
+        };
         if width % 2 != 0 || height % 2 != 0 {
             // OpenH264 only takes even sizes; failing clearly beats silently cropping a column.
-            return Err(fail("H.264 (OpenH264) needs an even width and height".into()));
+            return Err(fail(
+                "H.264 (OpenH264) needs an even width and height".into(),
+            ));
         }
         let fps = self.config.fps.max(1) as u64;
         let session = self.session_for(width, height)?;
@@ -166,9 +193,12 @@ impl VideoEncoder for H264Encoder {
                 _ => {}
             }
         }
-        if nal_types.contains(&NAL_IDR_SLICE) && !(nal_types.contains(&NAL_SPS) && nal_types.contains(&NAL_PPS)) {
+        if nal_types.contains(&NAL_IDR_SLICE)
+            && !(nal_types.contains(&NAL_SPS) && nal_types.contains(&NAL_PPS))
+        {
             // OpenH264 writes them before each IDR today; this keeps the promise if it ever stops.
-            let mut with_sets = Vec::with_capacity(data.len() + session.sps.len() + session.pps.len() + 8);
+            let mut with_sets =
+                Vec::with_capacity(data.len() + session.sps.len() + session.pps.len() + 8);
             for set in [&session.sps, &session.pps] {
                 with_sets.extend_from_slice(&[0, 0, 0, 1]);
                 with_sets.extend_from_slice(set);
@@ -176,7 +206,12 @@ impl VideoEncoder for H264Encoder {
             with_sets.extend_from_slice(&data);
             data = with_sets;
         }
-        Ok(Some(EncodedFrame { data: Bytes::from(data), keyframe, width, height }))
+        Ok(Some(EncodedFrame {
+            data: Bytes::from(data),
+            keyframe,
+            width,
+            height,
+        }))
     }
 
     /// The safe OpenH264 API cannot change the bitrate of a running encoder, so the change is
@@ -214,7 +249,11 @@ impl VideoDecoder for H264Decoder {
     }
 
     fn decode(&mut self, data: &[u8]) -> Result<Option<I420Frame>, CodecError> {
-        let fail = |detail: String| CodecError::Decode { codec: VideoCodec::H264, bytes: data.len(), detail };
+        let fail = |detail: String| CodecError::Decode {
+            codec: VideoCodec::H264,
+            bytes: data.len(),
+            detail,
+        };
         if nal_units(data).next().is_none() {
             // OpenH264 silently ignores input without a start code; for us that is corrupt input.
             return Err(fail("no Annex-B start code (00 00 01) in input".into()));
@@ -224,9 +263,12 @@ impl VideoDecoder for H264Decoder {
         let (width, height) = yuv.dimensions();
         let (ys, us, vs) = yuv.strides();
         let (cw, ch) = (width.div_ceil(2), height.div_ceil(2));
-        let y = copy_plane(yuv.y(), ys, width, height).ok_or_else(|| fail(format!("luma plane too short for {width}x{height}")))?;
-        let u = copy_plane(yuv.u(), us, cw, ch).ok_or_else(|| fail(format!("U plane too short for {width}x{height}")))?;
-        let v = copy_plane(yuv.v(), vs, cw, ch).ok_or_else(|| fail(format!("V plane too short for {width}x{height}")))?;
+        let y = copy_plane(yuv.y(), ys, width, height)
+            .ok_or_else(|| fail(format!("luma plane too short for {width}x{height}")))?;
+        let u = copy_plane(yuv.u(), us, cw, ch)
+            .ok_or_else(|| fail(format!("U plane too short for {width}x{height}")))?;
+        let v = copy_plane(yuv.v(), vs, cw, ch)
+            .ok_or_else(|| fail(format!("V plane too short for {width}x{height}")))?;
         I420Frame::from_planes(width as u32, height as u32, y, u, v)
             .map(Some)
             .map_err(|e| fail(e.to_string()))
@@ -269,4 +311,125 @@ pub fn nal_units(stream: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Index just past the first `00 00 01` in `data`.
 fn find_start_code(data: &[u8]) -> Option<usize> {
     data.windows(3).position(|w| w == [0, 0, 1]).map(|i| i + 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::test_support as scenario;
+
+    #[test]
+    fn h264_round_trip_keeps_size_and_luma_psnr_above_30_db() {
+        scenario::round_trip_keeps_size_and_luma_quality(VideoCodec::H264, 640, 360);
+    }
+
+    #[test]
+    fn h264_forced_keyframe_decodes_alone_on_a_fresh_decoder() {
+        scenario::forced_keyframe_decodes_alone_on_a_fresh_decoder(VideoCodec::H264);
+    }
+
+    #[test]
+    fn h264_keyframe_interval_places_keyframes_at_its_multiples() {
+        scenario::keyframe_interval_places_keyframes_at_its_multiples(VideoCodec::H264);
+    }
+
+    #[test]
+    fn h264_size_change_mid_stream_keeps_decoding_at_the_new_size() {
+        scenario::size_change_mid_stream_keeps_decoding_at_the_new_size(VideoCodec::H264);
+    }
+
+    #[test]
+    fn h264_garbage_input_is_a_decode_error_not_a_panic() {
+        scenario::garbage_input_is_a_decode_error_not_a_panic(VideoCodec::H264);
+    }
+
+    #[test]
+    fn h264_corrupted_stream_never_panics_and_a_keyframe_recovers() {
+        scenario::corrupted_stream_never_panics_and_a_keyframe_recovers(VideoCodec::H264);
+    }
+
+    #[test]
+    fn h264_bitrate_change_keeps_the_stream_decodable() {
+        scenario::bitrate_change_keeps_the_stream_decodable(VideoCodec::H264);
+    }
+
+    #[test]
+    fn h264_every_idr_carries_sps_and_pps_in_annex_b() {
+        let pattern = scenario::pattern(320, 180);
+        let config = EncoderConfig {
+            keyframe_interval: 5,
+            ..scenario::config(VideoCodec::H264)
+        };
+        let mut encoder = H264Encoder::new(&config).unwrap();
+
+        let encoded = scenario::encode_range(&mut encoder, &pattern, 0..12, &[7]);
+
+        for (i, e) in &encoded {
+            assert!(
+                e.data.starts_with(&[0, 0, 0, 1]) || e.data.starts_with(&[0, 0, 1]),
+                "frame {i} is Annex-B"
+            );
+            let types: Vec<u8> = nal_units(&e.data).map(|n| n[0] & 0x1f).collect();
+            if e.keyframe {
+                for t in [NAL_SPS, NAL_PPS, NAL_IDR_SLICE] {
+                    assert!(
+                        types.contains(&t),
+                        "keyframe {i} lacks NAL type {t}: {types:?}"
+                    );
+                }
+            } else {
+                assert!(
+                    !types.contains(&NAL_IDR_SLICE),
+                    "delta frame {i} has an IDR slice: {types:?}"
+                );
+            }
+        }
+        let keyframes: Vec<u64> = encoded
+            .iter()
+            .filter(|(_, e)| e.keyframe)
+            .map(|(i, _)| *i)
+            .collect();
+        assert!(
+            keyframes.contains(&0) && keyframes.contains(&5) && keyframes.contains(&7),
+            "{keyframes:?}"
+        );
+    }
+
+    #[test]
+    fn h264_stream_is_constrained_baseline() {
+        let pattern = scenario::pattern(320, 180);
+        let mut encoder = H264Encoder::new(&scenario::config(VideoCodec::H264)).unwrap();
+
+        let (_, first) = scenario::encode_range(&mut encoder, &pattern, 0..1, &[]).remove(0);
+
+        let sps = nal_units(&first.data)
+            .find(|n| n[0] & 0x1f == NAL_SPS)
+            .expect("SPS present");
+        assert_eq!(sps[1], 66, "profile_idc baseline");
+        assert_ne!(
+            sps[2] & 0x40,
+            0,
+            "constraint_set1_flag (constrained baseline)"
+        );
+    }
+
+    #[test]
+    fn h264_odd_frame_size_is_an_encode_error_naming_the_size() {
+        let frame = I420Frame::filled(641, 361, [16, 128, 128]).unwrap();
+        let mut encoder = H264Encoder::new(&scenario::config(VideoCodec::H264)).unwrap();
+
+        let err = encoder.encode(&frame, false).unwrap_err();
+
+        assert!(err.to_string().contains("641x361"), "{err}");
+    }
+
+    #[test]
+    fn nal_units_splits_three_and_four_byte_start_codes() {
+        let stream = [
+            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 0,
+        ];
+        let nals: Vec<&[u8]> = nal_units(&stream).collect();
+        assert_eq!(nals, [&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 4][..]]);
+        assert_eq!(nal_units(b"no start code here").count(), 0);
+    }
 }

@@ -148,7 +148,6 @@ pub fn video_codec_parameters(codec: VideoCodec) -> RTCRtpCodecParameters {
             VideoCodec::Vp8 => 96,
             VideoCodec::H264 => 102,
         },
-        ..Default::default()
     }
 }
 
