@@ -10,8 +10,13 @@ usable by hand:
 Frames: a solid background of --color (so a receiver can check the colour it decodes in the
 top-left corner) with a white bar moving through the centre (so consecutive frames differ).
 
-Prints one JSON line per event on stdout and a final line {"summary": {...}}; exits 0 when the
-SDK reported connected (its own connection.created after the offer) and a clean disconnect.
+Publishing lasts --seconds, or ends earlier when a line "stop" arrives on stdin. Prints one JSON
+line per event on stdout and a final line {"summary": {...}}; exits 0 when the SDK reported
+connected (its own connection.created after the offer) and a clean disconnect.
+
+Quirks of sora-sdk 2025.4.0 seen here: on_captured() takes BGR pixels (OpenCV order); frame
+heights are cropped to a multiple of 16 (640x360 arrives as 640x352); without
+degradation_preference=MAINTAIN_RESOLUTION the encoder starts at a quarter of the size.
 """
 
 import argparse
@@ -171,11 +176,21 @@ def main():
         return 2
     emit("connected", connection_id=state["notify_connection_id"])
 
+    stop_requested = threading.Event()
+
+    def watch_stdin():
+        for line in sys.stdin:
+            if line.strip() == "stop":
+                stop_requested.set()
+                return
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+
     period = 1.0 / args.fps
     start = time.monotonic()
     next_at = start
     i = 0
-    while time.monotonic() - start < args.seconds and not disconnected.is_set():
+    while time.monotonic() - start < args.seconds and not disconnected.is_set() and not stop_requested.is_set():
         video_source.on_captured(frames[i % len(frames)])
         i += 1
         next_at += period
@@ -184,6 +199,15 @@ def main():
             time.sleep(delay)
     state["frames_sent"] = i
     emit("published", frames=i, seconds=round(time.monotonic() - start, 2))
+    try:
+        for report in json.loads(conn.get_stats()):
+            if report.get("type") == "outbound-rtp" and report.get("kind") == "video":
+                keep = ("framesEncoded", "packetsSent", "frameWidth", "frameHeight", "encoderImplementation",
+                        "qualityLimitationReason", "keyFramesEncoded", "pliCount", "nackCount")
+                state["outbound"] = {k: report.get(k) for k in keep}
+                emit("outbound-rtp", **state["outbound"])
+    except Exception as e:  # noqa: BLE001 - stats are diagnostics only
+        emit("stats-error", message=str(e))
 
     conn.disconnect()
     if not disconnected.wait(10):

@@ -294,8 +294,8 @@ impl VideoReceiver {
                 }
             }
         }
-        // Still waiting (e.g. the first keyframe was lost): keep asking, at the limiter's pace.
-        want_keyframe |= self.gate.waiting_for_keyframe() && self.assembler_seen.packets > 0;
+        // While waiting, every skipped frame asks again (at the limiter's pace), so a lost PLI
+        // or keyframe is retried.
         want_keyframe && self.limiter.try_acquire(now)
     }
 

@@ -168,7 +168,7 @@ struct Packetizer {
 impl Packetizer {
     fn packetize(&mut self, frame: &OutgoingFrame, ssrc: u32, payload_type: PayloadType) -> Result<Vec<rtc::rtp::Packet>, PeerError> {
         let epoch = *self.epoch.get_or_insert(frame.captured);
-        let ticks = (frame.captured.saturating_duration_since(epoch).as_secs_f64() * VIDEO_CLOCK_HZ) as u64;
+        let ticks = (frame.captured.saturating_duration_since(epoch).as_secs_f64() * VIDEO_CLOCK_HZ).round() as u64;
         let timestamp = self.timestamp_base.wrapping_add(ticks as u32);
         let payloads = self
             .payloader
