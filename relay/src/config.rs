@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{EncoderConfig, VideoCodec};
+use crate::filter::FilterConfig;
 use crate::publish::sora::SoraConfig;
 use crate::publish::sora::signaling::ConnectOptions;
 use crate::publish::whip::WhipConfig;
@@ -51,6 +52,70 @@ pub struct RelayConfig {
     pub ice: IceConfig,
     /// The test pattern's font (a TrueType/OpenType file).
     pub font: Option<PathBuf>,
+    /// The filter (serve mode).
+    pub filter: FilterConfig,
+    /// Access to `/offer` (serve mode).
+    pub offer: OfferConfig,
+    /// What the relay accepts from the browser (serve mode).
+    pub ingest: IngestSection,
+    /// The built-in local preview (serve mode).
+    pub preview: PreviewSection,
+    /// Where viewers can watch over HLS, shown on the sender page.
+    pub hls_url: Option<String>,
+}
+
+/// Access to `/offer`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OfferConfig {
+    /// Bearer token the sender must present.
+    pub token: Option<String>,
+    /// Read the token from this file instead (a mounted Secret).
+    pub token_file: Option<PathBuf>,
+    /// Origins allowed to call the API from other sites (CORS); empty: same origin only.
+    pub allowed_origins: Vec<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// TLS certificate chain (PEM); with `tls_key`, the relay serves HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for OfferConfig {
+    fn default() -> Self {
+        Self { token: None, token_file: None, allowed_origins: Vec::new(), max_body_bytes: 64 * 1024, tls_cert: None, tls_key: None }
+    }
+}
+
+/// What the relay accepts from the browser.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSection {
+    /// Video codecs, in preference order.
+    pub codecs: Vec<VideoCodec>,
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        Self { codecs: vec![VideoCodec::Vp8, VideoCodec::H264] }
+    }
+}
+
+/// The built-in local preview.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreviewSection {
+    /// Serve `/view` and `/whep`.
+    pub enabled: bool,
+    /// At most this many viewers at once.
+    pub max_viewers: usize,
+}
+
+impl Default for PreviewSection {
+    fn default() -> Self {
+        Self { enabled: true, max_viewers: 4 }
+    }
 }
 
 /// Video output settings.
@@ -69,11 +134,22 @@ pub struct VideoConfig {
     pub height: u32,
     /// Frames per second.
     pub fps: u32,
+    /// Serve mode: encode at the browser's resolution as it changes (true), or scale every
+    /// frame to `width`x`height` (false).
+    pub follow_input: bool,
 }
 
 impl Default for VideoConfig {
     fn default() -> Self {
-        Self { codec: VideoCodec::Vp8, bitrate_kbps: 1000, keyframe_interval_secs: 2.0, width: 1280, height: 720, fps: 30 }
+        Self {
+            codec: VideoCodec::Vp8,
+            bitrate_kbps: 1000,
+            keyframe_interval_secs: 2.0,
+            width: 1280,
+            height: 720,
+            fps: 30,
+            follow_input: true,
+        }
     }
 }
 
@@ -177,6 +253,26 @@ impl RelayConfig {
         {
             return Err(ConfigError::Missing("whip.url is required".into()));
         }
+        if !(1024..=1024 * 1024).contains(&self.offer.max_body_bytes) {
+            return Err(ConfigError::OutOfRange {
+                setting: "offer.max_body_bytes",
+                value: self.offer.max_body_bytes.to_string(),
+                expected: "1024..=1048576",
+            });
+        }
+        if self.ingest.codecs.is_empty() {
+            return Err(ConfigError::Missing("ingest.codecs needs at least one of vp8, h264".into()));
+        }
+        if self.preview.max_viewers > 64 {
+            return Err(ConfigError::OutOfRange {
+                setting: "preview.max_viewers",
+                value: self.preview.max_viewers.to_string(),
+                expected: "0..=64",
+            });
+        }
+        if self.offer.tls_cert.is_some() != self.offer.tls_key.is_some() {
+            return Err(ConfigError::Missing("offer.tls_cert and offer.tls_key go together".into()));
+        }
         Ok(())
     }
 
@@ -192,8 +288,22 @@ impl RelayConfig {
         }
     }
 
-    /// The Sora publisher settings, reading the metadata file if one is given.
-    pub fn sora_config(&self) -> Result<Option<SoraConfig>, ConfigError> {
+    /// The `/offer` bearer token, reading the token file if one is given.
+    pub fn offer_token(&self) -> Result<Option<String>, ConfigError> {
+        match &self.offer.token_file {
+            Some(path) => Ok(Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?
+                    .trim()
+                    .to_owned(),
+            )),
+            None => Ok(self.offer.token.clone()),
+        }
+    }
+
+    /// The Sora publisher settings, reading the metadata file if one is given; `audio` when the
+    /// browser's audio is forwarded (serve mode).
+    pub fn sora_config(&self, audio: bool) -> Result<Option<SoraConfig>, ConfigError> {
         let Some(sora) = &self.sora else { return Ok(None) };
         let metadata = match &sora.metadata_file {
             Some(path) => {
@@ -212,7 +322,7 @@ impl RelayConfig {
                 signaling_notify_metadata: None,
                 codec: self.video.codec,
                 bitrate_kbps: self.video.bitrate_kbps,
-                audio: false,
+                audio,
             },
         );
         config.udp_addrs = self.ice.udp_addrs.clone();
@@ -220,8 +330,9 @@ impl RelayConfig {
         Ok(Some(config))
     }
 
-    /// The WHIP publisher settings, reading the token file if one is given.
-    pub fn whip_config(&self) -> Result<Option<WhipConfig>, ConfigError> {
+    /// The WHIP publisher settings, reading the token file if one is given; `audio` when the
+    /// browser's audio is forwarded (serve mode).
+    pub fn whip_config(&self, audio: bool) -> Result<Option<WhipConfig>, ConfigError> {
         let Some(whip) = &self.whip else { return Ok(None) };
         let token = match &whip.token_file {
             Some(path) => Some(
@@ -236,6 +347,7 @@ impl RelayConfig {
         config.udp_addrs = self.ice.udp_addrs.clone();
         config.public_ips = self.ice.public_ips.clone();
         config.request_timeout = Duration::from_secs(10);
+        config.audio = audio;
         Ok(Some(config))
     }
 }
@@ -268,7 +380,7 @@ ice: {udp_addrs: ["0.0.0.0:40000"], public_ips: [203.0.113.7]}
         .unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.listen_addr().port(), 9000);
-        let sora = cfg.sora_config().unwrap().unwrap();
+        let sora = cfg.sora_config(false).unwrap().unwrap();
         assert_eq!(sora.signaling_urls.len(), 2);
         assert_eq!(sora.connect.codec, VideoCodec::H264);
         assert_eq!(sora.connect.metadata, Some(serde_json::json!({"access_token": "secret"})));
@@ -308,6 +420,6 @@ ice: {udp_addrs: ["0.0.0.0:40000"], public_ips: [203.0.113.7]}
             whip: Some(WhipOutput { url: "http://x/whip/c".into(), token: None, token_file: Some(path) }),
             ..Default::default()
         };
-        assert_eq!(cfg.whip_config().unwrap().unwrap().token.as_deref(), Some("abc"));
+        assert_eq!(cfg.whip_config(false).unwrap().unwrap().token.as_deref(), Some("abc"));
     }
 }

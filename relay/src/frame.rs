@@ -174,14 +174,25 @@ fn clamp(x: i32) -> u8 {
 }
 
 /// When a frame passed each stage; the per-stage latencies are differences of these.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct FrameTimes {
-    /// Generated (test pattern) or received (first RTP packet of the frame).
-    pub captured: Option<Instant>,
-    /// Handed to the encoder.
-    pub encode_start: Option<Instant>,
-    /// Encoder returned the bitstream.
+    /// First RTP packet of the frame arrived (or the test pattern generated it).
+    pub received: Instant,
+    /// The decoder returned the picture.
+    pub decoded: Option<Instant>,
+    /// The filter thread took it from the newest-frame slot.
+    pub filter_start: Option<Instant>,
+    /// The filter finished.
+    pub filter_end: Option<Instant>,
+    /// The encoder returned the bitstream.
     pub encoded: Option<Instant>,
+}
+
+impl FrameTimes {
+    /// Times of a frame that entered the relay at `received`.
+    pub fn new(received: Instant) -> Self {
+        Self { received, decoded: None, filter_start: None, filter_end: None, encoded: None }
+    }
 }
 
 #[cfg(test)]

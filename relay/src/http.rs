@@ -1,34 +1,69 @@
-//! The relay's HTTP surface: `/metrics`, `/healthz`, `/status` (the browser issue adds
-//! `/offer` and the pages).
+//! The relay's HTTP surface: `/metrics`, `/healthz`, `/readyz`, `/status` in every mode; in
+//! serve mode also `/offer` (the browser's SDP offer), `/whep` (preview viewers), `/api/info`
+//! and the two pages (`/` sender, `/view` preview).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Json};
-use axum::routing::get;
-use serde::Serialize;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{Html, IntoResponse, Json, Response};
+use axum::routing::{delete, get, post};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
 
+use crate::latency::Stage;
 use crate::metrics::Metrics;
 use crate::publish::PublisherState;
+use crate::publish::preview::{PreviewError, PreviewHub};
+use crate::session::{AcceptError, SessionManager};
+
+/// The sender page.
+pub const INDEX_HTML: &str = include_str!("../../static/index.html");
+/// The preview viewer page.
+pub const VIEW_HTML: &str = include_str!("../../static/view.html");
+/// Longest a request may take (an offer waits for ICE gathering, a few seconds at most).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What the relay is doing, fixed at startup.
 #[derive(Clone, Debug, Serialize)]
 pub struct RelayInfo {
-    /// `test-pattern` (later also `serve`).
+    /// `test-pattern` or `serve`.
     pub mode: &'static str,
     /// Output codec.
     pub codec: String,
-    /// Output size and rate.
+    /// Configured output width (test pattern, or scaled output).
     pub width: u32,
-    /// Output height.
+    /// Configured output height.
     pub height: u32,
-    /// Output frame rate.
+    /// Configured frame rate.
     pub fps: u32,
     /// Names of the configured publishers.
     pub publishers: Vec<String>,
+    /// The filter's name.
+    pub filter: String,
+}
+
+/// Serve mode's live parts.
+#[derive(Clone)]
+pub struct ServeState {
+    /// The browser session.
+    pub sessions: Arc<SessionManager>,
+    /// The local preview, when enabled.
+    pub preview: Option<Arc<PreviewHub>>,
+    /// Bearer token `/offer` requires.
+    pub token: Option<String>,
+    /// HLS URL shown on the sender page.
+    pub hls_url: Option<String>,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// CORS origins.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Shared state of the HTTP handlers.
@@ -38,15 +73,63 @@ pub struct AppState {
     pub info: Arc<RelayInfo>,
     /// Live counters.
     pub metrics: Metrics,
+    /// Present in serve mode.
+    pub serve: Option<ServeState>,
+}
+
+/// A JSON error body `{"error": "..."}` with `status`, logged and counted.
+fn error(metrics: &Metrics, status: StatusCode, message: impl Into<String>) -> Response {
+    let message = message.into();
+    if status.is_server_error() {
+        tracing::error!(%status, %message, "request failed");
+    } else {
+        tracing::warn!(%status, %message, "request refused");
+    }
+    metrics.offers.with_label_values(&[status.as_str()]).inc();
+    (status, Json(json!({"error": message}))).into_response()
 }
 
 /// The router, testable in-process.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/status", get(status))
-        .with_state(state)
+        .route("/readyz", get(readyz))
+        .route("/status", get(status));
+    let mut cors = None;
+    let mut limit = 64 * 1024;
+    if let Some(serve) = &state.serve {
+        router = router
+            .route("/", get(|| async { Html(INDEX_HTML) }))
+            .route("/index.html", get(|| async { Html(INDEX_HTML) }))
+            .route("/api/info", get(info))
+            .route("/offer", post(offer).delete(stop));
+        if serve.preview.is_some() {
+            router = router
+                .route("/view", get(|| async { Html(VIEW_HTML) }))
+                .route("/whep", post(whep_post))
+                .route("/whep/{id}", delete(whep_delete));
+        }
+        limit = serve.max_body_bytes;
+        if !serve.allowed_origins.is_empty() {
+            let origins: Vec<HeaderValue> = serve.allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+            cors = Some(
+                CorsLayer::new()
+                    .allow_origin(AllowOrigin::list(origins))
+                    .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                    .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+                    .expose_headers([header::LOCATION]),
+            );
+        }
+    }
+    let router = router
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .with_state(state);
+    match cors {
+        Some(c) => router.layer(c),
+        None => router,
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -63,6 +146,22 @@ fn publisher_state(metrics: &Metrics, name: &str) -> Option<PublisherState> {
         .find(|s| metrics.publisher_state.with_label_values(&[name, s.as_str()]).get() == 1)
 }
 
+/// Ready when no publisher has stopped for good: a stopped publisher (its SFU ended the
+/// session) will never publish again, so the pod should be replaced.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let stopped: Vec<&String> = state
+        .info
+        .publishers
+        .iter()
+        .filter(|p| publisher_state(&state.metrics, p) == Some(PublisherState::Stopped))
+        .collect();
+    if stopped.is_empty() {
+        (StatusCode::OK, Json(json!({"ready": true, "filter": state.info.filter}))).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "stopped_publishers": stopped}))).into_response()
+    }
+}
+
 async fn status(State(state): State<AppState>) -> Json<Value> {
     let m = &state.metrics;
     let publishers: serde_json::Map<String, Value> = state
@@ -72,18 +171,176 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         .map(|name| {
             let s = publisher_state(m, name).map_or("starting", PublisherState::as_str);
             let sent = m.frames_sent.with_label_values(&[name]).get();
-            (name.clone(), json!({"state": s, "frames_sent": sent}))
+            let mut entry = json!({"state": s, "frames_sent": sent});
+            if name == "preview"
+                && let Some(preview) = state.serve.as_ref().and_then(|s| s.preview.as_ref())
+            {
+                entry["viewers"] = json!(preview.viewer_count());
+            }
+            (name.clone(), entry)
         })
         .collect();
+    let stages: serde_json::Map<String, Value> = Stage::ALL
+        .iter()
+        .filter(|s| **s != Stage::Total)
+        .map(|s| (s.as_str().to_owned(), json!(m.latency.window(*s))))
+        .collect();
+    let dropped = |reason: &str| m.frames_dropped.with_label_values(&["pipeline", reason]).get();
+    let (iw, ih, ifps) = m.video_of("input");
+    let (ow, oh, ofps) = m.video_of("output");
+    let session = state.serve.as_ref().map(|s| s.sessions.view());
+    let received = state.serve.as_ref().map_or(0, |s| s.sessions.frames_received());
+    let publishing = state.info.publishers.iter().any(|p| publisher_state(m, p) == Some(PublisherState::Connected));
+    let overall = match (&session, publishing) {
+        (Some(s), true) if s.state == "receiving" => "publishing",
+        (Some(s), _) => s.state,
+        (None, true) => "publishing",
+        (None, false) => "idle",
+    };
     Json(json!({
+        "state": overall,
         "mode": state.info.mode,
-        "output": {"codec": state.info.codec, "width": state.info.width, "height": state.info.height, "fps": state.info.fps},
+        "filter": state.info.filter,
+        "session": session,
+        "input": {"width": iw, "height": ih, "fps": ifps},
+        "output": {"codec": state.info.codec, "width": ow, "height": oh, "fps": ofps},
         "frames": {
             "generated": m.frames_generated.get(),
+            "received": received,
+            "decoded": m.frames_decoded.get(),
+            "dropped_stale": dropped("stale"),
+            "filtered": m.frames_filtered.get(),
             "encoded": m.frames_encoded.with_label_values(&[&state.info.codec]).get(),
+            "sent": state.info.publishers.iter().map(|p| m.frames_sent.with_label_values(&[p]).get()).max().unwrap_or(0),
         },
+        "latency_ms": {"total": m.latency.window(Stage::Total), "stages": stages},
         "publishers": publishers,
     }))
+}
+
+fn serve_state(state: &AppState) -> &ServeState {
+    // Serve routes are only mounted when serve state exists.
+    state.serve.as_ref().expect("serve routes imply serve state")
+}
+
+async fn info(State(state): State<AppState>) -> Json<Value> {
+    let serve = serve_state(&state);
+    Json(json!({
+        "token_required": serve.token.is_some(),
+        "preview": serve.preview.is_some(),
+        "hls_url": serve.hls_url,
+        "codecs": ["vp8", "h264"],
+        "output_codec": state.info.codec,
+        "filter": state.info.filter,
+    }))
+}
+
+fn authorized(serve: &ServeState, headers: &HeaderMap) -> Result<(), &'static str> {
+    let Some(expected) = &serve.token else { return Ok(()) };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or("missing bearer token (Authorization: Bearer ...)")?;
+    // Compare every byte so timing does not reveal the matching prefix.
+    let same = given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same { Ok(()) } else { Err("wrong bearer token") }
+}
+
+fn body_error(metrics: &Metrics, limit: usize, rejection: BytesRejection) -> Response {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        error(metrics, status, format!("request body exceeds {limit} bytes"))
+    } else {
+        error(metrics, status, format!("unreadable request body: {rejection}"))
+    }
+}
+
+/// The browser's offer, as the original sample's contract.
+#[derive(Debug, Deserialize)]
+struct OfferBody {
+    sdp: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+async fn offer(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let serve = serve_state(&state);
+    let m = &state.metrics;
+    if let Err(why) = authorized(serve, &headers) {
+        return error(m, StatusCode::UNAUTHORIZED, why);
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => return body_error(m, serve.max_body_bytes, rejection),
+    };
+    let parsed: OfferBody = match serde_json::from_slice(&body) {
+        Ok(o) => o,
+        Err(e) => return error(m, StatusCode::BAD_REQUEST, format!("body must be JSON {{\"sdp\": ..., \"type\": \"offer\"}}: {e}")),
+    };
+    match serve.sessions.accept(&parsed.kind, parsed.sdp).await {
+        Ok(answer) => {
+            m.offers.with_label_values(&["200"]).inc();
+            Json(json!({"sdp": answer, "type": "answer"})).into_response()
+        }
+        Err(AcceptError::Busy(age)) => error(m, StatusCode::CONFLICT, AcceptError::Busy(age).to_string()),
+        Err(AcceptError::Offer(e)) => {
+            let status = match e {
+                crate::offer::OfferError::NoVideo(_) | crate::offer::OfferError::NoCommonCodec { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            error(m, status, e.to_string())
+        }
+        Err(e @ AcceptError::ShuttingDown) => error(m, StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e @ AcceptError::WebRtc { .. }) => error(m, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Ends the current browser session (the sender page's Stop button).
+async fn stop(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let serve = serve_state(&state);
+    if let Err(why) = authorized(serve, &headers) {
+        return error(&state.metrics, StatusCode::UNAUTHORIZED, why);
+    }
+    serve.sessions.stop();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn whep_post(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let serve = serve_state(&state);
+    let m = &state.metrics;
+    let Some(preview) = &serve.preview else { return error(m, StatusCode::NOT_FOUND, "the preview is disabled") };
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => return body_error(m, serve.max_body_bytes, rejection),
+    };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.starts_with("application/sdp") {
+        return error(m, StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Type must be application/sdp, got {content_type:?}"));
+    }
+    let Ok(sdp) = String::from_utf8(body.to_vec()) else { return error(m, StatusCode::BAD_REQUEST, "SDP is not UTF-8") };
+    if !sdp.trim_start().starts_with("v=0") {
+        return error(m, StatusCode::BAD_REQUEST, "malformed SDP: must start with \"v=0\"");
+    }
+    match preview.add_viewer(sdp).await {
+        Ok((id, answer)) => (
+            StatusCode::CREATED,
+            [(header::CONTENT_TYPE, "application/sdp".to_owned()), (header::LOCATION, format!("/whep/{id}"))],
+            answer,
+        )
+            .into_response(),
+        Err(e @ PreviewError::Full(_)) => error(m, StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(PreviewError::Peer(e)) => error(m, StatusCode::BAD_REQUEST, format!("viewer offer not usable: {e}")),
+        Err(e @ PreviewError::Gathering(_)) => error(m, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn whep_delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let serve = serve_state(&state);
+    match &serve.preview {
+        Some(p) if p.remove_viewer(&id) => StatusCode::OK.into_response(),
+        _ => error(&state.metrics, StatusCode::NOT_FOUND, format!("no preview viewer {id}")),
+    }
 }
 
 #[cfg(test)]
@@ -105,8 +362,10 @@ mod tests {
                 height: 360,
                 fps: 30,
                 publishers: vec!["sora".into()],
+                filter: "passthrough".into(),
             }),
             metrics,
+            serve: None,
         }
     }
 
@@ -131,7 +390,7 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["mode"], "test-pattern");
-        assert_eq!(v["output"], json!({"codec": "vp8", "width": 640, "height": 360, "fps": 30}));
+        assert_eq!(v["output"]["codec"], "vp8");
         assert_eq!(v["frames"]["generated"], 42);
         assert_eq!(v["publishers"]["sora"]["state"], "backoff");
     }

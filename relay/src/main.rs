@@ -2,22 +2,14 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use livefilter_relay::codec::{self, VideoCodec};
 use livefilter_relay::config::{RelayConfig, SoraOutput, WhipOutput};
-use livefilter_relay::http::{self, AppState, RelayInfo};
-use livefilter_relay::metrics::Metrics;
-use livefilter_relay::pipeline::TestPatternPipeline;
-use livefilter_relay::publish::sora::SoraPublisher;
-use livefilter_relay::publish::whip::WhipPublisher;
-use livefilter_relay::publish::{KeyframeRequest, PublisherHandle};
+use livefilter_relay::run;
 use livefilter_relay::testpattern::{self, TestPattern};
 
 #[derive(Parser)]
@@ -40,6 +32,8 @@ enum LogFormat {
 enum Command {
     /// Publish a generated test pattern (hue-cycling background, elapsed-time clock).
     TestPattern(Box<OutputArgs>),
+    /// Receive a browser's camera at /offer, filter it, publish it (and preview it at /view).
+    Serve(Box<ServeArgs>),
     /// Measure encode time per frame for VP8 and H.264 on this machine.
     Bench(BenchArgs),
 }
@@ -100,6 +94,76 @@ struct OutputArgs {
     public_ips: Vec<String>,
 }
 
+/// Serve-mode settings, on top of the output settings.
+#[derive(Args, Default)]
+struct ServeArgs {
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Bearer token the sender must present on /offer.
+    #[arg(long, env = "LIVEFILTER_OFFER_TOKEN")]
+    offer_token: Option<String>,
+    /// Origin allowed to call the API cross-site (repeatable; default: same origin only).
+    #[arg(long = "allowed-origin")]
+    allowed_origins: Vec<String>,
+    /// Disable the local preview (/view, /whep).
+    #[arg(long)]
+    no_preview: bool,
+    /// Most preview viewers at once.
+    #[arg(long)]
+    max_viewers: Option<usize>,
+    /// Accept these browser codecs, in preference order (repeatable).
+    #[arg(long = "input-codec")]
+    input_codecs: Vec<VideoCodec>,
+    /// Scale every frame to --width x --height instead of following the browser's size.
+    #[arg(long)]
+    scale_to_output: bool,
+    /// TLS certificate chain (PEM); serves HTTPS with --tls-key.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// HLS URL to show on the sender page.
+    #[arg(long)]
+    hls_url: Option<String>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<RelayConfig> {
+        let Self { output, offer_token, allowed_origins, no_preview, max_viewers, input_codecs, scale_to_output, tls_cert, tls_key, hls_url } = self;
+        let mut cfg = output.into_config_unvalidated()?;
+        if offer_token.is_some() {
+            cfg.offer.token = offer_token;
+        }
+        if !allowed_origins.is_empty() {
+            cfg.offer.allowed_origins = allowed_origins;
+        }
+        if no_preview {
+            cfg.preview.enabled = false;
+        }
+        if let Some(n) = max_viewers {
+            cfg.preview.max_viewers = n;
+        }
+        if !input_codecs.is_empty() {
+            cfg.ingest.codecs = input_codecs;
+        }
+        if scale_to_output {
+            cfg.video.follow_input = false;
+        }
+        if tls_cert.is_some() {
+            cfg.offer.tls_cert = tls_cert;
+        }
+        if tls_key.is_some() {
+            cfg.offer.tls_key = tls_key;
+        }
+        if hls_url.is_some() {
+            cfg.hls_url = hls_url;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
 #[derive(Args)]
 struct BenchArgs {
     /// Frames per codec.
@@ -120,8 +184,14 @@ struct BenchArgs {
 }
 
 impl OutputArgs {
-    /// The config file (if any) with every given flag applied on top.
+    /// The config file (if any) with every given flag applied on top, validated.
     fn into_config(self) -> anyhow::Result<RelayConfig> {
+        let cfg = self.into_config_unvalidated()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn into_config_unvalidated(self) -> anyhow::Result<RelayConfig> {
         let mut cfg = match &self.config {
             Some(path) => RelayConfig::from_file(path)?,
             None => RelayConfig::default(),
@@ -180,7 +250,6 @@ impl OutputArgs {
         if let (Some(whip), Some(token)) = (cfg.whip.as_mut(), self.whip_token) {
             whip.token = Some(token);
         }
-        cfg.validate()?;
         Ok(cfg)
     }
 }
@@ -201,7 +270,14 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::TestPattern(args) => runtime.block_on(test_pattern(args.into_config()?)),
+        Command::TestPattern(args) => {
+            let cfg = args.into_config()?;
+            runtime.block_on(until_terminated(|shutdown| run::test_pattern(cfg, shutdown)))
+        }
+        Command::Serve(args) => {
+            let cfg = args.into_config()?;
+            runtime.block_on(until_terminated(|shutdown| run::serve(cfg, shutdown)))
+        }
         Command::Bench(args) => bench(args),
     }
 }
@@ -228,77 +304,20 @@ async fn termination() {
     let _ = ctrl_c.await;
 }
 
-async fn test_pattern(cfg: RelayConfig) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
+/// Runs a mode until SIGINT/SIGTERM, then shuts it down in order.
+async fn until_terminated<F, Fut>(mode: F) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), run::RunError>> + Send + 'static,
+{
     let shutdown = CancellationToken::new();
-    let keyframes = KeyframeRequest::default();
-    let mut publishers = JoinSet::new();
-    let mut handles = Vec::new();
-
-    if let Some(sora) = cfg.sora_config()? {
-        let (handle, rx) = PublisherHandle::new("sora", metrics.clone());
-        let publisher = SoraPublisher::new(sora, metrics.clone(), keyframes.clone(), shutdown.clone())?;
-        publishers.spawn(publisher.run(rx).instrument(tracing::info_span!("publisher", name = "sora")));
-        handles.push(handle);
+    let mut task = tokio::spawn(mode(shutdown.clone()));
+    tokio::select! {
+        r = &mut task => return Ok(r??),
+        _ = termination() => {}
     }
-    if let Some(whip) = cfg.whip_config()? {
-        let (handle, rx) = PublisherHandle::new("whip", metrics.clone());
-        let publisher = WhipPublisher::new(whip, metrics.clone(), keyframes.clone(), shutdown.clone())?;
-        publishers.spawn(publisher.run(rx).instrument(tracing::info_span!("publisher", name = "whip")));
-        handles.push(handle);
-    }
-    if handles.is_empty() {
-        bail!("no output configured: give --sora-signaling-url and --channel-id, or --whip-url (or sora:/whip: in --config)");
-    }
-
-    let font_path = cfg.font.clone().unwrap_or_else(|| PathBuf::from(testpattern::DEFAULT_FONT_PATH));
-    let font = testpattern::load_font(&font_path)?;
-    let video = &cfg.video;
-    let pattern = TestPattern::new(video.width, video.height, video.fps, font)?;
-    let encoder = codec::new_encoder(&cfg.encoder_config())?;
-
-    let listen = cfg.listen_addr();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (--listen)"))?;
-    let info = RelayInfo {
-        mode: "test-pattern",
-        codec: video.codec.to_string(),
-        width: video.width,
-        height: video.height,
-        fps: video.fps,
-        publishers: handles.iter().map(|h| h.name().to_owned()).collect(),
-    };
-    let app = http::app(AppState { info: info.into(), metrics: metrics.clone() });
-    let http_shutdown = shutdown.clone();
-    let server = tokio::spawn(
-        async move { axum::serve(listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await }
-            .instrument(tracing::info_span!("http", %listen)),
-    );
-    tracing::info!(%listen, "HTTP listening (/metrics, /healthz, /status)");
-
-    let pipeline = TestPatternPipeline { pattern, encoder, publishers: handles, keyframes, metrics }
-        .spawn(shutdown.clone())
-        .context("starting the test-pattern thread")?;
-
-    termination().await;
     shutdown.cancel();
-    // Publishers say goodbye to their SFUs (bounded inside); give them a little more.
-    let drained = tokio::time::timeout(Duration::from_secs(8), async {
-        while publishers.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("publishers did not stop in time");
-    }
-    if let Err(e) = tokio::task::spawn_blocking(move || pipeline.join()).await {
-        tracing::warn!(error = %e, "test-pattern thread did not stop cleanly");
-    }
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server error"),
-        Err(e) => tracing::warn!(error = %e, "HTTP task failed"),
-    }
+    task.await??;
     tracing::info!("relay stopped");
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! Prometheus metrics of one relay process, on its own registry (tests create their own).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+use crate::latency::Latency;
 
 use crate::publish::PublisherState;
 
@@ -20,6 +22,10 @@ pub enum DropReason {
     EncoderSkipped,
     /// The encoder failed on the frame.
     EncodeError,
+    /// A newer decoded frame replaced it in the newest-frame slot before the filter took it.
+    Stale,
+    /// The filter failed on the frame.
+    FilterError,
 }
 
 impl DropReason {
@@ -31,6 +37,8 @@ impl DropReason {
             DropReason::Late => "late",
             DropReason::EncoderSkipped => "encoder_skipped",
             DropReason::EncodeError => "encode_error",
+            DropReason::Stale => "stale",
+            DropReason::FilterError => "filter_error",
         }
     }
 }
@@ -57,6 +65,20 @@ pub struct Metrics {
     pub publisher_errors: IntCounterVec,
     /// Keyframes requested by a viewer (PLI/FIR) or a (re)connect, by publisher.
     pub keyframe_requests: IntCounterVec,
+    /// Frames received from the browser (complete frames assembled from RTP).
+    pub frames_received: IntCounter,
+    /// Frames decoded from the browser.
+    pub frames_decoded: IntCounter,
+    /// Frames the filter produced.
+    pub frames_filtered: IntCounter,
+    /// Input and output frame size and rate (`side`: input/output; `dim`: width/height/fps).
+    pub video: GaugeVec,
+    /// `/offer` answers by HTTP status.
+    pub offers: IntCounterVec,
+    /// Browser audio packets forwarded to publishers.
+    pub audio_packets_forwarded: IntCounter,
+    /// Per-stage latency histograms and windows.
+    pub latency: Latency,
 }
 
 impl Metrics {
@@ -110,6 +132,25 @@ impl Metrics {
                 &["publisher"],
             )
             .expect("valid metric"),
+            frames_received: IntCounter::new("livefilter_frames_received_total", "Frames received from the browser")
+                .expect("valid metric"),
+            frames_decoded: IntCounter::new("livefilter_frames_decoded_total", "Frames decoded from the browser")
+                .expect("valid metric"),
+            frames_filtered: IntCounter::new("livefilter_frames_filtered_total", "Frames the filter produced")
+                .expect("valid metric"),
+            video: GaugeVec::new(
+                Opts::new("livefilter_video", "Input/output frame width, height and fps"),
+                &["side", "dim"],
+            )
+            .expect("valid metric"),
+            offers: IntCounterVec::new(Opts::new("livefilter_offer_requests_total", "/offer answers by status"), &["status"])
+                .expect("valid metric"),
+            audio_packets_forwarded: IntCounter::new(
+                "livefilter_audio_packets_forwarded_total",
+                "Browser Opus packets forwarded to publishers",
+            )
+            .expect("valid metric"),
+            latency: Latency::new(&registry),
             registry,
         };
         for c in [
@@ -122,6 +163,12 @@ impl Metrics {
             Box::new(m.publisher_reconnects.clone()),
             Box::new(m.publisher_errors.clone()),
             Box::new(m.keyframe_requests.clone()),
+            Box::new(m.frames_received.clone()),
+            Box::new(m.frames_decoded.clone()),
+            Box::new(m.frames_filtered.clone()),
+            Box::new(m.video.clone()),
+            Box::new(m.offers.clone()),
+            Box::new(m.audio_packets_forwarded.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }
@@ -131,6 +178,19 @@ impl Metrics {
     /// Counts one dropped frame.
     pub fn drop_frame(&self, publisher: &str, reason: DropReason) {
         self.frames_dropped.with_label_values(&[publisher, reason.as_str()]).inc();
+    }
+
+    /// Records the current size and rate of one side (`input` or `output`).
+    pub fn set_video(&self, side: &str, width: u32, height: u32, fps: f64) {
+        self.video.with_label_values(&[side, "width"]).set(f64::from(width));
+        self.video.with_label_values(&[side, "height"]).set(f64::from(height));
+        self.video.with_label_values(&[side, "fps"]).set(fps);
+    }
+
+    /// The current size and rate of one side.
+    pub fn video_of(&self, side: &str) -> (u32, u32, f64) {
+        let get = |dim| self.video.with_label_values(&[side, dim]).get();
+        (get("width") as u32, get("height") as u32, get("fps"))
     }
 
     /// Records a publisher's state, clearing its previous one.

@@ -1,16 +1,25 @@
-//! The test-pattern pipeline: generate → encode → every publisher, on a dedicated thread so
-//! CPU work never stalls the async runtime. Frame i is due at start + i/fps (no drift); a
+//! The pipelines: test pattern → encode → publishers, and browser frames → newest-frame slot →
+//! filter → encode → publishers, each on a dedicated thread so CPU work never stalls the async
+//! runtime. Frame i is due at start + i/fps (no drift); a
 //! pipeline that falls behind skips frames (counted) rather than queueing them.
 
+use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{VideoEncoder, VideoCodec};
+use crate::codec::VideoEncoder;
+use crate::filter::Filter;
+use crate::frame::{FrameTimes, I420Frame};
+use crate::latency::Stage;
 use crate::metrics::{DropReason, Metrics};
+use crate::publish::rtp::MediaTime;
 use crate::publish::{KeyframeRequest, OutgoingFrame, PublisherHandle};
+use crate::rate::FpsMeter;
+use crate::scale::Scaler;
+use crate::slot::{NewestSlot, Take};
 use crate::testpattern::TestPattern;
 
 /// What the scheduler decides for the next frame.
@@ -37,18 +46,66 @@ pub fn schedule(next: u64, elapsed: Duration, fps: u32) -> Step {
     }
 }
 
+/// Encodes filtered frames and hands them to every publisher; shared by the test-pattern and
+/// the browser pipelines.
+pub struct EncodeStage {
+    encoder: Box<dyn VideoEncoder>,
+    codec_label: String,
+    publishers: Vec<PublisherHandle>,
+    keyframes: KeyframeRequest,
+    metrics: Metrics,
+    output_fps: FpsMeter,
+}
+
+impl EncodeStage {
+    /// A stage feeding `publishers`; `keyframes` is raised by them when a viewer needs one.
+    pub fn new(encoder: Box<dyn VideoEncoder>, publishers: Vec<PublisherHandle>, keyframes: KeyframeRequest, metrics: Metrics) -> Self {
+        let codec_label = encoder.codec().to_string();
+        Self { encoder, codec_label, publishers, keyframes, metrics, output_fps: FpsMeter::default() }
+    }
+
+    /// Asks for a keyframe on the next frame (a new input, a new viewer).
+    pub fn request_keyframe(&self) {
+        self.keyframes.request();
+    }
+
+    /// Encodes one picture (a keyframe when asked for) and offers it to every publisher.
+    pub fn encode(&mut self, picture: &I420Frame, mut times: FrameTimes, media_time: MediaTime) {
+        let force = self.keyframes.take();
+        let start = Instant::now();
+        let encoded = self.encoder.encode(picture, force);
+        let done = Instant::now();
+        self.metrics.encode_seconds.observe(done.duration_since(start).as_secs_f64());
+        match encoded {
+            Ok(Some(frame)) => {
+                times.encoded = Some(done);
+                if let Some(filter_end) = times.filter_end {
+                    self.metrics.latency.observe(Stage::Encode, done.saturating_duration_since(filter_end));
+                }
+                self.metrics.frames_encoded.with_label_values(&[&self.codec_label]).inc();
+                let fps = self.output_fps.tick(done);
+                self.metrics.set_video("output", frame.width, frame.height, fps);
+                let out = OutgoingFrame { frame, times, media_time };
+                for p in &self.publishers {
+                    p.offer(out.clone());
+                }
+            }
+            Ok(None) => self.metrics.drop_frame("pipeline", DropReason::EncoderSkipped),
+            Err(e) => {
+                tracing::warn!(error = %e, "encode failed");
+                self.metrics.drop_frame("pipeline", DropReason::EncodeError);
+                self.keyframes.request();
+            }
+        }
+    }
+}
+
 /// Everything the test-pattern thread needs.
 pub struct TestPatternPipeline {
     /// The generator.
     pub pattern: TestPattern,
-    /// The encoder.
-    pub encoder: Box<dyn VideoEncoder>,
-    /// Where encoded frames go.
-    pub publishers: Vec<PublisherHandle>,
-    /// Raised by publishers when a keyframe is needed.
-    pub keyframes: KeyframeRequest,
-    /// Counters and histograms.
-    pub metrics: Metrics,
+    /// Encoder and publishers.
+    pub stage: EncodeStage,
 }
 
 impl TestPatternPipeline {
@@ -65,12 +122,10 @@ impl TestPatternPipeline {
 
     fn run(mut self, stop: std_mpsc::Receiver<()>) {
         let fps = self.pattern.fps();
-        let frame_duration = Duration::from_secs_f64(1.0 / f64::from(fps));
-        let codec: VideoCodec = self.encoder.codec();
-        let codec_label = codec.to_string();
         let start = Instant::now();
         let mut next = 0u64;
-        tracing::info!(width = self.pattern.width(), height = self.pattern.height(), fps, %codec, "test pattern started");
+        self.stage.request_keyframe();
+        tracing::info!(width = self.pattern.width(), height = self.pattern.height(), fps, "test pattern started");
         loop {
             match schedule(next, start.elapsed(), fps) {
                 Step::Wait(d) => match stop.recv_timeout(d) {
@@ -80,37 +135,95 @@ impl TestPatternPipeline {
                 Step::Produce { index, skipped } => {
                     if skipped > 0 {
                         tracing::debug!(skipped, "test pattern behind schedule");
-                        for _ in 0..skipped {
-                            self.metrics.drop_frame("pipeline", DropReason::Late);
-                        }
+                        self.stage.metrics.frames_dropped.with_label_values(&["pipeline", DropReason::Late.as_str()]).inc_by(skipped);
                     }
-                    let captured = start + Duration::from_secs_f64(index as f64 / f64::from(fps));
+                    let times = FrameTimes::new(Instant::now());
                     let picture = self.pattern.frame(index);
-                    self.metrics.frames_generated.inc();
-                    let force = index == 0 || self.keyframes.take();
-                    let encode_start = Instant::now();
-                    let encoded = self.encoder.encode(&picture, force);
-                    self.metrics.encode_seconds.observe(encode_start.elapsed().as_secs_f64());
-                    match encoded {
-                        Ok(Some(frame)) => {
-                            self.metrics.frames_encoded.with_label_values(&[&codec_label]).inc();
-                            let out = OutgoingFrame { frame, captured, duration: frame_duration * (skipped as u32 + 1) };
-                            for p in &self.publishers {
-                                p.offer(out.clone());
-                            }
-                        }
-                        Ok(None) => self.metrics.drop_frame("pipeline", DropReason::EncoderSkipped),
-                        Err(e) => {
-                            tracing::warn!(error = %e, index, "encode failed");
-                            self.metrics.drop_frame("pipeline", DropReason::EncodeError);
-                            self.keyframes.request();
-                        }
-                    }
+                    self.stage.metrics.frames_generated.inc();
+                    let mut times = times;
+                    times.filter_end = Some(Instant::now());
+                    // Frame i's media time is exactly i/fps: the clock on screen and the RTP
+                    // timestamp agree, whatever the scheduling jitter.
+                    let rtp_timestamp = ((index as f64) * 90_000.0 / f64::from(fps)).round() as u64 as u32;
+                    self.stage.encode(&picture, times, MediaTime { epoch: 0, rtp_timestamp });
                     next = index + 1;
                 }
             }
         }
         tracing::info!(frames = next, "test pattern stopped");
+    }
+}
+
+/// A decoded browser frame waiting in the newest-frame slot.
+#[derive(Debug)]
+pub struct InputFrame {
+    /// The picture.
+    pub picture: I420Frame,
+    /// Stage times so far (received, decoded).
+    pub times: FrameTimes,
+    /// The browser's media time (90 kHz) and session epoch.
+    pub media_time: MediaTime,
+}
+
+/// The browser pipeline's filter thread: newest-frame slot -> filter -> scale -> encode.
+pub struct FilterPipeline {
+    /// Fed by the ingest; holds at most one frame.
+    pub slot: Arc<NewestSlot<InputFrame>>,
+    /// The filter.
+    pub filter: Box<dyn Filter>,
+    /// Scale every frame to this size, or follow the input's size (`None`).
+    pub output_size: Option<(u32, u32)>,
+    /// Encoder and publishers.
+    pub stage: EncodeStage,
+}
+
+impl FilterPipeline {
+    /// Starts the thread; it ends when the slot is closed.
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new().name("filter".into()).spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        let mut scaler = Scaler::default();
+        tracing::info!(filter = self.filter.name(), output_size = ?self.output_size, "filter thread started");
+        loop {
+            let input = match self.slot.take(Duration::from_millis(200)) {
+                Take::Frame(f) => f,
+                Take::Timeout => continue,
+                Take::Closed => break,
+            };
+            let InputFrame { picture, mut times, media_time } = input;
+            let start = Instant::now();
+            times.filter_start = Some(start);
+            if let Some(decoded) = times.decoded {
+                self.stage.metrics.latency.observe(Stage::Queue, start.saturating_duration_since(decoded));
+            }
+            let filtered = match self.filter.apply(picture) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, "filter failed; frame dropped");
+                    self.stage.metrics.drop_frame("pipeline", DropReason::FilterError);
+                    continue;
+                }
+            };
+            let end = Instant::now();
+            times.filter_end = Some(end);
+            self.stage.metrics.latency.observe(Stage::Filter, end.duration_since(start));
+            self.stage.metrics.frames_filtered.inc();
+            let scaled = match self.output_size {
+                Some((w, h)) => match scaler.scale(filtered, w, h) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "scaling failed; frame dropped");
+                        self.stage.metrics.drop_frame("pipeline", DropReason::FilterError);
+                        continue;
+                    }
+                },
+                None => filtered,
+            };
+            self.stage.encode(&scaled, times, media_time);
+        }
+        tracing::info!("filter thread stopped");
     }
 }
 

@@ -58,7 +58,10 @@ pub struct AssemblerConfig {
 
 impl Default for AssemblerConfig {
     fn default() -> Self {
-        Self { max_reorder_packets: 256, max_reorder_delay: Duration::from_millis(100) }
+        Self {
+            max_reorder_packets: 256,
+            max_reorder_delay: Duration::from_millis(100),
+        }
     }
 }
 
@@ -225,9 +228,13 @@ impl FrameAssembler {
                 self.process(packet, out);
                 next += 1;
             }
-            let Some((&first, waiting)) = self.pending.first_key_value() else { break };
+            let Some((&first, waiting)) = self.pending.first_key_value() else {
+                break;
+            };
             let waited = now.saturating_duration_since(waiting.arrival);
-            if self.pending.len() > self.config.max_reorder_packets || waited >= self.config.max_reorder_delay {
+            if self.pending.len() > self.config.max_reorder_packets
+                || waited >= self.config.max_reorder_delay
+            {
                 self.stats.lost_packets += first - next;
                 self.break_current();
                 next = first;
@@ -252,7 +259,11 @@ impl FrameAssembler {
             self.stats.padding_packets += 1;
             return;
         }
-        if self.current.as_ref().is_some_and(|c| c.timestamp != packet.timestamp) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.timestamp != packet.timestamp)
+        {
             // The previous frame never saw its marker bit. Its packets were contiguous, so it is
             // complete unless something else was wrong with it.
             self.finish(out);
@@ -272,7 +283,10 @@ impl FrameAssembler {
         }
         let result = if partial.broken {
             // Nothing will be emitted from this frame; parsing on would only report noise.
-            Ok(PayloadInfo { frame_start: true, ..PayloadInfo::default() })
+            Ok(PayloadInfo {
+                frame_start: true,
+                ..PayloadInfo::default()
+            })
         } else {
             match self.format {
                 PayloadFormat::Vp8 => depacketize_vp8(&packet.payload, &mut partial.data),
@@ -280,7 +294,11 @@ impl FrameAssembler {
             }
         };
         match result {
-            Ok(PayloadInfo { frame_start, keyframe, dimensions }) => {
+            Ok(PayloadInfo {
+                frame_start,
+                keyframe,
+                dimensions,
+            }) => {
                 if partial.packets == 0 && !frame_start {
                     partial.broken = true;
                 }
@@ -300,7 +318,9 @@ impl FrameAssembler {
     }
 
     fn finish(&mut self, out: &mut Vec<AssembledFrame>) {
-        let Some(partial) = self.current.take() else { return };
+        let Some(partial) = self.current.take() else {
+            return;
+        };
         let fragment_open = self.h264.fragment_open();
         self.h264.reset();
         if partial.broken || fragment_open || partial.data.is_empty() {
@@ -345,7 +365,14 @@ mod tests {
     }
 
     /// VP8 packets of one frame: a start packet (keyframe or not) and continuations.
-    fn vp8_frame(clock: &Clock, ms: u64, first_seq: u16, ts: u32, key: bool, parts: usize) -> Vec<RtpInput> {
+    fn vp8_frame(
+        clock: &Clock,
+        ms: u64,
+        first_seq: u16,
+        ts: u32,
+        key: bool,
+        parts: usize,
+    ) -> Vec<RtpInput> {
         (0..parts)
             .map(|i| {
                 let seq = first_seq.wrapping_add(i as u16);
@@ -418,7 +445,10 @@ mod tests {
         assert_eq!(frames[0].rtp_timestamp, 200);
         assert!(frames[0].discontinuity);
         let stats = a.stats();
-        assert_eq!((stats.lost_packets, stats.dropped_frames, stats.frames), (1, 1, 1));
+        assert_eq!(
+            (stats.lost_packets, stats.dropped_frames, stats.frames),
+            (1, 1, 1)
+        );
     }
 
     #[test]
@@ -428,7 +458,10 @@ mod tests {
         let mut packets = vp8_frame(&c, 0, 0, 100, true, 3);
         let missing = packets.remove(1);
         assert!(push_all(&mut a, packets).is_empty());
-        let frames = a.push(RtpInput { arrival: c.at(20), ..missing });
+        let frames = a.push(RtpInput {
+            arrival: c.at(20),
+            ..missing
+        });
         assert_eq!(frames.len(), 1);
         assert!(!frames[0].discontinuity);
         // The same packet again is a duplicate.
@@ -474,9 +507,15 @@ mod tests {
         let mut a = FrameAssembler::new(PayloadFormat::Vp8, AssemblerConfig::default());
         let frames = push_all(
             &mut a,
-            vec![pkt(&c, 0, 7, 100, false, &[0x10, 0x00, 0x01]), pkt(&c, 1, 8, 200, true, &[0x10, 0x01, 0x02])],
+            vec![
+                pkt(&c, 0, 7, 100, false, &[0x10, 0x00, 0x01]),
+                pkt(&c, 1, 8, 200, true, &[0x10, 0x01, 0x02]),
+            ],
         );
-        assert_eq!(frames.iter().map(|f| f.rtp_timestamp).collect::<Vec<_>>(), [100, 200]);
+        assert_eq!(
+            frames.iter().map(|f| f.rtp_timestamp).collect::<Vec<_>>(),
+            [100, 200]
+        );
     }
 
     #[test]
@@ -508,7 +547,14 @@ mod tests {
         let c = Clock(Instant::now());
         let mut a = FrameAssembler::new(PayloadFormat::H264, AssemblerConfig::default());
         let packets = vec![
-            pkt(&c, 0, 1, 100, false, &[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68]),
+            pkt(
+                &c,
+                0,
+                1,
+                100,
+                false,
+                &[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68],
+            ),
             pkt(&c, 0, 2, 100, false, &[0x7c, 0x85, 0xaa]),
             pkt(&c, 0, 3, 100, true, &[0x7c, 0x45, 0xbb]),
             pkt(&c, 0, 4, 200, true, &[0x41, 0x9a]),
@@ -518,7 +564,9 @@ mod tests {
         assert!(frames[0].keyframe);
         assert_eq!(
             frames[0].data,
-            [0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x68, 0, 0, 0, 1, 0x65, 0xaa, 0xbb]
+            [
+                0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x68, 0, 0, 0, 1, 0x65, 0xaa, 0xbb
+            ]
         );
         assert!(!frames[1].keyframe);
         assert_eq!(frames[1].data, [0, 0, 0, 1, 0x41, 0x9a]);

@@ -29,18 +29,25 @@ pub struct PayloadInfo {
 ///
 /// `out` receives the VP8 payload without the RTP payload descriptor.
 pub fn depacketize_vp8(payload: &[u8], out: &mut Vec<u8>) -> Result<PayloadInfo, IngestError> {
-    let malformed = |what: &str| IngestError::MalformedPayload { format: PayloadFormat::Vp8, detail: what.to_owned() };
+    let malformed = |what: &str| IngestError::MalformedPayload {
+        format: PayloadFormat::Vp8,
+        detail: what.to_owned(),
+    };
     let first = *payload.first().ok_or_else(|| malformed("empty payload"))?;
     let extended = first & 0x80 != 0;
     let start = first & 0x10 != 0;
     let partition = first & 0x07;
     let mut offset = 1;
     if extended {
-        let x = *payload.get(offset).ok_or_else(|| malformed("truncated extension byte"))?;
+        let x = *payload
+            .get(offset)
+            .ok_or_else(|| malformed("truncated extension byte"))?;
         offset += 1;
         if x & 0x80 != 0 {
             // PictureID: one byte, or two when its M bit is set.
-            let pid = *payload.get(offset).ok_or_else(|| malformed("truncated picture id"))?;
+            let pid = *payload
+                .get(offset)
+                .ok_or_else(|| malformed("truncated picture id"))?;
             offset += if pid & 0x80 != 0 { 2 } else { 1 };
         }
         if x & 0x40 != 0 {
@@ -50,12 +57,17 @@ pub fn depacketize_vp8(payload: &[u8], out: &mut Vec<u8>) -> Result<PayloadInfo,
             offset += 1; // TID / Y / KEYIDX
         }
     }
-    let body = payload.get(offset..).ok_or_else(|| malformed("descriptor longer than payload"))?;
+    let body = payload
+        .get(offset..)
+        .ok_or_else(|| malformed("descriptor longer than payload"))?;
     if body.is_empty() {
         return Err(malformed("no VP8 data after the descriptor"));
     }
     let frame_start = start && partition == 0;
-    let mut info = PayloadInfo { frame_start, ..PayloadInfo::default() };
+    let mut info = PayloadInfo {
+        frame_start,
+        ..PayloadInfo::default()
+    };
     if frame_start {
         // VP8 frame tag (RFC 6386 9.1): bit 0 of the first byte is 0 for a key frame.
         info.keyframe = body[0] & 0x01 == 0;
@@ -96,9 +108,15 @@ impl H264Depacketizer {
     }
 
     /// Appends the Annex-B bytes carried by one payload to `out`.
-    pub fn depacketize(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<PayloadInfo, IngestError> {
-        let malformed =
-            |what: &str| IngestError::MalformedPayload { format: PayloadFormat::H264, detail: what.to_owned() };
+    pub fn depacketize(
+        &mut self,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<PayloadInfo, IngestError> {
+        let malformed = |what: &str| IngestError::MalformedPayload {
+            format: PayloadFormat::H264,
+            detail: what.to_owned(),
+        };
         let header = *payload.first().ok_or_else(|| malformed("empty payload"))?;
         let nal_type = header & 0x1f;
         match nal_type {
@@ -109,7 +127,11 @@ impl H264Depacketizer {
                 }
                 out.extend_from_slice(&START_CODE);
                 out.extend_from_slice(payload);
-                Ok(PayloadInfo { frame_start: true, keyframe: nal_type == NAL_IDR, dimensions: None })
+                Ok(PayloadInfo {
+                    frame_start: true,
+                    keyframe: nal_type == NAL_IDR,
+                    dimensions: None,
+                })
             }
             NAL_STAP_A => {
                 if self.fu_open {
@@ -124,7 +146,9 @@ impl H264Depacketizer {
                         return Err(malformed("STAP-A truncated size field"));
                     }
                     let size = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-                    let unit = rest.get(2..2 + size).ok_or_else(|| malformed("STAP-A unit longer than payload"))?;
+                    let unit = rest
+                        .get(2..2 + size)
+                        .ok_or_else(|| malformed("STAP-A unit longer than payload"))?;
                     if unit.is_empty() {
                         return Err(malformed("STAP-A empty unit"));
                     }
@@ -137,10 +161,16 @@ impl H264Depacketizer {
                 if units == 0 {
                     return Err(malformed("STAP-A without units"));
                 }
-                Ok(PayloadInfo { frame_start: true, keyframe, dimensions: None })
+                Ok(PayloadInfo {
+                    frame_start: true,
+                    keyframe,
+                    dimensions: None,
+                })
             }
             NAL_FU_A => {
-                let fu = *payload.get(1).ok_or_else(|| malformed("FU-A without FU header"))?;
+                let fu = *payload
+                    .get(1)
+                    .ok_or_else(|| malformed("FU-A without FU header"))?;
                 let (start, end) = (fu & 0x80 != 0, fu & 0x40 != 0);
                 let inner_type = fu & 0x1f;
                 let data = &payload[2..];
@@ -156,7 +186,11 @@ impl H264Depacketizer {
                 }
                 out.extend_from_slice(data);
                 self.fu_open = !end;
-                Ok(PayloadInfo { frame_start: start, keyframe: start && inner_type == NAL_IDR, dimensions: None })
+                Ok(PayloadInfo {
+                    frame_start: start,
+                    keyframe: start && inner_type == NAL_IDR,
+                    dimensions: None,
+                })
             }
             other => {
                 self.fu_open = false;
@@ -211,7 +245,14 @@ mod tests {
 
     #[test]
     fn vp8_malformed_payloads_are_errors_not_panics() {
-        for bad in [&[][..], &[0x80], &[0x80, 0x80], &[0x80, 0x80, 0x80], &[0x10], &[0x90, 0x00]] {
+        for bad in [
+            &[][..],
+            &[0x80],
+            &[0x80, 0x80],
+            &[0x80, 0x80, 0x80],
+            &[0x10],
+            &[0x90, 0x00],
+        ] {
             let mut out = Vec::new();
             assert!(depacketize_vp8(bad, &mut out).is_err(), "{bad:?}");
         }
@@ -227,7 +268,12 @@ mod tests {
         assert!(info.frame_start && !info.keyframe);
         let info = d.depacketize(&[0x65, 0x88, 0x80], &mut out).unwrap();
         assert!(info.frame_start && info.keyframe);
-        assert_eq!(out, [0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x68, 0, 0, 0, 1, 0x65, 0x88, 0x80]);
+        assert_eq!(
+            out,
+            [
+                0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x68, 0, 0, 0, 1, 0x65, 0x88, 0x80
+            ]
+        );
     }
 
     #[test]
@@ -253,7 +299,14 @@ mod tests {
 
     #[test]
     fn h264_malformed_payloads_are_errors_not_panics() {
-        let cases: [&[u8]; 6] = [&[], &[0x78, 0x00], &[0x78, 0x00, 0x05, 0x67], &[0x7c], &[0x79, 0x00], &[0x78]];
+        let cases: [&[u8]; 6] = [
+            &[],
+            &[0x78, 0x00],
+            &[0x78, 0x00, 0x05, 0x67],
+            &[0x7c],
+            &[0x79, 0x00],
+            &[0x78],
+        ];
         for bad in cases {
             let mut d = H264Depacketizer::default();
             let mut out = Vec::new();

@@ -44,7 +44,11 @@ impl KeyframeGate {
         if discontinuity {
             self.waiting = true;
         }
-        if self.waiting { GateDecision::SkipUntilKeyframe } else { GateDecision::Decode }
+        if self.waiting {
+            GateDecision::SkipUntilKeyframe
+        } else {
+            GateDecision::Decode
+        }
     }
 
     /// The decoder failed: skip until the next keyframe.
@@ -63,7 +67,10 @@ pub struct PliLimiter {
 impl PliLimiter {
     /// A limiter allowing one request per `interval`.
     pub fn new(interval: Duration) -> Self {
-        Self { interval, last: None }
+        Self {
+            interval,
+            last: None,
+        }
     }
 
     /// Whether a request may go out now; if so, records it as sent.

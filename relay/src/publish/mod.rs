@@ -4,21 +4,28 @@
 pub mod backoff;
 pub mod keyframe;
 pub mod peer;
+pub mod preview;
+pub mod rtp;
 pub mod sora;
 pub mod whip;
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::codec::EncodedFrame;
+use crate::frame::FrameTimes;
+use crate::latency::Stage;
 use crate::metrics::{DropReason, Metrics};
+use rtp::MediaTime;
 
 /// Frames a publisher may hold while its network path is busy; more would only add latency.
 pub const PUBLISHER_BUFFER_FRAMES: usize = 3;
+/// Audio packets a publisher may hold (0.5 s of 20 ms Opus frames).
+pub const PUBLISHER_BUFFER_AUDIO: usize = 25;
 
 /// The lifecycle of one publisher, as exported in metrics and `/status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,10 +71,49 @@ impl fmt::Display for PublisherState {
 pub struct OutgoingFrame {
     /// The bitstream and its properties.
     pub frame: EncodedFrame,
-    /// When the picture was captured (generated, or received from the browser).
-    pub captured: Instant,
-    /// How long this picture is shown; advances the RTP timestamp.
-    pub duration: Duration,
+    /// When the frame passed each stage.
+    pub times: FrameTimes,
+    /// The source's media time (90 kHz), rebased per publisher onto its output stream.
+    pub media_time: MediaTime,
+}
+
+/// One Opus packet from the browser, forwarded without transcoding.
+#[derive(Clone, Debug)]
+pub struct AudioPacket {
+    /// The Opus payload.
+    pub payload: Bytes,
+    /// The source's media time (48 kHz).
+    pub media_time: MediaTime,
+    /// The source's sequence number (gaps are kept).
+    pub sequence: u16,
+    /// The RTP marker bit.
+    pub marker: bool,
+}
+
+/// The receiving ends a publisher task owns.
+pub struct PublisherInputs {
+    /// Encoded video.
+    pub video: mpsc::Receiver<OutgoingFrame>,
+    /// Forwarded audio.
+    pub audio: mpsc::Receiver<AudioPacket>,
+}
+
+impl PublisherInputs {
+    /// Stops accepting input; later offers are counted as dropped by the handles.
+    pub fn close(&mut self) {
+        self.video.close();
+        self.audio.close();
+    }
+}
+
+/// Records the send and total latency of a frame just written to the network.
+pub fn observe_sent(metrics: &Metrics, publisher: &str, frame: &OutgoingFrame) {
+    let now = std::time::Instant::now();
+    if let Some(encoded) = frame.times.encoded {
+        metrics.latency.observe(Stage::Send, now.saturating_duration_since(encoded));
+    }
+    metrics.latency.observe(Stage::Total, now.saturating_duration_since(frame.times.received));
+    metrics.frames_sent.with_label_values(&[publisher]).inc();
 }
 
 /// A flag any publisher raises when a viewer (or a fresh connection) needs a keyframe; the
@@ -87,36 +133,42 @@ impl KeyframeRequest {
     }
 }
 
-/// The pipeline's side of a publisher: a non-blocking, bounded hand-off.
+/// The pipeline's side of a publisher: non-blocking, bounded hand-offs.
 #[derive(Clone)]
 pub struct PublisherHandle {
     name: String,
-    tx: mpsc::Sender<OutgoingFrame>,
+    video: mpsc::Sender<OutgoingFrame>,
+    audio: mpsc::Sender<AudioPacket>,
     metrics: Metrics,
 }
 
 impl PublisherHandle {
-    /// Creates the handle and the receiving end the publisher task owns.
-    pub fn new(name: impl Into<String>, metrics: Metrics) -> (Self, mpsc::Receiver<OutgoingFrame>) {
-        let (tx, rx) = mpsc::channel(PUBLISHER_BUFFER_FRAMES);
-        (Self { name: name.into(), tx, metrics }, rx)
+    /// Creates the handle and the receiving ends the publisher task owns.
+    pub fn new(name: impl Into<String>, metrics: Metrics) -> (Self, PublisherInputs) {
+        let (video, video_rx) = mpsc::channel(PUBLISHER_BUFFER_FRAMES);
+        let (audio, audio_rx) = mpsc::channel(PUBLISHER_BUFFER_AUDIO);
+        (Self { name: name.into(), video, audio, metrics }, PublisherInputs { video: video_rx, audio: audio_rx })
     }
 
-    /// The publisher's name (`sora`, `whip`, ...), used as a metric label.
+    /// The publisher's name (`sora`, `whip`, `preview`), used as a metric label.
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Offers a frame; never waits. A full buffer drops the frame and counts it.
     pub fn offer(&self, frame: OutgoingFrame) {
-        match self.tx.try_send(frame) {
+        match self.video.try_send(frame) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.drop_frame(&self.name, DropReason::PublisherBacklog)
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.drop_frame(&self.name, DropReason::PublisherBacklog),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.metrics.drop_frame(&self.name, DropReason::PublisherDisconnected)
             }
         }
+    }
+
+    /// Offers an audio packet; never waits. Audio that cannot be taken is dropped (a gap the
+    /// receiver's jitter buffer conceals).
+    pub fn offer_audio(&self, packet: AudioPacket) {
+        let _ = self.audio.try_send(packet);
     }
 }

@@ -26,7 +26,8 @@ use webrtc::peer_connection::{
 use webrtc::rtp_transceiver::RtpSender;
 
 use super::keyframe::{KEYFRAME_REQUEST_SLOT, KeyframeRequestInterceptor};
-use super::{KeyframeRequest, OutgoingFrame};
+use super::rtp::{SequenceRebase, TimestampRebase};
+use super::{AudioPacket, KeyframeRequest, OutgoingFrame};
 use crate::codec::VideoCodec;
 
 /// The H.264 format the relay sends: constrained baseline 3.1, packetization-mode 1.
@@ -67,6 +68,8 @@ pub struct PeerOptions {
     pub udp_addrs: Vec<String>,
     /// Public addresses to advertise instead of the bound ones (1:1 NAT, Kubernetes node IP).
     pub public_ips: Vec<String>,
+    /// Whether an Opus audio track is sent (the browser's audio, forwarded).
+    pub audio: bool,
 }
 
 /// What the peer reports to its owner.
@@ -152,24 +155,24 @@ pub fn video_codec_parameters(codec: VideoCodec) -> RTCRtpCodecParameters {
 }
 
 /// The RTP video clock.
-const VIDEO_CLOCK_HZ: f64 = 90_000.0;
+const VIDEO_CLOCK_HZ: u32 = 90_000;
+/// The Opus RTP clock.
+const AUDIO_CLOCK_HZ: u32 = 48_000;
 /// Payload size per RTP packet: a 1200-byte packet minus the fixed RTP header.
 const RTP_PAYLOAD_MTU: usize = 1200 - 12;
 
-/// Turns encoded frames into RTP packets whose timestamps follow capture time, so gaps in the
-/// source (skipped frames) show up as timestamp gaps rather than as packet loss.
+/// Turns encoded frames into RTP packets. Timestamps come from the source's media time
+/// (capture spacing is kept exactly), so skipped frames show up as timestamp gaps rather than
+/// as packet loss.
 struct Packetizer {
     payloader: Box<dyn Payloader + Send + Sync>,
     sequence: u16,
-    timestamp_base: u32,
-    epoch: Option<Instant>,
+    timestamps: TimestampRebase,
 }
 
 impl Packetizer {
     fn packetize(&mut self, frame: &OutgoingFrame, ssrc: u32, payload_type: PayloadType) -> Result<Vec<rtc::rtp::Packet>, PeerError> {
-        let epoch = *self.epoch.get_or_insert(frame.captured);
-        let ticks = (frame.captured.saturating_duration_since(epoch).as_secs_f64() * VIDEO_CLOCK_HZ).round() as u64;
-        let timestamp = self.timestamp_base.wrapping_add(ticks as u32);
+        let timestamp = self.timestamps.map(frame.media_time, Instant::now());
         let payloads = self
             .payloader
             .payload(RTP_PAYLOAD_MTU, &frame.frame.data)
@@ -197,11 +200,41 @@ impl Packetizer {
     }
 }
 
+/// Forwards the browser's Opus packets onto this peer's audio stream.
+///
+/// Lip sync: video and audio output timestamps are both the browser's own (each rebased by a
+/// constant offset), and webrtc-rs's sender reports tie each stream's RTP clock to wall time
+/// at sending. Audio leaves at once while video leaves after decode, filter and encode, so a
+/// viewer sees video behind audio by the relay's processing latency (`/status` total, tens of
+/// milliseconds), which is inside the range viewers do not notice.
+struct AudioForwarder {
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    timestamps: TimestampRebase,
+    sequence: SequenceRebase,
+}
+
+/// The Opus parameters the relay forwards with (as browsers send them).
+pub fn opus_codec_parameters() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: "audio/opus".to_owned(),
+            clock_rate: AUDIO_CLOCK_HZ,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: 111,
+    }
+}
+
 /// A send-only peer connection with one video track.
 pub struct SendPeer {
     pc: Arc<dyn PeerConnection>,
     track: Arc<TrackLocalStaticRTP>,
     packetizer: Mutex<Packetizer>,
+    audio: Option<Mutex<AudioForwarder>>,
+    audio_sender: Mutex<Option<Arc<dyn RtpSender>>>,
     sender: Mutex<Option<Arc<dyn RtpSender>>>,
     codec: VideoCodec,
     ssrc: u32,
@@ -222,6 +255,11 @@ impl SendPeer {
         media_engine
             .register_codec(codec_params.clone(), RtpCodecKind::Video)
             .map_err(webrtc_err("registering the video codec"))?;
+        if options.audio {
+            media_engine
+                .register_codec(opus_codec_parameters(), RtpCodecKind::Audio)
+                .map_err(webrtc_err("registering the audio codec"))?;
+        }
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)
             .map_err(webrtc_err("registering interceptors"))?
             .with(Slot::from(KEYFRAME_REQUEST_SLOT), KeyframeRequestInterceptor::default());
@@ -276,8 +314,26 @@ impl SendPeer {
         let packetizer = Mutex::new(Packetizer {
             payloader: codec_params.rtp_codec.payloader().map_err(webrtc_err("creating the RTP payloader"))?,
             sequence: rand::random(),
-            timestamp_base: rand::random(),
-            epoch: None,
+            timestamps: TimestampRebase::new(VIDEO_CLOCK_HZ, rand::random()),
+        });
+        let audio = options.audio.then(|| {
+            let ssrc = rand::random::<u32>();
+            Mutex::new(AudioForwarder {
+                track: Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                    "livefilter".to_owned(),
+                    "livefilter-audio".to_owned(),
+                    "livefilter audio".to_owned(),
+                    RtpCodecKind::Audio,
+                    vec![RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                        codec: opus_codec_parameters().rtp_codec,
+                        ..Default::default()
+                    }],
+                ))),
+                ssrc,
+                timestamps: TimestampRebase::new(AUDIO_CLOCK_HZ, rand::random()),
+                sequence: SequenceRebase::new(rand::random()),
+            })
         });
 
         let rtcp_track = Arc::clone(&track);
@@ -297,6 +353,8 @@ impl SendPeer {
             pc,
             track,
             packetizer,
+            audio,
+            audio_sender: Mutex::new(None),
             sender: Mutex::new(None),
             codec: options.codec,
             ssrc,
@@ -319,6 +377,18 @@ impl SendPeer {
                     .add_track(Arc::clone(&self.track) as Arc<dyn TrackLocal>)
                     .await
                     .map_err(webrtc_err("attaching the video track"))?;
+                *sender = Some(s);
+            }
+        }
+        if let Some(audio) = &self.audio {
+            let mut sender = self.audio_sender.lock().await;
+            if sender.is_none() {
+                let track = Arc::clone(&audio.lock().await.track);
+                let s = self
+                    .pc
+                    .add_track(track as Arc<dyn TrackLocal>)
+                    .await
+                    .map_err(webrtc_err("attaching the audio track"))?;
                 *sender = Some(s);
             }
         }
@@ -361,6 +431,19 @@ impl SendPeer {
             .map_err(webrtc_err("adding the video transceiver"))?;
         let sender = transceiver.sender().await.map_err(webrtc_err("getting the video sender"))?;
         *self.sender.lock().await = sender;
+        if let Some(audio) = &self.audio {
+            let track = Arc::clone(&audio.lock().await.track);
+            let transceiver = self
+                .pc
+                .add_transceiver_from_track(
+                    track as Arc<dyn TrackLocal>,
+                    Some(RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, ..Default::default() }),
+                )
+                .await
+                .map_err(webrtc_err("adding the audio transceiver"))?;
+            *self.audio_sender.lock().await =
+                transceiver.sender().await.map_err(webrtc_err("getting the audio sender"))?;
+        }
         let offer = self.pc.create_offer(None).await.map_err(webrtc_err("creating the offer"))?;
         self.pc
             .set_local_description(offer)
@@ -403,6 +486,30 @@ impl SendPeer {
             self.track.write_rtp(packet).await.map_err(webrtc_err("writing a video packet"))?;
         }
         Ok(())
+    }
+
+    /// Forwards one browser Opus packet (no-op when this peer has no audio track or the remote
+    /// side did not accept audio).
+    pub async fn write_audio(&self, packet: &AudioPacket) -> Result<(), PeerError> {
+        let Some(audio) = &self.audio else { return Ok(()) };
+        let Some(sender) = self.audio_sender.lock().await.clone() else { return Ok(()) };
+        let params = sender.get_parameters().await.map_err(webrtc_err("reading audio sender parameters"))?;
+        let Some(payload_type) = params.rtp_parameters.codecs.first().map(|c| c.payload_type) else { return Ok(()) };
+        let mut audio = audio.lock().await;
+        let header = rtc::rtp::header::Header {
+            version: 2,
+            marker: packet.marker,
+            payload_type,
+            sequence_number: audio.sequence.map(packet.media_time.epoch, packet.sequence),
+            timestamp: audio.timestamps.map(packet.media_time, Instant::now()),
+            ssrc: audio.ssrc,
+            ..Default::default()
+        };
+        audio
+            .track
+            .write_rtp(rtc::rtp::Packet { header, payload: packet.payload.clone() })
+            .await
+            .map_err(webrtc_err("writing an audio packet"))
     }
 
     async fn negotiated_payload_type(&self) -> Result<PayloadType, PeerError> {

@@ -11,7 +11,7 @@ use webrtc::peer_connection::{RTCIceServer, RTCPeerConnectionState};
 
 use super::backoff::Backoff;
 use super::peer::{PeerError, PeerEvent, PeerOptions, SendPeer};
-use super::{KeyframeRequest, OutgoingFrame, PublisherState};
+use super::{KeyframeRequest, PublisherInputs, PublisherState, observe_sent};
 use crate::codec::VideoCodec;
 use crate::metrics::{DropReason, Metrics};
 
@@ -33,6 +33,8 @@ pub struct WhipConfig {
     pub udp_addrs: Vec<String>,
     /// Addresses to advertise instead of the bound ones.
     pub public_ips: Vec<String>,
+    /// Whether the browser's audio is forwarded.
+    pub audio: bool,
     /// Limit for one HTTP request.
     pub request_timeout: Duration,
     /// Limit from the POST until media flows.
@@ -49,6 +51,7 @@ impl WhipConfig {
             ice_servers: Vec::new(),
             udp_addrs: vec!["0.0.0.0:0".to_owned()],
             public_ips: Vec::new(),
+            audio: false,
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(30),
         }
@@ -130,18 +133,18 @@ impl WhipPublisher {
     }
 
     /// Runs until shutdown, reconnecting after errors.
-    pub async fn run(self, mut frames: mpsc::Receiver<OutgoingFrame>) {
+    pub async fn run(self, mut inputs: PublisherInputs) {
         let mut backoff = Backoff::default();
         loop {
             self.set_state(PublisherState::Connecting);
-            match self.session(&mut frames, &mut backoff).await {
+            match self.session(&mut inputs, &mut backoff).await {
                 Ok(()) => break,
                 Err(e) => {
                     self.metrics.publisher_errors.with_label_values(&[PUBLISHER, e.kind()]).inc();
                     let delay = backoff.next_delay(rand::random::<f64>());
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "WHIP publisher failed; reconnecting");
                     self.set_state(PublisherState::Backoff);
-                    if self.drop_frames_for(delay, &mut frames).await {
+                    if self.drop_frames_for(delay, &mut inputs).await {
                         break;
                     }
                     self.metrics.publisher_reconnects.with_label_values(&[PUBLISHER]).inc();
@@ -149,26 +152,27 @@ impl WhipPublisher {
             }
         }
         self.set_state(PublisherState::Stopped);
-        frames.close();
+        inputs.close();
     }
 
-    async fn drop_frames_for(&self, delay: Duration, frames: &mut mpsc::Receiver<OutgoingFrame>) -> bool {
+    async fn drop_frames_for(&self, delay: Duration, inputs: &mut PublisherInputs) -> bool {
         let deadline = tokio::time::sleep(delay);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return true,
                 _ = &mut deadline => return false,
-                f = frames.recv() => match f {
+                f = inputs.video.recv() => match f {
                     Some(_) => self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected),
                     None => return true,
                 },
+                _ = inputs.audio.recv() => {}
             }
         }
     }
 
     /// One offer/answer exchange and the media that follows. `Ok` means shutdown.
-    async fn session(&self, frames: &mut mpsc::Receiver<OutgoingFrame>, backoff: &mut Backoff) -> Result<(), WhipError> {
+    async fn session(&self, inputs: &mut PublisherInputs, backoff: &mut Backoff) -> Result<(), WhipError> {
         let (peer_tx, mut peer_rx) = mpsc::channel(64);
         let metrics = self.metrics.clone();
         let peer = SendPeer::new(
@@ -178,13 +182,14 @@ impl WhipPublisher {
                 relay_only: false,
                 udp_addrs: self.config.udp_addrs.clone(),
                 public_ips: self.config.public_ips.clone(),
+                audio: self.config.audio,
             },
             peer_tx,
             self.keyframes.clone(),
             move || metrics.keyframe_requests.with_label_values(&[PUBLISHER]).inc(),
         )
         .await?;
-        let result = self.media_session(&peer, &mut peer_rx, frames, backoff).await;
+        let result = self.media_session(&peer, &mut peer_rx, inputs, backoff).await;
         peer.close().await;
         result
     }
@@ -193,7 +198,7 @@ impl WhipPublisher {
         &self,
         peer: &SendPeer,
         peer_rx: &mut mpsc::Receiver<PeerEvent>,
-        frames: &mut mpsc::Receiver<OutgoingFrame>,
+        inputs: &mut PublisherInputs,
         backoff: &mut Backoff,
     ) -> Result<(), WhipError> {
         let deadline = tokio::time::Instant::now() + self.config.connect_timeout;
@@ -209,13 +214,14 @@ impl WhipPublisher {
                     Some(_) => {}
                     None => return Err(WhipError::PeerDown(RTCPeerConnectionState::Closed)),
                 },
-                f = frames.recv() => if f.is_some() { self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected) },
+                f = inputs.video.recv() => if f.is_some() { self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected) },
+                _ = inputs.audio.recv() => {}
             }
         }
         let offer = peer.local_sdp().await.unwrap_or_default();
         let (resource, answer) = self.post_offer(offer).await?;
         tracing::info!(%resource, "WHIP session created");
-        let result = self.stream(peer, peer_rx, frames, backoff, answer, deadline).await;
+        let result = self.stream(peer, peer_rx, inputs, backoff, answer, deadline).await;
         self.delete(&resource).await;
         result
     }
@@ -224,7 +230,7 @@ impl WhipPublisher {
         &self,
         peer: &SendPeer,
         peer_rx: &mut mpsc::Receiver<PeerEvent>,
-        frames: &mut mpsc::Receiver<OutgoingFrame>,
+        inputs: &mut PublisherInputs,
         backoff: &mut Backoff,
         answer: String,
         deadline: tokio::time::Instant,
@@ -249,14 +255,19 @@ impl WhipPublisher {
                     Some(_) => {}
                     None => return Err(WhipError::PeerDown(RTCPeerConnectionState::Closed)),
                 },
-                f = frames.recv() => {
+                a = inputs.audio.recv() => {
+                    if let Some(packet) = a && live && let Err(e) = peer.write_audio(&packet).await {
+                        tracing::debug!(error = %e, "audio packet not written");
+                    }
+                }
+                f = inputs.video.recv() => {
                     let Some(frame) = f else { return Ok(()) };
                     if !live {
                         self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected);
                         continue;
                     }
                     match peer.write_frame(&frame).await {
-                        Ok(()) => self.metrics.frames_sent.with_label_values(&[PUBLISHER]).inc(),
+                        Ok(()) => observe_sent(&self.metrics, PUBLISHER, &frame),
                         Err(e) => {
                             tracing::debug!(error = %e, "frame not written");
                             self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected);

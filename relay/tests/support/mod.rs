@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -156,11 +158,23 @@ pub struct Relay {
 impl Relay {
     /// Starts `livefilter-relay test-pattern` with loopback networking plus `args`.
     pub fn test_pattern(args: &[&str]) -> Self {
+        Self::spawn("test-pattern", args)
+    }
+
+    /// Starts `livefilter-relay serve` (browser ingest) with loopback networking plus `args`,
+    /// and waits until it answers HTTP.
+    pub async fn serve(args: &[&str]) -> Self {
+        let mut relay = Self::spawn("serve", args);
+        relay.wait_until_listening().await;
+        relay
+    }
+
+    fn spawn(subcommand: &str, args: &[&str]) -> Self {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
         let log = std::env::temp_dir().join(format!("livefilter-relay-{}-{}.log", std::process::id(), http.port()));
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(relay_bin())
-            .arg("test-pattern")
+            .arg(subcommand)
             .args(["--listen", &http.to_string(), "--udp-addr", "127.0.0.1:0"])
             .args(args)
             .env("LIVEFILTER_LOG", "info")
@@ -170,6 +184,26 @@ impl Relay {
             .spawn()
             .expect("start livefilter-relay");
         Self { child, http, log }
+    }
+
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Waits until `/healthz` answers; panics with the log if the relay exits or never does.
+    pub async fn wait_until_listening(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if reqwest::get(self.url("/healthz")).await.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                panic!("relay exited with {status} before listening; log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "relay never answered /healthz; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Everything the relay logged so far.

@@ -19,7 +19,7 @@ use webrtc::peer_connection::{RTCIceServer, RTCPeerConnectionState};
 use self::signaling::{CloseKind, ConnectOptions, ServerMessage, SignalingError};
 use super::backoff::Backoff;
 use super::peer::{PeerError, PeerEvent, PeerOptions, SendPeer};
-use super::{KeyframeRequest, OutgoingFrame, PublisherState};
+use super::{KeyframeRequest, PublisherInputs, PublisherState, observe_sent};
 use crate::metrics::{DropReason, Metrics};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -152,7 +152,7 @@ impl SoraPublisher {
     }
 
     /// Runs until shutdown (or a normal close by the server), reconnecting after errors.
-    pub async fn run(self, mut frames: mpsc::Receiver<OutgoingFrame>) {
+    pub async fn run(self, mut inputs: PublisherInputs) {
         let mut backoff = Backoff::default();
         let mut redirect: Option<String> = None;
         loop {
@@ -161,7 +161,7 @@ impl SoraPublisher {
                 Some(location) => (vec![location], true),
                 None => (self.config.signaling_urls.clone(), false),
             };
-            match self.session(&urls, is_redirect, &mut frames, &mut backoff).await {
+            match self.session(&urls, is_redirect, &mut inputs, &mut backoff).await {
                 Ok(SessionEnd::Shutdown) => break,
                 Ok(SessionEnd::Redirect(location)) => {
                     tracing::info!(%location, "Sora redirected the publisher");
@@ -177,7 +177,7 @@ impl SoraPublisher {
                     let delay = backoff.next_delay(rand::random::<f64>());
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "Sora publisher failed; reconnecting");
                     self.set_state(PublisherState::Backoff);
-                    if self.drop_frames_for(delay, &mut frames).await {
+                    if self.drop_frames_for(delay, &mut inputs).await {
                         break;
                     }
                     self.metrics.publisher_reconnects.with_label_values(&[PUBLISHER]).inc();
@@ -186,21 +186,22 @@ impl SoraPublisher {
         }
         self.set_state(PublisherState::Stopped);
         // Frames offered after the end are counted as dropped by the handle (channel closed).
-        frames.close();
+        inputs.close();
     }
 
     /// Drops incoming frames for `delay`; true when shutdown came first.
-    async fn drop_frames_for(&self, delay: Duration, frames: &mut mpsc::Receiver<OutgoingFrame>) -> bool {
+    async fn drop_frames_for(&self, delay: Duration, inputs: &mut PublisherInputs) -> bool {
         let deadline = tokio::time::sleep(delay);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return true,
                 _ = &mut deadline => return false,
-                f = frames.recv() => match f {
+                f = inputs.video.recv() => match f {
                     Some(_) => self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected),
                     None => return true,
                 },
+                _ = inputs.audio.recv() => {}
             }
         }
     }
@@ -209,7 +210,7 @@ impl SoraPublisher {
         &self,
         urls: &[String],
         redirect: bool,
-        frames: &mut mpsc::Receiver<OutgoingFrame>,
+        inputs: &mut PublisherInputs,
         backoff: &mut Backoff,
     ) -> Result<SessionEnd, SoraError> {
         let started = tokio::time::Instant::now();
@@ -231,10 +232,11 @@ impl SoraPublisher {
                     return Ok(SessionEnd::Shutdown);
                 }
                 _ = tokio::time::sleep_until(connect_deadline) => return Err(SoraError::Timeout(self.config.connect_timeout)),
-                f = frames.recv() => {
+                f = inputs.video.recv() => {
                     if f.is_some() { self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected); }
                     continue;
                 }
+                _ = inputs.audio.recv() => continue,
                 m = ws.next() => m,
             };
             match self.read_server_message(&url, msg)? {
@@ -264,6 +266,7 @@ impl SoraPublisher {
                 relay_only: offer.relay_only,
                 udp_addrs: self.config.udp_addrs.clone(),
                 public_ips: self.config.public_ips.clone(),
+                audio: self.config.connect.audio,
             },
             peer_tx,
             self.keyframes.clone(),
@@ -271,7 +274,7 @@ impl SoraPublisher {
         )
         .await?;
         let result = self
-            .media_session(&url, &mut ws, &peer, &mut peer_rx, &offer, frames, backoff, connect_deadline)
+            .media_session(&url, &mut ws, &peer, &mut peer_rx, &offer, inputs, backoff, connect_deadline)
             .await;
         peer.close().await;
         result
@@ -285,7 +288,7 @@ impl SoraPublisher {
         peer: &SendPeer,
         peer_rx: &mut mpsc::Receiver<PeerEvent>,
         offer: &signaling::Offer,
-        frames: &mut mpsc::Receiver<OutgoingFrame>,
+        inputs: &mut PublisherInputs,
         backoff: &mut Backoff,
         connect_deadline: tokio::time::Instant,
     ) -> Result<SessionEnd, SoraError> {
@@ -322,7 +325,7 @@ impl SoraPublisher {
                     Some(PeerEvent::Down(state)) => return Err(SoraError::PeerDown(state)),
                     None => return Err(SoraError::PeerDown(RTCPeerConnectionState::Closed)),
                 },
-                f = frames.recv() => {
+                f = inputs.video.recv() => {
                     let Some(frame) = f else {
                         say_goodbye(ws, self.config.disconnect_timeout).await;
                         return Ok(SessionEnd::Shutdown);
@@ -335,12 +338,17 @@ impl SoraPublisher {
                         Ok(()) => {
                             frames_sent += 1;
                             bytes_sent += frame.frame.data.len() as u64;
-                            self.metrics.frames_sent.with_label_values(&[PUBLISHER]).inc();
+                            observe_sent(&self.metrics, PUBLISHER, &frame);
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "frame not written");
                             self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected);
                         }
+                    }
+                }
+                a = inputs.audio.recv() => {
+                    if let Some(packet) = a && media_up && let Err(e) = peer.write_audio(&packet).await {
+                        tracing::debug!(error = %e, "audio packet not written");
                     }
                 }
                 msg = ws.next() => match self.read_server_message(url, msg)? {

@@ -1,0 +1,139 @@
+//! Per-stage latency: Prometheus histograms for scraping, and a sliding window of recent
+//! samples for the p50/p95/p99 that `/status` (and so the operator) reports.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use prometheus::{HistogramOpts, HistogramVec, Registry};
+use serde::Serialize;
+
+/// Samples kept per stage (10 s at 30 fps).
+pub const WINDOW: usize = 300;
+
+/// A stage of the per-frame path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// First RTP packet -> decoded picture.
+    Decode,
+    /// Decoded -> taken from the newest-frame slot by the filter thread.
+    Queue,
+    /// The filter itself.
+    Filter,
+    /// Scaling and encoding.
+    Encode,
+    /// Encoded -> written to a publisher's track.
+    Send,
+    /// Received (or generated) -> written to a publisher's track: what the relay adds.
+    Total,
+}
+
+impl Stage {
+    /// Every stage, in path order.
+    pub const ALL: [Stage; 6] = [Stage::Decode, Stage::Queue, Stage::Filter, Stage::Encode, Stage::Send, Stage::Total];
+
+    /// The `stage` label and `/status` key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Queue => "queue",
+            Stage::Filter => "filter",
+            Stage::Encode => "encode",
+            Stage::Send => "send",
+            Stage::Total => "total",
+        }
+    }
+}
+
+/// Percentiles of a window, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Samples in the window.
+    pub samples: usize,
+}
+
+/// Nearest-rank percentiles of `samples` (ms); all zero when empty.
+pub fn percentiles(samples: &[f64]) -> Percentiles {
+    if samples.is_empty() {
+        return Percentiles::default();
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = |p: f64| sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+    Percentiles { p50: rank(0.50), p95: rank(0.95), p99: rank(0.99), samples: sorted.len() }
+}
+
+/// Latency recorder shared by every stage.
+#[derive(Clone)]
+pub struct Latency {
+    histogram: HistogramVec,
+    windows: Arc<Mutex<Vec<VecDeque<f64>>>>,
+}
+
+impl Latency {
+    /// Creates the histogram and registers it.
+    pub fn new(registry: &Registry) -> Self {
+        let histogram = HistogramVec::new(
+            HistogramOpts::new("livefilter_stage_latency_seconds", "Per-frame latency by stage (total = relay-added)")
+                .buckets(vec![0.001, 0.002, 0.004, 0.008, 0.012, 0.016, 0.020, 0.025, 0.033, 0.050, 0.066, 0.100, 0.200, 0.500]),
+            &["stage"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(histogram.clone())).expect("metric names are unique");
+        Self { histogram, windows: Arc::new(Mutex::new(vec![VecDeque::with_capacity(WINDOW); Stage::ALL.len()])) }
+    }
+
+    /// Records one sample.
+    pub fn observe(&self, stage: Stage, d: Duration) {
+        self.histogram.with_label_values(&[stage.as_str()]).observe(d.as_secs_f64());
+        let index = Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0);
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let w = &mut windows[index];
+        if w.len() == WINDOW {
+            w.pop_front();
+        }
+        w.push_back(d.as_secs_f64() * 1000.0);
+    }
+
+    /// Percentiles of the recent window of `stage`.
+    pub fn window(&self, stage: Stage) -> Percentiles {
+        let index = Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0);
+        let samples: Vec<f64> = self.windows.lock().unwrap_or_else(PoisonError::into_inner)[index].iter().copied().collect();
+        percentiles(&samples)
+    }
+
+    /// Forgets the windows (a new input session starts).
+    pub fn reset_windows(&self) {
+        for w in self.windows.lock().unwrap_or_else(PoisonError::into_inner).iter_mut() {
+            w.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles_of_one_to_hundred() {
+        let samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentiles(&samples), Percentiles { p50: 50.0, p95: 95.0, p99: 99.0, samples: 100 });
+    }
+
+    #[test]
+    fn the_window_keeps_only_the_newest_samples() {
+        let latency = Latency::new(&Registry::new());
+        for ms in 0..(WINDOW as u64 + 100) {
+            latency.observe(Stage::Filter, Duration::from_millis(if ms < 100 { 1000 } else { 5 }));
+        }
+        let p = latency.window(Stage::Filter);
+        assert_eq!((p.p99, p.samples), (5.0, WINDOW));
+        assert_eq!(latency.window(Stage::Encode).samples, 0);
+    }
+}

@@ -1,0 +1,260 @@
+//! The built-in local preview: viewers pull the processed stream over WebRTC (WHEP-style: the
+//! viewer POSTs a recvonly offer, the relay answers). One encoded stream fans out to every
+//! viewer, each behind its own small buffer, so a slow viewer only loses its own frames.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use webrtc::peer_connection::RTCPeerConnectionState;
+
+use super::peer::{PeerError, PeerEvent, PeerOptions, SendPeer};
+use super::{
+    AudioPacket, KeyframeRequest, OutgoingFrame, PUBLISHER_BUFFER_AUDIO, PUBLISHER_BUFFER_FRAMES, PublisherInputs,
+    PublisherState, observe_sent,
+};
+use crate::codec::VideoCodec;
+use crate::metrics::{DropReason, Metrics};
+
+/// The metric label of this publisher.
+pub const PUBLISHER: &str = "preview";
+
+/// How long a viewer's offer may take to get a complete answer.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a viewer may take to connect after its answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why a viewer could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum PreviewError {
+    /// The viewer limit is reached.
+    #[error("the preview already has {0} viewers (the configured maximum)")]
+    Full(usize),
+    /// The offer could not be answered.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// ICE gathering did not finish.
+    #[error("ICE gathering did not complete within {0:?}")]
+    Gathering(Duration),
+}
+
+/// Settings of the preview.
+#[derive(Clone, Debug)]
+pub struct PreviewConfig {
+    /// The codec the relay encodes with.
+    pub codec: VideoCodec,
+    /// At most this many viewers at once.
+    pub max_viewers: usize,
+    /// Local UDP sockets for viewer peers.
+    pub udp_addrs: Vec<String>,
+    /// Addresses to advertise.
+    pub public_ips: Vec<String>,
+}
+
+struct Viewer {
+    video: mpsc::Sender<OutgoingFrame>,
+    audio: mpsc::Sender<AudioPacket>,
+    cancel: CancellationToken,
+}
+
+/// The preview publisher: a set of viewers fed from one encoded stream.
+pub struct PreviewHub {
+    config: PreviewConfig,
+    metrics: Metrics,
+    keyframes: KeyframeRequest,
+    viewers: Mutex<HashMap<String, Viewer>>,
+    shutdown: CancellationToken,
+}
+
+impl PreviewHub {
+    /// An empty hub.
+    pub fn new(config: PreviewConfig, metrics: Metrics, keyframes: KeyframeRequest, shutdown: CancellationToken) -> Arc<Self> {
+        metrics.set_publisher_state(PUBLISHER, PublisherState::Connecting);
+        Arc::new(Self { config, metrics, keyframes, viewers: Mutex::new(HashMap::new()), shutdown })
+    }
+
+    /// Viewers connected or connecting.
+    pub fn viewer_count(&self) -> usize {
+        self.viewers.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// The configured maximum.
+    pub fn max_viewers(&self) -> usize {
+        self.config.max_viewers
+    }
+
+    fn update_state(&self) {
+        let state = if self.viewer_count() > 0 { PublisherState::Connected } else { PublisherState::Connecting };
+        self.metrics.set_publisher_state(PUBLISHER, state);
+    }
+
+    /// Answers a viewer's recvonly offer; returns the viewer id and the answer SDP (with every
+    /// candidate: no trickle).
+    pub async fn add_viewer(self: &Arc<Self>, offer_sdp: String) -> Result<(String, String), PreviewError> {
+        let id = format!("{:016x}", rand::random::<u64>());
+        let (video_tx, video_rx) = mpsc::channel(PUBLISHER_BUFFER_FRAMES);
+        let (audio_tx, audio_rx) = mpsc::channel(PUBLISHER_BUFFER_AUDIO);
+        let cancel = self.shutdown.child_token();
+        {
+            let mut viewers = self.viewers.lock().unwrap_or_else(PoisonError::into_inner);
+            if viewers.len() >= self.config.max_viewers {
+                return Err(PreviewError::Full(self.config.max_viewers));
+            }
+            // Reserved before the (slow) answer so concurrent offers respect the limit.
+            viewers.insert(id.clone(), Viewer { video: video_tx, audio: audio_tx, cancel: cancel.clone() });
+        }
+        match self.answer(&id, offer_sdp, video_rx, audio_rx, cancel).await {
+            Ok(answer) => {
+                self.update_state();
+                Ok((id, answer))
+            }
+            Err(e) => {
+                self.viewers.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn answer(
+        self: &Arc<Self>,
+        id: &str,
+        offer_sdp: String,
+        video_rx: mpsc::Receiver<OutgoingFrame>,
+        audio_rx: mpsc::Receiver<AudioPacket>,
+        cancel: CancellationToken,
+    ) -> Result<String, PreviewError> {
+        let (events_tx, mut events) = mpsc::channel(64);
+        let metrics = self.metrics.clone();
+        let peer = SendPeer::new(
+            &PeerOptions {
+                codec: self.config.codec,
+                ice_servers: Vec::new(),
+                relay_only: false,
+                udp_addrs: self.config.udp_addrs.clone(),
+                public_ips: self.config.public_ips.clone(),
+                audio: true,
+            },
+            events_tx,
+            self.keyframes.clone(),
+            move || metrics.keyframe_requests.with_label_values(&[PUBLISHER]).inc(),
+        )
+        .await?;
+        peer.answer(offer_sdp).await?;
+        let gathered = tokio::time::timeout(GATHER_TIMEOUT, async {
+            while let Some(e) = events.recv().await {
+                if matches!(e, PeerEvent::GatheringComplete) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if !matches!(gathered, Ok(true)) {
+            peer.close().await;
+            return Err(PreviewError::Gathering(GATHER_TIMEOUT));
+        }
+        let answer = peer.local_sdp().await.unwrap_or_default();
+        let hub = Arc::clone(self);
+        let viewer = ViewerTask { hub: Arc::clone(&hub), id: id.to_owned(), peer, events, video: video_rx, audio: audio_rx, cancel };
+        tokio::spawn(viewer.run().instrument(tracing::info_span!("preview-viewer", id)));
+        Ok(answer)
+    }
+
+    /// Ends a viewer; false when there is no such viewer.
+    pub fn remove_viewer(&self, id: &str) -> bool {
+        let removed = self.viewers.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+        if let Some(v) = &removed {
+            v.cancel.cancel();
+        }
+        self.update_state();
+        removed.is_some()
+    }
+
+    /// Fans the encoded stream out to the viewers until shutdown.
+    pub async fn run(self: Arc<Self>, mut inputs: PublisherInputs) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                f = inputs.video.recv() => {
+                    let Some(frame) = f else { break };
+                    let viewers = self.viewers.lock().unwrap_or_else(PoisonError::into_inner);
+                    if viewers.is_empty() {
+                        continue;
+                    }
+                    for v in viewers.values() {
+                        if v.video.try_send(frame.clone()).is_err() {
+                            self.metrics.drop_frame(PUBLISHER, DropReason::PublisherBacklog);
+                        }
+                    }
+                }
+                a = inputs.audio.recv() => {
+                    let Some(packet) = a else { break };
+                    for v in self.viewers.lock().unwrap_or_else(PoisonError::into_inner).values() {
+                        let _ = v.audio.try_send(packet.clone());
+                    }
+                }
+            }
+        }
+        let ids: Vec<String> = self.viewers.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        for id in ids {
+            self.remove_viewer(&id);
+        }
+        self.metrics.set_publisher_state(PUBLISHER, PublisherState::Stopped);
+        inputs.close();
+    }
+}
+
+struct ViewerTask {
+    hub: Arc<PreviewHub>,
+    id: String,
+    peer: SendPeer,
+    events: mpsc::Receiver<PeerEvent>,
+    video: mpsc::Receiver<OutgoingFrame>,
+    audio: mpsc::Receiver<AudioPacket>,
+    cancel: CancellationToken,
+}
+
+impl ViewerTask {
+    async fn run(mut self) {
+        let mut live = false;
+        let timeout = tokio::time::sleep(CONNECT_TIMEOUT);
+        tokio::pin!(timeout);
+        let end = loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break "removed",
+                _ = &mut timeout, if !live => break "did not connect in time",
+                e = self.events.recv() => match e {
+                    Some(PeerEvent::Connected) => {
+                        live = true;
+                        self.hub.keyframes.request();
+                        tracing::info!("preview viewer connected");
+                    }
+                    Some(PeerEvent::Down(RTCPeerConnectionState::Disconnected)) => {}
+                    Some(PeerEvent::Down(_)) | None => break "connection closed",
+                    Some(_) => {}
+                },
+                f = self.video.recv() => {
+                    let Some(frame) = f else { break "stopped" };
+                    if !live {
+                        continue;
+                    }
+                    match self.peer.write_frame(&frame).await {
+                        Ok(()) => observe_sent(&self.hub.metrics, PUBLISHER, &frame),
+                        Err(e) => tracing::debug!(error = %e, "preview frame not written"),
+                    }
+                }
+                a = self.audio.recv() => {
+                    if let Some(packet) = a && live && let Err(e) = self.peer.write_audio(&packet).await {
+                        tracing::debug!(error = %e, "preview audio not written");
+                    }
+                }
+            }
+        };
+        tracing::info!(reason = end, "preview viewer ended");
+        self.peer.close().await;
+        self.hub.remove_viewer(&self.id);
+    }
+}

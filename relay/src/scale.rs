@@ -1,0 +1,74 @@
+//! Scaling I420 frames to the configured output size (each plane resized on its own).
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+
+use crate::frame::{FrameError, I420Frame};
+
+/// Errors while scaling.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    /// The resizer refused the planes.
+    #[error("scaling {from_w}x{from_h} to {to_w}x{to_h} failed: {detail}")]
+    Resize { from_w: u32, from_h: u32, to_w: u32, to_h: u32, detail: String },
+    /// The scaled planes did not form a frame.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// Scales frames to a fixed size, reusing its resizer.
+pub struct Scaler {
+    resizer: Resizer,
+    options: ResizeOptions,
+}
+
+impl Default for Scaler {
+    fn default() -> Self {
+        Self { resizer: Resizer::new(), options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)) }
+    }
+}
+
+impl Scaler {
+    /// Returns `frame` at `width`x`height` (unchanged when it already is).
+    pub fn scale(&mut self, frame: I420Frame, width: u32, height: u32) -> Result<I420Frame, ScaleError> {
+        if frame.width() == width && frame.height() == height {
+            return Ok(frame);
+        }
+        let (sw, sh) = (frame.width(), frame.height());
+        let err = |detail: String| ScaleError::Resize { from_w: sw, from_h: sh, to_w: width, to_h: height, detail };
+        let (scw, sch) = frame.chroma_size();
+        let (dcw, dch) = (width.div_ceil(2), height.div_ceil(2));
+        let mut plane = |src: &[u8], w: u32, h: u32, dw: u32, dh: u32| -> Result<Vec<u8>, ScaleError> {
+            let src = ImageRef::new(w, h, src, PixelType::U8).map_err(|e| err(e.to_string()))?;
+            let mut dst = Image::new(dw, dh, PixelType::U8);
+            self.resizer.resize(&src, &mut dst, &self.options).map_err(|e| err(e.to_string()))?;
+            Ok(dst.into_vec())
+        };
+        let y = plane(frame.y(), sw, sh, width, height)?;
+        let u = plane(frame.u(), scw as u32, sch as u32, dcw, dch)?;
+        let v = plane(frame.v(), scw as u32, sch as u32, dcw, dch)?;
+        Ok(I420Frame::from_planes(width, height, y, u, v)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaling_keeps_a_flat_colour_and_reaches_the_target_size() {
+        let mut scaler = Scaler::default();
+        let frame = I420Frame::filled(640, 360, [81, 90, 240]).unwrap();
+        let out = scaler.scale(frame, 1280, 720).unwrap();
+        assert_eq!((out.width(), out.height()), (1280, 720));
+        assert!(out.y().iter().all(|&p| p == 81));
+        assert!(out.v().iter().all(|&p| p == 240));
+    }
+
+    #[test]
+    fn a_frame_already_at_size_is_returned_unchanged() {
+        let mut scaler = Scaler::default();
+        let frame = I420Frame::filled(64, 36, [1, 2, 3]).unwrap();
+        assert_eq!(scaler.scale(frame.clone(), 64, 36).unwrap(), frame);
+    }
+}

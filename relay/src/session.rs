@@ -1,0 +1,448 @@
+//! The browser's session: one WebRTC peer receiving the camera (and microphone), decoding video
+//! into the newest-frame slot, forwarding Opus to the publishers, and echoing DataChannel pings.
+//! One session at a time; when it ends (ICE failed, track ended, page closed) the relay is idle
+//! and accepts a new offer.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    SettingEngineBuilder, register_default_interceptors,
+};
+
+use crate::codec::VideoCodec;
+use crate::frame::FrameTimes;
+use crate::ingest::{DecodedFrame, VideoIngestConfig, VideoIngestStats, run_video_track};
+use crate::latency::Stage;
+use crate::metrics::{DropReason, Metrics};
+use crate::offer::{OfferError, check_offer};
+use crate::pipeline::InputFrame;
+use crate::publish::peer::{H264_FMTP, opus_codec_parameters};
+use crate::publish::rtp::MediaTime;
+use crate::publish::{AudioPacket, KeyframeRequest, PublisherHandle};
+use crate::rate::FpsMeter;
+use crate::slot::NewestSlot;
+
+/// How long the answer may wait for ICE gathering (the answer carries every candidate).
+const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the browser has to connect after the answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an ICE `disconnected` may last before the session is given up.
+const DISCONNECTED_GRACE: Duration = Duration::from_secs(4);
+
+/// Why an offer was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// A browser is already streaming.
+    #[error("a stream is already live (started {0:.0} s ago); stop it first")]
+    Busy(f64),
+    /// The offer itself is unusable.
+    #[error(transparent)]
+    Offer(#[from] OfferError),
+    /// webrtc-rs failed.
+    #[error("WebRTC {op} failed: {detail}")]
+    WebRtc { op: &'static str, detail: String },
+    /// The relay is shutting down.
+    #[error("the relay is shutting down")]
+    ShuttingDown,
+}
+
+fn webrtc_err(op: &'static str) -> impl FnOnce(webrtc::error::Error) -> AcceptError {
+    move |e| AcceptError::WebRtc { op, detail: e.to_string() }
+}
+
+/// Settings of the browser ingest.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// Video codecs accepted from the browser, in preference order.
+    pub codecs: Vec<VideoCodec>,
+    /// Local UDP sockets.
+    pub udp_addrs: Vec<String>,
+    /// Addresses to advertise.
+    pub public_ips: Vec<String>,
+}
+
+/// What `/status` shows of the session.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SessionView {
+    /// `idle`, `connecting` or `receiving`.
+    pub state: &'static str,
+    /// Seconds since the offer was answered.
+    pub age_secs: Option<f64>,
+    /// The negotiated input codec.
+    pub codec: Option<String>,
+}
+
+enum State {
+    Idle,
+    Live { started: Instant, cancel: CancellationToken, connected: bool },
+}
+
+/// The single browser session slot and everything a session feeds.
+pub struct SessionManager {
+    config: IngestConfig,
+    slot: Arc<NewestSlot<InputFrame>>,
+    publishers: Vec<PublisherHandle>,
+    metrics: Metrics,
+    keyframes: KeyframeRequest,
+    state: Mutex<State>,
+    epoch: AtomicU64,
+    video_stats: Mutex<Option<Arc<VideoIngestStats>>>,
+    shutdown: CancellationToken,
+}
+
+impl SessionManager {
+    /// A manager feeding `slot` (video) and `publishers` (audio).
+    pub fn new(
+        config: IngestConfig,
+        slot: Arc<NewestSlot<InputFrame>>,
+        publishers: Vec<PublisherHandle>,
+        metrics: Metrics,
+        keyframes: KeyframeRequest,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            slot,
+            publishers,
+            metrics,
+            keyframes,
+            state: Mutex::new(State::Idle),
+            epoch: AtomicU64::new(0),
+            video_stats: Mutex::new(None),
+            shutdown,
+        })
+    }
+
+    /// The session as `/status` shows it.
+    pub fn view(&self) -> SessionView {
+        let codec = self
+            .video_stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|s| s.snapshot().codec)
+            .map(|c| c.to_string());
+        match &*self.state.lock().unwrap_or_else(PoisonError::into_inner) {
+            State::Idle => SessionView { state: "idle", age_secs: None, codec: None },
+            State::Live { started, connected, .. } => SessionView {
+                state: if *connected { "receiving" } else { "connecting" },
+                age_secs: Some(started.elapsed().as_secs_f64()),
+                codec,
+            },
+        }
+    }
+
+    /// Frames assembled from the browser's RTP in the current (or last) session.
+    pub fn frames_received(&self) -> u64 {
+        self.video_stats.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map_or(0, |s| s.snapshot().frames_assembled)
+    }
+
+    /// Ends the current session, if any.
+    pub fn stop(&self) {
+        if let State::Live { cancel, .. } = &*self.state.lock().unwrap_or_else(PoisonError::into_inner) {
+            cancel.cancel();
+        }
+    }
+
+    /// Answers a browser's offer and starts the session; the answer carries every candidate.
+    pub async fn accept(self: &Arc<Self>, kind: &str, offer_sdp: String) -> Result<String, AcceptError> {
+        if self.shutdown.is_cancelled() {
+            return Err(AcceptError::ShuttingDown);
+        }
+        let summary = check_offer(kind, &offer_sdp, &self.config.codecs)?;
+        let cancel = self.shutdown.child_token();
+        {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if let State::Live { started, .. } = &*state {
+                return Err(AcceptError::Busy(started.elapsed().as_secs_f64()));
+            }
+            *state = State::Live { started: Instant::now(), cancel: cancel.clone(), connected: false };
+        }
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(epoch, codecs = ?summary.video_codecs, opus = summary.opus, "browser offer accepted");
+        match self.start(epoch, offer_sdp, cancel.clone()).await {
+            Ok(answer) => Ok(answer),
+            Err(e) => {
+                cancel.cancel();
+                *self.state.lock().unwrap_or_else(PoisonError::into_inner) = State::Idle;
+                Err(e)
+            }
+        }
+    }
+
+    fn mark_connected(&self) {
+        if let State::Live { connected, .. } = &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner) {
+            *connected = true;
+        }
+    }
+
+    async fn start(self: &Arc<Self>, epoch: u64, offer_sdp: String, cancel: CancellationToken) -> Result<String, AcceptError> {
+        let mut media_engine = MediaEngine::default();
+        for codec in &self.config.codecs {
+            for params in receive_codec_parameters(*codec) {
+                media_engine.register_codec(params, RtpCodecKind::Video).map_err(webrtc_err("registering a video codec"))?;
+            }
+        }
+        media_engine
+            .register_codec(opus_codec_parameters(), RtpCodecKind::Audio)
+            .map_err(webrtc_err("registering Opus"))?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(webrtc_err("registering interceptors"))?;
+        let loopback = self
+            .config
+            .udp_addrs
+            .iter()
+            .filter_map(|a| a.rsplit_once(':').map(|(ip, _)| ip.trim_matches(['[', ']'])))
+            .filter_map(|ip| ip.parse::<IpAddr>().ok())
+            .any(|ip| ip.is_loopback());
+        let mut settings = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
+        if !self.config.public_ips.is_empty() {
+            settings = settings.with_nat_1to1_ips(self.config.public_ips.clone(), RTCIceCandidateType::Host);
+        }
+        let gathered = Arc::new(Notify::new());
+        let handler = Arc::new(SessionHandler { manager: Arc::clone(self), epoch, cancel: cancel.clone(), gathered: Arc::clone(&gathered) });
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media_engine)
+            .with_setting_engine(settings.build())
+            .with_interceptor_registry(registry)
+            .with_handler(handler)
+            .with_udp_addrs(self.config.udp_addrs.clone())
+            .build()
+            .await
+            .map_err(webrtc_err("creating the peer connection"))?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let result = async {
+            let offer = RTCSessionDescription::offer(offer_sdp).map_err(|e| AcceptError::Offer(OfferError::Malformed(e.to_string())))?;
+            pc.set_remote_description(offer)
+                .await
+                .map_err(|e| AcceptError::Offer(OfferError::Malformed(e.to_string())))?;
+            let answer = pc.create_answer(None).await.map_err(webrtc_err("creating the answer"))?;
+            pc.set_local_description(answer).await.map_err(webrtc_err("applying the answer"))?;
+            // Non-trickle, as the original sample: the answer waits for every local candidate.
+            if tokio::time::timeout(GATHER_TIMEOUT, gathered.notified()).await.is_err() {
+                tracing::warn!(?GATHER_TIMEOUT, "ICE gathering incomplete; answering with the candidates so far");
+            }
+            pc.local_description().await.map(|d| d.sdp).ok_or(AcceptError::WebRtc { op: "reading the answer", detail: "no local description".into() })
+        }
+        .await;
+        let manager = Arc::clone(self);
+        let supervised = Arc::clone(&pc);
+        tokio::spawn(
+            async move {
+                let connect_deadline = tokio::time::sleep(CONNECT_TIMEOUT);
+                tokio::pin!(connect_deadline);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = &mut connect_deadline => {
+                            if !matches!(manager.view().state, "receiving") {
+                                tracing::warn!(?CONNECT_TIMEOUT, "browser did not connect in time");
+                                break;
+                            }
+                        }
+                    }
+                }
+                if let Err(e) = supervised.close().await {
+                    tracing::debug!(error = %e, "closing the browser peer");
+                }
+                manager.slot.clear();
+                manager.metrics.latency.reset_windows();
+                *manager.state.lock().unwrap_or_else(PoisonError::into_inner) = State::Idle;
+                tracing::info!(epoch, "browser session ended; relay idle");
+            }
+            .instrument(tracing::info_span!("browser-session", epoch)),
+        );
+        result
+    }
+
+    fn on_decoded(&self, epoch: u64, decoded: DecodedFrame, fps: &mut FpsMeter) {
+        let m = &self.metrics;
+        m.frames_decoded.inc();
+        m.latency.observe(Stage::Decode, decoded.decoded_at.saturating_duration_since(decoded.arrival));
+        let rate = fps.tick(decoded.decoded_at);
+        m.set_video("input", decoded.frame.width(), decoded.frame.height(), rate);
+        let mut times = FrameTimes::new(decoded.arrival);
+        times.decoded = Some(decoded.decoded_at);
+        let input = InputFrame { picture: decoded.frame, times, media_time: MediaTime { epoch, rtp_timestamp: decoded.rtp_timestamp } };
+        if self.slot.put(input).is_some() {
+            m.drop_frame("pipeline", DropReason::Stale);
+        }
+    }
+}
+
+/// The codec parameters the relay receives with: VP8, and H.264 constrained baseline and
+/// baseline (the formats OpenH264 decodes), both packetization-mode 1.
+fn receive_codec_parameters(codec: VideoCodec) -> Vec<RTCRtpCodecParameters> {
+    let feedback = vec![
+        RTCPFeedback { typ: "goog-remb".into(), parameter: String::new() },
+        RTCPFeedback { typ: "nack".into(), parameter: String::new() },
+        RTCPFeedback { typ: "nack".into(), parameter: "pli".into() },
+        RTCPFeedback { typ: "ccm".into(), parameter: "fir".into() },
+    ];
+    let params = |mime: &str, fmtp: &str, pt: u8| RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: fmtp.to_owned(),
+            rtcp_feedback: feedback.clone(),
+        },
+        payload_type: pt,
+    };
+    match codec {
+        VideoCodec::Vp8 => vec![params("video/VP8", "", 96)],
+        VideoCodec::H264 => vec![
+            params("video/H264", H264_FMTP, 102),
+            params("video/H264", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f", 104),
+        ],
+    }
+}
+
+struct SessionHandler {
+    manager: Arc<SessionManager>,
+    epoch: u64,
+    cancel: CancellationToken,
+    gathered: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for SessionHandler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.notify_one();
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::info!(epoch = self.epoch, %state, "browser peer connection");
+        match state {
+            RTCPeerConnectionState::Connected => {
+                self.manager.mark_connected();
+                self.manager.keyframes.request();
+            }
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => self.cancel.cancel(),
+            RTCPeerConnectionState::Disconnected => {
+                let cancel = self.cancel.clone();
+                let manager = Arc::clone(&self.manager);
+                let epoch = self.epoch;
+                tokio::spawn(async move {
+                    tokio::time::sleep(DISCONNECTED_GRACE).await;
+                    if manager.epoch.load(Ordering::Acquire) == epoch && !cancel.is_cancelled() {
+                        tracing::warn!(epoch, "browser stayed disconnected; ending the session");
+                        cancel.cancel();
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let kind = track.kind().await;
+        let manager = Arc::clone(&self.manager);
+        let cancel = self.cancel.clone();
+        let epoch = self.epoch;
+        match kind {
+            RtpCodecKind::Video => {
+                let stats = Arc::new(VideoIngestStats::default());
+                *manager.video_stats.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&stats));
+                tokio::spawn(
+                    async move {
+                        let mut fps = FpsMeter::default();
+                        let mut seen = 0u64;
+                        let sink_manager = Arc::clone(&manager);
+                        let sink_stats = Arc::clone(&stats);
+                        let sink = move |decoded: DecodedFrame| {
+                            let assembled = sink_stats.snapshot().frames_assembled;
+                            sink_manager.metrics.frames_received.inc_by(assembled.saturating_sub(seen));
+                            seen = assembled;
+                            sink_manager.on_decoded(epoch, decoded, &mut fps);
+                        };
+                        if let Err(e) = run_video_track(track, VideoIngestConfig::default(), stats, sink).await {
+                            tracing::warn!(error = %e, "browser video could not be received");
+                        }
+                        // The camera track ended: the stream is over.
+                        cancel.cancel();
+                    }
+                    .instrument(tracing::info_span!("browser-video", epoch)),
+                );
+            }
+            RtpCodecKind::Audio => {
+                tokio::spawn(forward_audio(track, manager, epoch).instrument(tracing::info_span!("browser-audio", epoch)));
+            }
+            _ => tracing::info!(?kind, "ignoring a track of unknown kind"),
+        }
+    }
+
+    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        tokio::spawn(echo_pings(dc).instrument(tracing::info_span!("browser-datachannel", epoch = self.epoch)));
+    }
+}
+
+/// Forwards the browser's Opus packets, untouched, to every publisher.
+async fn forward_audio(track: Arc<dyn TrackRemote>, manager: Arc<SessionManager>, epoch: u64) {
+    while let Some(event) = track.poll().await {
+        match event {
+            TrackRemoteEvent::OnRtpPacket(packet) => {
+                let audio = AudioPacket {
+                    payload: packet.payload.clone(),
+                    media_time: MediaTime { epoch, rtp_timestamp: packet.header.timestamp },
+                    sequence: packet.header.sequence_number,
+                    marker: packet.header.marker,
+                };
+                for p in &manager.publishers {
+                    p.offer_audio(audio.clone());
+                }
+                manager.metrics.audio_packets_forwarded.inc();
+            }
+            TrackRemoteEvent::OnEnded => break,
+            _ => {}
+        }
+    }
+    tracing::info!("browser audio ended");
+}
+
+/// The original sample's keep-alive: `ping <x>` is answered `pong <x>`.
+pub fn pong_for(message: &str) -> Option<String> {
+    message.strip_prefix("ping").map(|rest| format!("pong{rest}"))
+}
+
+async fn echo_pings(dc: Arc<dyn DataChannel>) {
+    while let Some(event) = dc.poll().await {
+        match event {
+            DataChannelEvent::OnMessage(msg) if msg.is_string => {
+                let text = String::from_utf8_lossy(&msg.data);
+                if let Some(pong) = pong_for(&text)
+                    && let Err(e) = dc.send_text(&pong).await
+                {
+                    tracing::debug!(error = %e, "pong not sent");
+                }
+            }
+            DataChannelEvent::OnClose => break,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_messages_are_echoed_as_pong_with_the_same_payload() {
+        assert_eq!(pong_for("ping 1234.5").as_deref(), Some("pong 1234.5"));
+        assert_eq!(pong_for("hello"), None);
+    }
+}
