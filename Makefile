@@ -4,23 +4,28 @@ CARGO ?= cargo
 ENDPOINT_ADDR ?= 127.0.0.1:7000
 RELAY_HTTP ?= 127.0.0.1:8080
 
-.PHONY: setup build run test lint bench fmt
+.PHONY: setup build run run-test-pattern test lint bench fmt
 
 setup:
 	@scripts/setup.sh
 
 build: setup
-	$(CARGO) build --release --workspace
+	$(CARGO) build --release -p livefilter-relay -p sora-endpoint
 
-# The main job: a local Sora-compatible endpoint and the relay publishing the test pattern to it.
+# The main job: the relay on localhost with the default filter and the local preview.
 run: build
 	scripts/run-local.sh
+
+# The test pattern (no browser) published into a local Sora-compatible endpoint.
+run-test-pattern: build
+	scripts/run-test-pattern.sh
 
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test: lint
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace -- --test-threads=2
 
 bench: build

@@ -1,35 +1,17 @@
 #!/usr/bin/env bash
-# The main job on one machine: a local Sora-compatible endpoint and the relay publishing the
-# test pattern into it. Ctrl-C stops both. Ports: ENDPOINT_ADDR (7000), RELAY_HTTP (8080).
+# The main job: the relay on localhost with the default filter and the local preview.
+# Open the sender page, allow the camera, press Start; watch the result at /view.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ENDPOINT_ADDR=${ENDPOINT_ADDR:-127.0.0.1:7000}
 RELAY_HTTP=${RELAY_HTTP:-127.0.0.1:8080}
-CODEC=${CODEC:-vp8}
-CHANNEL=${CHANNEL:-livefilter-demo}
-BIN=target/release
-
-"$BIN/sora-endpoint" --listen "$ENDPOINT_ADDR" &
-endpoint=$!
-trap 'kill -TERM $relay $endpoint 2>/dev/null; wait' EXIT INT TERM
-for _ in $(seq 50); do
-  curl -fsS "http://$ENDPOINT_ADDR/healthz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-
-"$BIN/livefilter-relay" test-pattern \
-  --listen "$RELAY_HTTP" --udp-addr 127.0.0.1:0 \
-  --sora-signaling-url "ws://$ENDPOINT_ADDR/signaling" --channel-id "$CHANNEL" \
-  --codec "$CODEC" &
-relay=$!
-
 cat <<MSG
 
-  livefilter is running:
-    relay metrics    http://$RELAY_HTTP/metrics   status: http://$RELAY_HTTP/status
-    what Sora saw    http://$ENDPOINT_ADDR/api/connections
-    latest frame     http://$ENDPOINT_ADDR/api/connections/<connection_id>/frame.png
-  Ctrl-C stops both.
+  livefilter relay on http://$RELAY_HTTP
+    sender page   http://$RELAY_HTTP/        (camera -> relay; localhost counts as a secure context)
+    preview       http://$RELAY_HTTP/view    (the filtered stream, over WebRTC)
+    status        http://$RELAY_HTTP/status  metrics: http://$RELAY_HTTP/metrics
+  Ctrl-C stops it. Publish to Sora as well: EXTRA_ARGS="--sora-signaling-url wss://... --channel-id ..."
 
 MSG
-wait $relay
+# shellcheck disable=SC2086
+exec target/release/livefilter-relay serve --listen "$RELAY_HTTP" ${EXTRA_ARGS:-}
