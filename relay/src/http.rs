@@ -395,6 +395,163 @@ mod tests {
         assert_eq!(v["publishers"]["sora"]["state"], "backoff");
     }
 
+    mod serve_mode {
+        use super::*;
+        use crate::codec::VideoCodec;
+        use crate::publish::KeyframeRequest;
+        use crate::publish::peer::{PeerEvent, PeerOptions, SendPeer};
+        use crate::session::IngestConfig;
+        use crate::slot::NewestSlot;
+        use tokio_util::sync::CancellationToken;
+
+        fn serve_app(token: Option<&str>) -> (Router, CancellationToken) {
+            let metrics = Metrics::new();
+            let shutdown = CancellationToken::new();
+            let sessions = SessionManager::new(
+                IngestConfig { codecs: vec![VideoCodec::Vp8, VideoCodec::H264], udp_addrs: vec!["127.0.0.1:0".into()], public_ips: vec![] },
+                Arc::new(NewestSlot::new()),
+                vec![],
+                metrics.clone(),
+                KeyframeRequest::default(),
+                shutdown.clone(),
+            );
+            let mut st = state();
+            st.info = Arc::new(RelayInfo { mode: "serve", ..(*st.info).clone() });
+            st.metrics = metrics;
+            st.serve = Some(ServeState {
+                sessions,
+                preview: None,
+                token: token.map(str::to_owned),
+                hls_url: Some("https://example.test/x.m3u8".into()),
+                max_body_bytes: 8 * 1024,
+                allowed_origins: vec!["https://studio.example".into()],
+            });
+            (app(st), shutdown)
+        }
+
+        /// A real WebRTC offer (VP8, send-only) from webrtc-rs.
+        async fn real_offer() -> String {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+            let opts = PeerOptions {
+                codec: VideoCodec::Vp8,
+                ice_servers: vec![],
+                relay_only: false,
+                udp_addrs: vec!["127.0.0.1:0".into()],
+                public_ips: vec![],
+                audio: false,
+            };
+            let peer = SendPeer::new(&opts, tx, KeyframeRequest::default(), || {}).await.unwrap();
+            peer.offer().await.unwrap();
+            while let Some(e) = rx.recv().await {
+                if matches!(e, PeerEvent::GatheringComplete) {
+                    break;
+                }
+            }
+            peer.local_sdp().await.unwrap()
+        }
+
+        async fn post(app: &Router, body: String, auth: Option<&str>) -> (StatusCode, Value) {
+            let mut req = Request::post("/offer").header("content-type", "application/json");
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let response = app.clone().oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        }
+
+        #[tokio::test]
+        async fn a_real_offer_is_answered_and_a_second_one_conflicts() {
+            let (app, shutdown) = serve_app(None);
+            let offer = json!({"sdp": real_offer().await, "type": "offer"}).to_string();
+
+            let (first, answer) = post(&app, offer.clone(), None).await;
+            let (second, conflict) = post(&app, offer, None).await;
+            shutdown.cancel();
+
+            assert_eq!(first, StatusCode::OK, "{answer}");
+            assert_eq!(answer["type"], "answer");
+            assert!(answer["sdp"].as_str().unwrap().contains("a=candidate:"), "answer lacks candidates");
+            assert_eq!(second, StatusCode::CONFLICT);
+            assert!(conflict["error"].as_str().unwrap().contains("already live"), "{conflict}");
+        }
+
+        #[tokio::test]
+        async fn the_token_is_required_when_configured() {
+            let (app, _shutdown) = serve_app(Some("s3cret"));
+            let body = json!({"sdp": "v=0", "type": "offer"}).to_string();
+
+            let (missing, m) = post(&app, body.clone(), None).await;
+            let (wrong, w) = post(&app, body.clone(), Some("Bearer nope")).await;
+            let (right, _) = post(&app, body, Some("Bearer s3cret")).await;
+
+            assert_eq!((missing, m["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("missing bearer token (Authorization: Bearer ...)")));
+            assert_eq!((wrong, w["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("wrong bearer token")));
+            assert_eq!(right, StatusCode::UNPROCESSABLE_ENTITY, "a right token reaches SDP validation (no video)");
+        }
+
+        #[tokio::test]
+        async fn bad_bodies_get_precise_errors() {
+            let (app, _shutdown) = serve_app(None);
+
+            let (too_big, e1) = post(&app, "x".repeat(9000), None).await;
+            let (not_json, e2) = post(&app, "{sdp".into(), None).await;
+            let (bad_sdp, e3) = post(&app, json!({"sdp": "hello", "type": "offer"}).to_string(), None).await;
+            let (answer, e4) = post(&app, json!({"sdp": "v=0", "type": "answer"}).to_string(), None).await;
+            let (no_video, e5) = post(
+                &app,
+                json!({"sdp": "v=0\r\ns=-\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n", "type": "offer"}).to_string(),
+                None,
+            )
+            .await;
+
+            assert_eq!((too_big, e1["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("request body exceeds 8192 bytes")));
+            assert_eq!(not_json, StatusCode::BAD_REQUEST);
+            assert!(e2["error"].as_str().unwrap().starts_with("body must be JSON"));
+            assert_eq!(bad_sdp, StatusCode::BAD_REQUEST);
+            assert!(e3["error"].as_str().unwrap().starts_with("malformed SDP"), "{e3}");
+            assert_eq!((answer, e4["error"].as_str()), (StatusCode::BAD_REQUEST, Some("expected a description of type \"offer\", got \"answer\"")));
+            assert_eq!(no_video, StatusCode::UNPROCESSABLE_ENTITY);
+            assert!(e5["error"].as_str().unwrap().contains("no video m-line"), "{e5}");
+        }
+
+        #[tokio::test]
+        async fn cors_allows_only_the_configured_origin() {
+            let (app, _shutdown) = serve_app(None);
+            let preflight = |origin: &str| {
+                Request::builder()
+                    .method("OPTIONS")
+                    .uri("/offer")
+                    .header("origin", origin)
+                    .header("access-control-request-method", "POST")
+                    .body(Body::empty())
+                    .unwrap()
+            };
+
+            let allowed = app.clone().oneshot(preflight("https://studio.example")).await.unwrap();
+            let other = app.clone().oneshot(preflight("https://evil.example")).await.unwrap();
+
+            assert_eq!(allowed.headers().get("access-control-allow-origin").unwrap(), "https://studio.example");
+            assert!(other.headers().get("access-control-allow-origin").is_none());
+        }
+
+        #[tokio::test]
+        async fn info_and_pages_are_served() {
+            let (app, _shutdown) = serve_app(Some("t"));
+            let info = app.clone().oneshot(Request::get("/api/info").body(Body::empty()).unwrap()).await.unwrap();
+            let body = axum::body::to_bytes(info.into_body(), 1 << 20).await.unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let page = app.clone().oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+
+            assert_eq!(v["token_required"], true);
+            assert_eq!(v["hls_url"], "https://example.test/x.m3u8");
+            assert_eq!(v["preview"], false);
+            assert_eq!(page.status(), StatusCode::OK);
+            assert_eq!(page.headers().get("content-type").unwrap(), "text/html; charset=utf-8");
+        }
+    }
+
     #[tokio::test]
     async fn healthz_answers_ok_and_unknown_paths_404() {
         assert_eq!(get("/healthz").await, (StatusCode::OK, "ok".into()));

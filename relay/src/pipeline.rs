@@ -253,3 +253,92 @@ mod tests {
         assert_eq!(schedule(index, Duration::from_secs(3600), 30), Step::Produce { index, skipped: 0 });
     }
 }
+
+#[cfg(test)]
+mod filter_pipeline_tests {
+    use super::*;
+    use crate::codec::{EncoderConfig, VideoCodec, new_decoder, new_encoder};
+    use crate::filter::Passthrough;
+    use crate::publish::PublisherInputs;
+
+    fn pipeline(output_size: Option<(u32, u32)>) -> (Arc<NewestSlot<InputFrame>>, PublisherInputs, Metrics, JoinHandle<()>) {
+        let metrics = Metrics::new();
+        let (handle, inputs) = PublisherHandle::new("test", metrics.clone());
+        let encoder = new_encoder(&EncoderConfig { codec: VideoCodec::Vp8, ..Default::default() }).unwrap();
+        let stage = EncodeStage::new(encoder, vec![handle], KeyframeRequest::default(), metrics.clone());
+        let slot = Arc::new(NewestSlot::new());
+        let thread = FilterPipeline { slot: Arc::clone(&slot), filter: Box::new(Passthrough), output_size, stage }.spawn().unwrap();
+        (slot, inputs, metrics, thread)
+    }
+
+    fn input(yuv: [u8; 3], w: u32, h: u32, ts: u32) -> InputFrame {
+        let now = Instant::now();
+        let mut times = FrameTimes::new(now);
+        times.decoded = Some(now);
+        InputFrame { picture: I420Frame::filled(w, h, yuv).unwrap(), times, media_time: MediaTime { epoch: 1, rtp_timestamp: ts } }
+    }
+
+    #[test]
+    fn passthrough_frames_come_out_encoded_with_their_pixels_and_media_time() {
+        let (slot, mut inputs, metrics, thread) = pipeline(None);
+
+        slot.put(input([120, 60, 200], 320, 180, 9000));
+        let out = inputs.video.blocking_recv().unwrap();
+        slot.close();
+        thread.join().unwrap();
+
+        assert_eq!(out.media_time, MediaTime { epoch: 1, rtp_timestamp: 9000 });
+        assert!(out.frame.keyframe);
+        let decoded = new_decoder(VideoCodec::Vp8).unwrap().decode(&out.frame.data).unwrap().unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (320, 180));
+        let mean_y = decoded.y().iter().map(|&p| f64::from(p)).sum::<f64>() / decoded.y().len() as f64;
+        assert!((mean_y - 120.0).abs() < 3.0, "mean luma {mean_y}");
+        assert_eq!(metrics.frames_filtered.get(), 1);
+        assert!(out.times.filter_start.is_some() && out.times.encoded.is_some());
+    }
+
+    #[test]
+    fn a_slow_consumer_sees_only_the_newest_frame_and_stale_ones_are_counted() {
+        let slot: NewestSlot<InputFrame> = NewestSlot::new();
+        let metrics = Metrics::new();
+        for ts in [1, 2, 3] {
+            if slot.put(input([16, 128, 128], 16, 16, ts)).is_some() {
+                metrics.drop_frame("pipeline", DropReason::Stale);
+            }
+        }
+        let Take::Frame(newest) = slot.take(Duration::ZERO) else { panic!("no frame") };
+        assert_eq!(newest.media_time.rtp_timestamp, 3);
+        assert_eq!(metrics.frames_dropped.with_label_values(&["pipeline", "stale"]).get(), 2);
+    }
+
+    #[test]
+    fn with_an_output_size_every_input_size_is_scaled_to_it() {
+        let (slot, mut inputs, _metrics, thread) = pipeline(Some((640, 360)));
+
+        slot.put(input([90, 128, 128], 320, 180, 1));
+        let first = inputs.video.blocking_recv().unwrap();
+        slot.put(input([90, 128, 128], 1280, 720, 2));
+        let second = inputs.video.blocking_recv().unwrap();
+        slot.close();
+        thread.join().unwrap();
+
+        assert_eq!((first.frame.width, first.frame.height), (640, 360));
+        assert_eq!((second.frame.width, second.frame.height), (640, 360));
+    }
+
+    #[test]
+    fn following_the_input_size_re_encodes_at_the_new_size() {
+        let (slot, mut inputs, metrics, thread) = pipeline(None);
+
+        slot.put(input([90, 128, 128], 640, 360, 1));
+        let first = inputs.video.blocking_recv().unwrap();
+        slot.put(input([90, 128, 128], 960, 540, 2));
+        let second = inputs.video.blocking_recv().unwrap();
+        slot.close();
+        thread.join().unwrap();
+
+        assert_eq!((first.frame.width, second.frame.width), (640, 960));
+        assert!(second.frame.keyframe, "a new size starts with a keyframe");
+        assert_eq!(metrics.video_of("output").0, 960);
+    }
+}
