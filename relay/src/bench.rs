@@ -145,9 +145,7 @@ mod tests {
 
     fn pattern(width: u32, height: u32) -> TestPattern {
         let font = load_font(DEFAULT_FONT_PATH).unwrap_or_else(|e| {
-            panic!(
-                "test font unavailable: {e} (install Debian fonts-dejavu-core, scripts/setup.sh)"
-            )
+            panic!("test font unavailable: {e} (install Debian fonts-dejavu-core, scripts/setup.sh)")
         });
         TestPattern::new(width, height, 30, font).unwrap()
     }
@@ -164,8 +162,7 @@ mod tests {
     fn encode_bench_reports_every_frame_at_the_requested_size() {
         let config = EncoderConfig::default();
 
-        let report =
-            encode_bench(VideoCodec::Vp8, 160, 90, 5, &config, &pattern(320, 180)).unwrap();
+        let report = encode_bench(VideoCodec::Vp8, 160, 90, 5, &config, &pattern(320, 180)).unwrap();
 
         assert_eq!(
             (report.codec, report.width, report.height, report.frames),
@@ -203,20 +200,14 @@ mod tests {
         for i in 0..300 {
             std::hint::black_box(pattern.frame(i));
         }
-        println!(
-            "testpattern 1280x720 {:.3}ms/frame",
-            ms(start.elapsed()) / 300.0
-        );
+        println!("testpattern 1280x720 {:.3}ms/frame", ms(start.elapsed()) / 300.0);
         for codec in [VideoCodec::Vp8, VideoCodec::H264] {
             let config = EncoderConfig {
                 codec,
                 bitrate_kbps: 2500,
                 ..EncoderConfig::default()
             };
-            println!(
-                "{}",
-                encode_bench(codec, 1280, 720, 300, &config, &pattern).unwrap()
-            );
+            println!("{}", encode_bench(codec, 1280, 720, 300, &config, &pattern).unwrap());
         }
     }
 }

@@ -27,7 +27,11 @@ pub enum ConfigError {
     Parse { path: PathBuf, detail: String },
     /// A setting is out of range.
     #[error("{setting} = {value} is out of range ({expected})")]
-    OutOfRange { setting: &'static str, value: String, expected: &'static str },
+    OutOfRange {
+        setting: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     /// A required setting is missing.
     #[error("{0}")]
     Missing(String),
@@ -84,7 +88,14 @@ pub struct OfferConfig {
 
 impl Default for OfferConfig {
     fn default() -> Self {
-        Self { token: None, token_file: None, allowed_origins: Vec::new(), max_body_bytes: 64 * 1024, tls_cert: None, tls_key: None }
+        Self {
+            token: None,
+            token_file: None,
+            allowed_origins: Vec::new(),
+            max_body_bytes: 64 * 1024,
+            tls_cert: None,
+            tls_key: None,
+        }
     }
 }
 
@@ -98,7 +109,9 @@ pub struct IngestSection {
 
 impl Default for IngestSection {
     fn default() -> Self {
-        Self { codecs: vec![VideoCodec::Vp8, VideoCodec::H264] }
+        Self {
+            codecs: vec![VideoCodec::Vp8, VideoCodec::H264],
+        }
     }
 }
 
@@ -114,7 +127,10 @@ pub struct PreviewSection {
 
 impl Default for PreviewSection {
     fn default() -> Self {
-        Self { enabled: true, max_viewers: 4 }
+        Self {
+            enabled: true,
+            max_viewers: 4,
+        }
     }
 }
 
@@ -195,7 +211,10 @@ pub struct IceConfig {
 
 impl Default for IceConfig {
     fn default() -> Self {
-        Self { udp_addrs: vec!["0.0.0.0:0".to_owned()], public_ips: Vec::new() }
+        Self {
+            udp_addrs: vec!["0.0.0.0:0".to_owned()],
+            public_ips: Vec::new(),
+        }
     }
 }
 
@@ -205,8 +224,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 impl RelayConfig {
     /// Reads a YAML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Self::from_yaml(&text).map_err(|detail| ConfigError::Parse { path: path.to_owned(), detail })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|detail| ConfigError::Parse {
+            path: path.to_owned(),
+            detail,
+        })
     }
 
     /// Parses YAML text.
@@ -216,7 +241,8 @@ impl RelayConfig {
 
     /// The HTTP listen address.
     pub fn listen_addr(&self) -> SocketAddr {
-        self.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address"))
+        self.listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address"))
     }
 
     /// Checks every range; the first problem is returned.
@@ -242,7 +268,9 @@ impl RelayConfig {
         }
         if let Some(sora) = &self.sora {
             if sora.signaling_urls.is_empty() {
-                return Err(ConfigError::Missing("sora.signaling_urls needs at least one ws:// or wss:// URL".into()));
+                return Err(ConfigError::Missing(
+                    "sora.signaling_urls needs at least one ws:// or wss:// URL".into(),
+                ));
             }
             if sora.channel_id.is_empty() {
                 return Err(ConfigError::Missing("sora.channel_id is required".into()));
@@ -261,7 +289,9 @@ impl RelayConfig {
             });
         }
         if self.ingest.codecs.is_empty() {
-            return Err(ConfigError::Missing("ingest.codecs needs at least one of vp8, h264".into()));
+            return Err(ConfigError::Missing(
+                "ingest.codecs needs at least one of vp8, h264".into(),
+            ));
         }
         if self.preview.max_viewers > 64 {
             return Err(ConfigError::OutOfRange {
@@ -271,7 +301,9 @@ impl RelayConfig {
             });
         }
         if self.offer.tls_cert.is_some() != self.offer.tls_key.is_some() {
-            return Err(ConfigError::Missing("offer.tls_cert and offer.tls_key go together".into()));
+            return Err(ConfigError::Missing(
+                "offer.tls_cert and offer.tls_key go together".into(),
+            ));
         }
         Ok(())
     }
@@ -293,7 +325,10 @@ impl RelayConfig {
         match &self.offer.token_file {
             Some(path) => Ok(Some(
                 std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?
+                    .map_err(|source| ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?
                     .trim()
                     .to_owned(),
             )),
@@ -307,8 +342,14 @@ impl RelayConfig {
         let Some(sora) = &self.sora else { return Ok(None) };
         let metadata = match &sora.metadata_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                Some(serde_json::from_str(&text).map_err(|e| ConfigError::Parse { path: path.clone(), detail: e.to_string() })?)
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some(serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?)
             }
             None => sora.metadata.clone(),
         };
@@ -337,7 +378,10 @@ impl RelayConfig {
         let token = match &whip.token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?
+                    .map_err(|source| ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?
                     .trim()
                     .to_owned(),
             ),
@@ -356,7 +400,11 @@ fn range(setting: &'static str, value: u32, min: u32, max: u32, expected: &'stat
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(ConfigError::OutOfRange { setting, value: value.to_string(), expected })
+        Err(ConfigError::OutOfRange {
+            setting,
+            value: value.to_string(),
+            expected,
+        })
     }
 }
 
@@ -383,7 +431,10 @@ ice: {udp_addrs: ["0.0.0.0:40000"], public_ips: [203.0.113.7]}
         let sora = cfg.sora_config(false).unwrap().unwrap();
         assert_eq!(sora.signaling_urls.len(), 2);
         assert_eq!(sora.connect.codec, VideoCodec::H264);
-        assert_eq!(sora.connect.metadata, Some(serde_json::json!({"access_token": "secret"})));
+        assert_eq!(
+            sora.connect.metadata,
+            Some(serde_json::json!({"access_token": "secret"}))
+        );
         assert_eq!(sora.public_ips, vec!["203.0.113.7".to_owned()]);
         assert_eq!(cfg.encoder_config().keyframe_interval, 60);
     }
@@ -401,12 +452,21 @@ ice: {udp_addrs: ["0.0.0.0:40000"], public_ips: [203.0.113.7]}
         assert!(cfg.validate().unwrap_err().to_string().contains("641x720"));
         cfg.video.width = 640;
         cfg.video.fps = 0;
-        assert_eq!(cfg.validate().unwrap_err().to_string(), "video.fps = 0 is out of range (1..=120)");
+        assert_eq!(
+            cfg.validate().unwrap_err().to_string(),
+            "video.fps = 0 is out of range (1..=120)"
+        );
     }
 
     #[test]
     fn sora_without_urls_is_missing_them() {
-        let cfg = RelayConfig { sora: Some(SoraOutput { channel_id: "c".into(), ..Default::default() }), ..Default::default() };
+        let cfg = RelayConfig {
+            sora: Some(SoraOutput {
+                channel_id: "c".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         assert!(cfg.validate().unwrap_err().to_string().contains("signaling_urls"));
     }
 
@@ -417,7 +477,11 @@ ice: {udp_addrs: ["0.0.0.0:40000"], public_ips: [203.0.113.7]}
         let path = dir.join("token");
         std::fs::write(&path, "abc\n").unwrap();
         let cfg = RelayConfig {
-            whip: Some(WhipOutput { url: "http://x/whip/c".into(), token: None, token_file: Some(path) }),
+            whip: Some(WhipOutput {
+                url: "http://x/whip/c".into(),
+                token: None,
+                token_file: Some(path),
+            }),
             ..Default::default()
         };
         assert_eq!(cfg.whip_config(false).unwrap().unwrap().token.as_deref(), Some("abc"));

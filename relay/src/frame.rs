@@ -46,19 +46,19 @@ impl I420Frame {
     }
 
     /// Builds a frame from tightly packed planes, checking their sizes.
-    pub fn from_planes(
-        width: u32,
-        height: u32,
-        y: Vec<u8>,
-        u: Vec<u8>,
-        v: Vec<u8>,
-    ) -> Result<Self, FrameError> {
+    pub fn from_planes(width: u32, height: u32, y: Vec<u8>, u: Vec<u8>, v: Vec<u8>) -> Result<Self, FrameError> {
         check_size(width, height)?;
         let (cw, ch) = chroma_size(width, height);
         let luma = width as usize * height as usize;
         for (plane, expected, actual) in [("Y", luma, y.len()), ("U", cw * ch, u.len()), ("V", cw * ch, v.len())] {
             if expected != actual {
-                return Err(FrameError::PlaneSize { plane, width, height, expected, actual });
+                return Err(FrameError::PlaneSize {
+                    plane,
+                    width,
+                    height,
+                    expected,
+                    actual,
+                });
             }
         }
         Ok(Self { width, height, y, u, v })
@@ -191,7 +191,13 @@ pub struct FrameTimes {
 impl FrameTimes {
     /// Times of a frame that entered the relay at `received`.
     pub fn new(received: Instant) -> Self {
-        Self { received, decoded: None, filter_start: None, filter_end: None, encoded: None }
+        Self {
+            received,
+            decoded: None,
+            filter_start: None,
+            filter_end: None,
+            encoded: None,
+        }
     }
 }
 
@@ -204,7 +210,13 @@ mod tests {
         let err = I420Frame::from_planes(4, 2, vec![0; 8], vec![0; 1], vec![0; 2]).unwrap_err();
         assert_eq!(
             err,
-            FrameError::PlaneSize { plane: "U", width: 4, height: 2, expected: 2, actual: 1 }
+            FrameError::PlaneSize {
+                plane: "U",
+                width: 4,
+                height: 2,
+                expected: 2,
+                actual: 1
+            }
         );
     }
 

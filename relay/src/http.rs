@@ -112,7 +112,11 @@ pub fn app(state: AppState) -> Router {
         }
         limit = serve.max_body_bytes;
         if !serve.allowed_origins.is_empty() {
-            let origins: Vec<HeaderValue> = serve.allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+            let origins: Vec<HeaderValue> = serve
+                .allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect();
             cors = Some(
                 CorsLayer::new()
                     .allow_origin(AllowOrigin::list(origins))
@@ -124,7 +128,10 @@ pub fn app(state: AppState) -> Router {
     }
     let router = router
         .layer(DefaultBodyLimit::max(limit))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .with_state(state);
     match cors {
         Some(c) => router.layer(c),
@@ -156,9 +163,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .filter(|p| publisher_state(&state.metrics, p) == Some(PublisherState::Stopped))
         .collect();
     if stopped.is_empty() {
-        (StatusCode::OK, Json(json!({"ready": true, "filter": state.info.filter}))).into_response()
+        (
+            StatusCode::OK,
+            Json(json!({"ready": true, "filter": state.info.filter})),
+        )
+            .into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "stopped_publishers": stopped}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "stopped_publishers": stopped})),
+        )
+            .into_response()
     }
 }
 
@@ -190,7 +205,11 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
     let (ow, oh, ofps) = m.video_of("output");
     let session = state.serve.as_ref().map(|s| s.sessions.view());
     let received = state.serve.as_ref().map_or(0, |s| s.sessions.frames_received());
-    let publishing = state.info.publishers.iter().any(|p| publisher_state(m, p) == Some(PublisherState::Connected));
+    let publishing = state
+        .info
+        .publishers
+        .iter()
+        .any(|p| publisher_state(m, p) == Some(PublisherState::Connected));
     let overall = match (&session, publishing) {
         (Some(s), true) if s.state == "receiving" => "publishing",
         (Some(s), _) => s.state,
@@ -243,7 +262,12 @@ fn authorized(serve: &ServeState, headers: &HeaderMap) -> Result<(), &'static st
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or("missing bearer token (Authorization: Bearer ...)")?;
     // Compare every byte so timing does not reveal the matching prefix.
-    let same = given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let same = given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if same { Ok(()) } else { Err("wrong bearer token") }
 }
 
@@ -276,7 +300,13 @@ async fn offer(State(state): State<AppState>, headers: HeaderMap, body: Result<B
     };
     let parsed: OfferBody = match serde_json::from_slice(&body) {
         Ok(o) => o,
-        Err(e) => return error(m, StatusCode::BAD_REQUEST, format!("body must be JSON {{\"sdp\": ..., \"type\": \"offer\"}}: {e}")),
+        Err(e) => {
+            return error(
+                m,
+                StatusCode::BAD_REQUEST,
+                format!("body must be JSON {{\"sdp\": ..., \"type\": \"offer\"}}: {e}"),
+            );
+        }
     };
     match serve.sessions.accept(&parsed.kind, parsed.sdp).await {
         Ok(answer) => {
@@ -286,7 +316,9 @@ async fn offer(State(state): State<AppState>, headers: HeaderMap, body: Result<B
         Err(AcceptError::Busy(age)) => error(m, StatusCode::CONFLICT, AcceptError::Busy(age).to_string()),
         Err(AcceptError::Offer(e)) => {
             let status = match e {
-                crate::offer::OfferError::NoVideo(_) | crate::offer::OfferError::NoCommonCodec { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                crate::offer::OfferError::NoVideo(_) | crate::offer::OfferError::NoCommonCodec { .. } => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 _ => StatusCode::BAD_REQUEST,
             };
             error(m, status, e.to_string())
@@ -309,23 +341,37 @@ async fn stop(State(state): State<AppState>, headers: HeaderMap) -> Response {
 async fn whep_post(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let serve = serve_state(&state);
     let m = &state.metrics;
-    let Some(preview) = &serve.preview else { return error(m, StatusCode::NOT_FOUND, "the preview is disabled") };
+    let Some(preview) = &serve.preview else {
+        return error(m, StatusCode::NOT_FOUND, "the preview is disabled");
+    };
     let body = match body {
         Ok(b) => b,
         Err(rejection) => return body_error(m, serve.max_body_bytes, rejection),
     };
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !content_type.starts_with("application/sdp") {
-        return error(m, StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Type must be application/sdp, got {content_type:?}"));
+        return error(
+            m,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be application/sdp, got {content_type:?}"),
+        );
     }
-    let Ok(sdp) = String::from_utf8(body.to_vec()) else { return error(m, StatusCode::BAD_REQUEST, "SDP is not UTF-8") };
+    let Ok(sdp) = String::from_utf8(body.to_vec()) else {
+        return error(m, StatusCode::BAD_REQUEST, "SDP is not UTF-8");
+    };
     if !sdp.trim_start().starts_with("v=0") {
         return error(m, StatusCode::BAD_REQUEST, "malformed SDP: must start with \"v=0\"");
     }
     match preview.add_viewer(sdp).await {
         Ok((id, answer)) => (
             StatusCode::CREATED,
-            [(header::CONTENT_TYPE, "application/sdp".to_owned()), (header::LOCATION, format!("/whep/{id}"))],
+            [
+                (header::CONTENT_TYPE, "application/sdp".to_owned()),
+                (header::LOCATION, format!("/whep/{id}")),
+            ],
             answer,
         )
             .into_response(),
@@ -370,7 +416,10 @@ mod tests {
     }
 
     async fn get(path: &str) -> (StatusCode, String) {
-        let response = app(state()).oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        let response = app(state())
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
         (status, String::from_utf8(body.to_vec()).unwrap())
@@ -381,7 +430,10 @@ mod tests {
         let (status, body) = get("/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("livefilter_frames_generated_total 42"), "{body}");
-        assert!(body.contains(r#"livefilter_publisher_state{publisher="sora",state="backoff"} 1"#), "{body}");
+        assert!(
+            body.contains(r#"livefilter_publisher_state{publisher="sora",state="backoff"} 1"#),
+            "{body}"
+        );
     }
 
     #[tokio::test]
@@ -408,7 +460,11 @@ mod tests {
             let metrics = Metrics::new();
             let shutdown = CancellationToken::new();
             let sessions = SessionManager::new(
-                IngestConfig { codecs: vec![VideoCodec::Vp8, VideoCodec::H264], udp_addrs: vec!["127.0.0.1:0".into()], public_ips: vec![] },
+                IngestConfig {
+                    codecs: vec![VideoCodec::Vp8, VideoCodec::H264],
+                    udp_addrs: vec!["127.0.0.1:0".into()],
+                    public_ips: vec![],
+                },
                 Arc::new(NewestSlot::new()),
                 vec![],
                 metrics.clone(),
@@ -416,7 +472,10 @@ mod tests {
                 shutdown.clone(),
             );
             let mut st = state();
-            st.info = Arc::new(RelayInfo { mode: "serve", ..(*st.info).clone() });
+            st.info = Arc::new(RelayInfo {
+                mode: "serve",
+                ..(*st.info).clone()
+            });
             st.metrics = metrics;
             st.serve = Some(ServeState {
                 sessions,
@@ -440,7 +499,9 @@ mod tests {
                 public_ips: vec![],
                 audio: false,
             };
-            let peer = SendPeer::new(&opts, tx, KeyframeRequest::default(), || {}).await.unwrap();
+            let peer = SendPeer::new(&opts, tx, KeyframeRequest::default(), || {})
+                .await
+                .unwrap();
             peer.offer().await.unwrap();
             while let Some(e) = rx.recv().await {
                 if matches!(e, PeerEvent::GatheringComplete) {
@@ -472,9 +533,15 @@ mod tests {
 
             assert_eq!(first, StatusCode::OK, "{answer}");
             assert_eq!(answer["type"], "answer");
-            assert!(answer["sdp"].as_str().unwrap().contains("a=candidate:"), "answer lacks candidates");
+            assert!(
+                answer["sdp"].as_str().unwrap().contains("a=candidate:"),
+                "answer lacks candidates"
+            );
             assert_eq!(second, StatusCode::CONFLICT);
-            assert!(conflict["error"].as_str().unwrap().contains("already live"), "{conflict}");
+            assert!(
+                conflict["error"].as_str().unwrap().contains("already live"),
+                "{conflict}"
+            );
         }
 
         #[tokio::test]
@@ -486,9 +553,22 @@ mod tests {
             let (wrong, w) = post(&app, body.clone(), Some("Bearer nope")).await;
             let (right, _) = post(&app, body, Some("Bearer s3cret")).await;
 
-            assert_eq!((missing, m["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("missing bearer token (Authorization: Bearer ...)")));
-            assert_eq!((wrong, w["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("wrong bearer token")));
-            assert_eq!(right, StatusCode::UNPROCESSABLE_ENTITY, "a right token reaches SDP validation (no video)");
+            assert_eq!(
+                (missing, m["error"].as_str()),
+                (
+                    StatusCode::UNAUTHORIZED,
+                    Some("missing bearer token (Authorization: Bearer ...)")
+                )
+            );
+            assert_eq!(
+                (wrong, w["error"].as_str()),
+                (StatusCode::UNAUTHORIZED, Some("wrong bearer token"))
+            );
+            assert_eq!(
+                right,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "a right token reaches SDP validation (no video)"
+            );
         }
 
         #[tokio::test]
@@ -506,12 +586,21 @@ mod tests {
             )
             .await;
 
-            assert_eq!((too_big, e1["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("request body exceeds 8192 bytes")));
+            assert_eq!(
+                (too_big, e1["error"].as_str()),
+                (StatusCode::PAYLOAD_TOO_LARGE, Some("request body exceeds 8192 bytes"))
+            );
             assert_eq!(not_json, StatusCode::BAD_REQUEST);
             assert!(e2["error"].as_str().unwrap().starts_with("body must be JSON"));
             assert_eq!(bad_sdp, StatusCode::BAD_REQUEST);
             assert!(e3["error"].as_str().unwrap().starts_with("malformed SDP"), "{e3}");
-            assert_eq!((answer, e4["error"].as_str()), (StatusCode::BAD_REQUEST, Some("expected a description of type \"offer\", got \"answer\"")));
+            assert_eq!(
+                (answer, e4["error"].as_str()),
+                (
+                    StatusCode::BAD_REQUEST,
+                    Some("expected a description of type \"offer\", got \"answer\"")
+                )
+            );
             assert_eq!(no_video, StatusCode::UNPROCESSABLE_ENTITY);
             assert!(e5["error"].as_str().unwrap().contains("no video m-line"), "{e5}");
         }
@@ -532,17 +621,28 @@ mod tests {
             let allowed = app.clone().oneshot(preflight("https://studio.example")).await.unwrap();
             let other = app.clone().oneshot(preflight("https://evil.example")).await.unwrap();
 
-            assert_eq!(allowed.headers().get("access-control-allow-origin").unwrap(), "https://studio.example");
+            assert_eq!(
+                allowed.headers().get("access-control-allow-origin").unwrap(),
+                "https://studio.example"
+            );
             assert!(other.headers().get("access-control-allow-origin").is_none());
         }
 
         #[tokio::test]
         async fn info_and_pages_are_served() {
             let (app, _shutdown) = serve_app(Some("t"));
-            let info = app.clone().oneshot(Request::get("/api/info").body(Body::empty()).unwrap()).await.unwrap();
+            let info = app
+                .clone()
+                .oneshot(Request::get("/api/info").body(Body::empty()).unwrap())
+                .await
+                .unwrap();
             let body = axum::body::to_bytes(info.into_body(), 1 << 20).await.unwrap();
             let v: Value = serde_json::from_slice(&body).unwrap();
-            let page = app.clone().oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+            let page = app
+                .clone()
+                .oneshot(Request::get("/").body(Body::empty()).unwrap())
+                .await
+                .unwrap();
 
             assert_eq!(v["token_required"], true);
             assert_eq!(v["hls_url"], "https://example.test/x.m3u8");

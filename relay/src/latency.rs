@@ -30,7 +30,14 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in path order.
-    pub const ALL: [Stage; 6] = [Stage::Decode, Stage::Queue, Stage::Filter, Stage::Encode, Stage::Send, Stage::Total];
+    pub const ALL: [Stage; 6] = [
+        Stage::Decode,
+        Stage::Queue,
+        Stage::Filter,
+        Stage::Encode,
+        Stage::Send,
+        Stage::Total,
+    ];
 
     /// The `stage` label and `/status` key.
     pub fn as_str(self) -> &'static str {
@@ -66,7 +73,12 @@ pub fn percentiles(samples: &[f64]) -> Percentiles {
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
     let rank = |p: f64| sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
-    Percentiles { p50: rank(0.50), p95: rank(0.95), p99: rank(0.99), samples: sorted.len() }
+    Percentiles {
+        p50: rank(0.50),
+        p95: rank(0.95),
+        p99: rank(0.99),
+        samples: sorted.len(),
+    }
 }
 
 /// Latency recorder shared by every stage.
@@ -80,18 +92,30 @@ impl Latency {
     /// Creates the histogram and registers it.
     pub fn new(registry: &Registry) -> Self {
         let histogram = HistogramVec::new(
-            HistogramOpts::new("livefilter_stage_latency_seconds", "Per-frame latency by stage (total = relay-added)")
-                .buckets(vec![0.001, 0.002, 0.004, 0.008, 0.012, 0.016, 0.020, 0.025, 0.033, 0.050, 0.066, 0.100, 0.200, 0.500]),
+            HistogramOpts::new(
+                "livefilter_stage_latency_seconds",
+                "Per-frame latency by stage (total = relay-added)",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.004, 0.008, 0.012, 0.016, 0.020, 0.025, 0.033, 0.050, 0.066, 0.100, 0.200, 0.500,
+            ]),
             &["stage"],
         )
         .expect("valid metric");
-        registry.register(Box::new(histogram.clone())).expect("metric names are unique");
-        Self { histogram, windows: Arc::new(Mutex::new(vec![VecDeque::with_capacity(WINDOW); Stage::ALL.len()])) }
+        registry
+            .register(Box::new(histogram.clone()))
+            .expect("metric names are unique");
+        Self {
+            histogram,
+            windows: Arc::new(Mutex::new(vec![VecDeque::with_capacity(WINDOW); Stage::ALL.len()])),
+        }
     }
 
     /// Records one sample.
     pub fn observe(&self, stage: Stage, d: Duration) {
-        self.histogram.with_label_values(&[stage.as_str()]).observe(d.as_secs_f64());
+        self.histogram
+            .with_label_values(&[stage.as_str()])
+            .observe(d.as_secs_f64());
         let index = Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0);
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
         let w = &mut windows[index];
@@ -104,7 +128,10 @@ impl Latency {
     /// Percentiles of the recent window of `stage`.
     pub fn window(&self, stage: Stage) -> Percentiles {
         let index = Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0);
-        let samples: Vec<f64> = self.windows.lock().unwrap_or_else(PoisonError::into_inner)[index].iter().copied().collect();
+        let samples: Vec<f64> = self.windows.lock().unwrap_or_else(PoisonError::into_inner)[index]
+            .iter()
+            .copied()
+            .collect();
         percentiles(&samples)
     }
 
@@ -123,7 +150,15 @@ mod tests {
     #[test]
     fn nearest_rank_percentiles_of_one_to_hundred() {
         let samples: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentiles(&samples), Percentiles { p50: 50.0, p95: 95.0, p99: 99.0, samples: 100 });
+        assert_eq!(
+            percentiles(&samples),
+            Percentiles {
+                p50: 50.0,
+                p95: 95.0,
+                p99: 99.0,
+                samples: 100
+            }
+        );
     }
 
     #[test]

@@ -5,9 +5,9 @@
 pub mod bench;
 pub mod codec;
 pub mod config;
+pub mod filter;
 pub mod frame;
 pub mod http;
-pub mod filter;
 pub mod ingest;
 pub mod latency;
 pub mod metrics;

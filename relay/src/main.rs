@@ -13,7 +13,11 @@ use livefilter_relay::run;
 use livefilter_relay::testpattern::{self, TestPattern};
 
 #[derive(Parser)]
-#[command(name = "livefilter-relay", version, about = "livefilter relay: live video -> AI filter -> Sora / WHIP")]
+#[command(
+    name = "livefilter-relay",
+    version,
+    about = "livefilter relay: live video -> AI filter -> Sora / WHIP"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "LIVEFILTER_LOG_FORMAT")]
@@ -130,7 +134,18 @@ struct ServeArgs {
 
 impl ServeArgs {
     fn into_config(self) -> anyhow::Result<RelayConfig> {
-        let Self { output, offer_token, allowed_origins, no_preview, max_viewers, input_codecs, scale_to_output, tls_cert, tls_key, hls_url } = self;
+        let Self {
+            output,
+            offer_token,
+            allowed_origins,
+            no_preview,
+            max_viewers,
+            input_codecs,
+            scale_to_output,
+            tls_cert,
+            tls_key,
+            hls_url,
+        } = self;
         let mut cfg = output.into_config_unvalidated()?;
         if offer_token.is_some() {
             cfg.offer.token = offer_token;
@@ -258,7 +273,9 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIVEFILTER_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,livefilter_relay=info,livefilter=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -323,13 +340,23 @@ where
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let font_path = args.font.unwrap_or_else(|| PathBuf::from(testpattern::DEFAULT_FONT_PATH));
+    let font_path = args
+        .font
+        .unwrap_or_else(|| PathBuf::from(testpattern::DEFAULT_FONT_PATH));
     let font = testpattern::load_font(&font_path)?;
     let pattern = TestPattern::new(args.width, args.height, 30, font)?;
-    println!("# encode benchmark: {} frames of the {}x{} test pattern, one thread", args.frames, args.width, args.height);
+    println!(
+        "# encode benchmark: {} frames of the {}x{} test pattern, one thread",
+        args.frames, args.width, args.height
+    );
     for codec in [VideoCodec::Vp8, VideoCodec::H264] {
-        let cfg = codec::EncoderConfig { codec, bitrate_kbps: args.bitrate_kbps, ..Default::default() };
-        let report = livefilter_relay::bench::encode_bench(codec, args.width, args.height, args.frames, &cfg, &pattern)?;
+        let cfg = codec::EncoderConfig {
+            codec,
+            bitrate_kbps: args.bitrate_kbps,
+            ..Default::default()
+        };
+        let report =
+            livefilter_relay::bench::encode_bench(codec, args.width, args.height, args.frames, &cfg, &pattern)?;
         println!("{report}");
     }
     Ok(())

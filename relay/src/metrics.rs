@@ -1,8 +1,7 @@
 //! Prometheus metrics of one relay process, on its own registry (tests create their own).
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::latency::Latency;
@@ -86,11 +85,8 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let m = Self {
-            frames_generated: IntCounter::new(
-                "livefilter_frames_generated_total",
-                "Test-pattern frames generated",
-            )
-            .expect("valid metric"),
+            frames_generated: IntCounter::new("livefilter_frames_generated_total", "Test-pattern frames generated")
+                .expect("valid metric"),
             frames_encoded: IntCounterVec::new(
                 Opts::new("livefilter_frames_encoded_total", "Frames encoded"),
                 &["codec"],
@@ -107,9 +103,9 @@ impl Metrics {
             )
             .expect("valid metric"),
             encode_seconds: Histogram::with_opts(
-                HistogramOpts::new("livefilter_encode_seconds", "Encode time per frame").buckets(
-                    vec![0.001, 0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.033, 0.050, 0.100],
-                ),
+                HistogramOpts::new("livefilter_encode_seconds", "Encode time per frame").buckets(vec![
+                    0.001, 0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.033, 0.050, 0.100,
+                ]),
             )
             .expect("valid metric"),
             publisher_state: IntGaugeVec::new(
@@ -118,7 +114,10 @@ impl Metrics {
             )
             .expect("valid metric"),
             publisher_reconnects: IntCounterVec::new(
-                Opts::new("livefilter_publisher_reconnects_total", "Publisher reconnection attempts"),
+                Opts::new(
+                    "livefilter_publisher_reconnects_total",
+                    "Publisher reconnection attempts",
+                ),
                 &["publisher"],
             )
             .expect("valid metric"),
@@ -143,8 +142,11 @@ impl Metrics {
                 &["side", "dim"],
             )
             .expect("valid metric"),
-            offers: IntCounterVec::new(Opts::new("livefilter_offer_requests_total", "/offer answers by status"), &["status"])
-                .expect("valid metric"),
+            offers: IntCounterVec::new(
+                Opts::new("livefilter_offer_requests_total", "/offer answers by status"),
+                &["status"],
+            )
+            .expect("valid metric"),
             audio_packets_forwarded: IntCounter::new(
                 "livefilter_audio_packets_forwarded_total",
                 "Browser Opus packets forwarded to publishers",
@@ -177,7 +179,9 @@ impl Metrics {
 
     /// Counts one dropped frame.
     pub fn drop_frame(&self, publisher: &str, reason: DropReason) {
-        self.frames_dropped.with_label_values(&[publisher, reason.as_str()]).inc();
+        self.frames_dropped
+            .with_label_values(&[publisher, reason.as_str()])
+            .inc();
     }
 
     /// Records the current size and rate of one side (`input` or `output`).

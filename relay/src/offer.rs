@@ -37,7 +37,8 @@ pub fn h264_fmtp_acceptable(fmtp: &str) -> bool {
             k.eq_ignore_ascii_case(name).then(|| v.trim().to_ascii_lowercase())
         })
     };
-    param("packetization-mode").as_deref() == Some("1") && param("profile-level-id").is_some_and(|p| p.starts_with("42"))
+    param("packetization-mode").as_deref() == Some("1")
+        && param("profile-level-id").is_some_and(|p| p.starts_with("42"))
 }
 
 #[derive(Default)]
@@ -56,24 +57,40 @@ pub fn check_offer(kind: &str, sdp: &str, accepted: &[VideoCodec]) -> Result<Off
     let mut lines = sdp.lines().map(str::trim_end).filter(|l| !l.is_empty());
     match lines.next() {
         Some("v=0") => {}
-        Some(first) => return Err(OfferError::Malformed(format!("must start with \"v=0\", starts with {:?}", truncate(first)))),
+        Some(first) => {
+            return Err(OfferError::Malformed(format!(
+                "must start with \"v=0\", starts with {:?}",
+                truncate(first)
+            )));
+        }
         None => return Err(OfferError::Malformed("empty SDP".into())),
     }
     let mut sections: Vec<Section> = Vec::new();
     for line in lines {
         let Some((key, value)) = line.split_once('=') else {
-            return Err(OfferError::Malformed(format!("line {:?} is not <type>=<value>", truncate(line))));
+            return Err(OfferError::Malformed(format!(
+                "line {:?} is not <type>=<value>",
+                truncate(line)
+            )));
         };
         if key.len() != 1 {
-            return Err(OfferError::Malformed(format!("line {:?} has no one-letter type", truncate(line))));
+            return Err(OfferError::Malformed(format!(
+                "line {:?} has no one-letter type",
+                truncate(line)
+            )));
         }
         match key {
-            "m" => sections.push(Section { kind: value.split_whitespace().next().unwrap_or_default().to_owned(), ..Default::default() }),
+            "m" => sections.push(Section {
+                kind: value.split_whitespace().next().unwrap_or_default().to_owned(),
+                ..Default::default()
+            }),
             "a" => {
                 let Some(section) = sections.last_mut() else { continue };
                 if let Some(rest) = value.strip_prefix("rtpmap:") {
                     if let Some((pt, codec)) = rest.split_once(' ') {
-                        section.rtpmap.push((pt.to_owned(), codec.split('/').next().unwrap_or_default().to_owned()));
+                        section
+                            .rtpmap
+                            .push((pt.to_owned(), codec.split('/').next().unwrap_or_default().to_owned()));
                     }
                 } else if let Some(rest) = value.strip_prefix("fmtp:")
                     && let Some((pt, params)) = rest.split_once(' ')
@@ -87,14 +104,27 @@ pub fn check_offer(kind: &str, sdp: &str, accepted: &[VideoCodec]) -> Result<Off
     let video: Vec<&Section> = sections.iter().filter(|s| s.kind == "video").collect();
     if video.is_empty() {
         let kinds: Vec<&str> = sections.iter().map(|s| s.kind.as_str()).collect();
-        return Err(OfferError::NoVideo(if kinds.is_empty() { "none".into() } else { kinds.join(", ") }));
+        return Err(OfferError::NoVideo(if kinds.is_empty() {
+            "none".into()
+        } else {
+            kinds.join(", ")
+        }));
     }
     let mut offered: Vec<String> = Vec::new();
     let mut found: Vec<VideoCodec> = Vec::new();
     for section in &video {
         for (pt, name) in &section.rtpmap {
-            let fmtp = section.fmtp.iter().find(|(p, _)| p == pt).map(|(_, f)| f.as_str()).unwrap_or("");
-            let label = if fmtp.is_empty() { name.clone() } else { format!("{name} ({fmtp})") };
+            let fmtp = section
+                .fmtp
+                .iter()
+                .find(|(p, _)| p == pt)
+                .map(|(_, f)| f.as_str())
+                .unwrap_or("");
+            let label = if fmtp.is_empty() {
+                name.clone()
+            } else {
+                format!("{name} ({fmtp})")
+            };
             if !offered.contains(&label) {
                 offered.push(label);
             }
@@ -120,11 +150,17 @@ pub fn check_offer(kind: &str, sdp: &str, accepted: &[VideoCodec]) -> Result<Off
             })
             .collect();
         return Err(OfferError::NoCommonCodec {
-            offered: if offered.is_empty() { "nothing".into() } else { offered.join(", ") },
+            offered: if offered.is_empty() {
+                "nothing".into()
+            } else {
+                offered.join(", ")
+            },
             accepted: names.join(", "),
         });
     }
-    let opus = sections.iter().any(|s| s.kind == "audio" && s.rtpmap.iter().any(|(_, n)| n.eq_ignore_ascii_case("opus")));
+    let opus = sections
+        .iter()
+        .any(|s| s.kind == "audio" && s.rtpmap.iter().any(|(_, n)| n.eq_ignore_ascii_case("opus")));
     Ok(OfferSummary { video_codecs, opus })
 }
 
@@ -146,14 +182,24 @@ mod tests {
 
     #[test]
     fn a_browser_offer_with_vp8_and_h264_is_accepted_in_preference_order() {
-        let sdp = offer("a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\na=rtpmap:96 VP8/90000\r\n");
+        let sdp = offer(
+            "a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\na=rtpmap:96 VP8/90000\r\n",
+        );
         let summary = check_offer("offer", &sdp, &[VideoCodec::H264, VideoCodec::Vp8]).unwrap();
-        assert_eq!(summary, OfferSummary { video_codecs: vec![VideoCodec::H264, VideoCodec::Vp8], opus: true });
+        assert_eq!(
+            summary,
+            OfferSummary {
+                video_codecs: vec![VideoCodec::H264, VideoCodec::Vp8],
+                opus: true
+            }
+        );
     }
 
     #[test]
     fn only_vp9_and_high_profile_h264_name_what_was_offered() {
-        let sdp = offer("a=rtpmap:98 VP9/90000\r\na=rtpmap:100 H264/90000\r\na=fmtp:100 packetization-mode=1;profile-level-id=640c1f\r\n");
+        let sdp = offer(
+            "a=rtpmap:98 VP9/90000\r\na=rtpmap:100 H264/90000\r\na=fmtp:100 packetization-mode=1;profile-level-id=640c1f\r\n",
+        );
         let err = check_offer("offer", &sdp, BOTH).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -164,15 +210,24 @@ mod tests {
     #[test]
     fn audio_only_offers_have_no_video() {
         let sdp = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
-        assert_eq!(check_offer("offer", sdp, BOTH), Err(OfferError::NoVideo("audio".into())));
+        assert_eq!(
+            check_offer("offer", sdp, BOTH),
+            Err(OfferError::NoVideo("audio".into()))
+        );
     }
 
     #[test]
     fn garbage_and_answers_are_rejected_precisely() {
         assert!(matches!(check_offer("offer", "hello", BOTH), Err(OfferError::Malformed(m)) if m.contains("v=0")));
         assert!(matches!(check_offer("offer", "", BOTH), Err(OfferError::Malformed(m)) if m == "empty SDP"));
-        assert!(matches!(check_offer("offer", "v=0\nnot a line", BOTH), Err(OfferError::Malformed(_))));
-        assert_eq!(check_offer("answer", &offer(""), BOTH), Err(OfferError::NotAnOffer("answer".into())));
+        assert!(matches!(
+            check_offer("offer", "v=0\nnot a line", BOTH),
+            Err(OfferError::Malformed(_))
+        ));
+        assert_eq!(
+            check_offer("answer", &offer(""), BOTH),
+            Err(OfferError::NotAnOffer("answer".into()))
+        );
     }
 
     #[test]

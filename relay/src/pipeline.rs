@@ -40,9 +40,15 @@ pub fn schedule(next: u64, elapsed: Duration, fps: u32) -> Step {
     }
     let current = (elapsed.as_secs_f64() * f64::from(fps)).floor() as u64;
     if current > next + 1 {
-        Step::Produce { index: current, skipped: current - next }
+        Step::Produce {
+            index: current,
+            skipped: current - next,
+        }
     } else {
-        Step::Produce { index: next, skipped: 0 }
+        Step::Produce {
+            index: next,
+            skipped: 0,
+        }
     }
 }
 
@@ -59,9 +65,21 @@ pub struct EncodeStage {
 
 impl EncodeStage {
     /// A stage feeding `publishers`; `keyframes` is raised by them when a viewer needs one.
-    pub fn new(encoder: Box<dyn VideoEncoder>, publishers: Vec<PublisherHandle>, keyframes: KeyframeRequest, metrics: Metrics) -> Self {
+    pub fn new(
+        encoder: Box<dyn VideoEncoder>,
+        publishers: Vec<PublisherHandle>,
+        keyframes: KeyframeRequest,
+        metrics: Metrics,
+    ) -> Self {
         let codec_label = encoder.codec().to_string();
-        Self { encoder, codec_label, publishers, keyframes, metrics, output_fps: FpsMeter::default() }
+        Self {
+            encoder,
+            codec_label,
+            publishers,
+            keyframes,
+            metrics,
+            output_fps: FpsMeter::default(),
+        }
     }
 
     /// Asks for a keyframe on the next frame (a new input, a new viewer).
@@ -75,17 +93,28 @@ impl EncodeStage {
         let start = Instant::now();
         let encoded = self.encoder.encode(picture, force);
         let done = Instant::now();
-        self.metrics.encode_seconds.observe(done.duration_since(start).as_secs_f64());
+        self.metrics
+            .encode_seconds
+            .observe(done.duration_since(start).as_secs_f64());
         match encoded {
             Ok(Some(frame)) => {
                 times.encoded = Some(done);
                 if let Some(filter_end) = times.filter_end {
-                    self.metrics.latency.observe(Stage::Encode, done.saturating_duration_since(filter_end));
+                    self.metrics
+                        .latency
+                        .observe(Stage::Encode, done.saturating_duration_since(filter_end));
                 }
-                self.metrics.frames_encoded.with_label_values(&[&self.codec_label]).inc();
+                self.metrics
+                    .frames_encoded
+                    .with_label_values(&[&self.codec_label])
+                    .inc();
                 let fps = self.output_fps.tick(done);
                 self.metrics.set_video("output", frame.width, frame.height, fps);
-                let out = OutgoingFrame { frame, times, media_time };
+                let out = OutgoingFrame {
+                    frame,
+                    times,
+                    media_time,
+                };
                 for p in &self.publishers {
                     p.offer(out.clone());
                 }
@@ -117,7 +146,9 @@ impl TestPatternPipeline {
             shutdown.cancelled().await;
             drop(stop_tx);
         });
-        std::thread::Builder::new().name("test-pattern".into()).spawn(move || self.run(stop_rx))
+        std::thread::Builder::new()
+            .name("test-pattern".into())
+            .spawn(move || self.run(stop_rx))
     }
 
     fn run(mut self, stop: std_mpsc::Receiver<()>) {
@@ -125,7 +156,12 @@ impl TestPatternPipeline {
         let start = Instant::now();
         let mut next = 0u64;
         self.stage.request_keyframe();
-        tracing::info!(width = self.pattern.width(), height = self.pattern.height(), fps, "test pattern started");
+        tracing::info!(
+            width = self.pattern.width(),
+            height = self.pattern.height(),
+            fps,
+            "test pattern started"
+        );
         loop {
             match schedule(next, start.elapsed(), fps) {
                 Step::Wait(d) => match stop.recv_timeout(d) {
@@ -135,7 +171,11 @@ impl TestPatternPipeline {
                 Step::Produce { index, skipped } => {
                     if skipped > 0 {
                         tracing::debug!(skipped, "test pattern behind schedule");
-                        self.stage.metrics.frames_dropped.with_label_values(&["pipeline", DropReason::Late.as_str()]).inc_by(skipped);
+                        self.stage
+                            .metrics
+                            .frames_dropped
+                            .with_label_values(&["pipeline", DropReason::Late.as_str()])
+                            .inc_by(skipped);
                     }
                     let times = FrameTimes::new(Instant::now());
                     let picture = self.pattern.frame(index);
@@ -145,7 +185,14 @@ impl TestPatternPipeline {
                     // Frame i's media time is exactly i/fps: the clock on screen and the RTP
                     // timestamp agree, whatever the scheduling jitter.
                     let rtp_timestamp = ((index as f64) * 90_000.0 / f64::from(fps)).round() as u64 as u32;
-                    self.stage.encode(&picture, times, MediaTime { epoch: 0, rtp_timestamp });
+                    self.stage.encode(
+                        &picture,
+                        times,
+                        MediaTime {
+                            epoch: 0,
+                            rtp_timestamp,
+                        },
+                    );
                     next = index + 1;
                 }
             }
@@ -180,7 +227,9 @@ pub struct FilterPipeline {
 impl FilterPipeline {
     /// Starts the thread; it ends when the slot is closed.
     pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
-        std::thread::Builder::new().name("filter".into()).spawn(move || self.run())
+        std::thread::Builder::new()
+            .name("filter".into())
+            .spawn(move || self.run())
     }
 
     fn run(mut self) {
@@ -192,11 +241,18 @@ impl FilterPipeline {
                 Take::Timeout => continue,
                 Take::Closed => break,
             };
-            let InputFrame { picture, mut times, media_time } = input;
+            let InputFrame {
+                picture,
+                mut times,
+                media_time,
+            } = input;
             let start = Instant::now();
             times.filter_start = Some(start);
             if let Some(decoded) = times.decoded {
-                self.stage.metrics.latency.observe(Stage::Queue, start.saturating_duration_since(decoded));
+                self.stage
+                    .metrics
+                    .latency
+                    .observe(Stage::Queue, start.saturating_duration_since(decoded));
             }
             let filtered = match self.filter.apply(picture) {
                 Ok(f) => f,
@@ -208,7 +264,10 @@ impl FilterPipeline {
             };
             let end = Instant::now();
             times.filter_end = Some(end);
-            self.stage.metrics.latency.observe(Stage::Filter, end.duration_since(start));
+            self.stage
+                .metrics
+                .latency
+                .observe(Stage::Filter, end.duration_since(start));
             self.stage.metrics.frames_filtered.inc();
             let scaled = match self.output_size {
                 Some((w, h)) => match scaler.scale(filtered, w, h) {
@@ -233,24 +292,36 @@ mod tests {
 
     #[test]
     fn early_frames_wait_until_their_due_time() {
-        assert_eq!(schedule(3, Duration::from_millis(90), 30), Step::Wait(Duration::from_millis(10)));
+        assert_eq!(
+            schedule(3, Duration::from_millis(90), 30),
+            Step::Wait(Duration::from_millis(10))
+        );
     }
 
     #[test]
     fn a_frame_due_now_is_produced_without_skipping() {
-        assert_eq!(schedule(3, Duration::from_millis(101), 30), Step::Produce { index: 3, skipped: 0 });
+        assert_eq!(
+            schedule(3, Duration::from_millis(101), 30),
+            Step::Produce { index: 3, skipped: 0 }
+        );
     }
 
     #[test]
     fn falling_more_than_a_frame_behind_skips_to_the_current_frame() {
         // At 250 ms, frame 7 (233 ms) is current; 3..6 are stale.
-        assert_eq!(schedule(3, Duration::from_millis(250), 30), Step::Produce { index: 7, skipped: 4 });
+        assert_eq!(
+            schedule(3, Duration::from_millis(250), 30),
+            Step::Produce { index: 7, skipped: 4 }
+        );
     }
 
     #[test]
     fn due_times_do_not_drift_over_an_hour() {
         let index = 30 * 3600;
-        assert_eq!(schedule(index, Duration::from_secs(3600), 30), Step::Produce { index, skipped: 0 });
+        assert_eq!(
+            schedule(index, Duration::from_secs(3600), 30),
+            Step::Produce { index, skipped: 0 }
+        );
     }
 }
 
@@ -261,13 +332,26 @@ mod filter_pipeline_tests {
     use crate::filter::Passthrough;
     use crate::publish::PublisherInputs;
 
-    fn pipeline(output_size: Option<(u32, u32)>) -> (Arc<NewestSlot<InputFrame>>, PublisherInputs, Metrics, JoinHandle<()>) {
+    fn pipeline(
+        output_size: Option<(u32, u32)>,
+    ) -> (Arc<NewestSlot<InputFrame>>, PublisherInputs, Metrics, JoinHandle<()>) {
         let metrics = Metrics::new();
         let (handle, inputs) = PublisherHandle::new("test", metrics.clone());
-        let encoder = new_encoder(&EncoderConfig { codec: VideoCodec::Vp8, ..Default::default() }).unwrap();
+        let encoder = new_encoder(&EncoderConfig {
+            codec: VideoCodec::Vp8,
+            ..Default::default()
+        })
+        .unwrap();
         let stage = EncodeStage::new(encoder, vec![handle], KeyframeRequest::default(), metrics.clone());
         let slot = Arc::new(NewestSlot::new());
-        let thread = FilterPipeline { slot: Arc::clone(&slot), filter: Box::new(Passthrough), output_size, stage }.spawn().unwrap();
+        let thread = FilterPipeline {
+            slot: Arc::clone(&slot),
+            filter: Box::new(Passthrough),
+            output_size,
+            stage,
+        }
+        .spawn()
+        .unwrap();
         (slot, inputs, metrics, thread)
     }
 
@@ -275,7 +359,14 @@ mod filter_pipeline_tests {
         let now = Instant::now();
         let mut times = FrameTimes::new(now);
         times.decoded = Some(now);
-        InputFrame { picture: I420Frame::filled(w, h, yuv).unwrap(), times, media_time: MediaTime { epoch: 1, rtp_timestamp: ts } }
+        InputFrame {
+            picture: I420Frame::filled(w, h, yuv).unwrap(),
+            times,
+            media_time: MediaTime {
+                epoch: 1,
+                rtp_timestamp: ts,
+            },
+        }
     }
 
     #[test]
@@ -287,9 +378,19 @@ mod filter_pipeline_tests {
         slot.close();
         thread.join().unwrap();
 
-        assert_eq!(out.media_time, MediaTime { epoch: 1, rtp_timestamp: 9000 });
+        assert_eq!(
+            out.media_time,
+            MediaTime {
+                epoch: 1,
+                rtp_timestamp: 9000
+            }
+        );
         assert!(out.frame.keyframe);
-        let decoded = new_decoder(VideoCodec::Vp8).unwrap().decode(&out.frame.data).unwrap().unwrap();
+        let decoded = new_decoder(VideoCodec::Vp8)
+            .unwrap()
+            .decode(&out.frame.data)
+            .unwrap()
+            .unwrap();
         assert_eq!((decoded.width(), decoded.height()), (320, 180));
         let mean_y = decoded.y().iter().map(|&p| f64::from(p)).sum::<f64>() / decoded.y().len() as f64;
         assert!((mean_y - 120.0).abs() < 3.0, "mean luma {mean_y}");
@@ -306,9 +407,14 @@ mod filter_pipeline_tests {
                 metrics.drop_frame("pipeline", DropReason::Stale);
             }
         }
-        let Take::Frame(newest) = slot.take(Duration::ZERO) else { panic!("no frame") };
+        let Take::Frame(newest) = slot.take(Duration::ZERO) else {
+            panic!("no frame")
+        };
         assert_eq!(newest.media_time.rtp_timestamp, 3);
-        assert_eq!(metrics.frames_dropped.with_label_values(&["pipeline", "stale"]).get(), 2);
+        assert_eq!(
+            metrics.frames_dropped.with_label_values(&["pipeline", "stale"]).get(),
+            2
+        );
     }
 
     #[test]

@@ -13,7 +13,11 @@ impl FpsMeter {
     /// Records an event at `now` and returns the rate over the last second.
     pub fn tick(&mut self, now: Instant) -> f64 {
         self.events.push_back(now);
-        while self.events.front().is_some_and(|&t| now.duration_since(t) > Duration::from_secs(1)) {
+        while self
+            .events
+            .front()
+            .is_some_and(|&t| now.duration_since(t) > Duration::from_secs(1))
+        {
             self.events.pop_front();
         }
         self.events.len() as f64

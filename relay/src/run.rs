@@ -42,7 +42,9 @@ pub enum RunError {
     #[error(transparent)]
     Codec(#[from] codec::CodecError),
     /// Nothing to publish to.
-    #[error("no output configured: give --sora-signaling-url and --channel-id, or --whip-url (or sora:/whip: in --config)")]
+    #[error(
+        "no output configured: give --sora-signaling-url and --channel-id, or --whip-url (or sora:/whip: in --config)"
+    )]
     NoOutput,
     /// The HTTP address.
     #[error("cannot listen on {addr}: {source}")]
@@ -69,28 +71,48 @@ struct Publishers {
     handles: Vec<PublisherHandle>,
 }
 
-fn start_publishers(cfg: &RelayConfig, audio: bool, metrics: &Metrics, keyframes: &KeyframeRequest, shutdown: &CancellationToken) -> Result<Publishers, RunError> {
+fn start_publishers(
+    cfg: &RelayConfig,
+    audio: bool,
+    metrics: &Metrics,
+    keyframes: &KeyframeRequest,
+    shutdown: &CancellationToken,
+) -> Result<Publishers, RunError> {
     let mut tasks = JoinSet::new();
     let mut handles = Vec::new();
     if let Some(sora) = cfg.sora_config(audio)? {
         let (handle, inputs) = PublisherHandle::new("sora", metrics.clone());
         let publisher = SoraPublisher::new(sora, metrics.clone(), keyframes.clone(), shutdown.clone())?;
-        tasks.spawn(publisher.run(inputs).instrument(tracing::info_span!("publisher", name = "sora")));
+        tasks.spawn(
+            publisher
+                .run(inputs)
+                .instrument(tracing::info_span!("publisher", name = "sora")),
+        );
         handles.push(handle);
     }
     if let Some(whip) = cfg.whip_config(audio)? {
         let (handle, inputs) = PublisherHandle::new("whip", metrics.clone());
         let publisher = WhipPublisher::new(whip, metrics.clone(), keyframes.clone(), shutdown.clone())?;
-        tasks.spawn(publisher.run(inputs).instrument(tracing::info_span!("publisher", name = "whip")));
+        tasks.spawn(
+            publisher
+                .run(inputs)
+                .instrument(tracing::info_span!("publisher", name = "whip")),
+        );
         handles.push(handle);
     }
     Ok(Publishers { tasks, handles })
 }
 
-async fn serve_http(cfg: &RelayConfig, app: axum::Router, shutdown: CancellationToken) -> Result<tokio::task::JoinHandle<()>, RunError> {
+async fn serve_http(
+    cfg: &RelayConfig,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
     let addr = cfg.listen_addr();
     let listener = std::net::TcpListener::bind(addr).map_err(|source| RunError::Listen { addr, source })?;
-    listener.set_nonblocking(true).map_err(|source| RunError::Listen { addr, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| RunError::Listen { addr, source })?;
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
     tokio::spawn(async move {
@@ -104,8 +126,14 @@ async fn serve_http(cfg: &RelayConfig, app: axum::Router, shutdown: Cancellation
             let _ = rustls::crypto::ring::default_provider().install_default();
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
-                .map_err(|source| RunError::Tls { cert: cert.clone(), key: key.clone(), source })?;
-            let server = axum_server::from_tcp_rustls(listener, tls).map_err(|source| RunError::Listen { addr, source })?.handle(handle);
+                .map_err(|source| RunError::Tls {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    source,
+                })?;
+            let server = axum_server::from_tcp_rustls(listener, tls)
+                .map_err(|source| RunError::Listen { addr, source })?
+                .handle(handle);
             tracing::info!(%addr, "HTTPS listening");
             tokio::spawn(async move {
                 if let Err(e) = server.serve(service).await {
@@ -114,7 +142,9 @@ async fn serve_http(cfg: &RelayConfig, app: axum::Router, shutdown: Cancellation
             })
         }
         _ => {
-            let server = axum_server::from_tcp(listener).map_err(|source| RunError::Listen { addr, source })?.handle(handle);
+            let server = axum_server::from_tcp(listener)
+                .map_err(|source| RunError::Listen { addr, source })?
+                .handle(handle);
             tracing::info!(%addr, "HTTP listening");
             tokio::spawn(async move {
                 if let Err(e) = server.serve(service).await {
@@ -128,7 +158,10 @@ async fn serve_http(cfg: &RelayConfig, app: axum::Router, shutdown: Cancellation
 
 async fn drain(mut publishers: JoinSet<()>) {
     // Publishers say goodbye to their SFUs (bounded inside); give them a little more.
-    let drained = tokio::time::timeout(Duration::from_secs(8), async { while publishers.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(Duration::from_secs(8), async {
+        while publishers.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
         tracing::warn!("publishers did not stop in time");
     }
@@ -142,7 +175,11 @@ pub async fn test_pattern(cfg: RelayConfig, shutdown: CancellationToken) -> Resu
     if handles.is_empty() {
         return Err(RunError::NoOutput);
     }
-    let font = testpattern::load_font(cfg.font.clone().unwrap_or_else(|| PathBuf::from(testpattern::DEFAULT_FONT_PATH)))?;
+    let font = testpattern::load_font(
+        cfg.font
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(testpattern::DEFAULT_FONT_PATH)),
+    )?;
     let video = &cfg.video;
     let pattern = TestPattern::new(video.width, video.height, video.fps, font)?;
     let encoder = codec::new_encoder(&cfg.encoder_config())?;
@@ -155,10 +192,16 @@ pub async fn test_pattern(cfg: RelayConfig, shutdown: CancellationToken) -> Resu
         publishers: handles.iter().map(|h| h.name().to_owned()).collect(),
         filter: "none".into(),
     };
-    let app = http::app(AppState { info: info.into(), metrics: metrics.clone(), serve: None });
+    let app = http::app(AppState {
+        info: info.into(),
+        metrics: metrics.clone(),
+        serve: None,
+    });
     let server = serve_http(&cfg, app, shutdown.clone()).await?;
     let stage = EncodeStage::new(encoder, handles, keyframes, metrics);
-    let thread = TestPatternPipeline { pattern, stage }.spawn(shutdown.clone()).map_err(|e| RunError::Thread("test-pattern", e))?;
+    let thread = TestPatternPipeline { pattern, stage }
+        .spawn(shutdown.clone())
+        .map_err(|e| RunError::Thread("test-pattern", e))?;
 
     shutdown.cancelled().await;
     drain(tasks).await;
@@ -188,7 +231,11 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
             shutdown.clone(),
         );
         let (handle, inputs) = PublisherHandle::new(preview::PUBLISHER, metrics.clone());
-        tasks.spawn(Arc::clone(&hub).run(inputs).instrument(tracing::info_span!("publisher", name = "preview")));
+        tasks.spawn(
+            Arc::clone(&hub)
+                .run(inputs)
+                .instrument(tracing::info_span!("publisher", name = "preview")),
+        );
         handles.push(handle);
         Some(hub)
     } else {
@@ -202,7 +249,11 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     let encoder = codec::new_encoder(&cfg.encoder_config())?;
     let slot = Arc::new(NewestSlot::new());
     let sessions = SessionManager::new(
-        IngestConfig { codecs: cfg.ingest.codecs.clone(), udp_addrs: cfg.ice.udp_addrs.clone(), public_ips: cfg.ice.public_ips.clone() },
+        IngestConfig {
+            codecs: cfg.ingest.codecs.clone(),
+            udp_addrs: cfg.ice.udp_addrs.clone(),
+            public_ips: cfg.ice.public_ips.clone(),
+        },
         Arc::clone(&slot),
         handles.clone(),
         metrics.clone(),
@@ -226,13 +277,22 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
         max_body_bytes: cfg.offer.max_body_bytes,
         allowed_origins: cfg.offer.allowed_origins.clone(),
     };
-    let app = http::app(AppState { info: info.into(), metrics: metrics.clone(), serve: Some(serve_state) });
+    let app = http::app(AppState {
+        info: info.into(),
+        metrics: metrics.clone(),
+        serve: Some(serve_state),
+    });
     let server = serve_http(&cfg, app, shutdown.clone()).await?;
     let output_size = (!cfg.video.follow_input).then_some((cfg.video.width, cfg.video.height));
     let stage = EncodeStage::new(encoder, handles, keyframes, metrics);
-    let thread = FilterPipeline { slot: Arc::clone(&slot), filter, output_size, stage }
-        .spawn()
-        .map_err(|e| RunError::Thread("filter", e))?;
+    let thread = FilterPipeline {
+        slot: Arc::clone(&slot),
+        filter,
+        output_size,
+        stage,
+    }
+    .spawn()
+    .map_err(|e| RunError::Thread("filter", e))?;
     tracing::info!(addr = %cfg.listen_addr(), "relay ready: open the sender page at / (preview at /view)");
 
     shutdown.cancelled().await;

@@ -10,7 +10,13 @@ use crate::frame::{FrameError, I420Frame};
 pub enum ScaleError {
     /// The resizer refused the planes.
     #[error("scaling {from_w}x{from_h} to {to_w}x{to_h} failed: {detail}")]
-    Resize { from_w: u32, from_h: u32, to_w: u32, to_h: u32, detail: String },
+    Resize {
+        from_w: u32,
+        from_h: u32,
+        to_w: u32,
+        to_h: u32,
+        detail: String,
+    },
     /// The scaled planes did not form a frame.
     #[error(transparent)]
     Frame(#[from] FrameError),
@@ -24,7 +30,10 @@ pub struct Scaler {
 
 impl Default for Scaler {
     fn default() -> Self {
-        Self { resizer: Resizer::new(), options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)) }
+        Self {
+            resizer: Resizer::new(),
+            options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+        }
     }
 }
 
@@ -35,13 +44,21 @@ impl Scaler {
             return Ok(frame);
         }
         let (sw, sh) = (frame.width(), frame.height());
-        let err = |detail: String| ScaleError::Resize { from_w: sw, from_h: sh, to_w: width, to_h: height, detail };
+        let err = |detail: String| ScaleError::Resize {
+            from_w: sw,
+            from_h: sh,
+            to_w: width,
+            to_h: height,
+            detail,
+        };
         let (scw, sch) = frame.chroma_size();
         let (dcw, dch) = (width.div_ceil(2), height.div_ceil(2));
         let mut plane = |src: &[u8], w: u32, h: u32, dw: u32, dh: u32| -> Result<Vec<u8>, ScaleError> {
             let src = ImageRef::new(w, h, src, PixelType::U8).map_err(|e| err(e.to_string()))?;
             let mut dst = Image::new(dw, dh, PixelType::U8);
-            self.resizer.resize(&src, &mut dst, &self.options).map_err(|e| err(e.to_string()))?;
+            self.resizer
+                .resize(&src, &mut dst, &self.options)
+                .map_err(|e| err(e.to_string()))?;
             Ok(dst.into_vec())
         };
         let y = plane(frame.y(), sw, sh, width, height)?;

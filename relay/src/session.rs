@@ -59,7 +59,10 @@ pub enum AcceptError {
 }
 
 fn webrtc_err(op: &'static str) -> impl FnOnce(webrtc::error::Error) -> AcceptError {
-    move |e| AcceptError::WebRtc { op, detail: e.to_string() }
+    move |e| AcceptError::WebRtc {
+        op,
+        detail: e.to_string(),
+    }
 }
 
 /// Settings of the browser ingest.
@@ -86,7 +89,11 @@ pub struct SessionView {
 
 enum State {
     Idle,
-    Live { started: Instant, cancel: CancellationToken, connected: bool },
+    Live {
+        started: Instant,
+        cancel: CancellationToken,
+        connected: bool,
+    },
 }
 
 /// The single browser session slot and everything a session feeds.
@@ -135,7 +142,11 @@ impl SessionManager {
             .and_then(|s| s.snapshot().codec)
             .map(|c| c.to_string());
         match &*self.state.lock().unwrap_or_else(PoisonError::into_inner) {
-            State::Idle => SessionView { state: "idle", age_secs: None, codec: None },
+            State::Idle => SessionView {
+                state: "idle",
+                age_secs: None,
+                codec: None,
+            },
             State::Live { started, connected, .. } => SessionView {
                 state: if *connected { "receiving" } else { "connecting" },
                 age_secs: Some(started.elapsed().as_secs_f64()),
@@ -146,7 +157,11 @@ impl SessionManager {
 
     /// Frames assembled from the browser's RTP in the current (or last) session.
     pub fn frames_received(&self) -> u64 {
-        self.video_stats.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map_or(0, |s| s.snapshot().frames_assembled)
+        self.video_stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |s| s.snapshot().frames_assembled)
     }
 
     /// Ends the current session, if any.
@@ -168,7 +183,11 @@ impl SessionManager {
             if let State::Live { started, .. } = &*state {
                 return Err(AcceptError::Busy(started.elapsed().as_secs_f64()));
             }
-            *state = State::Live { started: Instant::now(), cancel: cancel.clone(), connected: false };
+            *state = State::Live {
+                started: Instant::now(),
+                cancel: cancel.clone(),
+                connected: false,
+            };
         }
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         tracing::info!(epoch, codecs = ?summary.video_codecs, opus = summary.opus, "browser offer accepted");
@@ -188,17 +207,25 @@ impl SessionManager {
         }
     }
 
-    async fn start(self: &Arc<Self>, epoch: u64, offer_sdp: String, cancel: CancellationToken) -> Result<String, AcceptError> {
+    async fn start(
+        self: &Arc<Self>,
+        epoch: u64,
+        offer_sdp: String,
+        cancel: CancellationToken,
+    ) -> Result<String, AcceptError> {
         let mut media_engine = MediaEngine::default();
         for codec in &self.config.codecs {
             for params in receive_codec_parameters(*codec) {
-                media_engine.register_codec(params, RtpCodecKind::Video).map_err(webrtc_err("registering a video codec"))?;
+                media_engine
+                    .register_codec(params, RtpCodecKind::Video)
+                    .map_err(webrtc_err("registering a video codec"))?;
             }
         }
         media_engine
             .register_codec(opus_codec_parameters(), RtpCodecKind::Audio)
             .map_err(webrtc_err("registering Opus"))?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(webrtc_err("registering interceptors"))?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)
+            .map_err(webrtc_err("registering interceptors"))?;
         let loopback = self
             .config
             .udp_addrs
@@ -211,7 +238,12 @@ impl SessionManager {
             settings = settings.with_nat_1to1_ips(self.config.public_ips.clone(), RTCIceCandidateType::Host);
         }
         let gathered = Arc::new(Notify::new());
-        let handler = Arc::new(SessionHandler { manager: Arc::clone(self), epoch, cancel: cancel.clone(), gathered: Arc::clone(&gathered) });
+        let handler = Arc::new(SessionHandler {
+            manager: Arc::clone(self),
+            epoch,
+            cancel: cancel.clone(),
+            gathered: Arc::clone(&gathered),
+        });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(media_engine)
@@ -224,17 +256,29 @@ impl SessionManager {
             .map_err(webrtc_err("creating the peer connection"))?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
         let result = async {
-            let offer = RTCSessionDescription::offer(offer_sdp).map_err(|e| AcceptError::Offer(OfferError::Malformed(e.to_string())))?;
+            let offer = RTCSessionDescription::offer(offer_sdp)
+                .map_err(|e| AcceptError::Offer(OfferError::Malformed(e.to_string())))?;
             pc.set_remote_description(offer)
                 .await
                 .map_err(|e| AcceptError::Offer(OfferError::Malformed(e.to_string())))?;
-            let answer = pc.create_answer(None).await.map_err(webrtc_err("creating the answer"))?;
-            pc.set_local_description(answer).await.map_err(webrtc_err("applying the answer"))?;
+            let answer = pc
+                .create_answer(None)
+                .await
+                .map_err(webrtc_err("creating the answer"))?;
+            pc.set_local_description(answer)
+                .await
+                .map_err(webrtc_err("applying the answer"))?;
             // Non-trickle, as the original sample: the answer waits for every local candidate.
             if tokio::time::timeout(GATHER_TIMEOUT, gathered.notified()).await.is_err() {
-                tracing::warn!(?GATHER_TIMEOUT, "ICE gathering incomplete; answering with the candidates so far");
+                tracing::warn!(
+                    ?GATHER_TIMEOUT,
+                    "ICE gathering incomplete; answering with the candidates so far"
+                );
             }
-            pc.local_description().await.map(|d| d.sdp).ok_or(AcceptError::WebRtc { op: "reading the answer", detail: "no local description".into() })
+            pc.local_description().await.map(|d| d.sdp).ok_or(AcceptError::WebRtc {
+                op: "reading the answer",
+                detail: "no local description".into(),
+            })
         }
         .await;
         let manager = Arc::clone(self);
@@ -270,12 +314,22 @@ impl SessionManager {
     fn on_decoded(&self, epoch: u64, decoded: DecodedFrame, fps: &mut FpsMeter) {
         let m = &self.metrics;
         m.frames_decoded.inc();
-        m.latency.observe(Stage::Decode, decoded.decoded_at.saturating_duration_since(decoded.arrival));
+        m.latency.observe(
+            Stage::Decode,
+            decoded.decoded_at.saturating_duration_since(decoded.arrival),
+        );
         let rate = fps.tick(decoded.decoded_at);
         m.set_video("input", decoded.frame.width(), decoded.frame.height(), rate);
         let mut times = FrameTimes::new(decoded.arrival);
         times.decoded = Some(decoded.decoded_at);
-        let input = InputFrame { picture: decoded.frame, times, media_time: MediaTime { epoch, rtp_timestamp: decoded.rtp_timestamp } };
+        let input = InputFrame {
+            picture: decoded.frame,
+            times,
+            media_time: MediaTime {
+                epoch,
+                rtp_timestamp: decoded.rtp_timestamp,
+            },
+        };
         if self.slot.put(input).is_some() {
             m.drop_frame("pipeline", DropReason::Stale);
         }
@@ -286,10 +340,22 @@ impl SessionManager {
 /// baseline (the formats OpenH264 decodes), both packetization-mode 1.
 fn receive_codec_parameters(codec: VideoCodec) -> Vec<RTCRtpCodecParameters> {
     let feedback = vec![
-        RTCPFeedback { typ: "goog-remb".into(), parameter: String::new() },
-        RTCPFeedback { typ: "nack".into(), parameter: String::new() },
-        RTCPFeedback { typ: "nack".into(), parameter: "pli".into() },
-        RTCPFeedback { typ: "ccm".into(), parameter: "fir".into() },
+        RTCPFeedback {
+            typ: "goog-remb".into(),
+            parameter: String::new(),
+        },
+        RTCPFeedback {
+            typ: "nack".into(),
+            parameter: String::new(),
+        },
+        RTCPFeedback {
+            typ: "nack".into(),
+            parameter: "pli".into(),
+        },
+        RTCPFeedback {
+            typ: "ccm".into(),
+            parameter: "fir".into(),
+        },
     ];
     let params = |mime: &str, fmtp: &str, pt: u8| RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
@@ -305,7 +371,11 @@ fn receive_codec_parameters(codec: VideoCodec) -> Vec<RTCRtpCodecParameters> {
         VideoCodec::Vp8 => vec![params("video/VP8", "", 96)],
         VideoCodec::H264 => vec![
             params("video/H264", H264_FMTP, 102),
-            params("video/H264", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f", 104),
+            params(
+                "video/H264",
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+                104,
+            ),
         ],
     }
 }
@@ -366,7 +436,10 @@ impl PeerConnectionEventHandler for SessionHandler {
                         let sink_stats = Arc::clone(&stats);
                         let sink = move |decoded: DecodedFrame| {
                             let assembled = sink_stats.snapshot().frames_assembled;
-                            sink_manager.metrics.frames_received.inc_by(assembled.saturating_sub(seen));
+                            sink_manager
+                                .metrics
+                                .frames_received
+                                .inc_by(assembled.saturating_sub(seen));
                             seen = assembled;
                             sink_manager.on_decoded(epoch, decoded, &mut fps);
                         };
@@ -380,7 +453,9 @@ impl PeerConnectionEventHandler for SessionHandler {
                 );
             }
             RtpCodecKind::Audio => {
-                tokio::spawn(forward_audio(track, manager, epoch).instrument(tracing::info_span!("browser-audio", epoch)));
+                tokio::spawn(
+                    forward_audio(track, manager, epoch).instrument(tracing::info_span!("browser-audio", epoch)),
+                );
             }
             _ => tracing::info!(?kind, "ignoring a track of unknown kind"),
         }
@@ -398,7 +473,10 @@ async fn forward_audio(track: Arc<dyn TrackRemote>, manager: Arc<SessionManager>
             TrackRemoteEvent::OnRtpPacket(packet) => {
                 let audio = AudioPacket {
                     payload: packet.payload.clone(),
-                    media_time: MediaTime { epoch, rtp_timestamp: packet.header.timestamp },
+                    media_time: MediaTime {
+                        epoch,
+                        rtp_timestamp: packet.header.timestamp,
+                    },
                     sequence: packet.header.sequence_number,
                     marker: packet.header.marker,
                 };

@@ -28,7 +28,13 @@ pub struct NewestSlot<T> {
 
 impl<T> Default for NewestSlot<T> {
     fn default() -> Self {
-        Self { state: Mutex::new(State { item: None, closed: false }), ready: Condvar::new() }
+        Self {
+            state: Mutex::new(State {
+                item: None,
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        }
     }
 }
 

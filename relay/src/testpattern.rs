@@ -271,16 +271,7 @@ impl TestPattern {
                 height: by1 - by0,
             };
             let (fill, stroke) = self.coverage(&placed, boxed);
-            composite(
-                &mut y,
-                &mut u,
-                &mut v,
-                (w, cw),
-                boxed,
-                &fill,
-                &stroke,
-                [bu, bv],
-            );
+            composite(&mut y, &mut u, &mut v, (w, cw), boxed, &fill, &stroke, [bu, bv]);
         }
 
         I420Frame::from_planes(self.width, self.height, y, u, v)
@@ -448,9 +439,7 @@ fn composite(
 
 /// Height in pixels of the digit `0` at `scale`.
 fn digit_height(font: &FontArc, scale: PxScale) -> f32 {
-    let glyph = font
-        .glyph_id('0')
-        .with_scale_and_position(scale, point(0.0, 0.0));
+    let glyph = font.glyph_id('0').with_scale_and_position(scale, point(0.0, 0.0));
     font.outline_glyph(glyph)
         .map(|g| g.px_bounds().height())
         .unwrap_or(scale.y * 0.7)
@@ -550,9 +539,7 @@ mod tests {
 
     fn font() -> FontArc {
         load_font(DEFAULT_FONT_PATH).unwrap_or_else(|e| {
-            panic!(
-                "test font unavailable: {e} (install Debian fonts-dejavu-core, scripts/setup.sh)"
-            )
+            panic!("test font unavailable: {e} (install Debian fonts-dejavu-core, scripts/setup.sh)")
         })
     }
 
@@ -654,26 +641,20 @@ mod tests {
         let pattern = TestPattern::new(320, 180, 30, font()).unwrap();
         let i = 42;
         let frame = pattern.frame(i);
-        let background =
-            I420Frame::filled(320, 180, rgb_to_yuv(pattern.background_rgb(i))).unwrap();
+        let background = I420Frame::filled(320, 180, rgb_to_yuv(pattern.background_rgb(i))).unwrap();
         let rect = pattern.text_rect(i);
         for y in 0..180 {
             for x in 0..320 {
                 if !rect.contains(x, y) {
                     let k = (y * 320 + x) as usize;
-                    assert_eq!(
-                        frame.y()[k],
-                        background.y()[k],
-                        "luma at ({x},{y}) outside {rect:?}"
-                    );
+                    assert_eq!(frame.y()[k], background.y()[k], "luma at ({x},{y}) outside {rect:?}");
                 }
             }
         }
         let (cw, ch) = frame.chroma_size();
         for cy in 0..ch as u32 {
             for cx in 0..cw as u32 {
-                let touched =
-                    (0..2).any(|dy| (0..2).any(|dx| rect.contains(cx * 2 + dx, cy * 2 + dy)));
+                let touched = (0..2).any(|dy| (0..2).any(|dx| rect.contains(cx * 2 + dx, cy * 2 + dy)));
                 if !touched {
                     let k = cy as usize * cw + cx as usize;
                     assert_eq!(frame.u()[k], background.u()[k], "U at ({cx},{cy})");
@@ -725,10 +706,7 @@ mod tests {
     fn new_rejects_empty_size_and_zero_fps() {
         assert!(matches!(
             TestPattern::new(0, 10, 30, font()),
-            Err(TestPatternError::EmptySize {
-                width: 0,
-                height: 10
-            })
+            Err(TestPatternError::EmptySize { width: 0, height: 10 })
         ));
         assert!(matches!(
             TestPattern::new(10, 10, 0, font()),
@@ -743,15 +721,11 @@ mod tests {
         assert!(msg.contains("/nonexistent/livefilter-font.ttf"), "{msg}");
         assert!(matches!(missing, TestPatternError::FontRead { .. }));
 
-        let path =
-            std::env::temp_dir().join(format!("livefilter-not-a-font-{}.ttf", std::process::id()));
+        let path = std::env::temp_dir().join(format!("livefilter-not-a-font-{}.ttf", std::process::id()));
         std::fs::write(&path, b"definitely not a font").unwrap();
         let invalid = load_font(&path).unwrap_err();
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(invalid, TestPatternError::FontInvalid { .. }));
-        assert!(
-            invalid.to_string().contains(&path.display().to_string()),
-            "{invalid}"
-        );
+        assert!(invalid.to_string().contains(&path.display().to_string()), "{invalid}");
     }
 }

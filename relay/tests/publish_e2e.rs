@@ -15,7 +15,9 @@ fn nearest_hue(rgb: [u8; 3]) -> i32 {
     (0..180u8)
         .min_by_key(|&h| {
             let c = hue_rgb(h);
-            (0..3).map(|i| (i32::from(c[i]) - i32::from(rgb[i])).pow(2)).sum::<i32>()
+            (0..3)
+                .map(|i| (i32::from(c[i]) - i32::from(rgb[i])).pow(2))
+                .sum::<i32>()
         })
         .map_or(0, i32::from)
 }
@@ -44,17 +46,29 @@ fn assert_hue_advances_one_step_per_frame(frames: &[Value]) {
     let hue = |f: &Value| nearest_hue(rgb(&f["patch_rgb"]));
     let frames_between = |a: &Value, b: &Value| {
         let ticks = ts(b).wrapping_sub(ts(a));
-        assert_eq!(ticks % TICKS_PER_FRAME, 0, "RTP timestamps are not on the 30 fps grid: {a} {b}");
+        assert_eq!(
+            ticks % TICKS_PER_FRAME,
+            0,
+            "RTP timestamps are not on the 30 fps grid: {a} {b}"
+        );
         (ticks / TICKS_PER_FRAME) as i32
     };
     for pair in frames.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         let expected = hue(a) + frames_between(a, b);
-        assert!(hue_error(hue(b), expected) <= PER_FRAME_SLACK, "hue {} after {a} -> {b}, expected {expected}", hue(b));
+        assert!(
+            hue_error(hue(b), expected) <= PER_FRAME_SLACK,
+            "hue {} after {a} -> {b}, expected {expected}",
+            hue(b)
+        );
     }
     let (first, last) = (&frames[0], &frames[frames.len() - 1]);
     let expected = hue(first) + frames_between(first, last);
-    assert!(hue_error(hue(last), expected) <= 1, "hue {} at the end, expected {expected}: {first} -> {last}", hue(last));
+    assert!(
+        hue_error(hue(last), expected) <= 1,
+        "hue {} at the end, expected {expected}: {first} -> {last}",
+        hue(last)
+    );
 }
 
 /// Pixels of the centre third that are (nearly) black: the clock's glyph fill. The hue
@@ -73,15 +87,33 @@ fn clock_mask(img: &image::RgbImage) -> Vec<bool> {
 
 /// Publishes, then checks what the endpoint decoded: size, codec, hue progression, a ticking
 /// clock, and what the `connect` (or WHIP offer) said.
-async fn assert_test_pattern_arrives(endpoint: &Endpoint, transport: &str, codec: &str, width: u32, height: u32) -> Value {
-    let conn = endpoint.wait_for(&format!("transport={transport}&state=connected&min_frames=45")).await;
+async fn assert_test_pattern_arrives(
+    endpoint: &Endpoint,
+    transport: &str,
+    codec: &str,
+    width: u32,
+    height: u32,
+) -> Value {
+    let conn = endpoint
+        .wait_for(&format!("transport={transport}&state=connected&min_frames=45"))
+        .await;
     let id = conn["connection_id"].as_str().expect("connection_id").to_owned();
     let first_png = endpoint.frame_png(&id).await;
     let conn = endpoint.wait_for(&format!("connection_id={id}&min_frames=75")).await;
     let detail = endpoint.connection(&id, 600).await;
 
-    assert_eq!(detail["video"]["codec"].as_str().map(str::to_ascii_lowercase).as_deref(), Some(codec), "{detail:#}");
-    assert_eq!((detail["video"]["width"].as_u64(), detail["video"]["height"].as_u64()), (Some(width.into()), Some(height.into())));
+    assert_eq!(
+        detail["video"]["codec"]
+            .as_str()
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some(codec),
+        "{detail:#}"
+    );
+    assert_eq!(
+        (detail["video"]["width"].as_u64(), detail["video"]["height"].as_u64()),
+        (Some(width.into()), Some(height.into()))
+    );
     assert!(detail["video"]["keyframes_decoded"].as_u64().unwrap_or(0) >= 1);
     assert_eq!(detail["video"]["decode_errors"].as_u64(), Some(0), "{detail:#}");
     assert_hue_advances_one_step_per_frame(detail["frames"].as_array().expect("frames"));
@@ -90,16 +122,29 @@ async fn assert_test_pattern_arrives(endpoint: &Endpoint, transport: &str, codec
     assert_eq!(later_png.dimensions(), (width, height));
     let (before, after) = (clock_mask(&first_png), clock_mask(&later_png));
     let black = after.iter().filter(|&&b| b).count();
-    assert!(black > after.len() / 200, "no clock digits in the centre ({black} dark pixels)");
+    assert!(
+        black > after.len() / 200,
+        "no clock digits in the centre ({black} dark pixels)"
+    );
     let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
-    assert!(changed > after.len() / 500, "the clock did not change between frames ({changed} pixels)");
+    assert!(
+        changed > after.len() / 500,
+        "the clock did not change between frames ({changed} pixels)"
+    );
     conn
 }
 
 #[tokio::test]
 async fn sora_vp8_test_pattern_arrives_at_1280x720_with_hue_and_clock_advancing() {
     let endpoint = Endpoint::start(&[]);
-    let _relay = Relay::test_pattern(&["--sora-signaling-url", &endpoint.signaling_url(), "--channel-id", "vp8-room", "--metadata", r#"{"access_token":"t0"}"#]);
+    let _relay = Relay::test_pattern(&[
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        "vp8-room",
+        "--metadata",
+        r#"{"access_token":"t0"}"#,
+    ]);
 
     let conn = assert_test_pattern_arrives(&endpoint, "sora", "vp8", 1280, 720).await;
 
@@ -116,20 +161,40 @@ async fn sora_vp8_test_pattern_arrives_at_1280x720_with_hue_and_clock_advancing(
 async fn sora_h264_test_pattern_arrives_with_hue_and_clock_advancing() {
     let endpoint = Endpoint::start(&[]);
     let _relay = Relay::test_pattern(&[
-        "--sora-signaling-url", &endpoint.signaling_url(), "--channel-id", "h264-room",
-        "--codec", "h264", "--width", "640", "--height", "360", "--bitrate-kbps", "800",
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        "h264-room",
+        "--codec",
+        "h264",
+        "--width",
+        "640",
+        "--height",
+        "360",
+        "--bitrate-kbps",
+        "800",
     ]);
 
     let conn = assert_test_pattern_arrives(&endpoint, "sora", "h264", 640, 360).await;
 
-    assert_eq!(conn["signaling"]["connect"]["video"], serde_json::json!({"codec_type": "H264", "bit_rate": 800}));
+    assert_eq!(
+        conn["signaling"]["connect"]["video"],
+        serde_json::json!({"codec_type": "H264", "bit_rate": 800})
+    );
 }
 
 #[tokio::test]
 async fn whip_vp8_test_pattern_arrives_with_bearer_token() {
     let endpoint = Endpoint::start(&["--whip-token", "s3cret"]);
     let _relay = Relay::test_pattern(&[
-        "--whip-url", &endpoint.whip_url("whip-vp8"), "--whip-token", "s3cret", "--width", "640", "--height", "360",
+        "--whip-url",
+        &endpoint.whip_url("whip-vp8"),
+        "--whip-token",
+        "s3cret",
+        "--width",
+        "640",
+        "--height",
+        "360",
     ]);
 
     let conn = assert_test_pattern_arrives(&endpoint, "whip", "vp8", 640, 360).await;
@@ -140,7 +205,16 @@ async fn whip_vp8_test_pattern_arrives_with_bearer_token() {
 #[tokio::test]
 async fn whip_h264_test_pattern_arrives() {
     let endpoint = Endpoint::start(&[]);
-    let _relay = Relay::test_pattern(&["--whip-url", &endpoint.whip_url("whip-h264"), "--codec", "h264", "--width", "640", "--height", "360"]);
+    let _relay = Relay::test_pattern(&[
+        "--whip-url",
+        &endpoint.whip_url("whip-h264"),
+        "--codec",
+        "h264",
+        "--width",
+        "640",
+        "--height",
+        "360",
+    ]);
 
     assert_test_pattern_arrives(&endpoint, "whip", "h264", 640, 360).await;
 }
@@ -149,7 +223,16 @@ async fn whip_h264_test_pattern_arrives() {
 async fn relay_reconnects_and_frames_resume_after_the_endpoint_restarts() {
     let port = free_port();
     let endpoint = Endpoint::start_on(port, &[]);
-    let relay = Relay::test_pattern(&["--sora-signaling-url", &endpoint.signaling_url(), "--channel-id", "restart", "--width", "320", "--height", "180"]);
+    let relay = Relay::test_pattern(&[
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        "restart",
+        "--width",
+        "320",
+        "--height",
+        "180",
+    ]);
     endpoint.wait_for("state=connected&min_frames=10").await;
 
     endpoint.kill();
@@ -157,42 +240,95 @@ async fn relay_reconnects_and_frames_resume_after_the_endpoint_restarts() {
 
     restarted.wait_for("state=connected&min_frames=20").await;
     relay.wait_for_publisher_state("sora", "connected").await;
-    assert!(relay.metric(r#"livefilter_publisher_reconnects_total{publisher="sora"}"#).await >= 1.0);
+    assert!(
+        relay
+            .metric(r#"livefilter_publisher_reconnects_total{publisher="sora"}"#)
+            .await
+            >= 1.0
+    );
 }
 
 #[tokio::test]
 async fn server_close_with_an_error_code_is_logged_and_retried_with_backoff() {
     let endpoint = Endpoint::start(&[]);
-    let relay = Relay::test_pattern(&["--sora-signaling-url", &endpoint.signaling_url(), "--channel-id", "err", "--width", "320", "--height", "180"]);
+    let relay = Relay::test_pattern(&[
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        "err",
+        "--width",
+        "320",
+        "--height",
+        "180",
+    ]);
     let first = endpoint.wait_for("state=connected&min_frames=5").await;
     let first_id = first["connection_id"].as_str().expect("id").to_owned();
 
     endpoint.close(&first_id, 4000, "TEST-FAILURE").await;
 
-    relay.wait_for_log("server closed signaling with code 4000 (TEST-FAILURE)").await;
+    relay
+        .wait_for_log("server closed signaling with code 4000 (TEST-FAILURE)")
+        .await;
     let second = endpoint.wait_for("state=connected&min_frames=5").await;
-    assert_ne!(second["connection_id"], first_id.as_str(), "no new connection after the error close");
-    assert_eq!(relay.metric(r#"livefilter_publisher_errors_total{kind="closed_with_error",publisher="sora"}"#).await, 1.0);
+    assert_ne!(
+        second["connection_id"],
+        first_id.as_str(),
+        "no new connection after the error close"
+    );
+    assert_eq!(
+        relay
+            .metric(r#"livefilter_publisher_errors_total{kind="closed_with_error",publisher="sora"}"#)
+            .await,
+        1.0
+    );
     assert!(relay.log().contains("retry_in_ms"), "backoff not logged");
 }
 
 #[tokio::test]
 async fn normal_server_close_stops_the_publisher_without_reconnecting() {
     let endpoint = Endpoint::start(&[]);
-    let relay = Relay::test_pattern(&["--sora-signaling-url", &endpoint.signaling_url(), "--channel-id", "bye", "--width", "320", "--height", "180"]);
+    let relay = Relay::test_pattern(&[
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        "bye",
+        "--width",
+        "320",
+        "--height",
+        "180",
+    ]);
     let conn = endpoint.wait_for("state=connected&min_frames=5").await;
 
-    endpoint.close(conn["connection_id"].as_str().expect("id"), 1000, "DISCONNECTED-API").await;
+    endpoint
+        .close(conn["connection_id"].as_str().expect("id"), 1000, "DISCONNECTED-API")
+        .await;
 
     relay.wait_for_publisher_state("sora", "stopped").await;
-    assert_eq!(endpoint.connections().await.len(), 1, "the relay reconnected after a normal close");
-    assert!(relay.log().contains("Sora ended the session normally"), "{}", relay.log());
+    assert_eq!(
+        endpoint.connections().await.len(),
+        1,
+        "the relay reconnected after a normal close"
+    );
+    assert!(
+        relay.log().contains("Sora ended the session normally"),
+        "{}",
+        relay.log()
+    );
 }
 
 #[tokio::test]
 async fn sigterm_sends_disconnect_and_exits_cleanly() {
     let endpoint = Endpoint::start(&[]);
-    let mut relay = Relay::test_pattern(&["--sora-signaling-url", &endpoint.signaling_url(), "--channel-id", "term", "--width", "320", "--height", "180"]);
+    let mut relay = Relay::test_pattern(&[
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        "term",
+        "--width",
+        "320",
+        "--height",
+        "180",
+    ]);
     let conn = endpoint.wait_for("state=connected&min_frames=5").await;
     let id = conn["connection_id"].as_str().expect("id").to_owned();
 
@@ -200,7 +336,10 @@ async fn sigterm_sends_disconnect_and_exits_cleanly() {
 
     assert!(status.success(), "relay exited with {status}; log:\n{}", relay.log());
     let closed = endpoint.wait_for(&format!("connection_id={id}&state=closed")).await;
-    assert_eq!(closed["close"], serde_json::json!({"code": 1000, "reason": "TYPE-DISCONNECT", "by": "client"}));
+    assert_eq!(
+        closed["close"],
+        serde_json::json!({"code": 1000, "reason": "TYPE-DISCONNECT", "by": "client"})
+    );
 }
 
 #[tokio::test]
@@ -208,8 +347,16 @@ async fn several_signaling_urls_race_and_the_live_one_wins() {
     let endpoint = Endpoint::start(&[]);
     let dead = format!("ws://127.0.0.1:{}/signaling", free_port());
     let _relay = Relay::test_pattern(&[
-        "--sora-signaling-url", &dead, "--sora-signaling-url", &endpoint.signaling_url(),
-        "--channel-id", "race", "--width", "320", "--height", "180",
+        "--sora-signaling-url",
+        &dead,
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        "race",
+        "--width",
+        "320",
+        "--height",
+        "180",
     ]);
 
     let conn = endpoint.wait_for("state=connected&min_frames=10").await;
@@ -221,7 +368,16 @@ async fn several_signaling_urls_race_and_the_live_one_wins() {
 async fn redirect_is_followed_with_redirect_true() {
     let target = Endpoint::start(&[]);
     let front = Endpoint::start(&["--redirect-to", &target.signaling_url()]);
-    let _relay = Relay::test_pattern(&["--sora-signaling-url", &front.signaling_url(), "--channel-id", "moved", "--width", "320", "--height", "180"]);
+    let _relay = Relay::test_pattern(&[
+        "--sora-signaling-url",
+        &front.signaling_url(),
+        "--channel-id",
+        "moved",
+        "--width",
+        "320",
+        "--height",
+        "180",
+    ]);
 
     let conn = target.wait_for("state=connected&min_frames=10").await;
 
@@ -232,17 +388,38 @@ async fn redirect_is_followed_with_redirect_true() {
 #[tokio::test]
 async fn pings_are_answered_with_outbound_stats_when_asked() {
     let endpoint = Endpoint::start(&["--ping-interval-secs", "1", "--ping-stats"]);
-    let _relay = Relay::test_pattern(&["--sora-signaling-url", &endpoint.signaling_url(), "--channel-id", "ping", "--width", "320", "--height", "180"]);
+    let _relay = Relay::test_pattern(&[
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        "ping",
+        "--width",
+        "320",
+        "--height",
+        "180",
+    ]);
 
     let conn = endpoint.wait_for("state=connected&min_pongs=2").await;
 
-    assert!(conn["signaling"]["pongs_with_stats"].as_u64().unwrap_or(0) >= 1, "{conn:#}");
+    assert!(
+        conn["signaling"]["pongs_with_stats"].as_u64().unwrap_or(0) >= 1,
+        "{conn:#}"
+    );
 }
 
 #[tokio::test]
 async fn re_offer_is_re_answered_and_frames_keep_flowing() {
     let endpoint = Endpoint::start(&[]);
-    let _relay = Relay::test_pattern(&["--sora-signaling-url", &endpoint.signaling_url(), "--channel-id", "reneg", "--width", "320", "--height", "180"]);
+    let _relay = Relay::test_pattern(&[
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        "reneg",
+        "--width",
+        "320",
+        "--height",
+        "180",
+    ]);
     let conn = endpoint.wait_for("state=connected&min_frames=5").await;
     let id = conn["connection_id"].as_str().expect("id").to_owned();
     let before = conn["video"]["frames_decoded"].as_u64().expect("frames");
@@ -250,44 +427,97 @@ async fn re_offer_is_re_answered_and_frames_keep_flowing() {
     endpoint.re_offer(&id).await;
 
     endpoint.wait_for(&format!("connection_id={id}&min_re_answers=1")).await;
-    endpoint.wait_for(&format!("connection_id={id}&min_frames={}", before + 30)).await;
+    endpoint
+        .wait_for(&format!("connection_id={id}&min_frames={}", before + 30))
+        .await;
 }
 
 #[tokio::test]
 async fn a_wrong_access_token_is_refused_logged_and_retried() {
     let endpoint = Endpoint::start(&["--require-access-token", "right"]);
     let relay = Relay::test_pattern(&[
-        "--sora-signaling-url", &endpoint.signaling_url(), "--channel-id", "auth",
-        "--metadata", r#"{"access_token":"wrong"}"#, "--width", "320", "--height", "180",
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        "auth",
+        "--metadata",
+        r#"{"access_token":"wrong"}"#,
+        "--width",
+        "320",
+        "--height",
+        "180",
     ]);
 
     let refused = endpoint.wait_for("state=closed").await;
 
     assert_eq!(refused["close"]["by"], "server");
     let code = refused["close"]["code"].as_u64().expect("close code");
-    relay.wait_for_log(&format!("server closed signaling with code {code}")).await;
-    relay.wait_for_metric(r#"livefilter_publisher_errors_total{kind="closed_with_error",publisher="sora"}"#, 1.0).await;
-    assert_eq!(relay.metric(r#"livefilter_frames_sent_total{publisher="sora"}"#).await, 0.0);
+    relay
+        .wait_for_log(&format!("server closed signaling with code {code}"))
+        .await;
+    relay
+        .wait_for_metric(
+            r#"livefilter_publisher_errors_total{kind="closed_with_error",publisher="sora"}"#,
+            1.0,
+        )
+        .await;
+    assert_eq!(
+        relay.metric(r#"livefilter_frames_sent_total{publisher="sora"}"#).await,
+        0.0
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_whip_token_is_answered_401_and_logged() {
     let endpoint = Endpoint::start(&["--whip-token", "right"]);
-    let relay = Relay::test_pattern(&["--whip-url", &endpoint.whip_url("locked"), "--whip-token", "wrong", "--width", "320", "--height", "180"]);
+    let relay = Relay::test_pattern(&[
+        "--whip-url",
+        &endpoint.whip_url("locked"),
+        "--whip-token",
+        "wrong",
+        "--width",
+        "320",
+        "--height",
+        "180",
+    ]);
 
     relay.wait_for_log("answered 401 Unauthorized").await;
 
-    relay.wait_for_metric(r#"livefilter_publisher_errors_total{kind="status",publisher="whip"}"#, 1.0).await;
+    relay
+        .wait_for_metric(
+            r#"livefilter_publisher_errors_total{kind="status",publisher="whip"}"#,
+            1.0,
+        )
+        .await;
     assert!(endpoint.connections().await.is_empty());
 }
 
 #[tokio::test]
 async fn frames_are_dropped_and_counted_while_the_sfu_is_unreachable() {
     let dead = format!("ws://127.0.0.1:{}/signaling", free_port());
-    let relay = Relay::test_pattern(&["--sora-signaling-url", &dead, "--channel-id", "void", "--width", "320", "--height", "180"]);
+    let relay = Relay::test_pattern(&[
+        "--sora-signaling-url",
+        &dead,
+        "--channel-id",
+        "void",
+        "--width",
+        "320",
+        "--height",
+        "180",
+    ]);
 
-    relay.wait_for_metric(r#"livefilter_frames_dropped_total{publisher="sora",reason="publisher_disconnected"}"#, 30.0).await;
+    relay
+        .wait_for_metric(
+            r#"livefilter_frames_dropped_total{publisher="sora",reason="publisher_disconnected"}"#,
+            30.0,
+        )
+        .await;
 
     assert!(relay.metric("livefilter_frames_generated_total").await >= 30.0);
-    relay.wait_for_metric(r#"livefilter_publisher_errors_total{kind="unreachable",publisher="sora"}"#, 1.0).await;
+    relay
+        .wait_for_metric(
+            r#"livefilter_publisher_errors_total{kind="unreachable",publisher="sora"}"#,
+            1.0,
+        )
+        .await;
 }

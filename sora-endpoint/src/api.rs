@@ -131,15 +131,17 @@ pub struct DetailQuery {
     pub frames: Option<usize>,
 }
 
-fn find(app: &AppState, id: &str) -> Result<Arc<Connection>, Response> {
-    app.registry.get(id).ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no connection {id}")))
+fn find(app: &AppState, id: &str) -> Result<Arc<Connection>, Box<Response>> {
+    app.registry
+        .get(id)
+        .ok_or_else(|| Box::new(error(StatusCode::NOT_FOUND, format!("no connection {id}"))))
 }
 
 /// `GET /api/connections/{id}`: one connection with its recent frame summaries.
 pub async fn detail(State(app): State<AppState>, Path(id): Path<String>, Query(q): Query<DetailQuery>) -> Response {
     match find(&app, &id) {
         Ok(c) => Json(c.view(q.frames.unwrap_or(DEFAULT_FRAMES))).into_response(),
-        Err(response) => response,
+        Err(response) => *response,
     }
 }
 
@@ -147,7 +149,7 @@ pub async fn detail(State(app): State<AppState>, Path(id): Path<String>, Query(q
 pub async fn frame_png(State(app): State<AppState>, Path(id): Path<String>) -> Response {
     let c = match find(&app, &id) {
         Ok(c) => c,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(frame) = c.latest_frame() else {
         return error(StatusCode::NOT_FOUND, "no frame decoded yet");
@@ -189,21 +191,34 @@ fn default_close_reason() -> String {
 
 /// `POST /api/connections/{id}/close`: server-initiated close (WS close frame; WHIP teardown).
 pub async fn close(State(app): State<AppState>, Path(id): Path<String>, body: Option<Json<CloseRequest>>) -> Response {
-    let request = body.map(|Json(b)| b).unwrap_or(CloseRequest { code: default_close_code(), reason: default_close_reason() });
+    let request = body.map(|Json(b)| b).unwrap_or(CloseRequest {
+        code: default_close_code(),
+        reason: default_close_reason(),
+    });
     if !(1000..5000).contains(&request.code) || matches!(request.code, 1004..=1006 | 1015) {
-        return error(StatusCode::BAD_REQUEST, format!("close code {} cannot be sent", request.code));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("close code {} cannot be sent", request.code),
+        );
     }
     let c = match find(&app, &id) {
         Ok(c) => c,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if c.state() == ConnState::Closed {
         return error(StatusCode::CONFLICT, "already closed");
     }
     let accepted = if c.has_signaling_session() {
-        c.send_control(Control::Close { code: request.code, reason: request.reason.clone() })
+        c.send_control(Control::Close {
+            code: request.code,
+            reason: request.reason.clone(),
+        })
     } else {
-        c.mark_closed(CloseInfo { code: Some(request.code), reason: request.reason.clone(), by: Closer::Server });
+        c.mark_closed(CloseInfo {
+            code: Some(request.code),
+            reason: request.reason.clone(),
+            by: Closer::Server,
+        });
         c.cancel.cancel();
         true
     };
@@ -218,7 +233,7 @@ pub async fn close(State(app): State<AppState>, Path(id): Path<String>, body: Op
 pub async fn re_offer(State(app): State<AppState>, Path(id): Path<String>) -> Response {
     let c = match find(&app, &id) {
         Ok(c) => c,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if !c.has_signaling_session() {
         return error(StatusCode::CONFLICT, "re-offer needs a Sora signaling connection");

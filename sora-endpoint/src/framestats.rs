@@ -101,11 +101,18 @@ impl FpsCounter {
 
     /// Events within the last second before `now`.
     pub fn fps(&self, now: Instant) -> f64 {
-        self.times.iter().filter(|t| now.saturating_duration_since(**t) < Self::WINDOW).count() as f64
+        self.times
+            .iter()
+            .filter(|t| now.saturating_duration_since(**t) < Self::WINDOW)
+            .count() as f64
     }
 
     fn prune(&mut self, now: Instant) {
-        while self.times.front().is_some_and(|t| now.saturating_duration_since(*t) >= Self::WINDOW) {
+        while self
+            .times
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= Self::WINDOW)
+        {
             self.times.pop_front();
         }
     }
@@ -123,7 +130,12 @@ pub struct FrameLog {
 impl FrameLog {
     /// A log keeping the last `capacity` summaries.
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), ring: VecDeque::new(), latest: None, fps: FpsCounter::default() }
+        Self {
+            capacity: capacity.max(1),
+            ring: VecDeque::new(),
+            latest: None,
+            fps: FpsCounter::default(),
+        }
     }
 
     /// Adds one decoded frame (`summary` computed by [`summarize`]), received at `now`.

@@ -6,7 +6,10 @@ const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// A new 26-character id (48-bit millisecond time + 80 random bits), like Sora's connection ids.
 pub fn new_id() -> String {
-    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     let random: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
     encode(((millis & 0xffff_ffff_ffff) << 80) | random)
 }

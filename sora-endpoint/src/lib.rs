@@ -80,7 +80,12 @@ impl AppState {
     /// Fresh state for `config`.
     pub fn new(config: Config) -> Self {
         let registry = Arc::new(Registry::new(config.max_closed, config.redirect_to.clone()));
-        Self { config: Arc::new(config), registry, shutdown: CancellationToken::new(), tasks: TaskTracker::new() }
+        Self {
+            config: Arc::new(config),
+            registry,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
     }
 }
 
@@ -94,7 +99,10 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/signaling", get(signaling_ws))
         .route("/whip/{channel_id}", post(whip::post).patch(whip::patch))
-        .route("/whip/{channel_id}/{resource_id}", axum::routing::delete(whip::delete).patch(whip::patch))
+        .route(
+            "/whip/{channel_id}/{resource_id}",
+            axum::routing::delete(whip::delete).patch(whip::patch),
+        )
         .route("/healthz", get(api::healthz))
         .route("/api/connections", get(api::list))
         .route("/api/connections/{id}", get(api::detail))

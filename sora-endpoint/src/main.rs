@@ -97,7 +97,9 @@ async fn main() -> anyhow::Result<()> {
     println!("sora-endpoint listening on http://{addr} (signaling ws://{addr}/signaling)");
     tracing::info!(%addr, ice_ip = %config.ice_ip, "sora-endpoint started");
     let state = AppState::new(config);
-    sora_endpoint::serve(listener, state, shutdown_signal()).await.context("server failed")?;
+    sora_endpoint::serve(listener, state, shutdown_signal())
+        .await
+        .context("server failed")?;
     tracing::info!("sora-endpoint stopped");
     Ok(())
 }

@@ -80,7 +80,10 @@ fn register_codecs(engine: &mut MediaEngine, video: &[VideoCodec]) -> Result<(),
         .iter()
         .map(|f| {
             let (typ, parameter) = f.split_once(':').unwrap_or((f, ""));
-            RTCPFeedback { typ: typ.to_owned(), parameter: parameter.to_owned() }
+            RTCPFeedback {
+                typ: typ.to_owned(),
+                parameter: parameter.to_owned(),
+            }
         })
         .collect::<Vec<_>>();
     let video_codec = |mime: &str, fmtp: &str, pt: u8| RTCRtpCodecParameters {
@@ -115,8 +118,12 @@ fn register_codecs(engine: &mut MediaEngine, video: &[VideoCodec]) -> Result<(),
                 rtx(102, 103),
             ),
         };
-        engine.register_codec(primary, RtpCodecKind::Video).map_err(webrtc_err("register video codec"))?;
-        engine.register_codec(retransmission, RtpCodecKind::Video).map_err(webrtc_err("register rtx"))?;
+        engine
+            .register_codec(primary, RtpCodecKind::Video)
+            .map_err(webrtc_err("register video codec"))?;
+        engine
+            .register_codec(retransmission, RtpCodecKind::Video)
+            .map_err(webrtc_err("register rtx"))?;
     }
     Ok(())
 }
@@ -155,7 +162,9 @@ impl PeerConnectionEventHandler for Handler {
                             let connection = connection.clone();
                             move |frame| connection.record_frame(frame)
                         };
-                        if let Err(err) = ingest::run_video_track(track, VideoIngestConfig::default(), stats, sink).await {
+                        if let Err(err) =
+                            ingest::run_video_track(track, VideoIngestConfig::default(), stats, sink).await
+                        {
                             tracing::warn!(%err, "video ingest stopped");
                             connection.note_ingest_error(err.to_string());
                         }
@@ -181,8 +190,8 @@ pub async fn new_peer(
 ) -> Result<Peer, PeerError> {
     let mut engine = MediaEngine::default();
     register_codecs(&mut engine, video)?;
-    let registry = register_default_interceptors(Registry::new(), &mut engine)
-        .map_err(webrtc_err("register interceptors"))?;
+    let registry =
+        register_default_interceptors(Registry::new(), &mut engine).map_err(webrtc_err("register interceptors"))?;
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_include_loopback_candidate(true)
@@ -205,8 +214,13 @@ pub async fn new_peer(
 pub async fn add_recvonly_transceivers(pc: &Peer, audio: bool, video: bool) -> Result<(), PeerError> {
     for (wanted, kind) in [(audio, RtpCodecKind::Audio), (video, RtpCodecKind::Video)] {
         if wanted {
-            let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() };
-            pc.add_transceiver_from_kind(kind, Some(init)).await.map_err(webrtc_err("add transceiver"))?;
+            let init = RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            };
+            pc.add_transceiver_from_kind(kind, Some(init))
+                .await
+                .map_err(webrtc_err("add transceiver"))?;
         }
     }
     Ok(())
@@ -215,7 +229,9 @@ pub async fn add_recvonly_transceivers(pc: &Peer, audio: bool, video: bool) -> R
 /// Creates and applies an offer, waits for gathering, and returns the offer SDP with candidates.
 pub async fn create_offer(pc: &Peer, events: &mut mpsc::Receiver<PeerEvent>) -> Result<String, PeerError> {
     let offer = pc.create_offer(None).await.map_err(webrtc_err("create offer"))?;
-    pc.set_local_description(offer).await.map_err(webrtc_err("set local offer"))?;
+    pc.set_local_description(offer)
+        .await
+        .map_err(webrtc_err("set local offer"))?;
     wait_for_gathering(events).await?;
     Ok(pc.local_description().await.ok_or(PeerError::NoLocalDescription)?.sdp)
 }
@@ -223,9 +239,13 @@ pub async fn create_offer(pc: &Peer, events: &mut mpsc::Receiver<PeerEvent>) -> 
 /// Applies a remote offer, creates the answer, waits for gathering and returns the answer SDP.
 pub async fn answer_offer(pc: &Peer, sdp: String, events: &mut mpsc::Receiver<PeerEvent>) -> Result<String, PeerError> {
     let offer = RTCSessionDescription::offer(sdp).map_err(webrtc_err("parse offer"))?;
-    pc.set_remote_description(offer).await.map_err(webrtc_err("set remote offer"))?;
+    pc.set_remote_description(offer)
+        .await
+        .map_err(webrtc_err("set remote offer"))?;
     let answer = pc.create_answer(None).await.map_err(webrtc_err("create answer"))?;
-    pc.set_local_description(answer).await.map_err(webrtc_err("set local answer"))?;
+    pc.set_local_description(answer)
+        .await
+        .map_err(webrtc_err("set local answer"))?;
     wait_for_gathering(events).await?;
     Ok(pc.local_description().await.ok_or(PeerError::NoLocalDescription)?.sdp)
 }
@@ -233,7 +253,9 @@ pub async fn answer_offer(pc: &Peer, sdp: String, events: &mut mpsc::Receiver<Pe
 /// Applies the client's answer (or re-answer).
 pub async fn apply_answer(pc: &Peer, sdp: String) -> Result<(), PeerError> {
     let answer = RTCSessionDescription::answer(sdp).map_err(webrtc_err("parse answer"))?;
-    pc.set_remote_description(answer).await.map_err(webrtc_err("set remote answer"))
+    pc.set_remote_description(answer)
+        .await
+        .map_err(webrtc_err("set remote answer"))
 }
 
 async fn wait_for_gathering(events: &mut mpsc::Receiver<PeerEvent>) -> Result<(), PeerError> {

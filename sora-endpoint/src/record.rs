@@ -145,7 +145,10 @@ pub struct Connection {
 
 /// Milliseconds since the Unix epoch now.
 pub fn unix_ms_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -248,7 +251,11 @@ impl Connection {
         let now = Instant::now();
         let since_arrival = now.saturating_duration_since(decoded.arrival);
         let arrival_ms = unix_ms_now() - since_arrival.as_secs_f64() * 1000.0;
-        let decode_latency_ms = decoded.decoded_at.saturating_duration_since(decoded.arrival).as_secs_f64() * 1000.0;
+        let decode_latency_ms = decoded
+            .decoded_at
+            .saturating_duration_since(decoded.arrival)
+            .as_secs_f64()
+            * 1000.0;
         let summary = summarize(
             &decoded.frame,
             decoded.index,
@@ -359,7 +366,11 @@ pub struct Registry {
 impl Registry {
     /// An empty registry keeping at most `max_closed` closed connections.
     pub fn new(max_closed: usize, redirect_to: Option<String>) -> Self {
-        Self { connections: Mutex::new(Vec::new()), max_closed, redirect_to: Mutex::new(redirect_to) }
+        Self {
+            connections: Mutex::new(Vec::new()),
+            max_closed,
+            redirect_to: Mutex::new(redirect_to),
+        }
     }
 
     /// Adds a connection (and forgets the oldest closed ones beyond the bound).
@@ -412,8 +423,16 @@ mod tests {
         let c = conn("a");
         c.mark_connected();
         assert_eq!(c.state(), ConnState::Connected);
-        assert!(c.mark_closed(CloseInfo { code: Some(1000), reason: "TYPE-DISCONNECT".into(), by: Closer::Client }));
-        assert!(!c.mark_closed(CloseInfo { code: None, reason: "later".into(), by: Closer::Server }));
+        assert!(c.mark_closed(CloseInfo {
+            code: Some(1000),
+            reason: "TYPE-DISCONNECT".into(),
+            by: Closer::Client
+        }));
+        assert!(!c.mark_closed(CloseInfo {
+            code: None,
+            reason: "later".into(),
+            by: Closer::Server
+        }));
         assert_eq!(c.close_info().unwrap().reason, "TYPE-DISCONNECT");
         c.mark_connected();
         assert_eq!(c.state(), ConnState::Closed);
@@ -425,7 +444,11 @@ mod tests {
         for i in 0..5 {
             let c = conn(&format!("c{i}"));
             if i < 4 {
-                c.mark_closed(CloseInfo { code: None, reason: String::new(), by: Closer::Client });
+                c.mark_closed(CloseInfo {
+                    code: None,
+                    reason: String::new(),
+                    by: Closer::Client,
+                });
             }
             r.add(c);
         }

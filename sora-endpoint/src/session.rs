@@ -46,7 +46,11 @@ pub async fn run(mut socket: WebSocket, app: AppState) {
     if let Err(rejection) = signaling::validate_connect(&connect, app.config.access_token.as_deref()) {
         tracing::info!(code = rejection.code, reason = %rejection.reason, channel_id = %connect.channel_id, "connect refused");
         let record = new_record(&app, &connect, None);
-        record.mark_closed(CloseInfo { code: Some(rejection.code), reason: rejection.reason.clone(), by: Closer::Server });
+        record.mark_closed(CloseInfo {
+            code: Some(rejection.code),
+            reason: rejection.reason.clone(),
+            by: Closer::Server,
+        });
         registry.add(record);
         close(&mut socket, rejection.code, &rejection.reason).await;
         return;
@@ -55,7 +59,11 @@ pub async fn run(mut socket: WebSocket, app: AppState) {
         tracing::info!(channel_id = %connect.channel_id, %location, "redirecting");
         let record = new_record(&app, &connect, None);
         record.with_signaling(|s| s.redirected_to = Some(location.clone()));
-        record.mark_closed(CloseInfo { code: None, reason: "REDIRECT".into(), by: Closer::Server });
+        record.mark_closed(CloseInfo {
+            code: None,
+            reason: "REDIRECT".into(),
+            by: Closer::Server,
+        });
         registry.add(record);
         if send_json(&mut socket, &signaling::redirect_message(&location)).await {
             // The client closes after a redirect; give it the time to, then hang up.
@@ -69,7 +77,12 @@ pub async fn run(mut socket: WebSocket, app: AppState) {
     registry.add(record.clone());
     let span = tracing::info_span!("session", connection_id = %record.id, channel_id = %connect.channel_id);
     let outcome = {
-        let session = Session { app: app.clone(), record: record.clone(), connect, socket };
+        let session = Session {
+            app: app.clone(),
+            record: record.clone(),
+            connect,
+            socket,
+        };
         tracing::Instrument::instrument(session.serve(control_rx), span).await
     };
     tracing::info!(connection_id = %record.id, code = ?outcome.code, reason = %outcome.reason, by = ?outcome.by, "session ended");
@@ -85,7 +98,10 @@ async fn first_message(socket: &mut WebSocket) -> Result<ConnectMessage, (u16, S
     };
     match signaling::parse_client_message(&text) {
         Ok(ClientMessage::Connect(connect)) => Ok(*connect),
-        Ok(other) => Err((CLOSE_INVALID_MESSAGE, format!("EXPECTED-CONNECT: got {}", message_name(&other)))),
+        Ok(other) => Err((
+            CLOSE_INVALID_MESSAGE,
+            format!("EXPECTED-CONNECT: got {}", message_name(&other)),
+        )),
         Err(err) => Err((CLOSE_INVALID_MESSAGE, format!("INVALID-MESSAGE: {err}"))),
     }
 }
@@ -132,7 +148,10 @@ fn new_record(app: &AppState, connect: &ConnectMessage, control: Option<mpsc::Se
 /// Sends a close frame, waits (bounded) for the client's close, and returns; dropping the
 /// socket afterwards closes the TCP connection, which the official Python SDK waits for.
 async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
-    let frame = CloseFrame { code, reason: truncate(reason, MAX_REASON_BYTES).into() };
+    let frame = CloseFrame {
+        code,
+        reason: truncate(reason, MAX_REASON_BYTES).into(),
+    };
     if socket.send(Message::Close(Some(frame))).await.is_ok() {
         wait_for_close(socket).await;
     }
@@ -167,7 +186,9 @@ async fn send_json(socket: &mut WebSocket, value: &Value) -> bool {
 /// Whether a remote candidate can be reached from the endpoint's ICE address (same family, UDP).
 fn candidate_usable(candidate: &str, ice_ip: IpAddr) -> bool {
     let fields: Vec<&str> = candidate.trim_start_matches("candidate:").split_whitespace().collect();
-    let (Some(protocol), Some(address)) = (fields.get(2), fields.get(4)) else { return false };
+    let (Some(protocol), Some(address)) = (fields.get(2), fields.get(4)) else {
+        return false;
+    };
     if !protocol.eq_ignore_ascii_case("udp") {
         return false;
     }
@@ -193,7 +214,11 @@ struct Session {
 
 impl Session {
     async fn serve(mut self, mut control: mpsc::Receiver<Control>) -> CloseInfo {
-        let server = |code: u16, reason: String| CloseInfo { code: Some(code), reason, by: Closer::Server };
+        let server = |code: u16, reason: String| CloseInfo {
+            code: Some(code),
+            reason,
+            by: Closer::Server,
+        };
         let ids = SessionIds {
             connection_id: self.record.id.clone(),
             session_id: new_id(),
@@ -235,7 +260,11 @@ impl Session {
         let offer = signaling::offer_message(&self.connect, &ids, &sdp, &mids);
         if !send_json(&mut self.socket, &offer).await {
             let _ = pc.close().await;
-            return CloseInfo { code: None, reason: "WEBSOCKET-CLOSED".into(), by: Closer::Client };
+            return CloseInfo {
+                code: None,
+                reason: "WEBSOCKET-CLOSED".into(),
+                by: Closer::Client,
+            };
         }
         tracing::info!(role = %self.connect.role, ?codec, "offer sent");
         let outcome = self.event_loop(&pc, &ids, &mut control, &mut peer_rx).await;
@@ -252,7 +281,11 @@ impl Session {
         control: &mut mpsc::Receiver<Control>,
         peer_rx: &mut mpsc::Receiver<PeerEvent>,
     ) -> CloseInfo {
-        let server = |code: u16, reason: String| CloseInfo { code: Some(code), reason, by: Closer::Server };
+        let server = |code: u16, reason: String| CloseInfo {
+            code: Some(code),
+            reason,
+            by: Closer::Server,
+        };
         let ping_period = self.app.config.ping_interval;
         let mut ping = tokio::time::interval_at(
             tokio::time::Instant::now() + ping_period.max(Duration::from_millis(100)),
@@ -392,7 +425,13 @@ impl Session {
     /// Counts a candidate by format; returns it when it is worth adding.
     fn accept_candidate(&self, candidate: CandidateMessage) -> Option<RTCIceCandidateInit> {
         let browser = candidate.is_browser_format();
-        self.record.with_signaling(|s| if browser { s.candidates_browser += 1 } else { s.candidates_plain += 1 });
+        self.record.with_signaling(|s| {
+            if browser {
+                s.candidates_browser += 1
+            } else {
+                s.candidates_plain += 1
+            }
+        });
         if !candidate_usable(&candidate.candidate, self.app.config.ice_ip) {
             tracing::debug!(candidate = %candidate.candidate, "remote candidate skipped (other family, TCP or mDNS)");
             return None;
@@ -435,11 +474,26 @@ mod tests {
     #[test]
     fn candidates_of_other_families_tcp_and_mdns_are_skipped() {
         let v4: IpAddr = "127.0.0.1".parse().unwrap();
-        assert!(candidate_usable("candidate:1 1 udp 2122194687 192.0.2.2 34240 typ host", v4));
-        assert!(candidate_usable("candidate:1 1 UDP 2122194687 127.0.0.1 34240 typ host generation 0", v4));
-        assert!(!candidate_usable("candidate:1 1 udp 2122194687 fd00::2 34240 typ host", v4));
-        assert!(!candidate_usable("candidate:1 1 tcp 2122194687 127.0.0.1 9 typ host tcptype active", v4));
-        assert!(!candidate_usable("candidate:1 1 udp 2122194687 abcd.local 34240 typ host", v4));
+        assert!(candidate_usable(
+            "candidate:1 1 udp 2122194687 192.0.2.2 34240 typ host",
+            v4
+        ));
+        assert!(candidate_usable(
+            "candidate:1 1 UDP 2122194687 127.0.0.1 34240 typ host generation 0",
+            v4
+        ));
+        assert!(!candidate_usable(
+            "candidate:1 1 udp 2122194687 fd00::2 34240 typ host",
+            v4
+        ));
+        assert!(!candidate_usable(
+            "candidate:1 1 tcp 2122194687 127.0.0.1 9 typ host tcptype active",
+            v4
+        ));
+        assert!(!candidate_usable(
+            "candidate:1 1 udp 2122194687 abcd.local 34240 typ host",
+            v4
+        ));
         assert!(!candidate_usable("garbage", v4));
         assert!(!candidate_usable("", v4));
     }

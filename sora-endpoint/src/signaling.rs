@@ -155,21 +155,39 @@ struct DisconnectFields {
 /// Parses one text frame from a client.
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
     let value: Value = serde_json::from_str(text).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
-    let message_type = value.get("type").and_then(Value::as_str).ok_or(ParseError::MissingType)?.to_owned();
-    let bad = |e: serde_json::Error| ParseError::BadField { message_type: message_type.clone(), detail: e.to_string() };
+    let message_type = value
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or(ParseError::MissingType)?
+        .to_owned();
+    let bad = |e: serde_json::Error| ParseError::BadField {
+        message_type: message_type.clone(),
+        detail: e.to_string(),
+    };
     Ok(match message_type.as_str() {
         "connect" => ClientMessage::Connect(Box::new(parse_connect(value)?)),
-        "answer" => ClientMessage::Answer { sdp: SdpOnly::deserialize(&value).map_err(bad)?.sdp },
-        "re-answer" => ClientMessage::ReAnswer { sdp: SdpOnly::deserialize(&value).map_err(bad)?.sdp },
+        "answer" => ClientMessage::Answer {
+            sdp: SdpOnly::deserialize(&value).map_err(bad)?.sdp,
+        },
+        "re-answer" => ClientMessage::ReAnswer {
+            sdp: SdpOnly::deserialize(&value).map_err(bad)?.sdp,
+        },
         "candidate" => ClientMessage::Candidate(CandidateMessage::deserialize(&value).map_err(bad)?),
-        "pong" => ClientMessage::Pong { stats: PongFields::deserialize(&value).map_err(bad)?.stats },
-        "disconnect" => ClientMessage::Disconnect { reason: DisconnectFields::deserialize(&value).map_err(bad)?.reason },
+        "pong" => ClientMessage::Pong {
+            stats: PongFields::deserialize(&value).map_err(bad)?.stats,
+        },
+        "disconnect" => ClientMessage::Disconnect {
+            reason: DisconnectFields::deserialize(&value).map_err(bad)?.reason,
+        },
         _ => ClientMessage::Other { message_type },
     })
 }
 
 fn parse_connect(raw: Value) -> Result<ConnectMessage, ParseError> {
-    let bad = |detail: &str| ParseError::BadField { message_type: "connect".into(), detail: detail.into() };
+    let bad = |detail: &str| ParseError::BadField {
+        message_type: "connect".into(),
+        detail: detail.into(),
+    };
     let string = |key: &str| -> Result<Option<String>, ParseError> {
         match raw.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -220,7 +238,12 @@ fn parse_connect(raw: Value) -> Result<ConnectMessage, ParseError> {
 /// Checks a `connect` against what this endpoint accepts; `access_token` is the required
 /// `metadata.access_token`, if any.
 pub fn validate_connect(connect: &ConnectMessage, access_token: Option<&str>) -> Result<(), Rejection> {
-    let invalid = |reason: String| Err(Rejection { code: CLOSE_INVALID_MESSAGE, reason });
+    let invalid = |reason: String| {
+        Err(Rejection {
+            code: CLOSE_INVALID_MESSAGE,
+            reason,
+        })
+    };
     if !matches!(connect.role.as_str(), "sendonly" | "recvonly" | "sendrecv") {
         return invalid(format!("INVALID-ROLE: {:?}", connect.role));
     }
@@ -238,12 +261,21 @@ pub fn validate_connect(connect: &ConnectMessage, access_token: Option<&str>) ->
     if let Some(codec) = &connect.video_codec_type
         && !matches!(codec.as_str(), "VP8" | "H264")
     {
-        return invalid(format!("UNSUPPORTED-VIDEO-CODEC: {codec} (this endpoint decodes VP8 and H264)"));
+        return invalid(format!(
+            "UNSUPPORTED-VIDEO-CODEC: {codec} (this endpoint decodes VP8 and H264)"
+        ));
     }
     if let Some(expected) = access_token {
-        let given = connect.metadata.as_ref().and_then(|m| m.get("access_token")).and_then(Value::as_str);
+        let given = connect
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("access_token"))
+            .and_then(Value::as_str);
         if given != Some(expected) {
-            return Err(Rejection { code: CLOSE_AUTH_FAILED, reason: "AUTHENTICATION-FAILED: invalid access_token".into() });
+            return Err(Rejection {
+                code: CLOSE_AUTH_FAILED,
+                reason: "AUTHENTICATION-FAILED: invalid access_token".into(),
+            });
         }
     }
     Ok(())
@@ -416,7 +448,11 @@ mod tests {
             r#"{"type":"connect","role":"sendonly","channel_id":"x","video":{"codec_type":"AV1"}}"#.to_owned(),
             r#"{"type":"connect","role":"sendonly","channel_id":"x","data_channel_signaling":true}"#.to_owned(),
         ] {
-            assert_eq!(validate_connect(&connect(&text), None).unwrap_err().code, CLOSE_INVALID_MESSAGE, "{text}");
+            assert_eq!(
+                validate_connect(&connect(&text), None).unwrap_err().code,
+                CLOSE_INVALID_MESSAGE,
+                "{text}"
+            );
         }
     }
 
@@ -430,46 +466,75 @@ mod tests {
             r#"{"type":"connect","role":"sendonly","channel_id":"x","video":3}"#,
             r#"{"type":"connect","role":"sendonly","channel_id":"x","video":{"codec_type":1}}"#,
         ] {
-            assert!(matches!(parse_client_message(text), Err(ParseError::BadField { .. })), "{text}");
+            assert!(
+                matches!(parse_client_message(text), Err(ParseError::BadField { .. })),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn both_candidate_formats_parse() {
         let plain = r#"{"type":"candidate","candidate":"candidate:1 1 udp 2122194687 192.0.2.2 34240 typ host"}"#;
-        let ClientMessage::Candidate(c) = parse_client_message(plain).unwrap() else { panic!() };
+        let ClientMessage::Candidate(c) = parse_client_message(plain).unwrap() else {
+            panic!()
+        };
         assert!(!c.is_browser_format());
         let js = r#"{"type":"candidate","candidate":"candidate:2 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"1","sdpMLineIndex":0,"usernameFragment":"abcd"}"#;
-        let ClientMessage::Candidate(c) = parse_client_message(js).unwrap() else { panic!() };
+        let ClientMessage::Candidate(c) = parse_client_message(js).unwrap() else {
+            panic!()
+        };
         assert!(c.is_browser_format());
         assert_eq!((c.sdp_mid.as_deref(), c.sdp_mline_index), (Some("1"), Some(0)));
     }
 
     #[test]
     fn other_messages_parse_and_unknown_types_are_kept_by_name() {
-        assert_eq!(parse_client_message(r#"{"type":"answer","sdp":"v=0"}"#), Ok(ClientMessage::Answer { sdp: "v=0".into() }));
+        assert_eq!(
+            parse_client_message(r#"{"type":"answer","sdp":"v=0"}"#),
+            Ok(ClientMessage::Answer { sdp: "v=0".into() })
+        );
         assert_eq!(
             parse_client_message(r#"{"type":"re-answer","sdp":"v=0"}"#),
             Ok(ClientMessage::ReAnswer { sdp: "v=0".into() })
         );
-        assert_eq!(parse_client_message(r#"{"type":"pong"}"#), Ok(ClientMessage::Pong { stats: None }));
+        assert_eq!(
+            parse_client_message(r#"{"type":"pong"}"#),
+            Ok(ClientMessage::Pong { stats: None })
+        );
         assert_eq!(
             parse_client_message(r#"{"type":"pong","stats":[{"type":"codec"}]}"#),
-            Ok(ClientMessage::Pong { stats: Some(json!([{"type":"codec"}])) })
+            Ok(ClientMessage::Pong {
+                stats: Some(json!([{"type":"codec"}]))
+            })
         );
         assert_eq!(
             parse_client_message(r#"{"type":"disconnect","reason":"NO-ERROR"}"#),
-            Ok(ClientMessage::Disconnect { reason: Some("NO-ERROR".into()) })
+            Ok(ClientMessage::Disconnect {
+                reason: Some("NO-ERROR".into())
+            })
         );
         assert_eq!(
             parse_client_message(r#"{"type":"stats","reports":[]}"#),
-            Ok(ClientMessage::Other { message_type: "stats".into() })
+            Ok(ClientMessage::Other {
+                message_type: "stats".into()
+            })
         );
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for text in ["", "{", "[]", "null", "42", r#"{"type":1}"#, r#"{"type":"answer"}"#, r#"{"type":"answer","sdp":7}"#, "\u{0}"] {
+        for text in [
+            "",
+            "{",
+            "[]",
+            "null",
+            "42",
+            r#"{"type":1}"#,
+            r#"{"type":"answer"}"#,
+            r#"{"type":"answer","sdp":7}"#,
+            "\u{0}",
+        ] {
             assert!(parse_client_message(text).is_err(), "{text:?}");
         }
     }
@@ -483,7 +548,10 @@ mod tests {
             client_id: "relay-1".into(),
             bundle_id: "relay-1".into(),
         };
-        let mids = Mids { audio: None, video: Some("0".into()) };
+        let mids = Mids {
+            audio: None,
+            video: Some("0".into()),
+        };
         let offer = offer_message(&c, &ids, "v=0\r\n", &mids);
         assert_eq!(offer["type"], "offer");
         assert_eq!(offer["connection_id"], ids.connection_id);
@@ -498,7 +566,13 @@ mod tests {
     #[test]
     fn mids_are_read_per_kind() {
         let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n";
-        assert_eq!(mids_from_sdp(sdp), Mids { audio: Some("0".into()), video: Some("1".into()) });
+        assert_eq!(
+            mids_from_sdp(sdp),
+            Mids {
+                audio: Some("0".into()),
+                video: Some("1".into())
+            }
+        );
         assert_eq!(mids_from_sdp("garbage"), Mids::default());
     }
 }

@@ -19,7 +19,12 @@ use crate::record::{CloseInfo, Closer, ConnState, Connection, Transport};
 use crate::signaling::MAX_ID_BYTES;
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message.into()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message.into(),
+    )
+        .into_response()
 }
 
 fn bearer_ok(headers: &HeaderMap, token: Option<&str>) -> bool {
@@ -32,15 +37,28 @@ fn bearer_ok(headers: &HeaderMap, token: Option<&str>) -> bool {
 }
 
 /// `POST /whip/{channel_id}`: creates a receive-only session from an SDP offer.
-pub async fn post(State(app): State<AppState>, Path(channel_id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn post(
+    State(app): State<AppState>,
+    Path(channel_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !bearer_ok(&headers, app.config.whip_token.as_deref()) {
         let mut response = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return response;
     }
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !content_type.trim().to_ascii_lowercase().starts_with("application/sdp") {
-        return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/sdp");
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/sdp",
+        );
     }
     if channel_id.is_empty() || channel_id.len() > MAX_ID_BYTES {
         return text(StatusCode::BAD_REQUEST, "invalid channel id");
@@ -49,10 +67,19 @@ pub async fn post(State(app): State<AppState>, Path(channel_id): Path<String>, h
         return text(StatusCode::BAD_REQUEST, "SDP offer is not UTF-8");
     };
     if !offer.trim_start().starts_with("v=0") || !offer.contains("\nm=") {
-        return text(StatusCode::BAD_REQUEST, "body is not an SDP offer with media (expected v=0 and m= lines)");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "body is not an SDP offer with media (expected v=0 and m= lines)",
+        );
     }
 
-    let record = Arc::new(Connection::new(new_id(), Transport::Whip, channel_id.clone(), app.config.frame_ring, None));
+    let record = Arc::new(Connection::new(
+        new_id(),
+        Transport::Whip,
+        channel_id.clone(),
+        app.config.frame_ring,
+        None,
+    ));
     record.with_signaling(|s| {
         s.role = Some("sendonly".into());
         s.remote_sdp = Some(offer.clone());
@@ -60,7 +87,13 @@ pub async fn post(State(app): State<AppState>, Path(channel_id): Path<String>, h
     app.registry.add(record.clone());
     let (peer_tx, mut peer_rx) = mpsc::channel(32);
     let setup = async {
-        let pc = peer::new_peer(app.config.ice_ip, &[VideoCodec::Vp8, VideoCodec::H264], record.clone(), peer_tx).await?;
+        let pc = peer::new_peer(
+            app.config.ice_ip,
+            &[VideoCodec::Vp8, VideoCodec::H264],
+            record.clone(),
+            peer_tx,
+        )
+        .await?;
         match peer::answer_offer(&pc, offer, &mut peer_rx).await {
             Ok(answer) => Ok((pc, answer)),
             Err(err) => {
@@ -73,13 +106,18 @@ pub async fn post(State(app): State<AppState>, Path(channel_id): Path<String>, h
         Ok(ok) => ok,
         Err(err) => {
             let status = match err {
-                PeerError::WebRtc { what: "parse offer" | "set remote offer" | "create answer", .. } => {
-                    StatusCode::BAD_REQUEST
-                }
+                PeerError::WebRtc {
+                    what: "parse offer" | "set remote offer" | "create answer",
+                    ..
+                } => StatusCode::BAD_REQUEST,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             tracing::warn!(%err, %channel_id, "WHIP offer refused");
-            record.mark_closed(CloseInfo { code: None, reason: format!("INVALID-OFFER: {err}"), by: Closer::Server });
+            record.mark_closed(CloseInfo {
+                code: None,
+                reason: format!("INVALID-OFFER: {err}"),
+                by: Closer::Server,
+            });
             return text(status, format!("cannot answer the offer: {err}"));
         }
     };
@@ -144,7 +182,11 @@ pub async fn delete(
     let Some(record) = found else {
         return text(StatusCode::NOT_FOUND, "no such WHIP resource");
     };
-    record.mark_closed(CloseInfo { code: None, reason: "WHIP-DELETE".into(), by: Closer::Client });
+    record.mark_closed(CloseInfo {
+        code: None,
+        reason: "WHIP-DELETE".into(),
+        by: Closer::Client,
+    });
     record.cancel.cancel();
     tracing::info!(connection_id = %record.id, "WHIP session deleted");
     StatusCode::OK.into_response()
@@ -152,5 +194,8 @@ pub async fn delete(
 
 /// `PATCH /whip/...`: trickle ICE and ICE restarts are not supported.
 pub async fn patch() -> Response {
-    text(StatusCode::METHOD_NOT_ALLOWED, "trickle ICE is not supported; send a complete offer")
+    text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "trickle ICE is not supported; send a complete offer",
+    )
 }

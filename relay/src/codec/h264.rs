@@ -6,8 +6,8 @@ use bytes::Bytes;
 use openh264::Timestamp;
 use openh264::decoder::Decoder;
 use openh264::encoder::{
-    BitRate, Complexity, Encoder, EncoderConfig as OhEncoderConfig, FrameRate, FrameType,
-    IntraFramePeriod, Profile, RateControlMode, SpsPpsStrategy, UsageType,
+    BitRate, Complexity, Encoder, EncoderConfig as OhEncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
+    RateControlMode, SpsPpsStrategy, UsageType,
 };
 use openh264::formats::YUVSource;
 
@@ -112,15 +112,12 @@ impl H264Encoder {
                 );
             }
             self.session = None;
-            let encoder = Encoder::with_api_config(
-                openh264::OpenH264API::from_source(),
-                self.openh264_config(),
-            )
-            .map_err(|e| CodecError::Init {
-                codec: VideoCodec::H264,
-                role: "encoder",
-                detail: format!("{width}x{height}: {e}"),
-            })?;
+            let encoder = Encoder::with_api_config(openh264::OpenH264API::from_source(), self.openh264_config())
+                .map_err(|e| CodecError::Init {
+                    codec: VideoCodec::H264,
+                    role: "encoder",
+                    detail: format!("{width}x{height}: {e}"),
+                })?;
             self.session = Some(EncoderSession {
                 encoder,
                 width,
@@ -144,11 +141,7 @@ impl VideoEncoder for H264Encoder {
         VideoCodec::H264
     }
 
-    fn encode(
-        &mut self,
-        frame: &I420Frame,
-        force_keyframe: bool,
-    ) -> Result<Option<EncodedFrame>, CodecError> {
+    fn encode(&mut self, frame: &I420Frame, force_keyframe: bool) -> Result<Option<EncodedFrame>, CodecError> {
         let (width, height) = (frame.width(), frame.height());
         let fail = |detail: String| CodecError::Encode {
             codec: VideoCodec::H264,
@@ -158,9 +151,7 @@ impl VideoEncoder for H264Encoder {
         };
         if width % 2 != 0 || height % 2 != 0 {
             // OpenH264 only takes even sizes; failing clearly beats silently cropping a column.
-            return Err(fail(
-                "H.264 (OpenH264) needs an even width and height".into(),
-            ));
+            return Err(fail("H.264 (OpenH264) needs an even width and height".into()));
         }
         let fps = self.config.fps.max(1) as u64;
         let session = self.session_for(width, height)?;
@@ -193,12 +184,9 @@ impl VideoEncoder for H264Encoder {
                 _ => {}
             }
         }
-        if nal_types.contains(&NAL_IDR_SLICE)
-            && !(nal_types.contains(&NAL_SPS) && nal_types.contains(&NAL_PPS))
-        {
+        if nal_types.contains(&NAL_IDR_SLICE) && !(nal_types.contains(&NAL_SPS) && nal_types.contains(&NAL_PPS)) {
             // OpenH264 writes them before each IDR today; this keeps the promise if it ever stops.
-            let mut with_sets =
-                Vec::with_capacity(data.len() + session.sps.len() + session.pps.len() + 8);
+            let mut with_sets = Vec::with_capacity(data.len() + session.sps.len() + session.pps.len() + 8);
             for set in [&session.sps, &session.pps] {
                 with_sets.extend_from_slice(&[0, 0, 0, 1]);
                 with_sets.extend_from_slice(set);
@@ -265,10 +253,10 @@ impl VideoDecoder for H264Decoder {
         let (cw, ch) = (width.div_ceil(2), height.div_ceil(2));
         let y = copy_plane(yuv.y(), ys, width, height)
             .ok_or_else(|| fail(format!("luma plane too short for {width}x{height}")))?;
-        let u = copy_plane(yuv.u(), us, cw, ch)
-            .ok_or_else(|| fail(format!("U plane too short for {width}x{height}")))?;
-        let v = copy_plane(yuv.v(), vs, cw, ch)
-            .ok_or_else(|| fail(format!("V plane too short for {width}x{height}")))?;
+        let u =
+            copy_plane(yuv.u(), us, cw, ch).ok_or_else(|| fail(format!("U plane too short for {width}x{height}")))?;
+        let v =
+            copy_plane(yuv.v(), vs, cw, ch).ok_or_else(|| fail(format!("V plane too short for {width}x{height}")))?;
         I420Frame::from_planes(width as u32, height as u32, y, u, v)
             .map(Some)
             .map_err(|e| fail(e.to_string()))
@@ -372,10 +360,7 @@ mod tests {
             let types: Vec<u8> = nal_units(&e.data).map(|n| n[0] & 0x1f).collect();
             if e.keyframe {
                 for t in [NAL_SPS, NAL_PPS, NAL_IDR_SLICE] {
-                    assert!(
-                        types.contains(&t),
-                        "keyframe {i} lacks NAL type {t}: {types:?}"
-                    );
+                    assert!(types.contains(&t), "keyframe {i} lacks NAL type {t}: {types:?}");
                 }
             } else {
                 assert!(
@@ -384,11 +369,7 @@ mod tests {
                 );
             }
         }
-        let keyframes: Vec<u64> = encoded
-            .iter()
-            .filter(|(_, e)| e.keyframe)
-            .map(|(i, _)| *i)
-            .collect();
+        let keyframes: Vec<u64> = encoded.iter().filter(|(_, e)| e.keyframe).map(|(i, _)| *i).collect();
         assert!(
             keyframes.contains(&0) && keyframes.contains(&5) && keyframes.contains(&7),
             "{keyframes:?}"
@@ -406,11 +387,7 @@ mod tests {
             .find(|n| n[0] & 0x1f == NAL_SPS)
             .expect("SPS present");
         assert_eq!(sps[1], 66, "profile_idc baseline");
-        assert_ne!(
-            sps[2] & 0x40,
-            0,
-            "constraint_set1_flag (constrained baseline)"
-        );
+        assert_ne!(sps[2] & 0x40, 0, "constraint_set1_flag (constrained baseline)");
     }
 
     #[test]
@@ -425,9 +402,7 @@ mod tests {
 
     #[test]
     fn nal_units_splits_three_and_four_byte_start_codes() {
-        let stream = [
-            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 0,
-        ];
+        let stream = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 0];
         let nals: Vec<&[u8]> = nal_units(&stream).collect();
         assert_eq!(nals, [&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 4][..]]);
         assert_eq!(nal_units(b"no start code here").count(), 0);

@@ -145,11 +145,7 @@ pub trait VideoEncoder: Send {
     fn codec(&self) -> VideoCodec;
     /// Encodes one frame; `force_keyframe` makes it a keyframe. `None` when the rate control
     /// skipped the frame.
-    fn encode(
-        &mut self,
-        frame: &I420Frame,
-        force_keyframe: bool,
-    ) -> Result<Option<EncodedFrame>, CodecError>;
+    fn encode(&mut self, frame: &I420Frame, force_keyframe: bool) -> Result<Option<EncodedFrame>, CodecError>;
     /// Changes the target bitrate without re-initialising.
     fn set_bitrate_kbps(&mut self, kbps: u32) -> Result<(), CodecError>;
 }
@@ -223,9 +219,7 @@ pub(crate) mod test_support {
     /// A test pattern of the given size; fails the test clearly when the font is missing.
     pub fn pattern(width: u32, height: u32) -> TestPattern {
         let font = load_font(DEFAULT_FONT_PATH).unwrap_or_else(|e| {
-            panic!(
-                "test font unavailable: {e} (install Debian fonts-dejavu-core, scripts/setup.sh)"
-            )
+            panic!("test font unavailable: {e} (install Debian fonts-dejavu-core, scripts/setup.sh)")
         });
         TestPattern::new(width, height, 30, font).unwrap()
     }
@@ -251,10 +245,7 @@ pub(crate) mod test_support {
         range
             .filter_map(|i| {
                 let frame = pattern.frame(i);
-                encoder
-                    .encode(&frame, force_at.contains(&i))
-                    .unwrap()
-                    .map(|e| (i, e))
+                encoder.encode(&frame, force_at.contains(&i)).unwrap().map(|e| (i, e))
             })
             .collect()
     }
@@ -279,19 +270,12 @@ pub(crate) mod test_support {
                 .decode(&e.data)
                 .unwrap()
                 .unwrap_or_else(|| panic!("frame {i} gave no picture"));
-            assert_eq!(
-                (decoded.width(), decoded.height()),
-                (width, height),
-                "frame {i}"
-            );
+            assert_eq!((decoded.width(), decoded.height()), (width, height), "frame {i}");
             last = Some((*i, decoded));
         }
         let (i, decoded) = last.unwrap();
         let psnr = decoded.luma_psnr(&pattern.frame(i)).unwrap();
-        assert!(
-            psnr > 30.0,
-            "{codec} luma PSNR of frame {i} is {psnr:.1} dB"
-        );
+        assert!(psnr > 30.0, "{codec} luma PSNR of frame {i} is {psnr:.1} dB");
     }
 
     pub fn forced_keyframe_decodes_alone_on_a_fresh_decoder(codec: VideoCodec) {
@@ -300,11 +284,7 @@ pub(crate) mod test_support {
 
         let encoded = encode_range(encoder.as_mut(), &pattern, 0..12, &[7]);
 
-        let keyframes: Vec<u64> = encoded
-            .iter()
-            .filter(|(_, e)| e.keyframe)
-            .map(|(i, _)| *i)
-            .collect();
+        let keyframes: Vec<u64> = encoded.iter().filter(|(_, e)| e.keyframe).map(|(i, _)| *i).collect();
         assert_eq!(keyframes, [0, 7]);
         let (_, forced) = &encoded[7];
         let mut fresh = new_decoder(codec).unwrap();
@@ -333,11 +313,7 @@ pub(crate) mod test_support {
 
         let encoded = encode_range(encoder.as_mut(), &pattern, 0..35, &[]);
 
-        let keyframes: Vec<u64> = encoded
-            .iter()
-            .filter(|(_, e)| e.keyframe)
-            .map(|(i, _)| *i)
-            .collect();
+        let keyframes: Vec<u64> = encoded.iter().filter(|(_, e)| e.keyframe).map(|(i, _)| *i).collect();
         assert_eq!(keyframes, [0, 10, 20, 30]);
     }
 
@@ -354,10 +330,7 @@ pub(crate) mod test_support {
             let d = decoder.decode(&e.data).unwrap().unwrap();
             assert_eq!((d.width(), d.height()), (640, 360));
         }
-        assert!(
-            after[0].1.keyframe,
-            "the first frame at the new size is a keyframe"
-        );
+        assert!(after[0].1.keyframe, "the first frame at the new size is a keyframe");
         assert_eq!(after.len(), 7);
         for (i, e) in &after {
             assert_eq!((e.width, e.height), (1280, 720));
@@ -506,12 +479,7 @@ mod tests {
     #[test]
     fn codec_names_parse_case_insensitively() {
         assert_eq!("VP8".parse::<VideoCodec>().unwrap(), VideoCodec::Vp8);
-        assert_eq!(
-            "video/H264".parse::<VideoCodec>().unwrap(),
-            VideoCodec::H264
-        );
-        assert!(
-            matches!("av1".parse::<VideoCodec>(), Err(CodecError::UnknownCodec(s)) if s == "av1")
-        );
+        assert_eq!("video/H264".parse::<VideoCodec>().unwrap(), VideoCodec::H264);
+        assert!(matches!("av1".parse::<VideoCodec>(), Err(CodecError::UnknownCodec(s)) if s == "av1"));
     }
 }

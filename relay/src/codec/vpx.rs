@@ -88,12 +88,7 @@ impl Vp8Encoder {
             }
             // Drop the old context first: two 1080p contexts at once is wasted memory.
             self.session = None;
-            self.session = Some(EncoderSession::open(
-                &self.config,
-                self.cpu_used,
-                width,
-                height,
-            )?);
+            self.session = Some(EncoderSession::open(&self.config, self.cpu_used, width, height)?);
         }
         self.session
             .as_mut()
@@ -102,12 +97,7 @@ impl Vp8Encoder {
 }
 
 impl EncoderSession {
-    fn open(
-        config: &EncoderConfig,
-        cpu_used: i32,
-        width: u32,
-        height: u32,
-    ) -> Result<Self, CodecError> {
+    fn open(config: &EncoderConfig, cpu_used: i32, width: u32, height: u32) -> Result<Self, CodecError> {
         // SAFETY: vpx_codec_vp8_cx returns a pointer to a static interface description.
         let iface = unsafe { ffi::vpx_codec_vp8_cx() };
         let mut cfg = MaybeUninit::<ffi::vpx_codec_enc_cfg_t>::uninit();
@@ -115,10 +105,7 @@ impl EncoderSession {
         // on success, which is checked before `assume_init`.
         let err = unsafe { ffi::vpx_codec_enc_config_default(iface, cfg.as_mut_ptr(), 0) };
         if err != ffi::VPX_CODEC_OK {
-            return Err(init_error(
-                "encoder",
-                format!("default config: {}", err_string(err)),
-            ));
+            return Err(init_error("encoder", format!("default config: {}", err_string(err))));
         }
         // SAFETY: vpx_codec_enc_config_default returned OK, so it initialised the struct.
         let mut cfg = Box::new(unsafe { cfg.assume_init() });
@@ -159,15 +146,8 @@ impl EncoderSession {
         let mut ctx: Box<ffi::vpx_codec_ctx_t> = Box::new(unsafe { std::mem::zeroed() });
         // SAFETY: ctx and cfg are valid, boxed (stable addresses) and outlive the context,
         // which is destroyed in Drop before they are freed.
-        let err = unsafe {
-            ffi::vpx_codec_enc_init_ver(
-                &mut *ctx,
-                iface,
-                &*cfg,
-                0,
-                ffi::VPX_ENCODER_ABI_VERSION as c_int,
-            )
-        };
+        let err =
+            unsafe { ffi::vpx_codec_enc_init_ver(&mut *ctx, iface, &*cfg, 0, ffi::VPX_ENCODER_ABI_VERSION as c_int) };
         if err != ffi::VPX_CODEC_OK {
             let detail = ctx_error(&mut ctx, err);
             return Err(init_error("encoder", format!("{width}x{height}: {detail}")));
@@ -188,14 +168,9 @@ impl EncoderSession {
             _ => 3,
         };
         // libwebrtc's cap on keyframe size: half the optimal buffer, in percent of a frame's share.
-        let max_intra_pct =
-            (RC_BUF_OPTIMAL_MS as f32 * 0.5 * config.fps as f32 / 10.0).max(300.0) as c_int;
+        let max_intra_pct = (RC_BUF_OPTIMAL_MS as f32 * 0.5 * config.fps as f32 / 10.0).max(300.0) as c_int;
         for (id, value, name) in [
-            (
-                ffi::vp8e_enc_control_id::VP8E_SET_CPUUSED,
-                cpu_used,
-                "cpu-used",
-            ),
+            (ffi::vp8e_enc_control_id::VP8E_SET_CPUUSED, cpu_used, "cpu-used"),
             (
                 ffi::vp8e_enc_control_id::VP8E_SET_NOISE_SENSITIVITY,
                 0,
@@ -219,14 +194,10 @@ impl EncoderSession {
         ] {
             // SAFETY: the context is initialised; each of these VP8E controls takes one int
             // (or an enum passed as int) by value, which is what the variadic call passes.
-            let err =
-                unsafe { ffi::vpx_codec_control_(&mut *session.ctx, id as c_int, value as c_int) };
+            let err = unsafe { ffi::vpx_codec_control_(&mut *session.ctx, id as c_int, value as c_int) };
             if err != ffi::VPX_CODEC_OK {
                 let detail = ctx_error(&mut session.ctx, err);
-                return Err(init_error(
-                    "encoder",
-                    format!("setting {name} to {value}: {detail}"),
-                ));
+                return Err(init_error("encoder", format!("setting {name} to {value}: {detail}")));
             }
         }
         tracing::debug!(
@@ -239,11 +210,7 @@ impl EncoderSession {
         Ok(session)
     }
 
-    fn encode(
-        &mut self,
-        frame: &I420Frame,
-        force_keyframe: bool,
-    ) -> Result<Option<EncodedFrame>, CodecError> {
+    fn encode(&mut self, frame: &I420Frame, force_keyframe: bool) -> Result<Option<EncodedFrame>, CodecError> {
         let (width, height) = (frame.width(), frame.height());
         let (cw, _) = frame.chroma_size();
         let fail = |detail: String| CodecError::Encode {
@@ -354,10 +321,7 @@ impl EncoderSession {
                 codec: VideoCodec::Vp8,
                 width: self.width,
                 height: self.height,
-                detail: format!(
-                    "setting bitrate to {kbps} kbps: {}",
-                    ctx_error(&mut self.ctx, err)
-                ),
+                detail: format!("setting bitrate to {kbps} kbps: {}", ctx_error(&mut self.ctx, err)),
             });
         }
         Ok(())
@@ -379,11 +343,7 @@ impl VideoEncoder for Vp8Encoder {
         VideoCodec::Vp8
     }
 
-    fn encode(
-        &mut self,
-        frame: &I420Frame,
-        force_keyframe: bool,
-    ) -> Result<Option<EncodedFrame>, CodecError> {
+    fn encode(&mut self, frame: &I420Frame, force_keyframe: bool) -> Result<Option<EncodedFrame>, CodecError> {
         self.session_for(frame.width(), frame.height())?
             .encode(frame, force_keyframe)
     }
@@ -411,11 +371,7 @@ unsafe impl Send for Vp8Decoder {}
 impl Vp8Decoder {
     /// A VP8 decoder (one thread: VP8 decoding is ~1 ms per 720p frame).
     pub fn new() -> Result<Self, CodecError> {
-        let cfg = Box::new(ffi::vpx_codec_dec_cfg_t {
-            threads: 1,
-            w: 0,
-            h: 0,
-        });
+        let cfg = Box::new(ffi::vpx_codec_dec_cfg_t { threads: 1, w: 0, h: 0 });
         // SAFETY: an all-zero context is the "not yet initialised" state vpx_codec_dec_init_ver expects.
         let mut ctx: Box<ffi::vpx_codec_ctx_t> = Box::new(unsafe { std::mem::zeroed() });
         // SAFETY: ctx and cfg are valid and boxed; vpx_codec_vp8_dx returns a static interface.
@@ -467,9 +423,7 @@ impl VideoDecoder for Vp8Decoder {
         };
         // SAFETY: the context is initialised; `data` is valid for `len` bytes during the call
         // and libvpx does not keep the pointer afterwards (no input fragments mode).
-        let err = unsafe {
-            ffi::vpx_codec_decode(&mut *self.ctx, data.as_ptr(), len, ptr::null_mut(), 0)
-        };
+        let err = unsafe { ffi::vpx_codec_decode(&mut *self.ctx, data.as_ptr(), len, ptr::null_mut(), 0) };
         if err != ffi::VPX_CODEC_OK {
             let detail = ctx_error(&mut self.ctx, err);
             return Err(decode_error(data.len(), detail));
@@ -499,22 +453,16 @@ fn copy_image(img: &ffi::vpx_image_t) -> Result<I420Frame, String> {
     let (width, height) = (img.d_w as usize, img.d_h as usize);
     let (cw, ch) = (width.div_ceil(2), height.div_ceil(2));
     let mut planes: [Vec<u8>; 3] = Default::default();
-    for (p, (pw, ph)) in [(width, height), (cw, ch), (cw, ch)]
-        .into_iter()
-        .enumerate()
-    {
+    for (p, (pw, ph)) in [(width, height), (cw, ch), (cw, ch)].into_iter().enumerate() {
         let stride = img.stride[p];
         if img.planes[p].is_null() || stride < 0 || (stride as usize) < pw {
-            return Err(format!(
-                "decoded plane {p} has stride {stride} for width {pw}"
-            ));
+            return Err(format!("decoded plane {p} has stride {stride} for width {pw}"));
         }
         let mut out = Vec::with_capacity(pw * ph);
         for row in 0..ph {
             // SAFETY: libvpx allocates each plane with `stride` bytes per row for all rows of
             // the displayed size (checked above: stride >= row width, non-null).
-            let src =
-                unsafe { std::slice::from_raw_parts(img.planes[p].add(row * stride as usize), pw) };
+            let src = unsafe { std::slice::from_raw_parts(img.planes[p].add(row * stride as usize), pw) };
             out.extend_from_slice(src);
         }
         planes[p] = out;
@@ -611,17 +559,12 @@ mod tests {
 
         let result = Vp8Decoder::new().unwrap().decode(&encoded[2].1.data);
 
-        assert!(
-            matches!(result, Err(CodecError::Decode { .. })),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(CodecError::Decode { .. })), "{result:?}");
     }
 
     #[test]
     fn vp8_cpu_used_out_of_range_is_rejected() {
-        let err = Vp8Encoder::with_cpu_used(&EncoderConfig::default(), 17)
-            .err()
-            .unwrap();
+        let err = Vp8Encoder::with_cpu_used(&EncoderConfig::default(), 17).err().unwrap();
         assert!(err.to_string().contains("cpu-used 17"), "{err}");
     }
 

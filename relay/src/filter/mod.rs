@@ -11,7 +11,12 @@ use crate::frame::I420Frame;
 pub enum FilterError {
     /// The filter failed on one frame (the frame is dropped and counted).
     #[error("filter {filter} failed on a {width}x{height} frame: {detail}")]
-    Frame { filter: &'static str, width: u32, height: u32, detail: String },
+    Frame {
+        filter: &'static str,
+        width: u32,
+        height: u32,
+        detail: String,
+    },
 }
 
 /// One per-frame transformation.

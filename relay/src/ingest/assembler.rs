@@ -232,9 +232,7 @@ impl FrameAssembler {
                 break;
             };
             let waited = now.saturating_duration_since(waiting.arrival);
-            if self.pending.len() > self.config.max_reorder_packets
-                || waited >= self.config.max_reorder_delay
-            {
+            if self.pending.len() > self.config.max_reorder_packets || waited >= self.config.max_reorder_delay {
                 self.stats.lost_packets += first - next;
                 self.break_current();
                 next = first;
@@ -259,11 +257,7 @@ impl FrameAssembler {
             self.stats.padding_packets += 1;
             return;
         }
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|c| c.timestamp != packet.timestamp)
-        {
+        if self.current.as_ref().is_some_and(|c| c.timestamp != packet.timestamp) {
             // The previous frame never saw its marker bit. Its packets were contiguous, so it is
             // complete unless something else was wrong with it.
             self.finish(out);
@@ -365,14 +359,7 @@ mod tests {
     }
 
     /// VP8 packets of one frame: a start packet (keyframe or not) and continuations.
-    fn vp8_frame(
-        clock: &Clock,
-        ms: u64,
-        first_seq: u16,
-        ts: u32,
-        key: bool,
-        parts: usize,
-    ) -> Vec<RtpInput> {
+    fn vp8_frame(clock: &Clock, ms: u64, first_seq: u16, ts: u32, key: bool, parts: usize) -> Vec<RtpInput> {
         (0..parts)
             .map(|i| {
                 let seq = first_seq.wrapping_add(i as u16);
@@ -445,10 +432,7 @@ mod tests {
         assert_eq!(frames[0].rtp_timestamp, 200);
         assert!(frames[0].discontinuity);
         let stats = a.stats();
-        assert_eq!(
-            (stats.lost_packets, stats.dropped_frames, stats.frames),
-            (1, 1, 1)
-        );
+        assert_eq!((stats.lost_packets, stats.dropped_frames, stats.frames), (1, 1, 1));
     }
 
     #[test]
@@ -512,10 +496,7 @@ mod tests {
                 pkt(&c, 1, 8, 200, true, &[0x10, 0x01, 0x02]),
             ],
         );
-        assert_eq!(
-            frames.iter().map(|f| f.rtp_timestamp).collect::<Vec<_>>(),
-            [100, 200]
-        );
+        assert_eq!(frames.iter().map(|f| f.rtp_timestamp).collect::<Vec<_>>(), [100, 200]);
     }
 
     #[test]
@@ -547,14 +528,7 @@ mod tests {
         let c = Clock(Instant::now());
         let mut a = FrameAssembler::new(PayloadFormat::H264, AssemblerConfig::default());
         let packets = vec![
-            pkt(
-                &c,
-                0,
-                1,
-                100,
-                false,
-                &[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68],
-            ),
+            pkt(&c, 0, 1, 100, false, &[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68]),
             pkt(&c, 0, 2, 100, false, &[0x7c, 0x85, 0xaa]),
             pkt(&c, 0, 3, 100, true, &[0x7c, 0x45, 0xbb]),
             pkt(&c, 0, 4, 200, true, &[0x41, 0x9a]),
@@ -564,9 +538,7 @@ mod tests {
         assert!(frames[0].keyframe);
         assert_eq!(
             frames[0].data,
-            [
-                0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x68, 0, 0, 0, 1, 0x65, 0xaa, 0xbb
-            ]
+            [0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x68, 0, 0, 0, 1, 0x65, 0xaa, 0xbb]
         );
         assert!(!frames[1].keyframe);
         assert_eq!(frames[1].data, [0, 0, 0, 1, 0x41, 0x9a]);

@@ -45,9 +45,7 @@ pub fn depacketize_vp8(payload: &[u8], out: &mut Vec<u8>) -> Result<PayloadInfo,
         offset += 1;
         if x & 0x80 != 0 {
             // PictureID: one byte, or two when its M bit is set.
-            let pid = *payload
-                .get(offset)
-                .ok_or_else(|| malformed("truncated picture id"))?;
+            let pid = *payload.get(offset).ok_or_else(|| malformed("truncated picture id"))?;
             offset += if pid & 0x80 != 0 { 2 } else { 1 };
         }
         if x & 0x40 != 0 {
@@ -108,11 +106,7 @@ impl H264Depacketizer {
     }
 
     /// Appends the Annex-B bytes carried by one payload to `out`.
-    pub fn depacketize(
-        &mut self,
-        payload: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<PayloadInfo, IngestError> {
+    pub fn depacketize(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<PayloadInfo, IngestError> {
         let malformed = |what: &str| IngestError::MalformedPayload {
             format: PayloadFormat::H264,
             detail: what.to_owned(),
@@ -168,9 +162,7 @@ impl H264Depacketizer {
                 })
             }
             NAL_FU_A => {
-                let fu = *payload
-                    .get(1)
-                    .ok_or_else(|| malformed("FU-A without FU header"))?;
+                let fu = *payload.get(1).ok_or_else(|| malformed("FU-A without FU header"))?;
                 let (start, end) = (fu & 0x80 != 0, fu & 0x40 != 0);
                 let inner_type = fu & 0x1f;
                 let data = &payload[2..];
@@ -270,9 +262,7 @@ mod tests {
         assert!(info.frame_start && info.keyframe);
         assert_eq!(
             out,
-            [
-                0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x68, 0, 0, 0, 1, 0x65, 0x88, 0x80
-            ]
+            [0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x68, 0, 0, 0, 1, 0x65, 0x88, 0x80]
         );
     }
 

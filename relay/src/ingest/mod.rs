@@ -201,8 +201,7 @@ impl AudioIngestStats {
     /// Counts one received packet.
     pub fn record_packet(&self, payload_bytes: usize) {
         self.packets.fetch_add(1, Ordering::Relaxed);
-        self.bytes
-            .fetch_add(payload_bytes as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(payload_bytes as u64, Ordering::Relaxed);
     }
 
     /// A copy of the counters now.
@@ -227,11 +226,7 @@ pub struct VideoReceiver {
 
 impl VideoReceiver {
     /// A receiver decoding with `decoder`, counting into `stats`.
-    pub fn new(
-        decoder: Box<dyn VideoDecoder>,
-        config: VideoIngestConfig,
-        stats: Arc<VideoIngestStats>,
-    ) -> Self {
+    pub fn new(decoder: Box<dyn VideoDecoder>, config: VideoIngestConfig, stats: Arc<VideoIngestStats>) -> Self {
         let codec = decoder.codec();
         let _ = stats.codec.set(codec);
         Self {
@@ -266,19 +261,12 @@ impl VideoReceiver {
         self.handle(frames, now, sink)
     }
 
-    fn handle(
-        &mut self,
-        frames: Vec<AssembledFrame>,
-        now: Instant,
-        sink: &mut dyn FrameSink,
-    ) -> bool {
+    fn handle(&mut self, frames: Vec<AssembledFrame>, now: Instant, sink: &mut dyn FrameSink) -> bool {
         self.sync_assembler_stats();
         let mut want_keyframe = false;
         for frame in frames {
             VideoIngestStats::add(&self.stats.frames_assembled, 1);
-            if self.gate.on_frame(frame.keyframe, frame.discontinuity)
-                == GateDecision::SkipUntilKeyframe
-            {
+            if self.gate.on_frame(frame.keyframe, frame.discontinuity) == GateDecision::SkipUntilKeyframe {
                 VideoIngestStats::add(&self.stats.frames_skipped, 1);
                 want_keyframe = true;
                 continue;
@@ -336,20 +324,13 @@ pub async fn run_video_track(
     stats: Arc<VideoIngestStats>,
     mut sink: impl FrameSink,
 ) -> Result<(), IngestError> {
-    let ssrc = track
-        .ssrcs()
-        .await
-        .first()
-        .copied()
-        .ok_or(IngestError::NoCodec)?;
+    let ssrc = track.ssrcs().await.first().copied().ok_or(IngestError::NoCodec)?;
     let mime = track
         .codec(ssrc)
         .await
         .map(|c| c.mime_type)
         .ok_or(IngestError::NoCodec)?;
-    let codec: VideoCodec = mime
-        .parse()
-        .map_err(|_| IngestError::UnsupportedCodec(mime.clone()))?;
+    let codec: VideoCodec = mime.parse().map_err(|_| IngestError::UnsupportedCodec(mime.clone()))?;
     let decoder = codec::new_decoder(codec)?;
     tracing::info!(ssrc, %codec, "video ingest started");
     let mut receiver = VideoReceiver::new(decoder, config, stats);
@@ -425,13 +406,13 @@ mod tests {
                     detail: "corrupt".into(),
                 });
             }
-            Ok(Some(I420Frame::filled(2, 2, [16, 128, 128]).map_err(
-                |e| CodecError::Decode {
+            Ok(Some(I420Frame::filled(2, 2, [16, 128, 128]).map_err(|e| {
+                CodecError::Decode {
                     codec: VideoCodec::Vp8,
                     bytes: data.len(),
                     detail: e.to_string(),
-                },
-            )?))
+                }
+            })?))
         }
     }
 
@@ -459,34 +440,17 @@ mod tests {
         let mut rx = receiver();
         let mut frames = Vec::new();
         let mut sink = |f: DecodedFrame| frames.push((f.rtp_timestamp, f.keyframe, f.index));
+        assert!(rx.push(vp8(1, 100, false, 0, t0), &mut sink), "delta frame first: PLI");
         assert!(
-            rx.push(vp8(1, 100, false, 0, t0), &mut sink),
-            "delta frame first: PLI"
-        );
-        assert!(
-            !rx.push(
-                vp8(2, 200, false, 0, t0 + Duration::from_millis(100)),
-                &mut sink
-            ),
+            !rx.push(vp8(2, 200, false, 0, t0 + Duration::from_millis(100)), &mut sink),
             "rate-limited"
         );
-        assert!(!rx.push(
-            vp8(3, 300, true, 0, t0 + Duration::from_millis(600)),
-            &mut sink
-        ));
-        assert!(!rx.push(
-            vp8(4, 400, false, 0, t0 + Duration::from_millis(700)),
-            &mut sink
-        ));
+        assert!(!rx.push(vp8(3, 300, true, 0, t0 + Duration::from_millis(600)), &mut sink));
+        assert!(!rx.push(vp8(4, 400, false, 0, t0 + Duration::from_millis(700)), &mut sink));
         assert_eq!(frames, [(300, true, 0), (400, false, 1)]);
         let s = rx.stats().snapshot();
         assert_eq!(
-            (
-                s.frames_decoded,
-                s.keyframes_decoded,
-                s.frames_skipped,
-                s.packets
-            ),
+            (s.frames_decoded, s.keyframes_decoded, s.frames_skipped, s.packets),
             (2, 1, 2, 4)
         );
         assert_eq!(s.codec, Some(VideoCodec::Vp8));
@@ -499,10 +463,7 @@ mod tests {
         let mut count = 0;
         let mut sink = |_f: DecodedFrame| count += 1;
         rx.push(vp8(1, 100, true, 0, t0), &mut sink);
-        assert!(
-            rx.push(vp8(2, 200, false, 0xff, t0), &mut sink),
-            "error: PLI"
-        );
+        assert!(rx.push(vp8(2, 200, false, 0xff, t0), &mut sink), "error: PLI");
         assert!(!rx.push(vp8(3, 300, false, 0, t0), &mut sink));
         rx.push(vp8(4, 400, true, 0, t0 + Duration::from_secs(1)), &mut sink);
         assert_eq!(count, 2);
@@ -516,15 +477,9 @@ mod tests {
         let mut sink = |_f: DecodedFrame| {};
         rx.push(vp8(1, 100, true, 0, t0), &mut sink);
         // seq 2 lost; seq 3 waits, then is released after the reorder delay.
-        assert!(!rx.push(
-            vp8(3, 300, false, 0, t0 + Duration::from_millis(10)),
-            &mut sink
-        ));
+        assert!(!rx.push(vp8(3, 300, false, 0, t0 + Duration::from_millis(10)), &mut sink));
         assert!(rx.flush(t0 + Duration::from_millis(200), &mut sink));
         let s = rx.stats().snapshot();
-        assert_eq!(
-            (s.lost_packets, s.frames_skipped, s.frames_decoded),
-            (1, 1, 1)
-        );
+        assert_eq!((s.lost_packets, s.frames_skipped, s.frames_decoded), (1, 1, 1));
     }
 }

@@ -67,10 +67,7 @@ pub struct PliLimiter {
 impl PliLimiter {
     /// A limiter allowing one request per `interval`.
     pub fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            last: None,
-        }
+        Self { interval, last: None }
     }
 
     /// Whether a request may go out now; if so, records it as sent.

@@ -13,7 +13,11 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `initial`, doubling per failure up to `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self { initial, max, attempt: 0 }
+        Self {
+            initial,
+            max,
+            attempt: 0,
+        }
     }
 
     /// The next delay for a uniform random `jitter` in `[0, 1)`: between half and all of the
@@ -49,10 +53,7 @@ mod tests {
     fn delays_double_then_cap() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
         let full: Vec<_> = (0..5).map(|_| b.next_delay(1.0)).collect();
-        assert_eq!(
-            full,
-            [100, 200, 400, 500, 500].map(Duration::from_millis).to_vec()
-        );
+        assert_eq!(full, [100, 200, 400, 500, 500].map(Duration::from_millis).to_vec());
     }
 
     #[test]

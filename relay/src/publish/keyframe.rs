@@ -40,7 +40,11 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestInterceptor {
         if let Packet::Rtcp(packets) = &msg.message.packet
             && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
         {
-            let requests = packets.iter().filter(|p| is_keyframe_request(p.as_ref())).cloned().collect();
+            let requests = packets
+                .iter()
+                .filter(|p| is_keyframe_request(p.as_ref()))
+                .cloned()
+                .collect();
             msg.message.packet = Packet::Rtcp(requests);
             msg.message.add(Attribute::DeliverToApplication);
         }
@@ -76,8 +80,15 @@ mod tests {
 
     #[test]
     fn pli_and_fir_are_keyframe_requests_but_receiver_reports_are_not() {
-        let pli = PictureLossIndication { sender_ssrc: 1, media_ssrc: 2 };
-        let fir = FullIntraRequest { sender_ssrc: 1, media_ssrc: 2, fir: vec![] };
+        let pli = PictureLossIndication {
+            sender_ssrc: 1,
+            media_ssrc: 2,
+        };
+        let fir = FullIntraRequest {
+            sender_ssrc: 1,
+            media_ssrc: 2,
+            fir: vec![],
+        };
         let rr = ReceiverReport::default();
         assert!(is_keyframe_request(&pli));
         assert!(is_keyframe_request(&fir));

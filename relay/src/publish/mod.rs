@@ -110,9 +110,13 @@ impl PublisherInputs {
 pub fn observe_sent(metrics: &Metrics, publisher: &str, frame: &OutgoingFrame) {
     let now = std::time::Instant::now();
     if let Some(encoded) = frame.times.encoded {
-        metrics.latency.observe(Stage::Send, now.saturating_duration_since(encoded));
+        metrics
+            .latency
+            .observe(Stage::Send, now.saturating_duration_since(encoded));
     }
-    metrics.latency.observe(Stage::Total, now.saturating_duration_since(frame.times.received));
+    metrics
+        .latency
+        .observe(Stage::Total, now.saturating_duration_since(frame.times.received));
     metrics.frames_sent.with_label_values(&[publisher]).inc();
 }
 
@@ -147,7 +151,18 @@ impl PublisherHandle {
     pub fn new(name: impl Into<String>, metrics: Metrics) -> (Self, PublisherInputs) {
         let (video, video_rx) = mpsc::channel(PUBLISHER_BUFFER_FRAMES);
         let (audio, audio_rx) = mpsc::channel(PUBLISHER_BUFFER_AUDIO);
-        (Self { name: name.into(), video, audio, metrics }, PublisherInputs { video: video_rx, audio: audio_rx })
+        (
+            Self {
+                name: name.into(),
+                video,
+                audio,
+                metrics,
+            },
+            PublisherInputs {
+                video: video_rx,
+                audio: audio_rx,
+            },
+        )
     }
 
     /// The publisher's name (`sora`, `whip`, `preview`), used as a metric label.
@@ -159,7 +174,9 @@ impl PublisherHandle {
     pub fn offer(&self, frame: OutgoingFrame) {
         match self.video.try_send(frame) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.drop_frame(&self.name, DropReason::PublisherBacklog),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.drop_frame(&self.name, DropReason::PublisherBacklog)
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.metrics.drop_frame(&self.name, DropReason::PublisherDisconnected)
             }

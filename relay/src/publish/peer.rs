@@ -7,21 +7,20 @@ use std::time::Instant;
 
 use rtc::interceptor::Slot;
 use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{PayloadType, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use rtc::rtp::packetizer::Payloader;
 use tokio::sync::{Mutex, mpsc};
 use tracing::Instrument;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState,
-    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -118,9 +117,9 @@ impl PeerConnectionEventHandler for Handler {
         tracing::debug!(%state, "peer connection state");
         match state {
             RTCPeerConnectionState::Connected => self.emit(PeerEvent::Connected),
-            RTCPeerConnectionState::Failed
-            | RTCPeerConnectionState::Closed
-            | RTCPeerConnectionState::Disconnected => self.emit(PeerEvent::Down(state)),
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed | RTCPeerConnectionState::Disconnected => {
+                self.emit(PeerEvent::Down(state))
+            }
             _ => {}
         }
     }
@@ -141,11 +140,7 @@ pub fn video_codec_parameters(codec: VideoCodec) -> RTCRtpCodecParameters {
                 VideoCodec::Vp8 => String::new(),
                 VideoCodec::H264 => H264_FMTP.to_owned(),
             },
-            rtcp_feedback: vec![
-                feedback("nack", ""),
-                feedback("nack", "pli"),
-                feedback("ccm", "fir"),
-            ],
+            rtcp_feedback: vec![feedback("nack", ""), feedback("nack", "pli"), feedback("ccm", "fir")],
         },
         payload_type: match codec {
             VideoCodec::Vp8 => 96,
@@ -171,7 +166,12 @@ struct Packetizer {
 }
 
 impl Packetizer {
-    fn packetize(&mut self, frame: &OutgoingFrame, ssrc: u32, payload_type: PayloadType) -> Result<Vec<rtc::rtp::Packet>, PeerError> {
+    fn packetize(
+        &mut self,
+        frame: &OutgoingFrame,
+        ssrc: u32,
+        payload_type: PayloadType,
+    ) -> Result<Vec<rtc::rtp::Packet>, PeerError> {
         let timestamp = self.timestamps.map(frame.media_time, Instant::now());
         let payloads = self
             .payloader
@@ -312,7 +312,10 @@ impl SendPeer {
             }],
         )));
         let packetizer = Mutex::new(Packetizer {
-            payloader: codec_params.rtp_codec.payloader().map_err(webrtc_err("creating the RTP payloader"))?,
+            payloader: codec_params
+                .rtp_codec
+                .payloader()
+                .map_err(webrtc_err("creating the RTP payloader"))?,
             sequence: rand::random(),
             timestamps: TimestampRebase::new(VIDEO_CLOCK_HZ, rand::random()),
         });
@@ -325,7 +328,10 @@ impl SendPeer {
                     "livefilter audio".to_owned(),
                     RtpCodecKind::Audio,
                     vec![RTCRtpEncodingParameters {
-                        rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            ssrc: Some(ssrc),
+                            ..Default::default()
+                        },
                         codec: opus_codec_parameters().rtp_codec,
                         ..Default::default()
                     }],
@@ -341,7 +347,9 @@ impl SendPeer {
             async move {
                 // Ends when the track is unbound, i.e. when the peer connection closes.
                 while let Some(event) = rtcp_track.poll().await {
-                    let TrackLocalEvent::OnRtcpPacket(_) = event else { continue };
+                    let TrackLocalEvent::OnRtcpPacket(_) = event else {
+                        continue;
+                    };
                     keyframes.request();
                     on_keyframe_request();
                 }
@@ -407,7 +415,11 @@ impl SendPeer {
     }
 
     async fn create_and_set_answer(&self) -> Result<String, PeerError> {
-        let answer = self.pc.create_answer(None).await.map_err(webrtc_err("creating the answer"))?;
+        let answer = self
+            .pc
+            .create_answer(None)
+            .await
+            .map_err(webrtc_err("creating the answer"))?;
         let sdp = answer.sdp.clone();
         self.pc
             .set_local_description(answer)
@@ -429,7 +441,10 @@ impl SendPeer {
             )
             .await
             .map_err(webrtc_err("adding the video transceiver"))?;
-        let sender = transceiver.sender().await.map_err(webrtc_err("getting the video sender"))?;
+        let sender = transceiver
+            .sender()
+            .await
+            .map_err(webrtc_err("getting the video sender"))?;
         *self.sender.lock().await = sender;
         if let Some(audio) = &self.audio {
             let track = Arc::clone(&audio.lock().await.track);
@@ -437,14 +452,23 @@ impl SendPeer {
                 .pc
                 .add_transceiver_from_track(
                     track as Arc<dyn TrackLocal>,
-                    Some(RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, ..Default::default() }),
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        ..Default::default()
+                    }),
                 )
                 .await
                 .map_err(webrtc_err("adding the audio transceiver"))?;
-            *self.audio_sender.lock().await =
-                transceiver.sender().await.map_err(webrtc_err("getting the audio sender"))?;
+            *self.audio_sender.lock().await = transceiver
+                .sender()
+                .await
+                .map_err(webrtc_err("getting the audio sender"))?;
         }
-        let offer = self.pc.create_offer(None).await.map_err(webrtc_err("creating the offer"))?;
+        let offer = self
+            .pc
+            .create_offer(None)
+            .await
+            .map_err(webrtc_err("creating the offer"))?;
         self.pc
             .set_local_description(offer)
             .await
@@ -483,7 +507,10 @@ impl SendPeer {
         let payload_type = self.negotiated_payload_type().await?;
         let packets = self.packetizer.lock().await.packetize(frame, self.ssrc, payload_type)?;
         for packet in packets {
-            self.track.write_rtp(packet).await.map_err(webrtc_err("writing a video packet"))?;
+            self.track
+                .write_rtp(packet)
+                .await
+                .map_err(webrtc_err("writing a video packet"))?;
         }
         Ok(())
     }
@@ -492,9 +519,16 @@ impl SendPeer {
     /// side did not accept audio).
     pub async fn write_audio(&self, packet: &AudioPacket) -> Result<(), PeerError> {
         let Some(audio) = &self.audio else { return Ok(()) };
-        let Some(sender) = self.audio_sender.lock().await.clone() else { return Ok(()) };
-        let params = sender.get_parameters().await.map_err(webrtc_err("reading audio sender parameters"))?;
-        let Some(payload_type) = params.rtp_parameters.codecs.first().map(|c| c.payload_type) else { return Ok(()) };
+        let Some(sender) = self.audio_sender.lock().await.clone() else {
+            return Ok(());
+        };
+        let params = sender
+            .get_parameters()
+            .await
+            .map_err(webrtc_err("reading audio sender parameters"))?;
+        let Some(payload_type) = params.rtp_parameters.codecs.first().map(|c| c.payload_type) else {
+            return Ok(());
+        };
         let mut audio = audio.lock().await;
         let header = rtc::rtp::header::Header {
             version: 2,
@@ -507,7 +541,10 @@ impl SendPeer {
         };
         audio
             .track
-            .write_rtp(rtc::rtp::Packet { header, payload: packet.payload.clone() })
+            .write_rtp(rtc::rtp::Packet {
+                header,
+                payload: packet.payload.clone(),
+            })
             .await
             .map_err(webrtc_err("writing an audio packet"))
     }
@@ -517,8 +554,16 @@ impl SendPeer {
         if let Some(pt) = *cached {
             return Ok(pt);
         }
-        let sender = self.sender.lock().await.clone().ok_or(PeerError::CodecNotNegotiated(self.codec))?;
-        let params = sender.get_parameters().await.map_err(webrtc_err("reading sender parameters"))?;
+        let sender = self
+            .sender
+            .lock()
+            .await
+            .clone()
+            .ok_or(PeerError::CodecNotNegotiated(self.codec))?;
+        let params = sender
+            .get_parameters()
+            .await
+            .map_err(webrtc_err("reading sender parameters"))?;
         let pt = params
             .rtp_parameters
             .codecs

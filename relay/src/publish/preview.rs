@@ -71,9 +71,20 @@ pub struct PreviewHub {
 
 impl PreviewHub {
     /// An empty hub.
-    pub fn new(config: PreviewConfig, metrics: Metrics, keyframes: KeyframeRequest, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn new(
+        config: PreviewConfig,
+        metrics: Metrics,
+        keyframes: KeyframeRequest,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         metrics.set_publisher_state(PUBLISHER, PublisherState::Connecting);
-        Arc::new(Self { config, metrics, keyframes, viewers: Mutex::new(HashMap::new()), shutdown })
+        Arc::new(Self {
+            config,
+            metrics,
+            keyframes,
+            viewers: Mutex::new(HashMap::new()),
+            shutdown,
+        })
     }
 
     /// Viewers connected or connecting.
@@ -87,7 +98,11 @@ impl PreviewHub {
     }
 
     fn update_state(&self) {
-        let state = if self.viewer_count() > 0 { PublisherState::Connected } else { PublisherState::Connecting };
+        let state = if self.viewer_count() > 0 {
+            PublisherState::Connected
+        } else {
+            PublisherState::Connecting
+        };
         self.metrics.set_publisher_state(PUBLISHER, state);
     }
 
@@ -104,7 +119,14 @@ impl PreviewHub {
                 return Err(PreviewError::Full(self.config.max_viewers));
             }
             // Reserved before the (slow) answer so concurrent offers respect the limit.
-            viewers.insert(id.clone(), Viewer { video: video_tx, audio: audio_tx, cancel: cancel.clone() });
+            viewers.insert(
+                id.clone(),
+                Viewer {
+                    video: video_tx,
+                    audio: audio_tx,
+                    cancel: cancel.clone(),
+                },
+            );
         }
         match self.answer(&id, offer_sdp, video_rx, audio_rx, cancel).await {
             Ok(answer) => {
@@ -158,7 +180,15 @@ impl PreviewHub {
         }
         let answer = peer.local_sdp().await.unwrap_or_default();
         let hub = Arc::clone(self);
-        let viewer = ViewerTask { hub: Arc::clone(&hub), id: id.to_owned(), peer, events, video: video_rx, audio: audio_rx, cancel };
+        let viewer = ViewerTask {
+            hub: Arc::clone(&hub),
+            id: id.to_owned(),
+            peer,
+            events,
+            video: video_rx,
+            audio: audio_rx,
+            cancel,
+        };
         tokio::spawn(viewer.run().instrument(tracing::info_span!("preview-viewer", id)));
         Ok(answer)
     }
@@ -198,7 +228,13 @@ impl PreviewHub {
                 }
             }
         }
-        let ids: Vec<String> = self.viewers.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        let ids: Vec<String> = self
+            .viewers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
         for id in ids {
             self.remove_viewer(&id);
         }

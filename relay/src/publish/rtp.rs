@@ -32,7 +32,12 @@ pub struct TimestampRebase {
 impl TimestampRebase {
     /// A rebase for a `clock_rate` Hz stream whose first output timestamp is `initial`.
     pub fn new(clock_rate: u32, initial: u32) -> Self {
-        Self { clock_rate, anchor: None, last: None, initial }
+        Self {
+            clock_rate,
+            anchor: None,
+            last: None,
+            initial,
+        }
     }
 
     /// The output timestamp for `time`, sent at `now`. Within an epoch the source's spacing is
@@ -49,12 +54,18 @@ impl TimestampRebase {
                     }
                     None => self.initial,
                 };
-                let a = Anchor { epoch: time.epoch, source: time.rtp_timestamp, output };
+                let a = Anchor {
+                    epoch: time.epoch,
+                    source: time.rtp_timestamp,
+                    output,
+                };
                 self.anchor = Some(a);
                 a
             }
         };
-        let out = anchor.output.wrapping_add(time.rtp_timestamp.wrapping_sub(anchor.source));
+        let out = anchor
+            .output
+            .wrapping_add(time.rtp_timestamp.wrapping_sub(anchor.source));
         self.last = Some((out, now));
         out
     }
@@ -70,7 +81,10 @@ pub struct SequenceRebase {
 impl SequenceRebase {
     /// A rebase whose first output sequence number is `initial`.
     pub fn new(initial: u16) -> Self {
-        Self { anchor: None, last: initial.wrapping_sub(1) }
+        Self {
+            anchor: None,
+            last: initial.wrapping_sub(1),
+        }
     }
 
     /// The output sequence number for source number `seq` of `epoch`.
@@ -98,18 +112,57 @@ mod tests {
     fn within_an_epoch_source_spacing_is_kept_across_wraparound() {
         let t = Instant::now();
         let mut r = TimestampRebase::new(90_000, 1000);
-        assert_eq!(r.map(MediaTime { epoch: 1, rtp_timestamp: u32::MAX - 1499 }, t), 1000);
-        assert_eq!(r.map(MediaTime { epoch: 1, rtp_timestamp: 1500 }, t), 4000);
+        assert_eq!(
+            r.map(
+                MediaTime {
+                    epoch: 1,
+                    rtp_timestamp: u32::MAX - 1499
+                },
+                t
+            ),
+            1000
+        );
+        assert_eq!(
+            r.map(
+                MediaTime {
+                    epoch: 1,
+                    rtp_timestamp: 1500
+                },
+                t
+            ),
+            4000
+        );
     }
 
     #[test]
     fn a_new_epoch_continues_from_the_last_output_by_elapsed_wall_time() {
         let t = Instant::now();
         let mut r = TimestampRebase::new(90_000, 0);
-        r.map(MediaTime { epoch: 1, rtp_timestamp: 50 }, t);
-        let next = r.map(MediaTime { epoch: 2, rtp_timestamp: 7_000_000 }, t + Duration::from_millis(500));
+        r.map(
+            MediaTime {
+                epoch: 1,
+                rtp_timestamp: 50,
+            },
+            t,
+        );
+        let next = r.map(
+            MediaTime {
+                epoch: 2,
+                rtp_timestamp: 7_000_000,
+            },
+            t + Duration::from_millis(500),
+        );
         assert_eq!(next, 45_000);
-        assert_eq!(r.map(MediaTime { epoch: 2, rtp_timestamp: 7_003_000 }, t + Duration::from_millis(533)), 48_000);
+        assert_eq!(
+            r.map(
+                MediaTime {
+                    epoch: 2,
+                    rtp_timestamp: 7_003_000
+                },
+                t + Duration::from_millis(533)
+            ),
+            48_000
+        );
     }
 
     #[test]

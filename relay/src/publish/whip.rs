@@ -66,10 +66,19 @@ pub enum WhipError {
     Config(String),
     /// The HTTP request failed (unreachable, timeout, TLS).
     #[error("WHIP {method} {url} failed: {detail}")]
-    Http { method: &'static str, url: String, detail: String },
+    Http {
+        method: &'static str,
+        url: String,
+        detail: String,
+    },
     /// The endpoint answered with an unexpected status.
     #[error("WHIP {method} {url} answered {status}: {body}")]
-    Status { method: &'static str, url: String, status: StatusCode, body: String },
+    Status {
+        method: &'static str,
+        url: String,
+        status: StatusCode,
+        body: String,
+    },
     /// 201 without a Location header.
     #[error("WHIP endpoint {0} answered 201 without a Location header")]
     NoLocation(String),
@@ -119,13 +128,23 @@ impl WhipPublisher {
     ) -> Result<Self, WhipError> {
         let url = url::Url::parse(&config.url).map_err(|e| WhipError::Config(format!("URL {:?}: {e}", config.url)))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(WhipError::Config(format!("URL {:?} must be http:// or https://", config.url)));
+            return Err(WhipError::Config(format!(
+                "URL {:?} must be http:// or https://",
+                config.url
+            )));
         }
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .build()
             .map_err(|e| WhipError::Config(format!("HTTP client: {e}")))?;
-        Ok(Self { config, url, http, metrics, keyframes, shutdown })
+        Ok(Self {
+            config,
+            url,
+            http,
+            metrics,
+            keyframes,
+            shutdown,
+        })
     }
 
     fn set_state(&self, state: PublisherState) {
@@ -140,7 +159,10 @@ impl WhipPublisher {
             match self.session(&mut inputs, &mut backoff).await {
                 Ok(()) => break,
                 Err(e) => {
-                    self.metrics.publisher_errors.with_label_values(&[PUBLISHER, e.kind()]).inc();
+                    self.metrics
+                        .publisher_errors
+                        .with_label_values(&[PUBLISHER, e.kind()])
+                        .inc();
                     let delay = backoff.next_delay(rand::random::<f64>());
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "WHIP publisher failed; reconnecting");
                     self.set_state(PublisherState::Backoff);
@@ -287,7 +309,11 @@ impl WhipPublisher {
 
     /// POSTs the offer; returns the resource URL and the answer SDP.
     async fn post_offer(&self, offer: String) -> Result<(url::Url, String), WhipError> {
-        let http_err = |e: reqwest::Error| WhipError::Http { method: "POST", url: self.config.url.clone(), detail: e.to_string() };
+        let http_err = |e: reqwest::Error| WhipError::Http {
+            method: "POST",
+            url: self.config.url.clone(),
+            detail: e.to_string(),
+        };
         let response = self
             .authorized(self.http.post(self.url.clone()))
             .header(CONTENT_TYPE, "application/sdp")
@@ -296,10 +322,19 @@ impl WhipPublisher {
             .await
             .map_err(http_err)?;
         let status = response.status();
-        let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = response.text().await.map_err(http_err)?;
         if status != StatusCode::CREATED {
-            return Err(WhipError::Status { method: "POST", url: self.config.url.clone(), status, body: body.chars().take(500).collect() });
+            return Err(WhipError::Status {
+                method: "POST",
+                url: self.config.url.clone(),
+                status,
+                body: body.chars().take(500).collect(),
+            });
         }
         let location = location.ok_or_else(|| WhipError::NoLocation(self.config.url.clone()))?;
         let resource = self

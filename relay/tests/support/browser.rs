@@ -47,7 +47,10 @@ fn driver_script() -> PathBuf {
     if !Path::new(&chromium).exists() {
         missing(&format!("Chromium ({chromium})"));
     }
-    let node_ok = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    let node_ok = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !node_ok {
         missing("node");
     }
@@ -124,9 +127,18 @@ impl Browser {
                 }
             });
         }
-        let browser = Self { child, stdin, replies, events, next_id: 0 };
+        let browser = Self {
+            child,
+            stdin,
+            replies,
+            events,
+            next_id: 0,
+        };
         if tokio::time::timeout(WAIT, ready.notified()).await.is_err() {
-            panic!("Chromium did not start within {WAIT:?}; driver output:\n{}", browser.events());
+            panic!(
+                "Chromium did not start within {WAIT:?}; driver output:\n{}",
+                browser.events()
+            );
         }
         browser
     }
@@ -142,7 +154,10 @@ impl Browser {
         let id = self.next_id;
         command["id"] = json!(id);
         let line = format!("{command}\n");
-        self.stdin.write_all(line.as_bytes()).await.map_err(|e| format!("driver gone: {e}"))?;
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| format!("driver gone: {e}"))?;
         let reply = loop {
             match tokio::time::timeout(WAIT, self.replies.recv()).await {
                 Err(_) => return Err(format!("no reply to {command} within {WAIT:?}")),
@@ -151,14 +166,21 @@ impl Browser {
                 Ok(Some(_)) => {}
             }
         };
-        if reply["ok"] == true { Ok(reply["result"].clone()) } else { Err(reply["error"].as_str().unwrap_or("?").to_owned()) }
+        if reply["ok"] == true {
+            Ok(reply["result"].clone())
+        } else {
+            Err(reply["error"].as_str().unwrap_or("?").to_owned())
+        }
     }
 
     /// Sends one command; panics with the driver's error and recent page output on failure.
     pub async fn call(&mut self, command: Value) -> Value {
         match self.try_call(command.clone()).await {
             Ok(result) => result,
-            Err(error) => panic!("browser command {command} failed: {error}\npage output:\n{}", self.events()),
+            Err(error) => panic!(
+                "browser command {command} failed: {error}\npage output:\n{}",
+                self.events()
+            ),
         }
     }
 
@@ -184,6 +206,11 @@ impl Browser {
         self.call(json!({"cmd": "scale", "page": page, "factor": factor})).await
     }
 
+    /// `window.livefilterView.disconnect()` on a viewer page (ends its WHEP session).
+    pub async fn disconnect_viewer(&mut self, page: &str) -> Value {
+        self.call(json!({"cmd": "disconnect", "page": page})).await
+    }
+
     /// The page's `state()` (sender or viewer).
     pub async fn state(&mut self, page: &str) -> Value {
         self.call(json!({"cmd": "state", "page": page})).await
@@ -197,31 +224,46 @@ impl Browser {
             if done(&state) {
                 return state;
             }
-            assert!(Instant::now() < deadline, "{page}: never {what}; last state: {state:#}\npage output:\n{}", self.events());
+            assert!(
+                Instant::now() < deadline,
+                "{page}: never {what}; last state: {state:#}\npage output:\n{}",
+                self.events()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// The text an element shows, and whether it is visible.
     pub async fn text(&mut self, page: &str, selector: &str) -> (String, bool) {
-        let r = self.call(json!({"cmd": "text", "page": page, "selector": selector})).await;
-        (r["text"].as_str().unwrap_or_default().trim().to_owned(), r["visible"] == true)
+        let r = self
+            .call(json!({"cmd": "text", "page": page, "selector": selector}))
+            .await;
+        (
+            r["text"].as_str().unwrap_or_default().trim().to_owned(),
+            r["visible"] == true,
+        )
     }
 
     /// Types into an input.
     pub async fn fill(&mut self, page: &str, selector: &str, value: &str) {
-        self.call(json!({"cmd": "fill", "page": page, "selector": selector, "value": value})).await;
+        self.call(json!({"cmd": "fill", "page": page, "selector": selector, "value": value}))
+            .await;
     }
 
     /// Clicks an element.
     pub async fn click(&mut self, page: &str, selector: &str) {
-        self.call(json!({"cmd": "click", "page": page, "selector": selector})).await;
+        self.call(json!({"cmd": "click", "page": page, "selector": selector}))
+            .await;
     }
 
     /// The picture a `<video>` shows now, at its intrinsic size.
     pub async fn snapshot(&mut self, page: &str, selector: &str) -> RgbImage {
-        let r = self.call(json!({"cmd": "snapshot", "page": page, "selector": selector})).await;
-        let b64 = r["png_base64"].as_str().unwrap_or_else(|| panic!("{selector} shows no picture: {r}"));
+        let r = self
+            .call(json!({"cmd": "snapshot", "page": page, "selector": selector}))
+            .await;
+        let b64 = r["png_base64"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{selector} shows no picture: {r}"));
         let png = base64_decode(b64);
         image::load_from_memory(&png).expect("a PNG").to_rgb8()
     }
@@ -229,7 +271,8 @@ impl Browser {
     /// Saves a full-page screenshot under the artefact dir; returns its path.
     pub async fn screenshot(&mut self, page: &str, name: &str) -> PathBuf {
         let path = artefact_dir().join(format!("{name}.png"));
-        self.call(json!({"cmd": "screenshot", "page": page, "path": path})).await;
+        self.call(json!({"cmd": "screenshot", "page": page, "path": path}))
+            .await;
         path
     }
 
@@ -264,10 +307,16 @@ fn base64_decode(text: &str) -> Vec<u8> {
             _ => panic!("not base64: {c}"),
         }
     };
-    let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=' && !c.is_ascii_whitespace()).collect();
+    let bytes: Vec<u8> = text
+        .bytes()
+        .filter(|&c| c != b'=' && !c.is_ascii_whitespace())
+        .collect();
     let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
     for chunk in bytes.chunks(4) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &c)| acc | (value(c) << (18 - 6 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &c)| acc | (value(c) << (18 - 6 * i)));
         out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
     }
     out
@@ -287,7 +336,10 @@ pub struct TestCard {
 impl TestCard {
     /// Draws the card at `width` x `height` (both even).
     pub fn new(width: u32, height: u32) -> Self {
-        assert!(width % 2 == 0 && height % 2 == 0, "I420 needs even sizes");
+        assert!(
+            width.is_multiple_of(2) && height.is_multiple_of(2),
+            "I420 needs even sizes"
+        );
         let source = RgbImage::from_fn(width, height, |x, y| image::Rgb(card_pixel(x, y, width, height)));
         let (w, h) = (width as usize, height as usize);
         let mut luma = vec![0u8; w * h];
@@ -321,7 +373,13 @@ impl TestCard {
         use std::io::Write;
         let file = std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         let mut out = std::io::BufWriter::new(file);
-        writeln!(out, "YUV4MPEG2 W{} H{} F{fps}:1 Ip A1:1 C420jpeg", self.rgb.width(), self.rgb.height()).expect("write clip");
+        writeln!(
+            out,
+            "YUV4MPEG2 W{} H{} F{fps}:1 Ip A1:1 C420jpeg",
+            self.rgb.width(),
+            self.rgb.height()
+        )
+        .expect("write clip");
         for _ in 0..frames {
             out.write_all(b"FRAME\n").expect("write clip");
             for plane in [&self.y, &self.u, &self.v] {
@@ -346,13 +404,30 @@ impl TestCard {
 /// PSNR (dB) between two same-sized RGB pictures; infinite when identical.
 pub fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
     assert_eq!(a.dimensions(), b.dimensions(), "PSNR needs same-sized pictures");
-    let sum: f64 = a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
+    let sum: f64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum();
     let mse = sum / a.as_raw().len() as f64;
-    if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0 * 255.0 / mse).log10() }
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0 * 255.0 / mse).log10()
+    }
 }
 
 fn card_pixel(x: u32, y: u32, w: u32, h: u32) -> [u8; 3] {
-    const BARS: [[u8; 3]; 7] = [[191, 191, 191], [191, 191, 0], [0, 191, 191], [0, 191, 0], [191, 0, 191], [191, 0, 0], [0, 0, 191]];
+    const BARS: [[u8; 3]; 7] = [
+        [191, 191, 191],
+        [191, 191, 0],
+        [0, 191, 191],
+        [0, 191, 0],
+        [191, 0, 191],
+        [191, 0, 0],
+        [0, 0, 191],
+    ];
     let (bars_end, ramp_end) = (h * 7 / 12, h * 3 / 4);
     if y < bars_end {
         return BARS[(x * 7 / w) as usize];
@@ -363,7 +438,11 @@ fn card_pixel(x: u32, y: u32, w: u32, h: u32) -> [u8; 3] {
     }
     if x < w / 2 {
         let cell = (h / 9).max(2);
-        return if ((x / cell) + (y / cell)) % 2 == 0 { [16, 16, 16] } else { [235, 235, 235] };
+        return if ((x / cell) + (y / cell)).is_multiple_of(2) {
+            [16, 16, 16]
+        } else {
+            [235, 235, 235]
+        };
     }
     let (cx, cy) = (f64::from(w) * 0.75, f64::from(ramp_end + h) / 2.0);
     let r = (f64::from(x) - cx).hypot(f64::from(y) - cy);
@@ -383,7 +462,11 @@ fn rgb_to_yuv([r, g, b]: [u8; 3]) -> [u8; 3] {
 
 /// BT.601 limited-range YUV -> RGB.
 fn yuv_to_rgb([y, u, v]: [u8; 3]) -> [u8; 3] {
-    let (y, u, v) = (1.164 * (f64::from(y) - 16.0), f64::from(u) - 128.0, f64::from(v) - 128.0);
+    let (y, u, v) = (
+        1.164 * (f64::from(y) - 16.0),
+        f64::from(u) - 128.0,
+        f64::from(v) - 128.0,
+    );
     [y + 1.596 * v, y - 0.813 * v - 0.391 * u, y + 2.018 * u].map(|c| c.round().clamp(0.0, 255.0) as u8)
 }
 

@@ -31,7 +31,10 @@ fn endpoint_bin() -> PathBuf {
 
 /// A free TCP port on loopback (bound and released; the tiny race is acceptable in tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// A running `sora-endpoint`.
@@ -70,7 +73,11 @@ impl Endpoint {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected endpoint banner: {line:?}"));
-        Self { child, _stdout: stdout, addr }
+        Self {
+            child,
+            _stdout: stdout,
+            addr,
+        }
     }
 
     /// `ws://addr/signaling`.
@@ -96,13 +103,23 @@ impl Endpoint {
     /// `GET /api/connections/{id}` with up to `frames` frame summaries.
     pub async fn connection(&self, id: &str, frames: usize) -> Value {
         let url = format!("http://{}/api/connections/{id}?frames={frames}", self.addr);
-        reqwest::get(&url).await.expect("endpoint reachable").json().await.expect("JSON")
+        reqwest::get(&url)
+            .await
+            .expect("endpoint reachable")
+            .json()
+            .await
+            .expect("JSON")
     }
 
     /// Every connection the endpoint knows.
     pub async fn connections(&self) -> Vec<Value> {
         let url = format!("http://{}/api/connections", self.addr);
-        reqwest::get(&url).await.expect("endpoint reachable").json().await.expect("JSON")
+        reqwest::get(&url)
+            .await
+            .expect("endpoint reachable")
+            .json()
+            .await
+            .expect("JSON")
     }
 
     /// The newest decoded frame of a connection, as RGB.
@@ -129,8 +146,16 @@ impl Endpoint {
     /// Sends a `re-offer` on a Sora connection.
     pub async fn re_offer(&self, id: &str) {
         let url = format!("http://{}/api/connections/{id}/re-offer", self.addr);
-        let response = reqwest::Client::new().post(&url).send().await.expect("endpoint reachable");
-        assert!(response.status().is_success(), "re-offer refused: {}", response.status());
+        let response = reqwest::Client::new()
+            .post(&url)
+            .send()
+            .await
+            .expect("endpoint reachable");
+        assert!(
+            response.status().is_success(),
+            "re-offer refused: {}",
+            response.status()
+        );
     }
 
     /// Kills the process at once (a crashed SFU).
@@ -195,13 +220,20 @@ impl Relay {
     pub async fn wait_until_listening(&mut self) {
         let deadline = Instant::now() + WAIT;
         loop {
-            if reqwest::get(self.url("/healthz")).await.is_ok_and(|r| r.status().is_success()) {
+            if reqwest::get(self.url("/healthz"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 return;
             }
             if let Some(status) = self.child.try_wait().expect("wait") {
                 panic!("relay exited with {status} before listening; log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "relay never answered /healthz; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "relay never answered /healthz; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -215,14 +247,23 @@ impl Relay {
     pub async fn wait_for_log(&self, needle: &str) {
         let deadline = Instant::now() + WAIT;
         while !self.log().contains(needle) {
-            assert!(Instant::now() < deadline, "relay never logged {needle:?}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "relay never logged {needle:?}; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// The relay's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.http)).await.expect("relay reachable").text().await.expect("text")
+        reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .expect("relay reachable")
+            .text()
+            .await
+            .expect("text")
     }
 
     /// The value of one metric sample line (exact name with labels), or 0.
@@ -240,18 +281,31 @@ impl Relay {
         loop {
             if let Ok(r) = reqwest::get(format!("http://{}/metrics", self.http)).await
                 && let Ok(text) = r.text().await
-                && text.lines().any(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()).is_some_and(|v| v >= min))
+                && text.lines().any(|l| {
+                    l.strip_prefix(series)
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .is_some_and(|v| v >= min)
+                })
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "{series} never reached {min}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{series} never reached {min}; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// The relay's `/status` JSON.
     pub async fn status(&self) -> Value {
-        reqwest::get(format!("http://{}/status", self.http)).await.expect("relay reachable").json().await.expect("JSON")
+        reqwest::get(format!("http://{}/status", self.http))
+            .await
+            .expect("relay reachable")
+            .json()
+            .await
+            .expect("JSON")
     }
 
     /// Waits until `/status` shows publisher `name` in `state`.
@@ -264,7 +318,11 @@ impl Relay {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "publisher {name} never reached {state}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "publisher {name} never reached {state}; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -279,7 +337,11 @@ impl Relay {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "relay did not exit after SIGTERM; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "relay did not exit after SIGTERM; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -44,7 +44,10 @@ pub fn python() -> PathBuf {
 /// Checks node, playwright-core, sora-js-sdk and Chromium; returns the JS driver's path.
 pub fn js_driver(script: &str) -> PathBuf {
     let js = repo_root().join("tests/js");
-    for dep in ["node_modules/playwright-core/package.json", "node_modules/sora-js-sdk/dist/sora.js"] {
+    for dep in [
+        "node_modules/playwright-core/package.json",
+        "node_modules/sora-js-sdk/dist/sora.js",
+    ] {
         if !js.join(dep).exists() {
             missing(&format!("tests/js/{dep}"));
         }
@@ -53,7 +56,10 @@ pub fn js_driver(script: &str) -> PathBuf {
     if !PathBuf::from(&chromium).exists() {
         missing(&format!("Chromium ({chromium})"));
     }
-    let node_ok = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    let node_ok = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !node_ok {
         missing("node");
     }
@@ -72,7 +78,8 @@ pub struct Endpoint {
 impl Endpoint {
     /// Starts the binary on a free port with extra arguments.
     pub async fn start(name: &str, extra: &[&str]) -> Self {
-        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sora-endpoint-{name}-{}.log", std::process::id()));
+        let log =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sora-endpoint-{name}-{}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).expect("create endpoint log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_sora-endpoint"))
             .args(["--listen", "127.0.0.1:0"])
@@ -113,7 +120,10 @@ impl Endpoint {
     pub async fn get(&self, path: &str) -> Value {
         let url = format!("{}{path}", self.http());
         let response = reqwest::get(&url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        response.json().await.unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+        response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
     }
 
     /// GET raw bytes with the status.
@@ -127,7 +137,12 @@ impl Endpoint {
     /// POST JSON; returns status and body.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let url = format!("{}{path}", self.http());
-        let response = reqwest::Client::new().post(&url).json(&body).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let response = reqwest::Client::new()
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -139,14 +154,21 @@ impl Endpoint {
         let response = reqwest::get(&url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        assert_eq!(status, 200, "condition {query:?} not met within {WAIT:?}: {body:#}\nendpoint log: {}", self.log.display());
+        assert_eq!(
+            status,
+            200,
+            "condition {query:?} not met within {WAIT:?}: {body:#}\nendpoint log: {}",
+            self.log.display()
+        );
         body
     }
 
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn terminate(mut self) -> ExitStatus {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
         }
         tokio::time::timeout(Duration::from_secs(15), self.child.wait())
             .await
@@ -178,22 +200,39 @@ impl Driver {
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
         let mut readers = Vec::new();
-        for stream in [child.stdout.take().map(Either::Out), child.stderr.take().map(Either::Err)].into_iter().flatten() {
+        for stream in [
+            child.stdout.take().map(Either::Out),
+            child.stderr.take().map(Either::Err),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let lines = lines.clone();
             readers.push(tokio::spawn(async move {
                 let mut reader = match stream {
-                    Either::Out(s) => Box::pin(BufReader::new(s)) as std::pin::Pin<Box<dyn tokio::io::AsyncBufRead + Send>>,
+                    Either::Out(s) => {
+                        Box::pin(BufReader::new(s)) as std::pin::Pin<Box<dyn tokio::io::AsyncBufRead + Send>>
+                    }
                     Either::Err(s) => Box::pin(BufReader::new(s)),
                 };
                 let mut line = String::new();
                 while reader.read_line(&mut line).await.is_ok_and(|n| n > 0) {
-                    lines.lock().unwrap_or_else(|p| p.into_inner()).push(line.trim_end().to_owned());
+                    lines
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(line.trim_end().to_owned());
                     line.clear();
                 }
             }));
         }
         let stdin = child.stdin.take();
-        Self { name: name.to_owned(), child, stdin, lines, readers }
+        Self {
+            name: name.to_owned(),
+            child,
+            stdin,
+            lines,
+            readers,
+        }
     }
 
     /// Everything the driver printed so far.
@@ -226,7 +265,11 @@ impl Driver {
         let summary = output
             .lines()
             .rev()
-            .find_map(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v.get("summary").cloned()))
+            .find_map(|l| {
+                serde_json::from_str::<Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("summary").cloned())
+            })
             .unwrap_or(Value::Null);
         (status, output, summary)
     }

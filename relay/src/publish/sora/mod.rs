@@ -140,11 +140,21 @@ impl SoraPublisher {
         for url in &config.signaling_urls {
             let parsed = url::Url::parse(url).map_err(|e| SoraError::Config(format!("signaling URL {url:?}: {e}")))?;
             if !matches!(parsed.scheme(), "ws" | "wss") {
-                return Err(SoraError::Config(format!("signaling URL {url:?} must be ws:// or wss://")));
+                return Err(SoraError::Config(format!(
+                    "signaling URL {url:?} must be ws:// or wss://"
+                )));
             }
         }
-        config.connect.validate().map_err(|e| SoraError::Config(e.to_string()))?;
-        Ok(Self { config, metrics, keyframes, shutdown })
+        config
+            .connect
+            .validate()
+            .map_err(|e| SoraError::Config(e.to_string()))?;
+        Ok(Self {
+            config,
+            metrics,
+            keyframes,
+            shutdown,
+        })
     }
 
     fn set_state(&self, state: PublisherState) {
@@ -173,7 +183,10 @@ impl SoraPublisher {
                     break;
                 }
                 Err(e) => {
-                    self.metrics.publisher_errors.with_label_values(&[PUBLISHER, e.kind()]).inc();
+                    self.metrics
+                        .publisher_errors
+                        .with_label_values(&[PUBLISHER, e.kind()])
+                        .inc();
                     let delay = backoff.next_delay(rand::random::<f64>());
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "Sora publisher failed; reconnecting");
                     self.set_state(PublisherState::Backoff);
@@ -220,7 +233,10 @@ impl SoraPublisher {
             r = race_urls(urls, self.config.url_timeout) => r?,
         };
         tracing::info!(%url, "signaling connected");
-        let ws_err = |e: tokio_tungstenite::tungstenite::Error| SoraError::WebSocket { url: url.clone(), detail: e.to_string() };
+        let ws_err = |e: tokio_tungstenite::tungstenite::Error| SoraError::WebSocket {
+            url: url.clone(),
+            detail: e.to_string(),
+        };
         let connect = signaling::connect_message(&self.config.connect, redirect);
         ws.send(Message::text(connect.to_string())).await.map_err(ws_err)?;
 
@@ -243,11 +259,15 @@ impl SoraPublisher {
                 Incoming::Message(ServerMessage::Offer(offer)) => break offer,
                 Incoming::Message(ServerMessage::Redirect { location }) => return Ok(SessionEnd::Redirect(location)),
                 Incoming::Message(ServerMessage::Ping { .. }) => {
-                    ws.send(Message::text(signaling::pong_message(None).to_string())).await.map_err(ws_err)?;
+                    ws.send(Message::text(signaling::pong_message(None).to_string()))
+                        .await
+                        .map_err(ws_err)?;
                 }
                 Incoming::Message(other) => tracing::debug!(?other, "signaling message before offer"),
                 Incoming::Closed(CloseKind::Normal { reason }) => return Ok(SessionEnd::ClosedNormally(reason)),
-                Incoming::Closed(CloseKind::Error { code, reason }) => return Err(SoraError::ClosedWithError { code, reason }),
+                Incoming::Closed(CloseKind::Error { code, reason }) => {
+                    return Err(SoraError::ClosedWithError { code, reason });
+                }
                 Incoming::Ignored => {}
             }
         };
@@ -261,7 +281,11 @@ impl SoraPublisher {
                 ice_servers: offer
                     .ice_servers
                     .iter()
-                    .map(|s| RTCIceServer { urls: s.urls.clone(), username: s.username.clone(), credential: s.credential.clone() })
+                    .map(|s| RTCIceServer {
+                        urls: s.urls.clone(),
+                        username: s.username.clone(),
+                        credential: s.credential.clone(),
+                    })
                     .collect(),
                 relay_only: offer.relay_only,
                 udp_addrs: self.config.udp_addrs.clone(),
@@ -274,7 +298,16 @@ impl SoraPublisher {
         )
         .await?;
         let result = self
-            .media_session(&url, &mut ws, &peer, &mut peer_rx, &offer, inputs, backoff, connect_deadline)
+            .media_session(
+                &url,
+                &mut ws,
+                &peer,
+                &mut peer_rx,
+                &offer,
+                inputs,
+                backoff,
+                connect_deadline,
+            )
             .await;
         peer.close().await;
         result
@@ -292,9 +325,14 @@ impl SoraPublisher {
         backoff: &mut Backoff,
         connect_deadline: tokio::time::Instant,
     ) -> Result<SessionEnd, SoraError> {
-        let ws_err = |e: tokio_tungstenite::tungstenite::Error| SoraError::WebSocket { url: url.to_owned(), detail: e.to_string() };
+        let ws_err = |e: tokio_tungstenite::tungstenite::Error| SoraError::WebSocket {
+            url: url.to_owned(),
+            detail: e.to_string(),
+        };
         let answer = peer.answer(offer.sdp.clone()).await?;
-        ws.send(Message::text(signaling::answer_message(&answer).to_string())).await.map_err(ws_err)?;
+        ws.send(Message::text(signaling::answer_message(&answer).to_string()))
+            .await
+            .map_err(ws_err)?;
 
         let mut media_up = false;
         let mut created = false;
@@ -390,10 +428,18 @@ impl SoraPublisher {
     ) -> Result<Incoming, SoraError> {
         match msg {
             None => Ok(Incoming::Closed(signaling::classify_close(None, ""))),
-            Some(Err(e)) => Err(SoraError::WebSocket { url: url.to_owned(), detail: e.to_string() }),
-            Some(Ok(Message::Text(text))) => signaling::parse_server_message(&text)
-                .map(Incoming::Message)
-                .map_err(|source| SoraError::Signaling { url: url.to_owned(), source }),
+            Some(Err(e)) => Err(SoraError::WebSocket {
+                url: url.to_owned(),
+                detail: e.to_string(),
+            }),
+            Some(Ok(Message::Text(text))) => {
+                signaling::parse_server_message(&text)
+                    .map(Incoming::Message)
+                    .map_err(|source| SoraError::Signaling {
+                        url: url.to_owned(),
+                        source,
+                    })
+            }
             Some(Ok(Message::Close(frame))) => {
                 let (code, reason) = frame.map_or((None, String::new()), |CloseFrame { code, reason }| {
                     (Some(u16::from(code)), reason.to_string())
@@ -401,7 +447,9 @@ impl SoraPublisher {
                 let kind = signaling::classify_close(code, &reason);
                 match &kind {
                     CloseKind::Normal { reason } => tracing::info!(%reason, "signaling closed normally by the server"),
-                    CloseKind::Error { code, reason } => tracing::warn!(code, %reason, "signaling closed with an error by the server"),
+                    CloseKind::Error { code, reason } => {
+                        tracing::warn!(code, %reason, "signaling closed with an error by the server")
+                    }
                 }
                 Ok(Incoming::Closed(kind))
             }
@@ -448,7 +496,10 @@ async fn race_urls(urls: &[String], per_url: Duration) -> Result<(String, Ws), S
 
 /// Sends `disconnect` and waits (bounded) for the server to close, as the SDKs do.
 async fn say_goodbye(ws: &mut Ws, wait: Duration) {
-    if let Err(e) = ws.send(Message::text(signaling::disconnect_message().to_string())).await {
+    if let Err(e) = ws
+        .send(Message::text(signaling::disconnect_message().to_string()))
+        .await
+    {
         tracing::debug!(error = %e, "sending disconnect failed");
         return;
     }
@@ -468,7 +519,10 @@ async fn say_goodbye(ws: &mut Ws, wait: Duration) {
 }
 
 fn outbound_stats(ssrc: u32, frames_sent: u64, bytes_sent: u64) -> Value {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0);
     json!([{
         "type": "outbound-rtp",
         "id": format!("RTCOutboundRTPVideoStream_{ssrc}"),

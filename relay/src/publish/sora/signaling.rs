@@ -43,7 +43,11 @@ pub enum SignalingError {
     NoType { excerpt: String },
     /// A known message lacked a field it must have.
     #[error("server {message} lacks a valid {field}: {detail}")]
-    MissingField { message: &'static str, field: &'static str, detail: String },
+    MissingField {
+        message: &'static str,
+        field: &'static str,
+        detail: String,
+    },
 }
 
 impl ConnectOptions {
@@ -154,7 +158,10 @@ pub enum ServerMessage {
     /// Keep-alive; answer with `pong` (with stats when asked).
     Ping { stats: bool },
     /// An event; `connection.created` with our own id means we are live.
-    Notify { event_type: String, connection_id: Option<String> },
+    Notify {
+        event_type: String,
+        connection_id: Option<String>,
+    },
     /// Application data; informational.
     Push { data: Value },
     /// Reconnect at `location`.
@@ -168,17 +175,25 @@ fn excerpt(text: &str) -> String {
 }
 
 fn str_field(v: &Value, message: &'static str, field: &'static str) -> Result<String, SignalingError> {
-    v.get(field).and_then(Value::as_str).map(str::to_owned).ok_or_else(|| SignalingError::MissingField {
-        message,
-        field,
-        detail: format!("got {}", v.get(field).map_or("nothing".to_owned(), |f| excerpt(&f.to_string()))),
-    })
+    v.get(field)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| SignalingError::MissingField {
+            message,
+            field,
+            detail: format!(
+                "got {}",
+                v.get(field).map_or("nothing".to_owned(), |f| excerpt(&f.to_string()))
+            ),
+        })
 }
 
 /// Parses one server text frame.
 pub fn parse_server_message(text: &str) -> Result<ServerMessage, SignalingError> {
-    let v: Value = serde_json::from_str(text)
-        .map_err(|e| SignalingError::NotJson { detail: e.to_string(), excerpt: excerpt(text) })?;
+    let v: Value = serde_json::from_str(text).map_err(|e| SignalingError::NotJson {
+        detail: e.to_string(),
+        excerpt: excerpt(text),
+    })?;
     let Some(message_type) = v.get("type").and_then(Value::as_str) else {
         return Err(SignalingError::NoType { excerpt: excerpt(text) });
     };
@@ -200,15 +215,29 @@ pub fn parse_server_message(text: &str) -> Result<ServerMessage, SignalingError>
                 relay_only: config.get("iceTransportPolicy").and_then(Value::as_str) == Some("relay"),
             })
         }
-        "re-offer" => ServerMessage::ReOffer { sdp: str_field(&v, "re-offer", "sdp")? },
-        "ping" => ServerMessage::Ping { stats: v.get("stats").and_then(Value::as_bool).unwrap_or(false) },
+        "re-offer" => ServerMessage::ReOffer {
+            sdp: str_field(&v, "re-offer", "sdp")?,
+        },
+        "ping" => ServerMessage::Ping {
+            stats: v.get("stats").and_then(Value::as_bool).unwrap_or(false),
+        },
         "notify" => ServerMessage::Notify {
-            event_type: v.get("event_type").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            event_type: v
+                .get("event_type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
             connection_id: v.get("connection_id").and_then(Value::as_str).map(str::to_owned),
         },
-        "push" => ServerMessage::Push { data: v.get("data").cloned().unwrap_or(Value::Null) },
-        "redirect" => ServerMessage::Redirect { location: str_field(&v, "redirect", "location")? },
-        other => ServerMessage::Unknown { message_type: other.to_owned() },
+        "push" => ServerMessage::Push {
+            data: v.get("data").cloned().unwrap_or(Value::Null),
+        },
+        "redirect" => ServerMessage::Redirect {
+            location: str_field(&v, "redirect", "location")?,
+        },
+        other => ServerMessage::Unknown {
+            message_type: other.to_owned(),
+        },
     })
 }
 
@@ -253,9 +282,17 @@ pub enum CloseKind {
 /// Classifies a close frame (`None`: the connection dropped without one).
 pub fn classify_close(code: Option<u16>, reason: &str) -> CloseKind {
     match code {
-        Some(1000) => CloseKind::Normal { reason: reason.to_owned() },
-        Some(code) => CloseKind::Error { code, reason: reason.to_owned() },
-        None => CloseKind::Error { code: 1006, reason: "connection closed without a close frame".to_owned() },
+        Some(1000) => CloseKind::Normal {
+            reason: reason.to_owned(),
+        },
+        Some(code) => CloseKind::Error {
+            code,
+            reason: reason.to_owned(),
+        },
+        None => CloseKind::Error {
+            code: 1006,
+            reason: "connection closed without a close frame".to_owned(),
+        },
     }
 }
 
@@ -301,63 +338,118 @@ mod tests {
     fn ids_longer_than_255_bytes_are_rejected() {
         let mut o = options();
         o.channel_id = "x".repeat(256);
-        assert_eq!(o.validate(), Err(SignalingError::BadId { field: "channel_id", len: 256 }));
+        assert_eq!(
+            o.validate(),
+            Err(SignalingError::BadId {
+                field: "channel_id",
+                len: 256
+            })
+        );
         o.channel_id = String::new();
-        assert_eq!(o.validate(), Err(SignalingError::BadId { field: "channel_id", len: 0 }));
+        assert_eq!(
+            o.validate(),
+            Err(SignalingError::BadId {
+                field: "channel_id",
+                len: 0
+            })
+        );
     }
 
     #[test]
     fn offer_with_turn_servers_and_relay_policy_parses() {
         let text = r#"{"type":"offer","sdp":"v=0","connection_id":"C1","config":{"iceServers":[{"urls":["turn:t.example:3478?transport=udp"],"username":"u","credential":"p"}],"iceTransportPolicy":"relay"}}"#;
-        let ServerMessage::Offer(offer) = parse_server_message(text).unwrap() else { panic!("not an offer") };
+        let ServerMessage::Offer(offer) = parse_server_message(text).unwrap() else {
+            panic!("not an offer")
+        };
         assert_eq!(offer.connection_id, "C1");
         assert!(offer.relay_only);
         assert_eq!(
             offer.ice_servers,
-            vec![IceServer { urls: vec!["turn:t.example:3478?transport=udp".into()], username: "u".into(), credential: "p".into() }]
+            vec![IceServer {
+                urls: vec!["turn:t.example:3478?transport=udp".into()],
+                username: "u".into(),
+                credential: "p".into()
+            }]
         );
     }
 
     #[test]
     fn offer_without_connection_id_is_an_error_naming_the_field() {
         let err = parse_server_message(r#"{"type":"offer","sdp":"v=0"}"#).unwrap_err();
-        assert!(matches!(err, SignalingError::MissingField { field: "connection_id", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                SignalingError::MissingField {
+                    field: "connection_id",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_types_are_reported_not_rejected() {
         assert_eq!(
             parse_server_message(r#"{"type":"switched"}"#).unwrap(),
-            ServerMessage::Unknown { message_type: "switched".into() }
+            ServerMessage::Unknown {
+                message_type: "switched".into()
+            }
         );
     }
 
     #[test]
     fn non_json_and_typeless_messages_are_errors() {
-        assert!(matches!(parse_server_message("{not json"), Err(SignalingError::NotJson { .. })));
-        assert!(matches!(parse_server_message(r#"{"sdp":"x"}"#), Err(SignalingError::NoType { .. })));
+        assert!(matches!(
+            parse_server_message("{not json"),
+            Err(SignalingError::NotJson { .. })
+        ));
+        assert!(matches!(
+            parse_server_message(r#"{"sdp":"x"}"#),
+            Err(SignalingError::NoType { .. })
+        ));
     }
 
     #[test]
     fn ping_notify_push_redirect_parse() {
-        assert_eq!(parse_server_message(r#"{"type":"ping","stats":true}"#).unwrap(), ServerMessage::Ping { stats: true });
-        assert_eq!(parse_server_message(r#"{"type":"ping"}"#).unwrap(), ServerMessage::Ping { stats: false });
         assert_eq!(
-            parse_server_message(r#"{"type":"notify","event_type":"connection.created","connection_id":"C1"}"#).unwrap(),
-            ServerMessage::Notify { event_type: "connection.created".into(), connection_id: Some("C1".into()) }
+            parse_server_message(r#"{"type":"ping","stats":true}"#).unwrap(),
+            ServerMessage::Ping { stats: true }
+        );
+        assert_eq!(
+            parse_server_message(r#"{"type":"ping"}"#).unwrap(),
+            ServerMessage::Ping { stats: false }
+        );
+        assert_eq!(
+            parse_server_message(r#"{"type":"notify","event_type":"connection.created","connection_id":"C1"}"#)
+                .unwrap(),
+            ServerMessage::Notify {
+                event_type: "connection.created".into(),
+                connection_id: Some("C1".into())
+            }
         );
         assert_eq!(
             parse_server_message(r#"{"type":"redirect","location":"wss://b/signaling"}"#).unwrap(),
-            ServerMessage::Redirect { location: "wss://b/signaling".into() }
+            ServerMessage::Redirect {
+                location: "wss://b/signaling".into()
+            }
         );
     }
 
     #[test]
     fn close_1000_is_normal_and_anything_else_an_error() {
-        assert_eq!(classify_close(Some(1000), "TYPE-DISCONNECT"), CloseKind::Normal { reason: "TYPE-DISCONNECT".into() });
+        assert_eq!(
+            classify_close(Some(1000), "TYPE-DISCONNECT"),
+            CloseKind::Normal {
+                reason: "TYPE-DISCONNECT".into()
+            }
+        );
         assert_eq!(
             classify_close(Some(4490), "AUTH-WEBHOOK-ERROR"),
-            CloseKind::Error { code: 4490, reason: "AUTH-WEBHOOK-ERROR".into() }
+            CloseKind::Error {
+                code: 4490,
+                reason: "AUTH-WEBHOOK-ERROR".into()
+            }
         );
         assert!(matches!(classify_close(None, ""), CloseKind::Error { code: 1006, .. }));
     }

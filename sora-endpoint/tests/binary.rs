@@ -1,0 +1,44 @@
+//! The `sora-endpoint` binary itself: startup line, SIGTERM closing sessions, exit status.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Endpoint;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn sigterm_closes_sessions_with_1001_and_exits_zero() {
+    let endpoint = Endpoint::start("sigterm", &["--ping-interval-secs", "0"]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(endpoint.ws_url())
+        .await
+        .expect("ws connect");
+    let connect = json!({"type": "connect", "role": "sendonly", "channel_id": "sigterm", "audio": false});
+    ws.send(Message::text(connect.to_string())).await.expect("send");
+    let offer = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("timely offer")
+        .expect("open")
+        .expect("ok");
+    assert!(offer.to_text().expect("text").contains("\"offer\""), "{offer:?}");
+    let live = endpoint.get("/api/connections?channel_id=sigterm").await;
+    assert_eq!(live[0]["state"], "connecting");
+
+    let closing = tokio::spawn(async move {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    });
+    let status = endpoint.terminate().await;
+    assert!(status.success(), "exit status {status}");
+    let frame = closing.await.expect("join");
+    assert_eq!(frame, Some((1001, "SERVER-SHUTDOWN".to_owned())));
+}

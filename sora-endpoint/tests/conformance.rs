@@ -1,0 +1,342 @@
+//! Conformance of the endpoint against the OFFICIAL Sora clients: the Python SDK (PyPI
+//! `sora-sdk`) and the JavaScript SDK (npm `sora-js-sdk`) in headless Chromium. Each test starts
+//! the `sora-endpoint` binary, runs a client as a subprocess, and checks through the HTTP API.
+//!
+//! Missing prerequisites fail the test with a message to run `make setup`.
+
+mod common;
+
+use common::{Driver, Endpoint, js_driver, python, repo_root};
+use serde_json::Value;
+
+/// Media tests run one at a time: they share two CPU cores with Chromium and the encoders.
+static MEDIA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Background colour the Python driver publishes (RGB).
+const PY_COLOR: [i64; 3] = [200, 60, 30];
+
+fn python_publish(name: &str, urls: &[String], channel: &str, extra: &[&str]) -> Driver {
+    let script = repo_root().join("tests/conformance/python_sdk_publish.py");
+    let mut args = vec![script.display().to_string()];
+    for url in urls {
+        args.extend(["--signaling-url".into(), url.clone()]);
+    }
+    args.extend(["--channel-id".into(), channel.into()]);
+    args.extend(["--width", "640", "--height", "480", "--seconds", "20"].map(String::from));
+    args.extend(["--color".into(), PY_COLOR.map(|c| c.to_string()).join(",")]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Driver::spawn(name, python(), &args)
+}
+
+fn js_publish(urls: &[String], channel: &str, extra: &[&str]) -> Driver {
+    let script = js_driver("sora_js_publish.mjs");
+    let mut args = vec![script.display().to_string()];
+    for url in urls {
+        args.extend(["--signaling-url".into(), url.clone()]);
+    }
+    args.extend(["--channel-id".into(), channel.into(), "--seconds".into(), "20".into()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Driver::spawn("sora-js-sdk", "node", &args)
+}
+
+fn close_of(connection: &Value) -> (Option<u64>, &str, &str) {
+    let close = &connection["close"];
+    (
+        close["code"].as_u64(),
+        close["reason"].as_str().unwrap_or(""),
+        close["by"].as_str().unwrap_or(""),
+    )
+}
+
+/// Asserts what every clean sendonly publish must show on the endpoint.
+fn assert_clean_publish(c: &Value, codec: &str, min_frames: u64, output: &str) {
+    let v = &c["video"];
+    println!(
+        "{}: {} {}x{}, {} frames decoded ({} keyframes, {} PLIs, {} lost packets), {} audio packets",
+        c["channel_id"],
+        v["codec"],
+        v["width"],
+        v["height"],
+        v["frames_decoded"],
+        v["keyframes_decoded"],
+        v["plis_sent"],
+        v["lost_packets"],
+        c["audio"]["packets"]
+    );
+    assert_eq!(c["state"], "closed", "{output}");
+    assert_eq!(
+        close_of(c),
+        (Some(1000), "TYPE-DISCONNECT", "client"),
+        "close: {:#}\n{output}",
+        c["close"]
+    );
+    assert_eq!(c["signaling"]["connect"]["role"], "sendonly");
+    assert_eq!(c["signaling"]["connection_created_sent"], true);
+    assert_eq!(v["codec"], codec);
+    assert!(v["frames_decoded"].as_u64().unwrap_or(0) >= min_frames, "frames: {v:#}");
+    assert_eq!(v["decode_errors"], 0, "{v:#}");
+    let frames = c["frames"].as_array().expect("frame ring");
+    assert!(frames.len() as u64 >= min_frames);
+    let seqs: Vec<u64> = frames.iter().filter_map(|f| f["seq"].as_u64()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "frame seqs not consecutive: {seqs:?}"
+    );
+    let arrivals: Vec<f64> = frames.iter().filter_map(|f| f["arrival_ms"].as_f64()).collect();
+    assert!(arrivals.windows(2).all(|w| w[1] >= w[0]), "arrivals not monotonic");
+    assert_eq!(frames[0]["keyframe"], true, "first decoded frame must be a keyframe");
+}
+
+fn assert_color_near(rgb: &Value, want: [i64; 3]) {
+    let got: Vec<i64> = rgb
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default();
+    assert_eq!(got.len(), 3, "{rgb}");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= 12, "patch colour {got:?} is not near {want:?}");
+    }
+}
+
+/// Python SDK, VP8, one signaling URL: connect, publish 640x480, disconnect.
+#[tokio::test]
+async fn python_sdk_publishes_vp8_and_disconnects_cleanly() {
+    let _media = MEDIA.lock().await;
+    let endpoint = Endpoint::start("py-vp8", &["--ping-interval-secs", "1"]).await;
+    let mut driver = python_publish("sora-sdk (python)", &[endpoint.ws_url()], "py-vp8", &[]);
+    let live = endpoint
+        .wait("channel_id=py-vp8&state=connected&min_frames=45&min_pongs=1")
+        .await;
+    let id = live["connection_id"].as_str().expect("connection id").to_owned();
+    assert!(
+        live["video"]["fps"].as_f64().unwrap_or(0.0) >= 10.0,
+        "fps: {:#}",
+        live["video"]
+    );
+
+    // The newest frame as PNG: the published size and colour.
+    let (status, png) = endpoint.get_bytes(&format!("/api/connections/{id}/frame.png")).await;
+    assert_eq!(status, 200);
+    let image = image::load_from_memory_with_format(&png, image::ImageFormat::Png)
+        .expect("PNG")
+        .to_rgb8();
+    assert_eq!(image.dimensions(), (640, 480));
+    let pixel = image.get_pixel(16, 16).0.map(i64::from);
+    assert_color_near(&serde_json::json!(pixel), PY_COLOR);
+
+    driver.stop().await;
+    let (status, output, summary) = driver.finish().await;
+    assert!(status.success(), "python driver failed ({status}):\n{output}");
+    assert_eq!(summary["connected"], true, "{output}");
+    assert_eq!(summary["offer_connection_id"], id.as_str(), "offer connection_id");
+    assert_eq!(
+        summary["notify_connection_id"],
+        id.as_str(),
+        "connection.created connection_id"
+    );
+    assert_eq!(
+        summary["ws_close"],
+        serde_json::json!([1000, "TYPE-DISCONNECT"]),
+        "{output}"
+    );
+
+    let c = endpoint
+        .wait(&format!("connection_id={id}&state=closed&frames=600"))
+        .await;
+    assert_clean_publish(&c, "vp8", 45, &output);
+    let connect = &c["signaling"]["connect"];
+    assert_eq!(connect["video"]["codec_type"], "VP8");
+    assert_eq!(connect["audio"], false);
+    assert!(
+        connect["sora_client"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Sora Python SDK"),
+        "{connect:#}"
+    );
+    let v = &c["video"];
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(640), Some(480)),
+        "{v:#}"
+    );
+    assert_color_near(&v["last_frame"]["patch_rgb"], PY_COLOR);
+    let frames = c["frames"].as_array().expect("frames");
+    assert!(
+        frames.iter().all(|f| f["width"] == 640 && f["height"] == 480),
+        "a frame not at 640x480"
+    );
+    let hashes: std::collections::HashSet<&str> = frames.iter().filter_map(|f| f["center_hash"].as_str()).collect();
+    assert!(
+        hashes.len() > 5,
+        "centre content should move (bar): {} distinct hashes",
+        hashes.len()
+    );
+    let s = &c["signaling"];
+    assert!(s["candidates_plain"].as_u64().unwrap_or(0) >= 1, "{s:#}");
+    assert_eq!(s["candidates_browser"], 0);
+    assert!(s["pongs"].as_u64().unwrap_or(0) >= 1, "{s:#}");
+    assert_eq!(s["pongs_with_stats"], 0);
+}
+
+/// Python SDK given a dead signaling URL first and a live one second: it connects to the live one.
+#[tokio::test]
+async fn python_sdk_skips_a_dead_signaling_url() {
+    let _media = MEDIA.lock().await;
+    let endpoint = Endpoint::start("py-multi", &[]).await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    }; // closed again here: nothing listens on that port
+    let urls = [format!("ws://127.0.0.1:{dead}/signaling"), endpoint.ws_url()];
+    let mut driver = python_publish("sora-sdk (python)", &urls, "py-multi", &[]);
+    let live = endpoint.wait("channel_id=py-multi&state=connected&min_frames=20").await;
+    driver.stop().await;
+    let (status, output, summary) = driver.finish().await;
+    assert!(status.success(), "python driver failed ({status}):\n{output}");
+    assert_eq!(summary["connected"], true);
+    let id = live["connection_id"].as_str().expect("id");
+    let c = endpoint
+        .wait(&format!("connection_id={id}&state=closed&frames=600"))
+        .await;
+    assert_clean_publish(&c, "vp8", 20, &output);
+    let all = endpoint.get("/api/connections?channel_id=py-multi").await;
+    assert_eq!(all.as_array().map(Vec::len), Some(1), "exactly one connection: {all:#}");
+}
+
+/// Python SDK against an endpoint in redirect mode: it follows `redirect` to the target.
+#[tokio::test]
+async fn python_sdk_follows_a_redirect() {
+    let _media = MEDIA.lock().await;
+    let target = Endpoint::start("py-redirect-target", &[]).await;
+    let front = Endpoint::start("py-redirect-front", &["--redirect-to", &target.ws_url()]).await;
+    let mut driver = python_publish("sora-sdk (python)", &[front.ws_url()], "py-redirect", &[]);
+    let live = target
+        .wait("channel_id=py-redirect&state=connected&min_frames=20")
+        .await;
+    assert_eq!(
+        live["signaling"]["connect"]["redirect"], true,
+        "re-connect must carry redirect:true"
+    );
+    driver.stop().await;
+    let (status, output, summary) = driver.finish().await;
+    assert!(status.success(), "python driver failed ({status}):\n{output}");
+    assert_eq!(summary["connected"], true);
+    let id = live["connection_id"].as_str().expect("id");
+    let c = target
+        .wait(&format!("connection_id={id}&state=closed&frames=600"))
+        .await;
+    assert_clean_publish(&c, "vp8", 20, &output);
+
+    let redirected = front.wait("channel_id=py-redirect&state=closed").await;
+    assert_eq!(redirected["signaling"]["redirected_to"], target.ws_url().as_str());
+    assert_eq!(close_of(&redirected).1, "REDIRECT");
+    assert_eq!(
+        redirected["video"]["packets"], 0,
+        "nothing may be published to the front"
+    );
+}
+
+/// Python SDK with H.264 (OpenH264 from Debian's libopenh264-7). Ignored: with sora-sdk
+/// 2025.4.0 and libopenh264 2.3.1 the SDK either crashes (SIGSEGV) or encodes frames but sends
+/// no packets. Run with `--ignored` to re-check after changing either.
+#[tokio::test]
+#[ignore = "sora-sdk 2025.4.0 + Debian libopenh264 2.3.1: SIGSEGV or no packets sent"]
+async fn python_sdk_publishes_h264() {
+    let _media = MEDIA.lock().await;
+    let endpoint = Endpoint::start("py-h264", &[]).await;
+    let mut driver = python_publish(
+        "sora-sdk (python)",
+        &[endpoint.ws_url()],
+        "py-h264",
+        &["--codec", "H264"],
+    );
+    let live = endpoint.wait("channel_id=py-h264&state=connected&min_frames=30").await;
+    driver.stop().await;
+    let (status, output, _) = driver.finish().await;
+    assert!(status.success(), "python driver failed ({status}):\n{output}");
+    let id = live["connection_id"].as_str().expect("id");
+    let c = endpoint
+        .wait(&format!("connection_id={id}&state=closed&frames=600"))
+        .await;
+    assert_clean_publish(&c, "h264", 30, &output);
+}
+
+/// sora-js-sdk in headless Chromium, VP8 + Opus: browser-format candidates, audio, a re-offer
+/// mid-stream, clean disconnect.
+#[tokio::test]
+async fn js_sdk_publishes_vp8_with_audio_and_renegotiates() {
+    let _media = MEDIA.lock().await;
+    let endpoint = Endpoint::start("js-vp8", &["--ping-interval-secs", "1", "--ping-stats"]).await;
+    let mut driver = js_publish(&[endpoint.ws_url()], "js-vp8", &["--codec", "VP8"]);
+    let live = endpoint
+        .wait("channel_id=js-vp8&state=connected&min_frames=20&min_audio_packets=20")
+        .await;
+    let id = live["connection_id"].as_str().expect("id").to_owned();
+    let before = live["video"]["frames_decoded"].as_u64().unwrap_or(0);
+
+    let (status, body) = endpoint
+        .post(&format!("/api/connections/{id}/re-offer"), Value::Null)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let renegotiated = endpoint.wait(&format!("connection_id={id}&min_re_answers=1")).await;
+    assert_eq!(renegotiated["signaling"]["re_offers_sent"], 1);
+    // Media keeps flowing after the renegotiation.
+    endpoint
+        .wait(&format!("connection_id={id}&min_frames={}&min_pongs=1", before + 20))
+        .await;
+
+    driver.stop().await;
+    let (status, output, summary) = driver.finish().await;
+    assert!(status.success(), "JS driver failed ({status}):\n{output}");
+    assert_eq!(summary["connected"], true, "{output}");
+    assert_eq!(summary["connection_id"], id.as_str());
+    assert_eq!(summary["disconnect"]["reason"], "TYPE-DISCONNECT", "{output}");
+
+    let c = endpoint
+        .wait(&format!("connection_id={id}&state=closed&frames=600"))
+        .await;
+    assert_clean_publish(&c, "vp8", 40, &output);
+    let s = &c["signaling"];
+    assert!(
+        s["candidates_browser"].as_u64().unwrap_or(0) >= 1,
+        "JS-format candidates: {s:#}"
+    );
+    assert_eq!(s["candidate_errors"], 0, "{s:#}");
+    assert!(
+        s["pongs_with_stats"].as_u64().unwrap_or(0) >= 1,
+        "pong with stats: {s:#}"
+    );
+    assert!(
+        s["connect"]["sora_client"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Sora JavaScript SDK")
+    );
+    assert!(c["audio"]["packets"].as_u64().unwrap_or(0) >= 20, "{:#}", c["audio"]);
+    assert!(c["video"]["width"].as_u64().unwrap_or(0) > 0);
+}
+
+/// sora-js-sdk in headless Chromium with H.264 (Chromium's OpenH264 encoder).
+#[tokio::test]
+async fn js_sdk_publishes_h264() {
+    let _media = MEDIA.lock().await;
+    let endpoint = Endpoint::start("js-h264", &[]).await;
+    let mut driver = js_publish(&[endpoint.ws_url()], "js-h264", &["--codec", "H264", "--no-audio"]);
+    let live = endpoint.wait("channel_id=js-h264&state=connected&min_frames=30").await;
+    driver.stop().await;
+    let (status, output, summary) = driver.finish().await;
+    assert!(status.success(), "JS driver failed ({status}):\n{output}");
+    assert_eq!(summary["connected"], true);
+    let id = live["connection_id"].as_str().expect("id");
+    let c = endpoint
+        .wait(&format!("connection_id={id}&state=closed&frames=600"))
+        .await;
+    assert_clean_publish(&c, "h264", 30, &output);
+    assert!(
+        c["signaling"]["local_sdp"]
+            .as_str()
+            .unwrap_or("")
+            .contains("profile-level-id=42e01f")
+    );
+}
