@@ -545,6 +545,28 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn the_answer_advertises_the_configured_public_ip() {
+            let (app, shutdown) = serve_app_advertising(None, vec!["203.0.113.7".into()]);
+
+            let (status, answer) = post(
+                &app,
+                json!({"sdp": real_offer().await, "type": "offer"}).to_string(),
+                None,
+            )
+            .await;
+            shutdown.cancel();
+
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            let sdp = answer["sdp"].as_str().unwrap();
+            let candidates: Vec<&str> = sdp.lines().filter(|l| l.starts_with("a=candidate:")).collect();
+            assert!(!candidates.is_empty());
+            assert!(
+                candidates.iter().all(|c| c.contains(" 203.0.113.7 ")),
+                "{candidates:#?}"
+            );
+        }
+
+        #[tokio::test]
         async fn the_token_is_required_when_configured() {
             let (app, _shutdown) = serve_app(Some("s3cret"));
             let body = json!({"sdp": "v=0", "type": "offer"}).to_string();

@@ -9,6 +9,8 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
 use support::browser::{Browser, Camera, Clip, artefact_dir, serial};
 use support::{Endpoint, Relay};
@@ -25,7 +27,7 @@ fn u64_of(v: &Value) -> u64 {
 }
 
 /// The endpoint's newest picture of connection `id` must be the card (saved for inspection).
-async fn assert_endpoint_shows_the_card(endpoint: &Endpoint, id: &str, clip: &Clip, name: &str) -> (u32, u32) {
+async fn assert_endpoint_shows_the_card(endpoint: &Endpoint, id: &str, clip: &Clip, name: &str) {
     let picture = endpoint.frame_png(id).await;
     let path = artefact_dir().join(format!("{name}.png"));
     picture.save(&path).expect("save picture");
@@ -37,24 +39,23 @@ async fn assert_endpoint_shows_the_card(endpoint: &Endpoint, id: &str, clip: &Cl
         "the endpoint's {w}x{h} picture is not the test card: PSNR {psnr:.1} dB ({})",
         path.display()
     );
-    (w, h)
 }
 
 /// Waits until the endpoint decodes frames of `width` x `height` on connection `id`, then
-/// until `more` further frames arrive; returns the frame count then.
-async fn wait_for_endpoint_size(endpoint: &Endpoint, id: &str, width: u32, height: u32, more: u64) -> u64 {
-    let deadline = std::time::Instant::now() + support::WAIT;
+/// until `more` further frames of that size arrive.
+async fn wait_for_endpoint_size(endpoint: &Endpoint, id: &str, width: u32, height: u32, more: u64) {
+    let deadline = Instant::now() + support::WAIT;
     let decoded = loop {
         let detail = endpoint.connection(id, 0).await;
         if detail["video"]["width"] == width && detail["video"]["height"] == height {
             break u64_of(&detail["video"]["frames_decoded"]);
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "the endpoint never decoded {width}x{height}: {:#}",
             detail["video"]
         );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let conn = endpoint
         .wait_for(&format!("connection_id={id}&min_frames={}", decoded + more))
@@ -63,28 +64,27 @@ async fn wait_for_endpoint_size(endpoint: &Endpoint, id: &str, width: u32, heigh
         (conn["video"]["width"].as_u64(), conn["video"]["height"].as_u64()),
         (Some(width.into()), Some(height.into()))
     );
-    u64_of(&conn["video"]["frames_decoded"])
 }
 
 /// Waits until the relay's `/status` reports `width` x `height` as its input size.
 async fn wait_for_input_size(relay: &Relay, width: u32, height: u32) {
-    let deadline = std::time::Instant::now() + support::WAIT;
+    let deadline = Instant::now() + support::WAIT;
     loop {
         let status = relay.status().await;
         if status["input"]["width"] == width && status["input"]["height"] == height {
             return;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "/status never showed input {width}x{height}: {status:#}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Waits until `/status` counts at least `min` received frames.
 async fn wait_for_frames_received(relay: &Relay, min: u64) -> u64 {
-    let deadline = std::time::Instant::now() + support::WAIT;
+    let deadline = Instant::now() + support::WAIT;
     loop {
         let status = relay.status().await;
         let received = u64_of(&status["frames"]["received"]);
@@ -92,11 +92,11 @@ async fn wait_for_frames_received(relay: &Relay, min: u64) -> u64 {
             return received;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "/status never counted {min} received frames: {status:#}\n{}",
             relay.log()
         );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -153,6 +153,36 @@ async fn relay_serves_the_sender_page_the_viewer_page_and_its_info() {
 }
 
 #[tokio::test]
+async fn the_sender_page_links_the_hls_url_and_hides_the_preview_link_as_api_info_says() {
+    let _serial = serial().await;
+    let hls = "https://live.example/hls/room.m3u8";
+    let endpoint = Endpoint::start(&[]);
+    let relay = Relay::serve(&[
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        "links",
+        "--hls-url",
+        hls,
+        "--no-preview",
+    ])
+    .await;
+    let mut browser = Browser::launch(Camera::Fake).await;
+
+    browser.open("streamer", &relay.url("/")).await;
+
+    let (_, hls_visible) = browser.text("streamer", "#hls-link").await;
+    let (_, preview_visible) = browser.text("streamer", "#preview-link").await;
+    assert!(hls_visible, "the HLS link is hidden");
+    assert_eq!(
+        browser.attr("streamer", "#hls-link", "href").await.as_deref(),
+        Some(hls)
+    );
+    assert!(!preview_visible, "the preview link shows although the preview is off");
+    browser.quit().await;
+}
+
+#[tokio::test]
 async fn browser_clip_reaches_the_sora_endpoint_through_the_relay_with_its_pixels_and_audio() {
     let _serial = serial().await;
     let endpoint = Endpoint::start(&[]);
@@ -187,6 +217,9 @@ async fn browser_clip_reaches_the_sora_endpoint_through_the_relay_with_its_pixel
         "the browser's Opus was not forwarded: {:#}",
         detail["audio"]
     );
+    let status = relay.status().await;
+    assert_eq!(status["session"]["codec"], "vp8", "{status:#}");
+    assert!(u64_of(&status["publishers"]["sora"]["frames_sent"]) >= 40, "{status:#}");
     let sender = browser
         .wait_state("streamer", "answered two DataChannel pings", |s| {
             u64_of(&s["pongs"]) >= 2
@@ -230,25 +263,24 @@ async fn preview_viewer_plays_the_live_stream_of_the_default_fake_camera() {
         "no audio reached the viewer: {later:#}"
     );
     let first = browser.snapshot("viewer", "#remote").await;
-    let deadline = std::time::Instant::now() + support::WAIT;
+    let deadline = Instant::now() + support::WAIT;
     loop {
         let now = browser.snapshot("viewer", "#remote").await;
         if now.dimensions() != first.dimensions() || support::browser::psnr(&first, &now) < 40.0 {
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "the viewer's picture never changed (the fake camera moves)"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (status_text, _) = browser.text("viewer", "#status").await;
     assert_eq!(status_text, "Playing");
-    assert!(
-        relay.status().await["publishers"]["preview"].is_object(),
-        "{:#}",
-        relay.status().await
-    );
+    let status = relay.status().await;
+    let preview = &status["publishers"]["preview"];
+    assert_eq!(preview["viewers"], 1, "{status:#}");
+    assert!(u64_of(&preview["frames_sent"]) > 20, "{status:#}");
     browser.screenshot("viewer", "preview-viewer").await;
     browser.quit().await;
 }
@@ -418,6 +450,11 @@ async fn h264_from_the_browser_is_decoded_and_republished_in_the_relays_own_code
     assert_eq!(
         sender["negotiatedCodec"], "H264",
         "the relay did not accept H.264: {sender:#}"
+    );
+    let status = relay.status().await;
+    assert_eq!(
+        status["session"]["codec"], "h264",
+        "the relay's input codec: {status:#}"
     );
     let conn = endpoint
         .wait_for("transport=sora&channel_id=browser-h264&state=connected&min_frames=40")

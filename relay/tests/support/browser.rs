@@ -244,6 +244,14 @@ impl Browser {
         )
     }
 
+    /// An attribute of an element (`None` when the element or attribute is absent).
+    pub async fn attr(&mut self, page: &str, selector: &str, name: &str) -> Option<String> {
+        let r = self
+            .call(json!({"cmd": "attr", "page": page, "selector": selector, "name": name}))
+            .await;
+        r["value"].as_str().map(str::to_owned)
+    }
+
     /// Types into an input.
     pub async fn fill(&mut self, page: &str, selector: &str, value: &str) {
         self.call(json!({"cmd": "fill", "page": page, "selector": selector, "value": value}))
