@@ -33,3 +33,10 @@ bench: build
 
 fmt:
 	$(CARGO) fmt --all
+
+# The CRD YAML under crds/, generated from operator/src/crd.rs. Checked in; the test
+# `cargo test -p livefilter-operator --test crds` fails while it is stale.
+.PHONY: crds
+crds:
+	$(CARGO) run -q -p livefilter-operator -- crd > crds/livefiltersessions.livefilter.dev.yaml.tmp
+	mv crds/livefiltersessions.livefilter.dev.yaml.tmp crds/livefiltersessions.livefilter.dev.yaml

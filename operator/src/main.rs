@@ -1,16 +1,352 @@
-//! `livefilter-operator`: turns LiveFilterSession objects into ImageFlux channels, relay pods and
-//! Services. The reconcile loop arrives with the operator issue; this binary reserves the name.
+//! `livefilter-operator`: turns LiveFilterSession objects into ImageFlux channels, relay Pods,
+//! Services and Ingresses. `livefilter-operator crd` prints the CRD.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use livefilter_operator::controller::{
+    Context, HttpRelayStatus, Settings, Stores, error_policy, rebuild_ports, reconcile,
+};
+use livefilter_operator::crd::{CRD_NAME, LiveFilterSession, crd_yaml};
+use livefilter_operator::imageflux::{DEFAULT_BASE_URL, ImageFluxClient};
+use livefilter_operator::leader::{LeaderElector, LeaseSettings};
+use livefilter_operator::metrics::Metrics;
+use livefilter_operator::objects::{MANAGER, RelayImages};
+use livefilter_operator::ports::{PortAllocator, PortRange};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, warn};
 
 #[derive(Parser)]
-#[command(name = "livefilter-operator", version, about = "livefilter Kubernetes operator (not yet implemented)")]
-struct Cli {}
+#[command(name = "livefilter-operator", version, about = "livefilter Kubernetes operator")]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "LIVEFILTER_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller (the default).
+    Run(Box<RunArgs>),
+    /// Print the LiveFilterSession CustomResourceDefinition (YAML).
+    Crd,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The ImageFlux Live Streaming API endpoint.
+    #[arg(long, env = "LIVEFILTER_IMAGEFLUX_API_URL", default_value = DEFAULT_BASE_URL)]
+    imageflux_api_url: String,
+    /// Relay image for `device: cpu` (default ghcr.io/livefilter/livefilter-relay:<version>).
+    #[arg(long, env = "LIVEFILTER_RELAY_IMAGE")]
+    relay_image: Option<String>,
+    /// Relay image for `device: cuda` (default ghcr.io/livefilter/livefilter-relay-cuda:<version>).
+    #[arg(long, env = "LIVEFILTER_RELAY_CUDA_IMAGE")]
+    relay_cuda_image: Option<String>,
+    /// Host ports handed out for the relays' HTTP (`/offer`, `/status`).
+    #[arg(long, env = "LIVEFILTER_HTTP_PORT_RANGE", default_value = "38000-38999")]
+    http_port_range: PortRange,
+    /// Host ports handed out for the relays' WebRTC UDP (open these in the node firewall).
+    #[arg(long, env = "LIVEFILTER_UDP_PORT_RANGE", default_value = "40000-40999")]
+    udp_port_range: PortRange,
+    /// Seconds between reads of a ready relay's `/status`.
+    #[arg(long, env = "LIVEFILTER_STATUS_INTERVAL_SECS", default_value_t = 10)]
+    status_interval_secs: u64,
+    /// At most this many `/status` reads at once, across all sessions.
+    #[arg(long, env = "LIVEFILTER_STATUS_CONCURRENCY", default_value_t = 16)]
+    status_concurrency: usize,
+    /// At most this many reconciles at once.
+    #[arg(long, env = "LIVEFILTER_CONCURRENCY", default_value_t = 8)]
+    concurrency: u16,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "LIVEFILTER_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Address of `/metrics` and `/healthz`.
+    #[arg(long, env = "LIVEFILTER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease (turn off only with a single replica).
+    #[arg(long, env = "LIVEFILTER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// The Lease's namespace (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "livefilter-system")]
+    lease_namespace: String,
+    /// The Lease's name.
+    #[arg(long, env = "LIVEFILTER_LEASE_NAME", default_value = "livefilter-operator")]
+    lease_name: String,
+    /// This replica's identity (its Pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        // Flags and env vars, as if `run` had been given with nothing else.
+        match Cli::try_parse_from(["livefilter-operator", "run"]).map(|c| c.command) {
+            Ok(Some(Command::Run(args))) => *args,
+            _ => unreachable!("`run` parses"),
+        }
+    }
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
-    tracing::error!("the operator's reconcile loop is not implemented yet (see the operator issue)");
-    std::process::exit(2)
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Crd) => {
+            print!("{}", crd_yaml().context("cannot render the CRD")?);
+            Ok(())
+        }
+        Some(Command::Run(args)) => start(cli.log_format, *args),
+        None => start(cli.log_format, RunArgs::default()),
+    }
+}
+
+fn start(format: LogFormat, args: RunArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LIVEFILTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()).instrument(tracing::info_span!("signals")));
+
+    let client = Client::try_default()
+        .await
+        .context("cannot configure a Kubernetes client (in-cluster service account or KUBECONFIG)")?;
+    let metrics = Metrics::new();
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (--metrics-addr)", args.metrics_addr))?;
+    let http = {
+        let app = livefilter_operator::http::app(metrics.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(
+            async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
+            .instrument(tracing::info_span!("http", addr = %args.metrics_addr)),
+        )
+    };
+    info!(addr = %args.metrics_addr, "serving /metrics and /healthz");
+
+    check_crd(&client, args.watch_namespace.as_deref()).await?;
+
+    let result = if args.leader_elect {
+        let identity = args.identity.clone().unwrap_or_else(default_identity);
+        let settings = LeaseSettings::new(args.lease_name.clone(), args.lease_namespace.clone(), identity);
+        let elector = LeaderElector::new(client.clone(), settings);
+        let led = elector
+            .lead(shutdown.clone(), |token| {
+                controller(client.clone(), &args, metrics.clone(), token)
+            })
+            .await;
+        match led {
+            Ok(Some(r)) => r,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    } else {
+        controller(client.clone(), &args, metrics.clone(), shutdown.clone()).await
+    };
+
+    shutdown.cancel();
+    match tokio::time::timeout(Duration::from_secs(5), http).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "the HTTP server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "the HTTP server task failed"),
+        Err(_) => warn!("the HTTP server did not stop within 5 s"),
+        Ok(Ok(Ok(()))) => {}
+    }
+    info!("stopped");
+    result
+}
+
+fn default_identity() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| format!("livefilter-operator-{}", std::process::id()))
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => info!("SIGTERM: shutting down"),
+                    _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down"),
+                    () = shutdown.cancelled() => return,
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the operator");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down"),
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down"),
+            () = shutdown.cancelled() => return,
+        }
+    }
+    shutdown.cancel();
+}
+
+fn sessions_api(client: &Client, namespace: Option<&str>) -> Api<LiveFilterSession> {
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Fails with a clear message when the CRD is missing.
+async fn check_crd(client: &Client, namespace: Option<&str>) -> anyhow::Result<()> {
+    match sessions_api(client, namespace)
+        .list(&ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => anyhow::bail!(
+            "the CustomResourceDefinition {CRD_NAME} is not installed; install it with \
+             `kubectl apply -f crds/` (or `livefilter-operator crd | kubectl apply -f -`) and start the operator again"
+        ),
+        Err(e) => Err(e).context(format!("cannot list {CRD_NAME} (is the operator's RBAC installed?)")),
+    }
+}
+
+/// A store of the operator's children of kind `K`, and the watch stream that fills it.
+fn owned<K>(
+    client: &Client,
+    namespace: Option<&str>,
+) -> (
+    Store<K>,
+    impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    let api: Api<K> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let config = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    let (store, writer) = reflector::store();
+    // touched_objects: a deleted relay Pod must trigger its session too.
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff()).touched_objects();
+    (store, stream)
+}
+
+async fn controller(client: Client, args: &RunArgs, metrics: Metrics, token: CancellationToken) -> anyhow::Result<()> {
+    let ns = args.watch_namespace.as_deref();
+    let sessions = sessions_api(&client, ns);
+
+    // Rebuild the port allocation before anything can hand a port out.
+    let existing = sessions
+        .list(&ListParams::default())
+        .await
+        .context("cannot list sessions")?;
+    let mut ports = PortAllocator::new(args.http_port_range, args.udp_port_range)?;
+    for (session, e) in rebuild_ports(&mut ports, &existing.items) {
+        warn!(%session, error = %e, "recorded ports clash; the session gets new ones");
+    }
+    info!(
+        sessions = existing.items.len(),
+        "port allocation rebuilt from existing sessions"
+    );
+
+    let (pods, pod_events) = owned::<Pod>(&client, ns);
+    let (config_maps, cm_events) = owned::<ConfigMap>(&client, ns);
+    let (services, svc_events) = owned::<Service>(&client, ns);
+    let (ingresses, ing_events) = owned::<Ingress>(&client, ns);
+
+    let mut images = RelayImages::default();
+    if let Some(i) = &args.relay_image {
+        images.cpu = i.clone();
+    }
+    if let Some(i) = &args.relay_cuda_image {
+        images.cuda = i.clone();
+    }
+    let settings = Settings {
+        images,
+        status_interval: Duration::from_secs(args.status_interval_secs.max(1)),
+        ..Settings::default()
+    };
+    let imageflux = ImageFluxClient::new(args.imageflux_api_url.clone(), Some(metrics.imageflux_calls.clone()))
+        .context("cannot build the ImageFlux HTTP client")?;
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: args.identity.clone(),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        imageflux,
+        Recorder::new(client.clone(), reporter),
+        metrics,
+        ports,
+        Stores {
+            pods,
+            config_maps,
+            services,
+            ingresses,
+        },
+        Arc::new(HttpRelayStatus::new().context("cannot build the relay status HTTP client")?),
+        args.status_concurrency,
+        settings,
+    ));
+
+    info!("controller running");
+    Controller::new(sessions, watcher::Config::default())
+        .owns_stream(pod_events)
+        .owns_stream(cm_events)
+        .owns_stream(svc_events)
+        .owns_stream(ing_events)
+        .with_config(controller::Config::default().concurrency(args.concurrency))
+        .graceful_shutdown_on(token.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile did not complete");
+            }
+        })
+        .instrument(tracing::info_span!("controller"))
+        .await;
+    info!("controller stopped");
+    Ok(())
 }

@@ -105,12 +105,15 @@ impl Default for OfferConfig {
 pub struct IngestSection {
     /// Video codecs, in preference order.
     pub codecs: Vec<VideoCodec>,
+    /// The bitrate the browser starts at (kbit/s; 0 leaves the browser's default).
+    pub start_bitrate_kbps: u32,
 }
 
 impl Default for IngestSection {
     fn default() -> Self {
         Self {
             codecs: vec![VideoCodec::Vp8, VideoCodec::H264],
+            start_bitrate_kbps: 2000,
         }
     }
 }
@@ -300,6 +303,10 @@ impl RelayConfig {
                 expected: "0..=64",
             });
         }
+        crate::ice::parse_public_ips(&self.ice.public_ips).map_err(|detail| ConfigError::Invalid {
+            setting: "ice.public_ips",
+            detail,
+        })?;
         if self.offer.tls_cert.is_some() != self.offer.tls_key.is_some() {
             return Err(ConfigError::Missing(
                 "offer.tls_cert and offer.tls_key go together".into(),

@@ -103,7 +103,8 @@ pub fn app(state: AppState) -> Router {
             .route("/", get(|| async { Html(INDEX_HTML) }))
             .route("/index.html", get(|| async { Html(INDEX_HTML) }))
             .route("/api/info", get(info))
-            .route("/offer", post(offer).delete(stop));
+            .route("/offer", post(offer))
+            .route("/offer/{id}", delete(stop));
         if serve.preview.is_some() {
             router = router
                 .route("/view", get(|| async { Html(VIEW_HTML) }))
@@ -288,11 +289,42 @@ struct OfferBody {
     kind: String,
 }
 
+/// A request from another site is refused unless its origin is allowed: otherwise any page a
+/// visitor opens could take the relay's one browser slot.
+fn origin_allowed(serve: &ServeState, headers: &HeaderMap) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+    if authority.eq_ignore_ascii_case(host) || serve.allowed_origins.iter().any(|o| o == origin) {
+        Ok(())
+    } else {
+        Err(format!(
+            "origin {origin} is not allowed (allow it with --allowed-origin)"
+        ))
+    }
+}
+
 async fn offer(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let serve = serve_state(&state);
     let m = &state.metrics;
+    if let Err(why) = origin_allowed(serve, &headers) {
+        return error(m, StatusCode::FORBIDDEN, why);
+    }
     if let Err(why) = authorized(serve, &headers) {
         return error(m, StatusCode::UNAUTHORIZED, why);
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/json") {
+        return error(
+            m,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be application/json, got {content_type:?}"),
+        );
     }
     let body = match body {
         Ok(b) => b,
@@ -309,9 +341,13 @@ async fn offer(State(state): State<AppState>, headers: HeaderMap, body: Result<B
         }
     };
     match serve.sessions.accept(&parsed.kind, parsed.sdp).await {
-        Ok(answer) => {
+        Ok((session, answer)) => {
             m.offers.with_label_values(&["200"]).inc();
-            Json(json!({"sdp": answer, "type": "answer"})).into_response()
+            (
+                [(header::LOCATION, format!("/offer/{session}"))],
+                Json(json!({"sdp": answer, "type": "answer", "session": session})),
+            )
+                .into_response()
         }
         Err(AcceptError::Busy(age)) => error(m, StatusCode::CONFLICT, AcceptError::Busy(age).to_string()),
         Err(AcceptError::Offer(e)) => {
@@ -328,14 +364,17 @@ async fn offer(State(state): State<AppState>, headers: HeaderMap, body: Result<B
     }
 }
 
-/// Ends the current browser session (the sender page's Stop button).
-async fn stop(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// Ends a browser session (its sender page's Stop button); only the id the answer gave ends it.
+async fn stop(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let serve = serve_state(&state);
-    if let Err(why) = authorized(serve, &headers) {
-        return error(&state.metrics, StatusCode::UNAUTHORIZED, why);
+    if let Err(why) = origin_allowed(serve, &headers) {
+        return error(&state.metrics, StatusCode::FORBIDDEN, why);
     }
-    serve.sessions.stop();
-    StatusCode::NO_CONTENT.into_response()
+    if serve.sessions.stop_session(&id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(&state.metrics, StatusCode::NOT_FOUND, format!("no live session {id}"))
+    }
 }
 
 async fn whep_post(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
@@ -457,13 +496,18 @@ mod tests {
         use tokio_util::sync::CancellationToken;
 
         fn serve_app(token: Option<&str>) -> (Router, CancellationToken) {
+            serve_app_advertising(token, vec![])
+        }
+
+        fn serve_app_advertising(token: Option<&str>, public_ips: Vec<String>) -> (Router, CancellationToken) {
             let metrics = Metrics::new();
             let shutdown = CancellationToken::new();
             let sessions = SessionManager::new(
                 IngestConfig {
                     codecs: vec![VideoCodec::Vp8, VideoCodec::H264],
                     udp_addrs: vec!["127.0.0.1:0".into()],
-                    public_ips: vec![],
+                    public_ips,
+                    start_bitrate_kbps: 2000,
                 },
                 Arc::new(NewestSlot::new()),
                 vec![],
@@ -563,6 +607,60 @@ mod tests {
             assert!(
                 candidates.iter().all(|c| c.contains(" 203.0.113.7 ")),
                 "{candidates:#?}"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_session_is_stopped_only_by_its_own_id() {
+            let (app, shutdown) = serve_app(None);
+            let (status, answer) = post(
+                &app,
+                json!({"sdp": real_offer().await, "type": "offer"}).to_string(),
+                None,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            let session = answer["session"].as_str().unwrap().to_owned();
+            let delete = |path: String| Request::delete(path).body(Body::empty()).unwrap();
+
+            let wrong = app.clone().oneshot(delete("/offer/0000".into())).await.unwrap();
+            let right = app.clone().oneshot(delete(format!("/offer/{session}"))).await.unwrap();
+            shutdown.cancel();
+
+            assert_eq!(wrong.status(), StatusCode::NOT_FOUND);
+            assert_eq!(right.status(), StatusCode::NO_CONTENT);
+        }
+
+        #[tokio::test]
+        async fn cross_site_and_non_json_offers_are_refused_before_any_webrtc_work() {
+            let (app, _shutdown) = serve_app(None);
+            let body = json!({"sdp": "v=0", "type": "offer"}).to_string();
+            let send = |origin: Option<&str>, content_type: &str| {
+                let mut req = Request::post("/offer")
+                    .header("host", "relay.test:8080")
+                    .header("content-type", content_type);
+                if let Some(o) = origin {
+                    req = req.header("origin", o);
+                }
+                app.clone().oneshot(req.body(Body::from(body.clone())).unwrap())
+            };
+
+            let foreign = send(Some("http://evil.example"), "application/json").await.unwrap();
+            let plain = send(None, "text/plain").await.unwrap();
+            let same_site = send(Some("http://relay.test:8080"), "application/json").await.unwrap();
+            let allowed = send(Some("https://studio.example"), "application/json").await.unwrap();
+
+            assert_eq!(foreign.status(), StatusCode::FORBIDDEN);
+            assert_eq!(plain.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+            assert_eq!(
+                same_site.status(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "same origin reaches SDP checks"
+            );
+            assert_eq!(
+                allowed.status(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "an allowed origin reaches SDP checks"
             );
         }
 

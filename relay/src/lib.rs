@@ -8,6 +8,7 @@ pub mod config;
 pub mod filter;
 pub mod frame;
 pub mod http;
+pub mod ice;
 pub mod ingest;
 pub mod latency;
 pub mod metrics;

@@ -269,10 +269,15 @@ impl OutputArgs {
     }
 }
 
+/// Our own logs at info; webrtc-rs's internals only when they are errors (their warnings fire
+/// on every normal session: "no candidate pairs yet", "empty server_config", ...).
+const DEFAULT_LOG_FILTER: &str =
+    "warn,livefilter_relay=info,webrtc=error,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,rtc_srtp=error";
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIVEFILTER_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,livefilter_relay=info,livefilter=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -17,12 +17,13 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry,
-    SettingEngineBuilder, register_default_interceptors,
+    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    register_default_interceptors,
 };
 
 use crate::codec::VideoCodec;
 use crate::frame::FrameTimes;
+use crate::ice;
 use crate::ingest::{DecodedFrame, VideoIngestConfig, VideoIngestStats, run_video_track};
 use crate::latency::Stage;
 use crate::metrics::{DropReason, Metrics};
@@ -39,7 +40,7 @@ const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the browser has to connect after the answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long an ICE `disconnected` may last before the session is given up.
-const DISCONNECTED_GRACE: Duration = Duration::from_secs(4);
+const DISCONNECTED_GRACE: Duration = Duration::from_secs(2);
 
 /// Why an offer was not answered.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,9 @@ pub struct IngestConfig {
     pub udp_addrs: Vec<String>,
     /// Addresses to advertise.
     pub public_ips: Vec<String>,
+    /// The bitrate the browser starts sending at (kbit/s), so it reaches full resolution
+    /// sooner than its cautious default allows.
+    pub start_bitrate_kbps: u32,
 }
 
 /// What `/status` shows of the session.
@@ -90,6 +94,7 @@ pub struct SessionView {
 enum State {
     Idle,
     Live {
+        id: String,
         started: Instant,
         cancel: CancellationToken,
         connected: bool,
@@ -164,26 +169,40 @@ impl SessionManager {
             .map_or(0, |s| s.snapshot().frames_assembled)
     }
 
-    /// Ends the current session, if any.
+    /// Ends the current session, if any (shutdown).
     pub fn stop(&self) {
         if let State::Live { cancel, .. } = &*self.state.lock().unwrap_or_else(PoisonError::into_inner) {
             cancel.cancel();
         }
     }
 
-    /// Answers a browser's offer and starts the session; the answer carries every candidate.
-    pub async fn accept(self: &Arc<Self>, kind: &str, offer_sdp: String) -> Result<String, AcceptError> {
+    /// Ends the session `id` (its sender pressed Stop); false when that is not the live one.
+    pub fn stop_session(&self, id: &str) -> bool {
+        match &*self.state.lock().unwrap_or_else(PoisonError::into_inner) {
+            State::Live { id: live, cancel, .. } if live == id => {
+                cancel.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Answers a browser's offer and starts the session; returns the session id (for its
+    /// sender's Stop) and the answer, which carries every candidate.
+    pub async fn accept(self: &Arc<Self>, kind: &str, offer_sdp: String) -> Result<(String, String), AcceptError> {
         if self.shutdown.is_cancelled() {
             return Err(AcceptError::ShuttingDown);
         }
         let summary = check_offer(kind, &offer_sdp, &self.config.codecs)?;
         let cancel = self.shutdown.child_token();
+        let id = format!("{:016x}", rand::random::<u64>());
         {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             if let State::Live { started, .. } = &*state {
                 return Err(AcceptError::Busy(started.elapsed().as_secs_f64()));
             }
             *state = State::Live {
+                id: id.clone(),
                 started: Instant::now(),
                 cancel: cancel.clone(),
                 connected: false,
@@ -192,7 +211,7 @@ impl SessionManager {
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         tracing::info!(epoch, codecs = ?summary.video_codecs, opus = summary.opus, "browser offer accepted");
         match self.start(epoch, offer_sdp, cancel.clone()).await {
-            Ok(answer) => Ok(answer),
+            Ok(answer) => Ok((id, with_start_bitrate(&answer, self.config.start_bitrate_kbps))),
             Err(e) => {
                 cancel.cancel();
                 *self.state.lock().unwrap_or_else(PoisonError::into_inner) = State::Idle;
@@ -233,10 +252,8 @@ impl SessionManager {
             .filter_map(|a| a.rsplit_once(':').map(|(ip, _)| ip.trim_matches(['[', ']'])))
             .filter_map(|ip| ip.parse::<IpAddr>().ok())
             .any(|ip| ip.is_loopback());
-        let mut settings = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
-        if !self.config.public_ips.is_empty() {
-            settings = settings.with_nat_1to1_ips(self.config.public_ips.clone(), RTCIceCandidateType::Host);
-        }
+        let settings = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
+        let public_ips: Vec<IpAddr> = self.config.public_ips.iter().filter_map(|ip| ip.parse().ok()).collect();
         let gathered = Arc::new(Notify::new());
         let handler = Arc::new(SessionHandler {
             manager: Arc::clone(self),
@@ -275,10 +292,13 @@ impl SessionManager {
                     "ICE gathering incomplete; answering with the candidates so far"
                 );
             }
-            pc.local_description().await.map(|d| d.sdp).ok_or(AcceptError::WebRtc {
-                op: "reading the answer",
-                detail: "no local description".into(),
-            })
+            pc.local_description()
+                .await
+                .map(|d| ice::rewrite_sdp(&d.sdp, &public_ips))
+                .ok_or(AcceptError::WebRtc {
+                    op: "reading the answer",
+                    detail: "no local description".into(),
+                })
         }
         .await;
         let manager = Arc::clone(self);
@@ -462,7 +482,17 @@ impl PeerConnectionEventHandler for SessionHandler {
     }
 
     async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
-        tokio::spawn(echo_pings(dc).instrument(tracing::info_span!("browser-datachannel", epoch = self.epoch)));
+        let cancel = self.cancel.clone();
+        tokio::spawn(
+            async move {
+                echo_pings(dc).await;
+                // The page closes its channel only when it goes away: end at once rather than
+                // after ICE notices.
+                tracing::info!("browser DataChannel closed; ending the session");
+                cancel.cancel();
+            }
+            .instrument(tracing::info_span!("browser-datachannel", epoch = self.epoch)),
+        );
     }
 }
 
@@ -492,6 +522,53 @@ async fn forward_audio(track: Arc<dyn TrackRemote>, manager: Arc<SessionManager>
     tracing::info!("browser audio ended");
 }
 
+/// Adds `x-google-start-bitrate` to every video format of an answer: Chromium reads it from the
+/// remote description and starts its send-side estimate there instead of at ~300 kbit/s.
+pub fn with_start_bitrate(answer: &str, kbps: u32) -> String {
+    if kbps == 0 {
+        return answer.to_owned();
+    }
+    let ending = if answer.contains("\r\n") { "\r\n" } else { "\n" };
+    let lines: Vec<&str> = answer.split(ending).collect();
+    let mut out: Vec<String> = Vec::with_capacity(lines.len() + 4);
+    let mut in_video = false;
+    let mut section_fmtp: Vec<String> = Vec::new();
+    let mut pending_rtpmaps: Vec<String> = Vec::new();
+    let flush = |out: &mut Vec<String>, pending: &mut Vec<String>, fmtp: &[String]| {
+        for pt in pending.drain(..) {
+            if !fmtp.contains(&pt) {
+                out.push(format!("a=fmtp:{pt} x-google-start-bitrate={kbps}"));
+            }
+        }
+    };
+    for line in lines {
+        if line.starts_with("m=") {
+            flush(&mut out, &mut pending_rtpmaps, &section_fmtp);
+            section_fmtp.clear();
+            in_video = line.starts_with("m=video");
+        }
+        if in_video && let Some(rest) = line.strip_prefix("a=fmtp:") {
+            let pt = rest.split(' ').next().unwrap_or_default().to_owned();
+            section_fmtp.push(pt);
+            out.push(format!("{line};x-google-start-bitrate={kbps}"));
+            continue;
+        }
+        if in_video && let Some(rest) = line.strip_prefix("a=rtpmap:") {
+            let (pt, codec) = rest.split_once(' ').unwrap_or((rest, ""));
+            // Retransmission formats carry no media bitrate.
+            if !codec.to_ascii_lowercase().starts_with("rtx/") {
+                pending_rtpmaps.push(pt.to_owned());
+            }
+        }
+        if line.is_empty() {
+            flush(&mut out, &mut pending_rtpmaps, &section_fmtp);
+        }
+        out.push(line.to_owned());
+    }
+    flush(&mut out, &mut pending_rtpmaps, &section_fmtp);
+    out.join(ending)
+}
+
 /// The original sample's keep-alive: `ping <x>` is answered `pong <x>`.
 pub fn pong_for(message: &str) -> Option<String> {
     message.strip_prefix("ping").map(|rest| format!("pong{rest}"))
@@ -517,6 +594,20 @@ async fn echo_pings(dc: Arc<dyn DataChannel>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn video_formats_of_the_answer_get_a_start_bitrate_and_audio_does_not() {
+        let answer = "v=0\r\nm=audio 9 UDP 111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10\r\nm=video 9 UDP 96 102\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264/90000\r\na=fmtp:102 packetization-mode=1\r\na=rtpmap:97 rtx/90000\r\n";
+        let out = with_start_bitrate(answer, 1500);
+        assert!(out.contains("a=fmtp:111 minptime=10\r\n"), "{out}");
+        assert!(
+            out.contains("a=fmtp:102 packetization-mode=1;x-google-start-bitrate=1500\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("a=fmtp:96 x-google-start-bitrate=1500"), "{out}");
+        assert!(!out.contains("a=fmtp:97"), "{out}");
+        assert_eq!(with_start_bitrate(answer, 0), answer);
+    }
 
     #[test]
     fn ping_messages_are_echoed_as_pong_with_the_same_payload() {

@@ -535,6 +535,19 @@ async fn closing_the_streamers_tab_frees_the_relay_at_once() {
     );
 
     browser.close("first").await;
+
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let status = relay.status().await;
+        if status["state"] == "idle" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay still holds the closed tab's session: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let next = browser.start("second", json!({"width": 640, "height": 360})).await;
 
     assert_live(&next, &relay);

@@ -28,8 +28,9 @@ fn rgb(v: &Value) -> [u8; 3] {
 }
 
 /// Hue steps a lossy codec may lag or lead on one frame: a slowly changing flat area is often
-/// left unrefreshed for a frame or two, then caught up.
-const PER_FRAME_SLACK: i32 = 2;
+/// left unrefreshed for a frame or two, and where two colour channels cross near zero the
+/// nearest hue is ambiguous by a step or two.
+const PER_FRAME_SLACK: i32 = 3;
 
 fn hue_error(actual: i32, expected: i32) -> i32 {
     let d = (actual - expected).rem_euclid(180);
@@ -37,8 +38,8 @@ fn hue_error(actual: i32, expected: i32) -> i32 {
 }
 
 /// The corner's hue advances by exactly the number of frames the RTP timestamps say passed
-/// (one hue step per frame, mod 180): within a small slack frame to frame, within one step over
-/// the whole run.
+/// (one hue step per frame, mod 180): almost every frame within one step, every frame within a
+/// small slack, and the whole run within two steps.
 fn assert_hue_advances_one_step_per_frame(frames: &[Value]) {
     let frames = frames.get(5..).unwrap_or_default();
     assert!(frames.len() >= 30, "too few frame summaries: {}", frames.len());
@@ -46,29 +47,22 @@ fn assert_hue_advances_one_step_per_frame(frames: &[Value]) {
     let hue = |f: &Value| nearest_hue(rgb(&f["patch_rgb"]));
     let frames_between = |a: &Value, b: &Value| {
         let ticks = ts(b).wrapping_sub(ts(a));
-        assert_eq!(
-            ticks % TICKS_PER_FRAME,
-            0,
-            "RTP timestamps are not on the 30 fps grid: {a} {b}"
-        );
+        assert_eq!(ticks % TICKS_PER_FRAME, 0, "RTP timestamps are not on the 30 fps grid: {a} {b}");
         (ticks / TICKS_PER_FRAME) as i32
     };
+    let mut close = 0;
     for pair in frames.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         let expected = hue(a) + frames_between(a, b);
-        assert!(
-            hue_error(hue(b), expected) <= PER_FRAME_SLACK,
-            "hue {} after {a} -> {b}, expected {expected}",
-            hue(b)
-        );
+        let error = hue_error(hue(b), expected);
+        assert!(error <= PER_FRAME_SLACK, "hue {} after {a} -> {b}, expected {expected}", hue(b));
+        close += usize::from(error <= 1);
     }
+    let pairs = frames.len() - 1;
+    assert!(close * 10 >= pairs * 8, "only {close} of {pairs} frame steps advanced the hue by one");
     let (first, last) = (&frames[0], &frames[frames.len() - 1]);
     let expected = hue(first) + frames_between(first, last);
-    assert!(
-        hue_error(hue(last), expected) <= 1,
-        "hue {} at the end, expected {expected}: {first} -> {last}",
-        hue(last)
-    );
+    assert!(hue_error(hue(last), expected) <= 2, "hue {} at the end, expected {expected}: {first} -> {last}", hue(last));
 }
 
 /// Pixels of the centre third that are (nearly) black: the clock's glyph fill. The hue

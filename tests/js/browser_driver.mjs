@@ -15,17 +15,18 @@
 // Each page lives in its own browser context (like a separate browser profile).
 //
 // Commands (all take "page" except quit):
-//   open {url}                  load a page; waits until its test API (window.livefilter or
-//                               window.livefilterView) exists when the page has one
+//   open {url, mobile?}         load a page (mobile: a 390x844 touch phone viewport); reports
+//                               which test API it has (window.livefilter / livefilterView)
 //   start {opts}                window.livefilter.start(opts): resolves once live or failed
 //   stop, scale {factor}        window.livefilter.stop() / scaleDown(factor)
 //   connect, disconnect         window.livefilterView.connect() / disconnect()
 //   state                       the page's state() (sender or viewer)
 //   text {selector}             textContent of an element ("" when absent); visible: bool
+//   attr {selector, name}       an attribute of an element (null when absent)
 //   fill {selector, value}, select {selector, value}, click {selector}
 //   snapshot {selector}         the current picture of a <video> as PNG (base64) with its size
 //   screenshot {path}           full-page PNG screenshot to path
-//   close                       closes the page's context (its peer connections end)
+//   close                       closes the page like closing its tab (pagehide runs)
 //   quit                        closes the browser and exits 0
 
 import { createInterface } from 'node:readline';
@@ -82,7 +83,9 @@ function pageOf(msg) {
 
 async function open(browser, opts, msg) {
   if (pages.has(msg.page)) throw new Error(`page ${msg.page} is already open`);
-  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const context = await browser.newContext(msg.mobile
+    ? { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true }
+    : { viewport: { width: 1100, height: 800 } });
   if (opts.denyCamera) await context.clearPermissions();
   const page = await context.newPage();
   pages.set(msg.page, { context, page });
@@ -119,14 +122,20 @@ async function handle(browser, opts, msg) {
       if ((await el.count()) === 0) return { text: '', visible: false };
       return { text: (await el.first().textContent()) || '', visible: await el.first().isVisible() };
     }
+    case 'attr': {
+      const el = pageOf(msg).locator(msg.selector);
+      return { value: (await el.count()) ? await el.first().getAttribute(msg.name) : null };
+    }
     case 'fill': await pageOf(msg).fill(msg.selector, msg.value); return {};
     case 'select': await pageOf(msg).selectOption(msg.selector, msg.value); return {};
     case 'click': await pageOf(msg).click(msg.selector, { timeout: 5000 }); return {};
     case 'snapshot': return snapshot(pageOf(msg), msg.selector || 'video');
     case 'screenshot': await pageOf(msg).screenshot({ path: msg.path, fullPage: true }); return { path: msg.path };
     case 'close': {
+      // Like closing a tab: the page goes (pagehide runs), the browser and its network stay,
+      // so requests the page made on its way out (keepalive) still complete.
       const entry = pages.get(msg.page);
-      if (entry) { pages.delete(msg.page); await entry.context.close(); }
+      if (entry) { pages.delete(msg.page); await entry.page.close(); }
       return {};
     }
     default: throw new Error(`unknown command ${JSON.stringify(msg.cmd)}`);

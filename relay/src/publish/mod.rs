@@ -30,6 +30,8 @@ pub const PUBLISHER_BUFFER_AUDIO: usize = 25;
 /// The lifecycle of one publisher, as exported in metrics and `/status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PublisherState {
+    /// Nothing to publish to right now (the preview without viewers).
+    Idle,
     /// Signaling or ICE/DTLS in progress.
     Connecting,
     /// Media is flowing to the SFU.
@@ -42,7 +44,8 @@ pub enum PublisherState {
 
 impl PublisherState {
     /// Every state, for gauges.
-    pub const ALL: [PublisherState; 4] = [
+    pub const ALL: [PublisherState; 5] = [
+        PublisherState::Idle,
         PublisherState::Connecting,
         PublisherState::Connected,
         PublisherState::Backoff,
@@ -52,6 +55,7 @@ impl PublisherState {
     /// The `state` label value.
     pub fn as_str(self) -> &'static str {
         match self {
+            PublisherState::Idle => "idle",
             PublisherState::Connecting => "connecting",
             PublisherState::Connected => "connected",
             PublisherState::Backoff => "backoff",

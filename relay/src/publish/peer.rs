@@ -18,9 +18,8 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
-    register_default_interceptors,
+    RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -28,6 +27,7 @@ use super::keyframe::{KEYFRAME_REQUEST_SLOT, KeyframeRequestInterceptor};
 use super::rtp::{SequenceRebase, TimestampRebase};
 use super::{AudioPacket, KeyframeRequest, OutgoingFrame};
 use crate::codec::VideoCodec;
+use crate::ice;
 
 /// The H.264 format the relay sends: constrained baseline 3.1, packetization-mode 1.
 pub const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
@@ -86,6 +86,7 @@ pub enum PeerEvent {
 
 struct Handler {
     events: mpsc::Sender<PeerEvent>,
+    public_ips: Vec<IpAddr>,
 }
 
 impl Handler {
@@ -102,7 +103,10 @@ impl Handler {
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         match event.candidate.to_json() {
-            Ok(init) => self.emit(PeerEvent::Candidate(init)),
+            Ok(mut init) => {
+                init.candidate = ice::rewrite_candidate(&init.candidate, &self.public_ips);
+                self.emit(PeerEvent::Candidate(init))
+            }
             Err(e) => tracing::warn!(error = %e, "local ICE candidate could not be serialised"),
         }
     }
@@ -239,6 +243,7 @@ pub struct SendPeer {
     codec: VideoCodec,
     ssrc: u32,
     payload_type: Mutex<Option<PayloadType>>,
+    public_ips: Vec<IpAddr>,
 }
 
 impl SendPeer {
@@ -279,17 +284,18 @@ impl SendPeer {
             .filter_map(|a| a.rsplit_once(':').map(|(ip, _)| ip.trim_matches(['[', ']'])))
             .filter_map(|ip| ip.parse::<IpAddr>().ok())
             .any(|ip| ip.is_loopback());
-        let mut settings = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
-        if !options.public_ips.is_empty() {
-            settings = settings.with_nat_1to1_ips(options.public_ips.clone(), RTCIceCandidateType::Host);
-        }
+        let settings = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
+        let public_ips: Vec<IpAddr> = options.public_ips.iter().filter_map(|ip| ip.parse().ok()).collect();
 
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
             .with_media_engine(media_engine)
             .with_setting_engine(settings.build())
             .with_interceptor_registry(registry)
-            .with_handler(Arc::new(Handler { events }))
+            .with_handler(Arc::new(Handler {
+                events,
+                public_ips: public_ips.clone(),
+            }))
             .with_udp_addrs(options.udp_addrs.clone())
             .build()
             .await
@@ -367,6 +373,7 @@ impl SendPeer {
             codec: options.codec,
             ssrc,
             payload_type: Mutex::new(None),
+            public_ips,
         })
     }
 
@@ -420,7 +427,7 @@ impl SendPeer {
             .create_answer(None)
             .await
             .map_err(webrtc_err("creating the answer"))?;
-        let sdp = answer.sdp.clone();
+        let sdp = ice::rewrite_sdp(&answer.sdp, &self.public_ips);
         self.pc
             .set_local_description(answer)
             .await
@@ -477,7 +484,10 @@ impl SendPeer {
 
     /// The current local description's SDP (with the candidates gathered so far).
     pub async fn local_sdp(&self) -> Option<String> {
-        self.pc.local_description().await.map(|d| d.sdp)
+        self.pc
+            .local_description()
+            .await
+            .map(|d| ice::rewrite_sdp(&d.sdp, &self.public_ips))
     }
 
     /// Applies the remote answer (WHIP).

@@ -31,7 +31,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, thiserror::Error)]
 pub enum PreviewError {
     /// The viewer limit is reached.
-    #[error("the preview already has {0} viewers (the configured maximum)")]
+    #[error("the preview is full: {0} of {0} viewers are watching; try again when one leaves")]
     Full(usize),
     /// The offer could not be answered.
     #[error(transparent)]
@@ -77,7 +77,7 @@ impl PreviewHub {
         keyframes: KeyframeRequest,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        metrics.set_publisher_state(PUBLISHER, PublisherState::Connecting);
+        metrics.set_publisher_state(PUBLISHER, PublisherState::Idle);
         Arc::new(Self {
             config,
             metrics,
@@ -101,7 +101,7 @@ impl PreviewHub {
         let state = if self.viewer_count() > 0 {
             PublisherState::Connected
         } else {
-            PublisherState::Connecting
+            PublisherState::Idle
         };
         self.metrics.set_publisher_state(PUBLISHER, state);
     }

@@ -284,7 +284,7 @@ impl Browser {
         path
     }
 
-    /// Closes a page's context (its peer connections end).
+    /// Closes a page like closing its tab (pagehide runs; its peer connections end).
     pub async fn close(&mut self, page: &str) {
         self.call(json!({"cmd": "close", "page": page})).await;
     }

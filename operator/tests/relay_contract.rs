@@ -1,0 +1,224 @@
+//! Contract: the relay accepts the config file the operator writes. The relay is a
+//! dev-dependency only; the operator binary never links it.
+
+use livefilter_operator::crd::{
+    AdvertiseFrom, AdvertiseSpec, ChannelStatus, Codec, FilterKind, ImageFluxOutput, KeyRef, LiveFilterSessionSpec,
+    ModelSource, OutputSpec, PortsStatus, SoraOutput, WhipOutput,
+};
+use livefilter_operator::relay_config::{PENDING_FILTER_KINDS, PENDING_RELAY_KEYS, build};
+use livefilter_relay::config::RelayConfig;
+use serde_json::Value;
+
+const PORTS: PortsStatus = PortsStatus {
+    http: 38000,
+    udp: 40000,
+};
+
+fn base() -> LiveFilterSessionSpec {
+    LiveFilterSessionSpec {
+        output: OutputSpec {
+            imageflux: Some(ImageFluxOutput {
+                token_secret_ref: KeyRef {
+                    name: "imageflux".into(),
+                    key: None,
+                },
+                hls: Default::default(),
+            }),
+            ..OutputSpec::default()
+        },
+        filter: Default::default(),
+        video: Default::default(),
+        relay: Default::default(),
+        network: Default::default(),
+        access: Default::default(),
+        preview: Default::default(),
+    }
+}
+
+fn channel() -> ChannelStatus {
+    ChannelStatus {
+        provider: "ImageFlux".into(),
+        id: Some("c0ffee".into()),
+        signaling_url: Some("wss://live-sora001.imageflux.jp/signaling".into()),
+        hls_url: None,
+    }
+}
+
+/// Every shape of spec the operator supports, each producing one relay.yaml.
+fn specs() -> Vec<(&'static str, LiveFilterSessionSpec)> {
+    let mut h264 = base();
+    h264.video.codec = Codec::H264;
+    h264.video.bitrate_kbps = 2500;
+    h264.video.width = 1920;
+    h264.video.height = 1080;
+    h264.video.keyframe_interval_secs = 0;
+
+    let mut sora = base();
+    sora.output = OutputSpec {
+        sora: Some(SoraOutput {
+            signaling_urls: vec!["wss://a.example/signaling".into(), "wss://b.example/signaling".into()],
+            channel_id: "room".into(),
+            client_id: Some("relay-1".into()),
+            bundle_id: Some("b".into()),
+            metadata_secret_ref: Some(KeyRef {
+                name: "meta".into(),
+                key: None,
+            }),
+        }),
+        ..OutputSpec::default()
+    };
+    sora.network.advertise = AdvertiseSpec {
+        from: AdvertiseFrom::Explicit,
+        address: Some("203.0.113.7".into()),
+    };
+
+    let mut whip = base();
+    whip.output = OutputSpec {
+        whip: Some(WhipOutput {
+            url: "https://whip.example/whip/c".into(),
+            token_secret_ref: Some(KeyRef {
+                name: "w".into(),
+                key: None,
+            }),
+        }),
+        ..OutputSpec::default()
+    };
+    whip.access.token_secret_ref = Some(KeyRef {
+        name: "offer".into(),
+        key: None,
+    });
+    whip.access.allowed_origins = vec!["https://studio.example".into()];
+    whip.preview.enabled = true;
+
+    let mut cuda_blur = base();
+    cuda_blur.filter.kind = FilterKind::BackgroundBlur;
+    cuda_blur.filter.device = livefilter_operator::crd::Device::Cuda;
+
+    let mut onnx = base();
+    onnx.filter.kind = FilterKind::Onnx;
+    onnx.filter.model = Some(ModelSource {
+        path: Some("/models/style.onnx".into()),
+        config_map: None,
+    });
+    onnx.filter.params.insert("strength".into(), serde_json::json!(0.5));
+    onnx.network.advertise = AdvertiseSpec {
+        from: AdvertiseFrom::NodeExternalIP,
+        address: None,
+    };
+
+    vec![
+        ("imageflux", base()),
+        ("h264-1080p", h264),
+        ("sora", sora),
+        ("whip", whip),
+        ("cuda-blur", cuda_blur),
+        ("onnx-external-ip", onnx),
+    ]
+}
+
+/// Removes a JSON pointer from a value.
+fn strip(v: &mut Value, pointer: &str) {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    if let Some(Value::Object(map)) = v.pointer_mut(parent) {
+        map.remove(key);
+    }
+}
+
+#[test]
+fn the_relay_parses_and_validates_every_config_the_operator_writes() {
+    for (name, spec) in specs() {
+        let written = build(&spec, Some(&channel()), PORTS).unwrap();
+        let mut v: Value = serde_yaml::from_str(&written.to_yaml()).unwrap();
+        for pointer in PENDING_RELAY_KEYS {
+            strip(&mut v, pointer);
+        }
+        if let Some(kind) = v.pointer_mut("/filter/kind")
+            && PENDING_FILTER_KINDS.iter().any(|k| kind == *k)
+        {
+            *kind = Value::from("passthrough");
+        }
+        let yaml = serde_yaml::to_string(&v).unwrap();
+
+        let parsed = RelayConfig::from_yaml(&yaml).unwrap_or_else(|e| panic!("{name}: the relay rejects\n{yaml}\n{e}"));
+        parsed
+            .validate()
+            .unwrap_or_else(|e| panic!("{name}: the relay finds\n{yaml}\ninvalid: {e}"));
+
+        assert_eq!(parsed.listen_addr().port(), 38000, "{name}");
+        assert_eq!(parsed.ice.udp_addrs, vec!["0.0.0.0:40000".to_owned()], "{name}");
+        assert_eq!(parsed.video.bitrate_kbps, spec.video.bitrate_kbps, "{name}");
+        assert_eq!(parsed.video.width, spec.video.width, "{name}");
+        assert_eq!(parsed.ice.public_ips, written.ice.public_ips, "{name}");
+        match (&written.sora, &parsed.sora) {
+            (Some(w), Some(p)) => {
+                assert_eq!(p.channel_id, w.channel_id, "{name}");
+                assert_eq!(p.signaling_urls, w.signaling_urls, "{name}");
+                assert_eq!(
+                    p.metadata_file.as_ref().map(|f| f.display().to_string()),
+                    w.metadata_file,
+                    "{name}"
+                );
+            }
+            (None, None) => {}
+            other => panic!("{name}: sora differs: {other:?}"),
+        }
+        assert_eq!(
+            parsed
+                .whip
+                .as_ref()
+                .and_then(|w| w.token_file.as_ref())
+                .map(|f| f.display().to_string()),
+            written.whip.as_ref().and_then(|w| w.token_file.clone()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn every_pending_key_is_still_unknown_to_the_relay() {
+    // When this fails, the relay has learned the key: remove it from PENDING_RELAY_KEYS so the
+    // contract test above checks it too.
+    for pointer in PENDING_RELAY_KEYS {
+        let mut doc = serde_json::json!({});
+        let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+        let mut slot = &mut doc;
+        for part in &parts {
+            slot = &mut slot[*part];
+        }
+        *slot = serde_json::json!({});
+        let yaml = serde_yaml::to_string(&doc).unwrap();
+
+        let result = RelayConfig::from_yaml(&yaml);
+
+        assert!(
+            result.is_err(),
+            "the relay now accepts {pointer}; remove it from PENDING_RELAY_KEYS"
+        );
+    }
+}
+
+#[test]
+fn every_pending_filter_kind_is_still_unknown_to_the_relay() {
+    // When this fails, the relay has learned the filter: remove it from PENDING_FILTER_KINDS.
+    for kind in PENDING_FILTER_KINDS {
+        let result = RelayConfig::from_yaml(&format!("filter: {{kind: {kind}}}"));
+
+        assert!(
+            result.is_err(),
+            "the relay now accepts filter kind {kind}; remove it from PENDING_FILTER_KINDS"
+        );
+    }
+}
+
+#[test]
+fn a_passthrough_cpu_session_needs_nothing_pending() {
+    let written = build(&base(), Some(&channel()), PORTS).unwrap().to_yaml();
+
+    let parsed = RelayConfig::from_yaml(&written).unwrap_or_else(|e| panic!("{written}\n{e}"));
+
+    parsed.validate().unwrap();
+    assert!(
+        !parsed.preview.enabled,
+        "the operator turns the preview off unless asked"
+    );
+}

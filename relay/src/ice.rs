@@ -1,0 +1,108 @@
+//! Advertised addresses: behind a 1:1 NAT (a cloud VM, a Kubernetes node's ExternalIP) the
+//! relay's sockets have private addresses, so its host candidates are rewritten to carry the
+//! public one instead. (webrtc-rs 0.21 stores its own NAT 1:1 setting but never applies it.)
+
+use std::net::IpAddr;
+
+/// Rewrites one candidate attribute (`candidate:...`, with or without `a=`): a host
+/// candidate's address becomes the first public address of the same family.
+pub fn rewrite_candidate(candidate: &str, public_ips: &[IpAddr]) -> String {
+    let mut fields: Vec<&str> = candidate.split(' ').collect();
+    // foundation component transport priority address port "typ" type ...
+    if fields.len() < 8 || fields[6] != "typ" || fields[7] != "host" {
+        return candidate.to_owned();
+    }
+    let Ok(local) = fields[4].parse::<IpAddr>() else {
+        return candidate.to_owned();
+    };
+    let Some(public) = public_ips.iter().find(|p| p.is_ipv4() == local.is_ipv4()) else {
+        return candidate.to_owned();
+    };
+    let public = public.to_string();
+    fields[4] = &public;
+    fields.join(" ")
+}
+
+/// Rewrites every host candidate in an SDP, and the connection lines that name an address.
+pub fn rewrite_sdp(sdp: &str, public_ips: &[IpAddr]) -> String {
+    if public_ips.is_empty() {
+        return sdp.to_owned();
+    }
+    let ending = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut out: Vec<String> = Vec::new();
+    for line in sdp.split(ending) {
+        if line.starts_with("a=candidate:") {
+            out.push(rewrite_candidate(line, public_ips));
+        } else if let Some(rest) = line.strip_prefix("c=IN ") {
+            let (family, addr) = rest.split_once(' ').unwrap_or((rest, ""));
+            let replacement = public_ips.iter().find(|p| (family == "IP4") == p.is_ipv4());
+            match (addr.parse::<IpAddr>(), replacement) {
+                (Ok(a), Some(p)) if !a.is_unspecified() => out.push(format!("c=IN {family} {p}")),
+                _ => out.push(line.to_owned()),
+            }
+        } else {
+            out.push(line.to_owned());
+        }
+    }
+    out.join(ending)
+}
+
+/// Parses the configured public addresses; a bad one is named.
+pub fn parse_public_ips(ips: &[String]) -> Result<Vec<IpAddr>, String> {
+    ips.iter()
+        .map(|s| s.parse::<IpAddr>().map_err(|e| format!("public IP {s:?}: {e}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn host_candidates_carry_the_public_address_of_their_family() {
+        let public = ips(&["203.0.113.7", "2001:db8::7"]);
+        assert_eq!(
+            rewrite_candidate("candidate:1 1 udp 2130706431 10.0.0.5 40000 typ host", &public),
+            "candidate:1 1 udp 2130706431 203.0.113.7 40000 typ host"
+        );
+        assert_eq!(
+            rewrite_candidate(
+                "a=candidate:2 1 udp 2130706431 fd00::5 40000 typ host generation 0",
+                &public
+            ),
+            "a=candidate:2 1 udp 2130706431 2001:db8::7 40000 typ host generation 0"
+        );
+    }
+
+    #[test]
+    fn relay_and_srflx_candidates_and_missing_families_are_left_alone() {
+        let public = ips(&["203.0.113.7"]);
+        let relay = "candidate:3 1 udp 1 198.51.100.1 3478 typ relay raddr 0.0.0.0 rport 0";
+        assert_eq!(rewrite_candidate(relay, &public), relay);
+        let v6 = "candidate:4 1 udp 1 fd00::5 40000 typ host";
+        assert_eq!(rewrite_candidate(v6, &public), v6);
+        assert_eq!(rewrite_candidate("garbage", &public), "garbage");
+    }
+
+    #[test]
+    fn an_sdp_is_rewritten_line_by_line_keeping_crlf() {
+        let sdp = "v=0\r\nc=IN IP4 10.0.0.5\r\na=candidate:1 1 udp 1 10.0.0.5 40000 typ host\r\nc=IN IP4 0.0.0.0\r\n";
+        assert_eq!(
+            rewrite_sdp(sdp, &ips(&["203.0.113.7"])),
+            "v=0\r\nc=IN IP4 203.0.113.7\r\na=candidate:1 1 udp 1 203.0.113.7 40000 typ host\r\nc=IN IP4 0.0.0.0\r\n"
+        );
+        assert_eq!(rewrite_sdp(sdp, &[]), sdp);
+    }
+
+    #[test]
+    fn bad_public_ips_are_named() {
+        assert_eq!(
+            parse_public_ips(&["node-ip".into()]).unwrap_err(),
+            "public IP \"node-ip\": invalid IP address syntax"
+        );
+    }
+}
