@@ -210,6 +210,9 @@ pub struct IceConfig {
     pub udp_addrs: Vec<String>,
     /// Addresses to advertise instead (1:1 NAT, Kubernetes node IP).
     pub public_ips: Vec<String>,
+    /// A file holding the address(es) to advertise, filled in by the platform after start
+    /// (Kubernetes downward API); read for every browser offer.
+    pub public_ips_file: Option<PathBuf>,
 }
 
 impl Default for IceConfig {
@@ -217,6 +220,7 @@ impl Default for IceConfig {
         Self {
             udp_addrs: vec!["0.0.0.0:0".to_owned()],
             public_ips: Vec::new(),
+            public_ips_file: None,
         }
     }
 }
@@ -373,7 +377,7 @@ impl RelayConfig {
                 audio,
             },
         );
-        config.udp_addrs = self.ice.udp_addrs.clone();
+        config.udp_addrs = crate::ice::ephemeral(&self.ice.udp_addrs);
         config.public_ips = self.ice.public_ips.clone();
         Ok(Some(config))
     }
@@ -395,7 +399,7 @@ impl RelayConfig {
             None => whip.token.clone(),
         };
         let mut config = WhipConfig::new(whip.url.clone(), token, self.video.codec);
-        config.udp_addrs = self.ice.udp_addrs.clone();
+        config.udp_addrs = crate::ice::ephemeral(&self.ice.udp_addrs);
         config.public_ips = self.ice.public_ips.clone();
         config.request_timeout = Duration::from_secs(10);
         config.audio = audio;

@@ -359,7 +359,9 @@ async fn offer(State(state): State<AppState>, headers: HeaderMap, body: Result<B
             };
             error(m, status, e.to_string())
         }
-        Err(e @ AcceptError::ShuttingDown) => error(m, StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e @ (AcceptError::ShuttingDown | AcceptError::NoPublicAddress(_))) => {
+            error(m, StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
         Err(e @ AcceptError::WebRtc { .. }) => error(m, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -507,6 +509,7 @@ mod tests {
                     codecs: vec![VideoCodec::Vp8, VideoCodec::H264],
                     udp_addrs: vec!["127.0.0.1:0".into()],
                     public_ips,
+                    public_ips_file: None,
                     start_bitrate_kbps: 2000,
                 },
                 Arc::new(NewestSlot::new()),

@@ -47,10 +47,33 @@ pub fn rewrite_sdp(sdp: &str, public_ips: &[IpAddr]) -> String {
     out.join(ending)
 }
 
-/// Parses the configured public addresses; a bad one is named.
+/// Parses the configured public addresses, skipping empty entries (an unset environment
+/// variable); a bad one is named.
 pub fn parse_public_ips(ips: &[String]) -> Result<Vec<IpAddr>, String> {
     ips.iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
         .map(|s| s.parse::<IpAddr>().map_err(|e| format!("public IP {s:?}: {e}")))
+        .collect()
+}
+
+/// The addresses in a file the platform fills in (e.g. Kubernetes' downward API), one or more
+/// separated by whitespace; empty until it is filled.
+pub fn read_public_ips_file(path: &std::path::Path) -> Result<Vec<IpAddr>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let entries: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+    parse_public_ips(&entries).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The same local addresses with port 0: connections that dial out (to an SFU) or serve the
+/// preview take ephemeral ports, leaving the fixed port to the browser's ingest.
+pub fn ephemeral(udp_addrs: &[String]) -> Vec<String> {
+    udp_addrs
+        .iter()
+        .map(|a| match a.rsplit_once(':') {
+            Some((ip, _port)) => format!("{ip}:0"),
+            None => a.clone(),
+        })
         .collect()
 }
 
@@ -96,6 +119,27 @@ mod tests {
             "v=0\r\nc=IN IP4 203.0.113.7\r\na=candidate:1 1 udp 1 203.0.113.7 40000 typ host\r\nc=IN IP4 0.0.0.0\r\n"
         );
         assert_eq!(rewrite_sdp(sdp, &[]), sdp);
+    }
+
+    #[test]
+    fn fixed_ports_become_ephemeral_for_outgoing_connections() {
+        assert_eq!(
+            ephemeral(&["0.0.0.0:40000".into(), "[::]:40000".into()]),
+            ["0.0.0.0:0", "[::]:0"]
+        );
+    }
+
+    #[test]
+    fn empty_entries_are_skipped_and_files_are_read() {
+        assert_eq!(
+            parse_public_ips(&["".into(), " 203.0.113.7 ".into()]).unwrap(),
+            ips(&["203.0.113.7"])
+        );
+        let path = std::env::temp_dir().join(format!("lf-ip-{}", std::process::id()));
+        std::fs::write(&path, "198.51.100.9\n").unwrap();
+        assert_eq!(read_public_ips_file(&path).unwrap(), ips(&["198.51.100.9"]));
+        std::fs::write(&path, "").unwrap();
+        assert!(read_public_ips_file(&path).unwrap().is_empty());
     }
 
     #[test]

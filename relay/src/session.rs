@@ -57,6 +57,9 @@ pub enum AcceptError {
     /// The relay is shutting down.
     #[error("the relay is shutting down")]
     ShuttingDown,
+    /// The address to advertise is not known yet.
+    #[error("the relay does not know its public address yet: {0}")]
+    NoPublicAddress(String),
 }
 
 fn webrtc_err(op: &'static str) -> impl FnOnce(webrtc::error::Error) -> AcceptError {
@@ -75,6 +78,8 @@ pub struct IngestConfig {
     pub udp_addrs: Vec<String>,
     /// Addresses to advertise.
     pub public_ips: Vec<String>,
+    /// A file with more addresses to advertise, read for every offer.
+    pub public_ips_file: Option<std::path::PathBuf>,
     /// The bitrate the browser starts sending at (kbit/s), so it reaches full resolution
     /// sooner than its cautious default allows.
     pub start_bitrate_kbps: u32,
@@ -169,6 +174,19 @@ impl SessionManager {
             .map_or(0, |s| s.snapshot().frames_assembled)
     }
 
+    /// The addresses to advertise now: the configured ones plus the file's.
+    pub fn public_ips(&self) -> Result<Vec<IpAddr>, AcceptError> {
+        let mut ips = ice::parse_public_ips(&self.config.public_ips).map_err(AcceptError::NoPublicAddress)?;
+        if let Some(path) = &self.config.public_ips_file {
+            let from_file = ice::read_public_ips_file(path).map_err(AcceptError::NoPublicAddress)?;
+            if from_file.is_empty() {
+                return Err(AcceptError::NoPublicAddress(format!("{} is empty", path.display())));
+            }
+            ips.extend(from_file);
+        }
+        Ok(ips)
+    }
+
     /// Ends the current session, if any (shutdown).
     pub fn stop(&self) {
         if let State::Live { cancel, .. } = &*self.state.lock().unwrap_or_else(PoisonError::into_inner) {
@@ -253,7 +271,7 @@ impl SessionManager {
             .filter_map(|ip| ip.parse::<IpAddr>().ok())
             .any(|ip| ip.is_loopback());
         let settings = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
-        let public_ips: Vec<IpAddr> = self.config.public_ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+        let public_ips = self.public_ips()?;
         let gathered = Arc::new(Notify::new());
         let handler = Arc::new(SessionHandler {
             manager: Arc::clone(self),

@@ -47,7 +47,11 @@ fn assert_hue_advances_one_step_per_frame(frames: &[Value]) {
     let hue = |f: &Value| nearest_hue(rgb(&f["patch_rgb"]));
     let frames_between = |a: &Value, b: &Value| {
         let ticks = ts(b).wrapping_sub(ts(a));
-        assert_eq!(ticks % TICKS_PER_FRAME, 0, "RTP timestamps are not on the 30 fps grid: {a} {b}");
+        assert_eq!(
+            ticks % TICKS_PER_FRAME,
+            0,
+            "RTP timestamps are not on the 30 fps grid: {a} {b}"
+        );
         (ticks / TICKS_PER_FRAME) as i32
     };
     let mut close = 0;
@@ -55,14 +59,25 @@ fn assert_hue_advances_one_step_per_frame(frames: &[Value]) {
         let (a, b) = (&pair[0], &pair[1]);
         let expected = hue(a) + frames_between(a, b);
         let error = hue_error(hue(b), expected);
-        assert!(error <= PER_FRAME_SLACK, "hue {} after {a} -> {b}, expected {expected}", hue(b));
+        assert!(
+            error <= PER_FRAME_SLACK,
+            "hue {} after {a} -> {b}, expected {expected}",
+            hue(b)
+        );
         close += usize::from(error <= 1);
     }
     let pairs = frames.len() - 1;
-    assert!(close * 10 >= pairs * 8, "only {close} of {pairs} frame steps advanced the hue by one");
+    assert!(
+        close * 10 >= pairs * 8,
+        "only {close} of {pairs} frame steps advanced the hue by one"
+    );
     let (first, last) = (&frames[0], &frames[frames.len() - 1]);
     let expected = hue(first) + frames_between(first, last);
-    assert!(hue_error(hue(last), expected) <= 2, "hue {} at the end, expected {expected}: {first} -> {last}", hue(last));
+    assert!(
+        hue_error(hue(last), expected) <= 2,
+        "hue {} at the end, expected {expected}: {first} -> {last}",
+        hue(last)
+    );
 }
 
 /// Pixels of the centre third that are (nearly) black: the clock's glyph fill. The hue
