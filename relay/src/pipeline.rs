@@ -88,7 +88,13 @@ impl EncodeStage {
     }
 
     /// Encodes one picture (a keyframe when asked for) and offers it to every publisher.
-    pub fn encode(&mut self, picture: &I420Frame, mut times: FrameTimes, media_time: MediaTime) {
+    pub fn encode(
+        &mut self,
+        picture: &I420Frame,
+        mut times: FrameTimes,
+        media_time: MediaTime,
+        capture_ntp: Option<u64>,
+    ) {
         let force = self.keyframes.take();
         let start = Instant::now();
         let encoded = self.encoder.encode(picture, force);
@@ -114,6 +120,7 @@ impl EncodeStage {
                     frame,
                     times,
                     media_time,
+                    capture_ntp,
                 };
                 for p in &self.publishers {
                     p.offer(out.clone());
@@ -192,6 +199,8 @@ impl TestPatternPipeline {
                             epoch: 0,
                             rtp_timestamp,
                         },
+                        // Generated now: a viewer can measure the relay's latency from it.
+                        Some(crate::abs_capture::ntp_now()),
                     );
                     next = index + 1;
                 }
@@ -210,6 +219,8 @@ pub struct InputFrame {
     pub times: FrameTimes,
     /// The browser's media time (90 kHz) and session epoch.
     pub media_time: MediaTime,
+    /// When the browser captured it (NTP), if it said so (`abs-capture-time`).
+    pub capture_ntp: Option<u64>,
 }
 
 /// The browser pipeline's filter thread: newest-frame slot -> filter -> scale -> encode.
@@ -245,6 +256,7 @@ impl FilterPipeline {
                 picture,
                 mut times,
                 media_time,
+                capture_ntp,
             } = input;
             let start = Instant::now();
             times.filter_start = Some(start);
@@ -280,7 +292,7 @@ impl FilterPipeline {
                 },
                 None => filtered,
             };
-            self.stage.encode(&scaled, times, media_time);
+            self.stage.encode(&scaled, times, media_time, capture_ntp);
         }
         tracing::info!("filter thread stopped");
     }
@@ -366,6 +378,7 @@ mod filter_pipeline_tests {
                 epoch: 1,
                 rtp_timestamp: ts,
             },
+            capture_ntp: Some(u64::from(ts) << 32),
         }
     }
 
@@ -384,6 +397,11 @@ mod filter_pipeline_tests {
                 epoch: 1,
                 rtp_timestamp: 9000
             }
+        );
+        assert_eq!(
+            out.capture_ntp,
+            Some(9000 << 32),
+            "the capture time travels with the frame"
         );
         assert!(out.frame.keyframe);
         let decoded = new_decoder(VideoCodec::Vp8)

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +23,7 @@ use webrtc::peer_connection::{
     register_default_interceptors,
 };
 
+use crate::abs_capture;
 use crate::codec::VideoCodec;
 use crate::frame::FrameTimes;
 use crate::ice;
@@ -261,6 +264,15 @@ impl SessionManager {
         media_engine
             .register_codec(opus_codec_parameters(), RtpCodecKind::Audio)
             .map_err(webrtc_err("registering Opus"))?;
+        media_engine
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: abs_capture::URI.to_owned(),
+                },
+                RtpCodecKind::Video,
+                None,
+            )
+            .map_err(webrtc_err("registering abs-capture-time"))?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)
             .map_err(webrtc_err("registering interceptors"))?;
         let loopback = self
@@ -273,11 +285,13 @@ impl SessionManager {
         let settings = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
         let public_ips = self.public_ips()?;
         let gathered = Arc::new(Notify::new());
+        let abs_capture_time_id = Arc::new(Mutex::new(None));
         let handler = Arc::new(SessionHandler {
             manager: Arc::clone(self),
             epoch,
             cancel: cancel.clone(),
             gathered: Arc::clone(&gathered),
+            abs_capture_time_id: Arc::clone(&abs_capture_time_id),
         });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
@@ -303,6 +317,9 @@ impl SessionManager {
             pc.set_local_description(answer)
                 .await
                 .map_err(webrtc_err("applying the answer"))?;
+            // The id the answer agreed for abs-capture-time (only when the browser offered it).
+            let local = pc.local_description().await.map(|d| d.sdp).unwrap_or_default();
+            *abs_capture_time_id.lock().unwrap_or_else(PoisonError::into_inner) = abs_capture::extmap_id(&local);
             // Non-trickle, as the original sample: the answer waits for every local candidate.
             if tokio::time::timeout(GATHER_TIMEOUT, gathered.notified()).await.is_err() {
                 tracing::warn!(
@@ -367,6 +384,7 @@ impl SessionManager {
                 epoch,
                 rtp_timestamp: decoded.rtp_timestamp,
             },
+            capture_ntp: decoded.capture_ntp,
         };
         if self.slot.put(input).is_some() {
             m.drop_frame("pipeline", DropReason::Stale);
@@ -423,6 +441,8 @@ struct SessionHandler {
     epoch: u64,
     cancel: CancellationToken,
     gathered: Arc<Notify>,
+    /// Set from the answer before any media can arrive.
+    abs_capture_time_id: Arc<Mutex<Option<u8>>>,
 }
 
 #[async_trait::async_trait]
@@ -464,6 +484,10 @@ impl PeerConnectionEventHandler for SessionHandler {
         let epoch = self.epoch;
         match kind {
             RtpCodecKind::Video => {
+                let ingest_config = VideoIngestConfig {
+                    abs_capture_time_id: *self.abs_capture_time_id.lock().unwrap_or_else(PoisonError::into_inner),
+                    ..VideoIngestConfig::default()
+                };
                 let stats = Arc::new(VideoIngestStats::default());
                 *manager.video_stats.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&stats));
                 tokio::spawn(
@@ -481,7 +505,7 @@ impl PeerConnectionEventHandler for SessionHandler {
                             seen = assembled;
                             sink_manager.on_decoded(epoch, decoded, &mut fps);
                         };
-                        if let Err(e) = run_video_track(track, VideoIngestConfig::default(), stats, sink).await {
+                        if let Err(e) = run_video_track(track, ingest_config, stats, sink).await {
                             tracing::warn!(error = %e, "browser video could not be received");
                         }
                         // The camera track ended: the stream is over.

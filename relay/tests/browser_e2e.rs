@@ -644,3 +644,28 @@ async fn the_page_says_camera_denied_and_posts_no_offer() {
     browser.screenshot("streamer", "camera-denied").await;
     browser.quit().await;
 }
+
+#[tokio::test]
+async fn the_browsers_capture_time_reaches_the_preview_viewer_for_glass_to_glass_latency() {
+    let _serial = serial().await;
+    let relay = Relay::serve(&[]).await;
+    let mut browser = Browser::launch(Camera::Fake).await;
+    browser.open("streamer", &relay.url("/")).await;
+    assert_live(
+        &browser.start("streamer", json!({"width": 640, "height": 360})).await,
+        &relay,
+    );
+
+    browser.open("viewer", &relay.url("/view")).await;
+    let stamped = browser
+        .wait_state("viewer", "abs-capture-time on received frames", |s| {
+            s["captureTimestamp"].as_f64().is_some() && s["glassToGlassMs"].as_f64().is_some()
+        })
+        .await;
+
+    // Sender, relay and viewer share this machine's clock: the capture time is the browser's
+    // own, so glass to glass is small and positive (not the relay's send time, not garbage).
+    let g2g = stamped["glassToGlassMs"].as_f64().unwrap();
+    assert!((0.0..2000.0).contains(&g2g), "glass-to-glass {g2g} ms: {stamped:#}");
+    browser.quit().await;
+}

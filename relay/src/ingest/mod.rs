@@ -20,6 +20,7 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use serde::Serialize;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
+use crate::abs_capture::{self, CaptureClock};
 use crate::codec::{self, CodecError, VideoCodec, VideoDecoder};
 use crate::frame::I420Frame;
 
@@ -68,6 +69,8 @@ pub struct VideoIngestConfig {
     pub assembler: AssemblerConfig,
     /// How often a stalled gap is re-checked when no packet arrives.
     pub flush_interval: Duration,
+    /// The negotiated id of the `abs-capture-time` header extension, when there is one.
+    pub abs_capture_time_id: Option<u8>,
 }
 
 impl Default for VideoIngestConfig {
@@ -76,6 +79,7 @@ impl Default for VideoIngestConfig {
             pli_interval: Duration::from_millis(500),
             assembler: AssemblerConfig::default(),
             flush_interval: Duration::from_millis(50),
+            abs_capture_time_id: None,
         }
     }
 }
@@ -95,6 +99,8 @@ pub struct DecodedFrame {
     pub decoded_at: Instant,
     /// 0-based count of decoded frames on this track.
     pub index: u64,
+    /// When the sender captured it (NTP), if the sender stamps `abs-capture-time`.
+    pub capture_ntp: Option<u64>,
 }
 
 /// Receives decoded frames. Implemented for any `FnMut(DecodedFrame) + Send`.
@@ -222,6 +228,7 @@ pub struct VideoReceiver {
     stats: Arc<VideoIngestStats>,
     assembler_seen: AssemblerStats,
     decoded: u64,
+    capture_clock: CaptureClock,
 }
 
 impl VideoReceiver {
@@ -237,7 +244,13 @@ impl VideoReceiver {
             stats,
             assembler_seen: AssemblerStats::default(),
             decoded: 0,
+            capture_clock: CaptureClock::new(90_000),
         }
+    }
+
+    /// Records a packet's `abs-capture-time`; later frames' capture times extrapolate from it.
+    pub fn observe_capture_time(&mut self, rtp_timestamp: u32, capture_ntp: u64) {
+        self.capture_clock.observe(rtp_timestamp, capture_ntp);
     }
 
     /// The shared counters.
@@ -286,6 +299,7 @@ impl VideoReceiver {
                         arrival: frame.first_arrival,
                         decoded_at: Instant::now(),
                         index,
+                        capture_ntp: self.capture_clock.estimate(frame.rtp_timestamp),
                     });
                 }
                 Ok(None) => {}
@@ -347,6 +361,11 @@ pub async fn run_video_track(
         };
         match event {
             TrackRemoteEvent::OnRtpPacket(packet) => {
+                if let Some(id) = config.abs_capture_time_id
+                    && let Some(ntp) = packet.header.get_extension(id).as_deref().and_then(abs_capture::parse)
+                {
+                    receiver.observe_capture_time(packet.header.timestamp, ntp);
+                }
                 let input = RtpInput::from_packet(&packet, Instant::now());
                 if receiver.push(input, &mut sink) {
                     send_pli(&*track, packet.header.ssrc, receiver.stats()).await;
@@ -468,6 +487,19 @@ mod tests {
         rx.push(vp8(4, 400, true, 0, t0 + Duration::from_secs(1)), &mut sink);
         assert_eq!(count, 2);
         assert_eq!(rx.stats().snapshot().decode_errors, 1);
+    }
+
+    #[test]
+    fn decoded_frames_carry_capture_times_extrapolated_from_the_last_stamp() {
+        let t0 = Instant::now();
+        let mut rx = receiver();
+        let mut captures = Vec::new();
+        let mut sink = |f: DecodedFrame| captures.push(f.capture_ntp);
+        rx.push(vp8(1, 100, true, 0, t0), &mut sink);
+        rx.observe_capture_time(3100, 1 << 40);
+        rx.push(vp8(2, 3100, false, 0, t0), &mut sink);
+        rx.push(vp8(3, 93_100, false, 0, t0), &mut sink);
+        assert_eq!(captures, [None, Some(1 << 40), Some((1 << 40) + (1 << 32))]);
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct OutgoingFrame {
     pub times: FrameTimes,
     /// The source's media time (90 kHz), rebased per publisher onto its output stream.
     pub media_time: MediaTime,
+    /// When the source captured it (NTP), sent as `abs-capture-time` where negotiated.
+    pub capture_ntp: Option<u64>,
 }
 
 /// One Opus packet from the browser, forwarded without transcoding.

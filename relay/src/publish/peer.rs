@@ -9,7 +9,8 @@ use rtc::interceptor::Slot;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{PayloadType, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{Mutex, mpsc};
@@ -26,8 +27,10 @@ use webrtc::rtp_transceiver::RtpSender;
 use super::keyframe::{KEYFRAME_REQUEST_SLOT, KeyframeRequestInterceptor};
 use super::rtp::{SequenceRebase, TimestampRebase};
 use super::{AudioPacket, KeyframeRequest, OutgoingFrame};
+use crate::abs_capture::{self, AbsCaptureTime};
 use crate::codec::VideoCodec;
 use crate::ice;
+use rtc::rtp::extension::HeaderExtension;
 
 /// The H.264 format the relay sends: constrained baseline 3.1, packetization-mode 1.
 pub const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
@@ -260,6 +263,15 @@ impl SendPeer {
         media_engine
             .register_codec(codec_params.clone(), RtpCodecKind::Video)
             .map_err(webrtc_err("registering the video codec"))?;
+        media_engine
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: abs_capture::URI.to_owned(),
+                },
+                RtpCodecKind::Video,
+                None,
+            )
+            .map_err(webrtc_err("registering abs-capture-time"))?;
         if options.audio {
             media_engine
                 .register_codec(opus_codec_parameters(), RtpCodecKind::Audio)
@@ -516,11 +528,20 @@ impl SendPeer {
     pub async fn write_frame(&self, frame: &OutgoingFrame) -> Result<(), PeerError> {
         let payload_type = self.negotiated_payload_type().await?;
         let packets = self.packetizer.lock().await.packetize(frame, self.ssrc, payload_type)?;
-        for packet in packets {
-            self.track
-                .write_rtp(packet)
-                .await
-                .map_err(webrtc_err("writing a video packet"))?;
+        for (i, packet) in packets.into_iter().enumerate() {
+            // The capture time rides on each frame's first packet (where negotiated; the track
+            // drops it otherwise), so viewers need not extrapolate.
+            let written = match frame.capture_ntp {
+                Some(ntp) if i == 0 => {
+                    let ext = HeaderExtension::Custom {
+                        uri: abs_capture::URI.into(),
+                        extension: Box::new(AbsCaptureTime(ntp)),
+                    };
+                    self.track.write_rtp_with_extensions(packet, &[ext]).await
+                }
+                _ => self.track.write_rtp(packet).await,
+            };
+            written.map_err(webrtc_err("writing a video packet"))?;
         }
         Ok(())
     }
