@@ -40,3 +40,28 @@ fmt:
 crds:
 	$(CARGO) run -q -p livefilter-operator -- crd > crds/livefiltersessions.livefilter.dev.yaml.tmp
 	mv crds/livefiltersessions.livefilter.dev.yaml.tmp crds/livefiltersessions.livefilter.dev.yaml
+
+# The Helm chart, examples, CRD copies and Dockerfiles, checked offline (scripts/chart-check.sh:
+# helm lint/template, kubernetes-validate, prometheus-operator schemas, check-jsonschema,
+# yamllint, hadolint; the tools come from `setup`).
+.PHONY: chart
+chart: setup
+	scripts/chart-check.sh
+
+# Container images (a Docker engine with BuildKit; none runs on the development machines, where
+# `make chart` lints the Dockerfiles instead). Tags: $(REGISTRY)/<image>:$(IMAGE_TAG).
+REGISTRY ?= ghcr.io/livefilter
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+DOCKER ?= docker
+
+.PHONY: images images-push
+images:
+	@command -v $(DOCKER) >/dev/null || { echo "images: no '$(DOCKER)' on this machine (make chart lints the Dockerfiles)"; exit 1; }
+	$(DOCKER) build -f operator/Dockerfile -t $(REGISTRY)/livefilter-operator:$(IMAGE_TAG) .
+	$(DOCKER) build -f relay/Dockerfile -t $(REGISTRY)/livefilter-relay:$(IMAGE_TAG) .
+	$(DOCKER) build -f relay/Dockerfile.cuda -t $(REGISTRY)/livefilter-relay-cuda:$(IMAGE_TAG) .
+
+images-push: images
+	$(DOCKER) push $(REGISTRY)/livefilter-operator:$(IMAGE_TAG)
+	$(DOCKER) push $(REGISTRY)/livefilter-relay:$(IMAGE_TAG)
+	$(DOCKER) push $(REGISTRY)/livefilter-relay-cuda:$(IMAGE_TAG)

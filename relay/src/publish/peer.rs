@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rtc::interceptor::Slot;
@@ -247,6 +248,7 @@ pub struct SendPeer {
     ssrc: u32,
     payload_type: Mutex<Option<PayloadType>>,
     public_ips: Vec<IpAddr>,
+    capture_time_negotiated: AtomicBool,
 }
 
 impl SendPeer {
@@ -386,11 +388,14 @@ impl SendPeer {
             ssrc,
             payload_type: Mutex::new(None),
             public_ips,
+            capture_time_negotiated: AtomicBool::new(false),
         })
     }
 
     /// Answers a remote offer (Sora): attaches the track to the offered video transceiver.
     pub async fn answer(&self, offer_sdp: String) -> Result<String, PeerError> {
+        self.capture_time_negotiated
+            .store(abs_capture::extmap_id(&offer_sdp).is_some(), Ordering::Release);
         let offer = RTCSessionDescription::offer(offer_sdp).map_err(webrtc_err("parsing the offer"))?;
         self.pc
             .set_remote_description(offer)
@@ -424,6 +429,8 @@ impl SendPeer {
 
     /// Answers a renegotiation offer on the same connection (Sora `re-offer`).
     pub async fn reanswer(&self, offer_sdp: String) -> Result<String, PeerError> {
+        self.capture_time_negotiated
+            .store(abs_capture::extmap_id(&offer_sdp).is_some(), Ordering::Release);
         let offer = RTCSessionDescription::offer(offer_sdp).map_err(webrtc_err("parsing the re-offer"))?;
         self.pc
             .set_remote_description(offer)
@@ -504,6 +511,8 @@ impl SendPeer {
 
     /// Applies the remote answer (WHIP).
     pub async fn set_answer(&self, answer_sdp: String) -> Result<(), PeerError> {
+        self.capture_time_negotiated
+            .store(abs_capture::extmap_id(&answer_sdp).is_some(), Ordering::Release);
         let answer = RTCSessionDescription::answer(answer_sdp).map_err(webrtc_err("parsing the answer"))?;
         self.pc
             .set_remote_description(answer)
@@ -529,10 +538,10 @@ impl SendPeer {
         let payload_type = self.negotiated_payload_type().await?;
         let packets = self.packetizer.lock().await.packetize(frame, self.ssrc, payload_type)?;
         for (i, packet) in packets.into_iter().enumerate() {
-            // The capture time rides on each frame's first packet (where negotiated; the track
-            // drops it otherwise), so viewers need not extrapolate.
+            // The capture time rides on each frame's first packet, only when the remote side's
+            // description accepted the extension (webrtc-rs would otherwise send it anyway).
             let written = match frame.capture_ntp {
-                Some(ntp) if i == 0 => {
+                Some(ntp) if i == 0 && self.capture_time_negotiated.load(Ordering::Acquire) => {
                     let ext = HeaderExtension::Custom {
                         uri: abs_capture::URI.into(),
                         extension: Box::new(AbsCaptureTime(ntp)),
