@@ -334,15 +334,7 @@ impl RelayConfig {
     /// The `/offer` bearer token, reading the token file if one is given.
     pub fn offer_token(&self) -> Result<Option<String>, ConfigError> {
         match &self.offer.token_file {
-            Some(path) => Ok(Some(
-                std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read {
-                        path: path.clone(),
-                        source,
-                    })?
-                    .trim()
-                    .to_owned(),
-            )),
+            Some(path) => Ok(Some(read_secret(path)?)),
             None => Ok(self.offer.token.clone()),
         }
     }
@@ -387,15 +379,7 @@ impl RelayConfig {
     pub fn whip_config(&self, audio: bool) -> Result<Option<WhipConfig>, ConfigError> {
         let Some(whip) = &self.whip else { return Ok(None) };
         let token = match &whip.token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read {
-                        path: path.clone(),
-                        source,
-                    })?
-                    .trim()
-                    .to_owned(),
-            ),
+            Some(path) => Some(read_secret(path)?),
             None => whip.token.clone(),
         };
         let mut config = WhipConfig::new(whip.url.clone(), token, self.video.codec);
@@ -405,6 +389,15 @@ impl RelayConfig {
         config.audio = audio;
         Ok(Some(config))
     }
+}
+
+/// A token from a mounted Secret file, without the trailing newline editors and `echo` add.
+fn read_secret(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text.trim().to_owned())
 }
 
 fn range(setting: &'static str, value: u32, min: u32, max: u32, expected: &'static str) -> Result<(), ConfigError> {

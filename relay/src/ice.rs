@@ -65,6 +65,16 @@ pub fn read_public_ips_file(path: &std::path::Path) -> Result<Vec<IpAddr>, Strin
     parse_public_ips(&entries).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Whether any of the UDP bind addresses is a loopback one (webrtc-rs then has to be told to
+/// offer loopback candidates: tests and single-machine setups).
+pub fn binds_loopback(udp_addrs: &[String]) -> bool {
+    udp_addrs
+        .iter()
+        .filter_map(|a| a.rsplit_once(':').map(|(ip, _)| ip.trim_matches(['[', ']'])))
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .any(|ip| ip.is_loopback())
+}
+
 /// The same local addresses with port 0: connections that dial out (to an SFU) or serve the
 /// preview take ephemeral ports, leaving the fixed port to the browser's ingest.
 pub fn ephemeral(udp_addrs: &[String]) -> Vec<String> {
@@ -119,6 +129,13 @@ mod tests {
             "v=0\r\nc=IN IP4 203.0.113.7\r\na=candidate:1 1 udp 1 203.0.113.7 40000 typ host\r\nc=IN IP4 0.0.0.0\r\n"
         );
         assert_eq!(rewrite_sdp(sdp, &[]), sdp);
+    }
+
+    #[test]
+    fn loopback_binds_are_recognised_in_both_families() {
+        assert!(binds_loopback(&["127.0.0.1:0".into()]));
+        assert!(binds_loopback(&["[::1]:40000".into()]));
+        assert!(!binds_loopback(&["0.0.0.0:0".into(), "10.0.0.5:1".into()]));
     }
 
     #[test]

@@ -275,14 +275,8 @@ impl SessionManager {
             .map_err(webrtc_err("registering abs-capture-time"))?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)
             .map_err(webrtc_err("registering interceptors"))?;
-        let loopback = self
-            .config
-            .udp_addrs
-            .iter()
-            .filter_map(|a| a.rsplit_once(':').map(|(ip, _)| ip.trim_matches(['[', ']'])))
-            .filter_map(|ip| ip.parse::<IpAddr>().ok())
-            .any(|ip| ip.is_loopback());
-        let settings = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
+        let settings =
+            SettingEngineBuilder::new().with_include_loopback_candidate(ice::binds_loopback(&self.config.udp_addrs));
         let public_ips = self.public_ips()?;
         let gathered = Arc::new(Notify::new());
         let abs_capture_time_id = Arc::new(Mutex::new(None));

@@ -112,6 +112,38 @@ impl PublisherInputs {
     }
 }
 
+/// After a failed connection attempt: counts the error, then waits out the backoff delay while
+/// dropping (and counting) what the pipeline offers. False when shutdown came first.
+pub(crate) async fn retry_after_error(
+    publisher: &'static str,
+    error: &(dyn std::error::Error + Send + Sync),
+    kind: &str,
+    backoff: &mut backoff::Backoff,
+    inputs: &mut PublisherInputs,
+    metrics: &Metrics,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    metrics.publisher_errors.with_label_values(&[publisher, kind]).inc();
+    let delay = backoff.next_delay(rand::random::<f64>());
+    tracing::warn!(publisher, error = %error, retry_in_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "publisher failed; reconnecting");
+    metrics.set_publisher_state(publisher, PublisherState::Backoff);
+    let deadline = tokio::time::sleep(delay);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = &mut deadline => break,
+            f = inputs.video.recv() => match f {
+                Some(_) => metrics.drop_frame(publisher, DropReason::PublisherDisconnected),
+                None => return false,
+            },
+            _ = inputs.audio.recv() => {}
+        }
+    }
+    metrics.publisher_reconnects.with_label_values(&[publisher]).inc();
+    true
+}
+
 /// Records the send and total latency of a frame just written to the network.
 pub fn observe_sent(metrics: &Metrics, publisher: &str, frame: &OutgoingFrame) {
     let now = std::time::Instant::now();

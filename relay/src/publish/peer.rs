@@ -292,13 +292,8 @@ impl SendPeer {
             })
             .build();
 
-        let loopback = options
-            .udp_addrs
-            .iter()
-            .filter_map(|a| a.rsplit_once(':').map(|(ip, _)| ip.trim_matches(['[', ']'])))
-            .filter_map(|ip| ip.parse::<IpAddr>().ok())
-            .any(|ip| ip.is_loopback());
-        let settings = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
+        let settings =
+            SettingEngineBuilder::new().with_include_loopback_candidate(ice::binds_loopback(&options.udp_addrs));
         let public_ips: Vec<IpAddr> = options.public_ips.iter().filter_map(|ip| ip.parse().ok()).collect();
 
         let pc = PeerConnectionBuilder::new()

@@ -11,7 +11,7 @@ use webrtc::peer_connection::{RTCIceServer, RTCPeerConnectionState};
 
 use super::backoff::Backoff;
 use super::peer::{PeerError, PeerEvent, PeerOptions, SendPeer};
-use super::{KeyframeRequest, PublisherInputs, PublisherState, observe_sent};
+use super::{KeyframeRequest, PublisherInputs, PublisherState, observe_sent, retry_after_error};
 use crate::codec::VideoCodec;
 use crate::metrics::{DropReason, Metrics};
 
@@ -159,38 +159,25 @@ impl WhipPublisher {
             match self.session(&mut inputs, &mut backoff).await {
                 Ok(()) => break,
                 Err(e) => {
-                    self.metrics
-                        .publisher_errors
-                        .with_label_values(&[PUBLISHER, e.kind()])
-                        .inc();
-                    let delay = backoff.next_delay(rand::random::<f64>());
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "WHIP publisher failed; reconnecting");
-                    self.set_state(PublisherState::Backoff);
-                    if self.drop_frames_for(delay, &mut inputs).await {
+                    let kind = e.kind();
+                    let retry = retry_after_error(
+                        PUBLISHER,
+                        &e,
+                        kind,
+                        &mut backoff,
+                        &mut inputs,
+                        &self.metrics,
+                        &self.shutdown,
+                    )
+                    .await;
+                    if !retry {
                         break;
                     }
-                    self.metrics.publisher_reconnects.with_label_values(&[PUBLISHER]).inc();
                 }
             }
         }
         self.set_state(PublisherState::Stopped);
         inputs.close();
-    }
-
-    async fn drop_frames_for(&self, delay: Duration, inputs: &mut PublisherInputs) -> bool {
-        let deadline = tokio::time::sleep(delay);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return true,
-                _ = &mut deadline => return false,
-                f = inputs.video.recv() => match f {
-                    Some(_) => self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected),
-                    None => return true,
-                },
-                _ = inputs.audio.recv() => {}
-            }
-        }
     }
 
     /// One offer/answer exchange and the media that follows. `Ok` means shutdown.

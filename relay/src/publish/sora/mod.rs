@@ -19,7 +19,7 @@ use webrtc::peer_connection::{RTCIceServer, RTCPeerConnectionState};
 use self::signaling::{CloseKind, ConnectOptions, ServerMessage, SignalingError};
 use super::backoff::Backoff;
 use super::peer::{PeerError, PeerEvent, PeerOptions, SendPeer};
-use super::{KeyframeRequest, PublisherInputs, PublisherState, observe_sent};
+use super::{KeyframeRequest, PublisherInputs, PublisherState, observe_sent, retry_after_error};
 use crate::metrics::{DropReason, Metrics};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -183,40 +183,26 @@ impl SoraPublisher {
                     break;
                 }
                 Err(e) => {
-                    self.metrics
-                        .publisher_errors
-                        .with_label_values(&[PUBLISHER, e.kind()])
-                        .inc();
-                    let delay = backoff.next_delay(rand::random::<f64>());
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "Sora publisher failed; reconnecting");
-                    self.set_state(PublisherState::Backoff);
-                    if self.drop_frames_for(delay, &mut inputs).await {
+                    let kind = e.kind();
+                    let retry = retry_after_error(
+                        PUBLISHER,
+                        &e,
+                        kind,
+                        &mut backoff,
+                        &mut inputs,
+                        &self.metrics,
+                        &self.shutdown,
+                    )
+                    .await;
+                    if !retry {
                         break;
                     }
-                    self.metrics.publisher_reconnects.with_label_values(&[PUBLISHER]).inc();
                 }
             }
         }
         self.set_state(PublisherState::Stopped);
         // Frames offered after the end are counted as dropped by the handle (channel closed).
         inputs.close();
-    }
-
-    /// Drops incoming frames for `delay`; true when shutdown came first.
-    async fn drop_frames_for(&self, delay: Duration, inputs: &mut PublisherInputs) -> bool {
-        let deadline = tokio::time::sleep(delay);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return true,
-                _ = &mut deadline => return false,
-                f = inputs.video.recv() => match f {
-                    Some(_) => self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected),
-                    None => return true,
-                },
-                _ = inputs.audio.recv() => {}
-            }
-        }
     }
 
     async fn session(
