@@ -56,7 +56,7 @@ DOCKER ?= docker
 
 .PHONY: images images-push
 images:
-	@command -v $(DOCKER) >/dev/null || { echo "images: no '$(DOCKER)' on this machine (make chart lints the Dockerfiles)"; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "images: no Docker engine reachable ('$(DOCKER) info' fails); 'make chart' lints the Dockerfiles"; exit 1; }
 	$(DOCKER) build -f operator/Dockerfile -t $(REGISTRY)/livefilter-operator:$(IMAGE_TAG) .
 	$(DOCKER) build -f relay/Dockerfile -t $(REGISTRY)/livefilter-relay:$(IMAGE_TAG) .
 	$(DOCKER) build -f relay/Dockerfile.cuda -t $(REGISTRY)/livefilter-relay-cuda:$(IMAGE_TAG) .

@@ -11,6 +11,7 @@
 import { readFileSync, existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { createRequire } from "node:module";
+import { pathToFileURL } from "node:url";
 
 const require = createRequire(join(process.cwd(), "package.json"));
 const pkgDir = dirname(require.resolve("@kubernetes-models/prometheus-operator/package.json"));
@@ -89,10 +90,10 @@ for (const obj of objects) {
   const where = `${obj.kind} ${obj.metadata?.name}`;
   const problems = [];
   const [group, version] = obj.apiVersion.split("/");
-  const modPath = `@kubernetes-models/prometheus-operator/${group}/${version}/${obj.kind}`;
+  const modFile = join(pkgDir, group, version, `${obj.kind}.js`);
   let Model;
   try {
-    ({ [obj.kind]: Model } = await import(modPath));
+    ({ [obj.kind]: Model } = await import(pathToFileURL(modFile).href));
   } catch {
     problems.push(`no schema for ${obj.apiVersion} ${obj.kind}`);
   }

@@ -25,16 +25,29 @@ chart name. Truncated to 63 characters (a DNS label).
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Standard labels of every object of the release. */}}
+{{/* Standard labels of every object of the release (each adds its component). */}}
 {{- define "livefilter.labels" -}}
 helm.sh/chart: {{ include "livefilter.chart" . }}
-{{ include "livefilter.selectorLabels" . }}
+app.kubernetes.io/name: {{ include "livefilter.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: livefilter
 {{- end }}
 
-{{/* The operator's Pods. */}}
+{{/* The operator's objects. */}}
+{{- define "livefilter.operatorLabels" -}}
+{{ include "livefilter.labels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* The monitoring objects (monitors, rules, dashboard). */}}
+{{- define "livefilter.monitoringLabels" -}}
+{{ include "livefilter.labels" . }}
+app.kubernetes.io/component: monitoring
+{{- end }}
+
+{{/* Selects the operator's Pods. */}}
 {{- define "livefilter.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "livefilter.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
