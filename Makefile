@@ -27,6 +27,7 @@ lint: setup
 test: lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace -- --test-threads=2
+	scripts/chart-check.sh
 
 bench: build
 	$(CARGO) run --release -p livefilter-relay -- bench
@@ -40,6 +41,7 @@ fmt:
 crds:
 	$(CARGO) run -q -p livefilter-operator -- crd > crds/livefiltersessions.livefilter.dev.yaml.tmp
 	mv crds/livefiltersessions.livefilter.dev.yaml.tmp crds/livefiltersessions.livefilter.dev.yaml
+	cp crds/livefiltersessions.livefilter.dev.yaml charts/livefilter/crds/livefiltersessions.livefilter.dev.yaml
 
 # The Helm chart, examples, CRD copies and Dockerfiles, checked offline (scripts/chart-check.sh:
 # helm lint/template, kubernetes-validate, prometheus-operator schemas, check-jsonschema,

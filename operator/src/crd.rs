@@ -45,6 +45,10 @@ pub const MAX_NAME_LEN: usize = 47;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LiveFilterSessionSpec {
+    /// What the relay publishes: the browser's camera sent to `/offer` (default), or a
+    /// generated test pattern with no browser at all (to check the output path).
+    #[serde(default)]
+    pub source: Source,
     /// The AI filter applied to every frame.
     #[serde(default)]
     pub filter: FilterSpec,
@@ -121,6 +125,17 @@ impl FilterKind {
             Self::Onnx => "onnx",
         }
     }
+}
+
+/// What the relay publishes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// A browser's camera, sent to `/offer` (`livefilter-relay serve`).
+    #[default]
+    Browser,
+    /// The generated test pattern: hue-cycling background and a clock (`livefilter-relay test-pattern`).
+    TestPattern,
 }
 
 /// Where inference runs.

@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{AdvertiseFrom, Device, LiveFilterSession, PortsStatus, ServiceType};
+use crate::crd::{AdvertiseFrom, Device, LiveFilterSession, PortsStatus, ServiceType, Source};
 use crate::relay_config::{RelayConfigFile, paths};
 
 /// Label naming the owning session (selects the relay Pod for the Service).
@@ -155,7 +155,11 @@ pub fn relay_pod(
         .clone()
         .unwrap_or_else(|| if cuda { images.cuda.clone() } else { images.cpu.clone() });
 
-    let mut args = vec!["serve".to_owned(), "--config".to_owned(), paths::CONFIG_PATH.to_owned()];
+    let mode = match spec.source {
+        Source::Browser => "serve",
+        Source::TestPattern => "test-pattern",
+    };
+    let mut args = vec![mode.to_owned(), "--config".to_owned(), paths::CONFIG_PATH.to_owned()];
     if spec.network.advertise.from == AdvertiseFrom::NodeInternalIP {
         // The kubelet expands $(VAR) in args from the container's env.
         args.push(format!("--public-ip=$({HOST_IP_ENV})"));
@@ -550,6 +554,7 @@ mod tests {
 
     fn spec() -> LiveFilterSessionSpec {
         LiveFilterSessionSpec {
+            source: Default::default(),
             output: OutputSpec {
                 imageflux: Some(ImageFluxOutput {
                     token_secret_ref: KeyRef {
@@ -644,6 +649,19 @@ mod tests {
                 .unwrap()
                 .field_path,
             "status.hostIP"
+        );
+    }
+
+    #[test]
+    fn a_test_pattern_session_runs_the_relay_in_test_pattern_mode() {
+        let mut s = spec();
+        s.source = Source::TestPattern;
+
+        let p = pod_of(&session(s));
+
+        assert_eq!(
+            container(&p).args.as_deref().unwrap()[..3],
+            ["test-pattern", "--config", "/etc/livefilter/relay.yaml"]
         );
     }
 

@@ -301,6 +301,7 @@ mod tests {
 
     fn imageflux() -> LiveFilterSessionSpec {
         LiveFilterSessionSpec {
+            source: Default::default(),
             output: OutputSpec {
                 imageflux: Some(ImageFluxOutput {
                     token_secret_ref: KeyRef {

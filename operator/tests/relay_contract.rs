@@ -16,6 +16,7 @@ const PORTS: PortsStatus = PortsStatus {
 
 fn base() -> LiveFilterSessionSpec {
     LiveFilterSessionSpec {
+        source: Default::default(),
         output: OutputSpec {
             imageflux: Some(ImageFluxOutput {
                 token_secret_ref: KeyRef {

@@ -39,6 +39,7 @@ const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events?";
 
 fn imageflux_spec(hls: bool) -> LiveFilterSessionSpec {
     LiveFilterSessionSpec {
+        source: Default::default(),
         output: OutputSpec {
             imageflux: Some(ImageFluxOutput {
                 token_secret_ref: KeyRef {
@@ -1005,6 +1006,7 @@ async fn a_spec_change_replaces_the_relay_pod_old_first() {
 async fn a_sora_output_needs_no_channel_and_mounts_the_metadata_secret() {
     let h = Harness::new(&[]).await;
     let spec = LiveFilterSessionSpec {
+        source: Default::default(),
         output: OutputSpec {
             sora: Some(SoraOutput {
                 signaling_urls: vec!["wss://sora.example/signaling".into()],
