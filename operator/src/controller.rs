@@ -21,12 +21,12 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, info, warn};
 
 use crate::crd::{
-    AdvertiseFrom, ChannelStatus, LiveFilterSession, LiveFilterSessionStatus, OutputKind, Phase, PortPolicy,
-    PortsStatus,
+    AdvertiseFrom, ChannelStatus, ImageFluxOutput, KeyRef, LiveFilterSession, LiveFilterSessionStatus, OutputKind,
+    Phase, PortPolicy, PortsStatus,
 };
 use crate::imageflux::{Deleted, HlsAudio, HlsRenditionRequest, HlsVideo, ImageFluxClient, ImageFluxError};
 use crate::metrics::Metrics;
-use crate::objects::{self, HASH_ANNOTATION, MANAGER, Names, PUBLIC_IP_ANNOTATION, RelayImages};
+use crate::objects::{self, HASH_ANNOTATION, MANAGER, Names, PUBLIC_IP_ANNOTATION, RelayDefaults};
 use crate::ports::{PortAllocator, PortError};
 use crate::relay_config::{self, ConfigBuildError};
 use crate::status::{self, Cond, PhaseInputs, RelayStatus, condition};
@@ -165,18 +165,31 @@ impl Stores {
 /// Operator-wide settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Default relay images.
-    pub images: RelayImages,
+    /// Default relay images and GPU resource.
+    pub images: RelayDefaults,
+    /// The ImageFlux token Secret of sessions that name none.
+    pub default_token_secret: String,
     /// How often a ready relay's `/status` is read.
     pub status_interval: Duration,
     /// How soon a session that is still starting is looked at again.
     pub provisioning_interval: Duration,
 }
 
+impl Settings {
+    /// Where a session's ImageFlux token is: its own reference, or the default Secret.
+    pub fn imageflux_token_ref(&self, flux: &ImageFluxOutput) -> KeyRef {
+        flux.token_secret_ref.clone().unwrap_or_else(|| KeyRef {
+            name: self.default_token_secret.clone(),
+            key: None,
+        })
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            images: RelayImages::default(),
+            images: RelayDefaults::default(),
+            default_token_secret: "imageflux".to_owned(),
             status_interval: Duration::from_secs(10),
             provisioning_interval: Duration::from_secs(5),
         }
@@ -508,7 +521,7 @@ async fn ensure_channel(
                 .imageflux
                 .as_ref()
                 .ok_or_else(|| Error::Build("output.imageflux vanished".into()))?;
-            let token = match read_secret(ctx, &ns, &flux.token_secret_ref, "token").await {
+            let token = match read_secret(ctx, &ns, &ctx.settings.imageflux_token_ref(flux), "token").await {
                 Ok(t) => t,
                 Err(e @ Error::Secret(_)) => {
                     return Ok(ChannelStep {
@@ -921,7 +934,7 @@ async fn apply(s: Arc<LiveFilterSession>, ctx: &Context) -> Result<Action, Error
         && ch.hls_url.is_none()
         && let Some(id) = ch.id.clone()
     {
-        let listed = match read_secret(ctx, &ns, &flux.token_secret_ref, "token").await {
+        let listed = match read_secret(ctx, &ns, &ctx.settings.imageflux_token_ref(flux), "token").await {
             Ok(token) => ctx.imageflux.list_playlist_urls(&token, &id).await.map_err(Error::from),
             Err(e) => Err(e),
         };
@@ -1044,7 +1057,7 @@ async fn cleanup(s: Arc<LiveFilterSession>, ctx: &Context) -> Result<Action, Err
                 "ImageFlux channel {id} exists but output.imageflux is gone; cannot find its token"
             )));
         };
-        let token = match read_secret(ctx, &ns, &flux.token_secret_ref, "token").await {
+        let token = match read_secret(ctx, &ns, &ctx.settings.imageflux_token_ref(flux), "token").await {
             Ok(t) => t,
             Err(e) => {
                 ctx.event(

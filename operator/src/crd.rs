@@ -315,8 +315,11 @@ impl OutputSpec {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageFluxOutput {
-    /// The Secret holding the ImageFlux API token (key default `token`).
-    pub token_secret_ref: KeyRef,
+    /// The Secret holding the ImageFlux API token (key default `token`); default: the
+    /// operator's `--default-imageflux-token-secret` (chart value
+    /// `sessionDefaults.imagefluxTokenSecretName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<KeyRef>,
     /// HLS output of the channel (immutable once the channel exists).
     #[serde(default)]
     pub hls: HlsSpec,
@@ -498,31 +501,21 @@ impl PullPolicy {
 }
 
 /// The GPU the relay asks for.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct GpuSpec {
-    /// The extended resource name.
-    #[serde(default = "default_gpu_resource")]
+    /// The extended resource name; default: the operator's `--default-gpu-resource-name`
+    /// (chart value `sessionDefaults.gpuResourceName`, `nvidia.com/gpu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub resource_name: String,
+    pub resource_name: Option<String>,
     /// How many; default 1 with `filter.device: cuda`, else 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 8))]
     pub count: Option<u32>,
 }
 
-fn default_gpu_resource() -> String {
-    "nvidia.com/gpu".to_owned()
-}
 
-impl Default for GpuSpec {
-    fn default() -> Self {
-        Self {
-            resource_name: default_gpu_resource(),
-            count: None,
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // network

@@ -24,7 +24,7 @@ use livefilter_operator::crd::{CRD_NAME, LiveFilterSession, crd_yaml};
 use livefilter_operator::imageflux::{DEFAULT_BASE_URL, ImageFluxClient};
 use livefilter_operator::leader::{LeaderElector, LeaseSettings};
 use livefilter_operator::metrics::Metrics;
-use livefilter_operator::objects::{MANAGER, RelayImages};
+use livefilter_operator::objects::{MANAGER, RelayDefaults};
 use livefilter_operator::ports::{PortAllocator, PortRange};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
@@ -64,6 +64,13 @@ struct RunArgs {
     /// Relay image for `device: cuda` (default ghcr.io/livefilter/livefilter-relay-cuda:<version>).
     #[arg(long, env = "LIVEFILTER_RELAY_CUDA_IMAGE")]
     relay_cuda_image: Option<String>,
+    /// GPU extended resource for sessions that name none.
+    #[arg(long, env = "LIVEFILTER_DEFAULT_GPU_RESOURCE_NAME", default_value = "nvidia.com/gpu")]
+    default_gpu_resource_name: String,
+    /// Secret (in the session's namespace, key `token`) with the ImageFlux API token, for
+    /// sessions that name none.
+    #[arg(long, env = "LIVEFILTER_DEFAULT_IMAGEFLUX_TOKEN_SECRET", default_value = "imageflux")]
+    default_imageflux_token_secret: String,
     /// Host ports handed out for the relays' HTTP (`/offer`, `/status`).
     #[arg(long, env = "LIVEFILTER_HTTP_PORT_RANGE", default_value = "38000-38999")]
     http_port_range: PortRange,
@@ -296,15 +303,17 @@ async fn controller(client: Client, args: &RunArgs, metrics: Metrics, token: Can
     let (services, svc_events) = owned::<Service>(&client, ns);
     let (ingresses, ing_events) = owned::<Ingress>(&client, ns);
 
-    let mut images = RelayImages::default();
+    let mut images = RelayDefaults::default();
     if let Some(i) = &args.relay_image {
         images.cpu = i.clone();
     }
     if let Some(i) = &args.relay_cuda_image {
         images.cuda = i.clone();
     }
+    images.gpu_resource_name = args.default_gpu_resource_name.clone();
     let settings = Settings {
         images,
+        default_token_secret: args.default_imageflux_token_secret.clone(),
         status_interval: Duration::from_secs(args.status_interval_secs.max(1)),
         ..Settings::default()
     };

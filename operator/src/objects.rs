@@ -38,19 +38,22 @@ pub const RELAY_UID: i64 = 65532;
 
 /// The relay images the operator defaults to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RelayImages {
-    /// For `device: cpu`.
+pub struct RelayDefaults {
+    /// Image for `device: cpu`.
     pub cpu: String,
-    /// For `device: cuda`.
+    /// Image for `device: cuda`.
     pub cuda: String,
+    /// The GPU extended resource when a session names none.
+    pub gpu_resource_name: String,
 }
 
-impl Default for RelayImages {
+impl Default for RelayDefaults {
     fn default() -> Self {
         let v = env!("CARGO_PKG_VERSION");
         Self {
             cpu: format!("ghcr.io/livefilter/livefilter-relay:{v}"),
             cuda: format!("ghcr.io/livefilter/livefilter-relay-cuda:{v}"),
+            gpu_resource_name: "nvidia.com/gpu".to_owned(),
         }
     }
 }
@@ -143,7 +146,7 @@ pub fn relay_pod(
     session: &LiveFilterSession,
     ports: PortsStatus,
     config: &RelayConfigFile,
-    images: &RelayImages,
+    images: &RelayDefaults,
 ) -> Result<Pod, BuildError> {
     let spec = &session.spec;
     let names = Names::of(&session.name_any());
@@ -179,10 +182,14 @@ pub fn relay_pod(
     let gpus = relay.gpu.count.unwrap_or(u32::from(cuda));
     if gpus > 0 {
         // Extended resources are set as limits; the API server copies them to requests.
-        resources
-            .limits
-            .get_or_insert_with(BTreeMap::new)
-            .insert(relay.gpu.resource_name.clone(), Quantity(gpus.to_string()));
+        resources.limits.get_or_insert_with(BTreeMap::new).insert(
+            relay
+                .gpu
+                .resource_name
+                .clone()
+                .unwrap_or_else(|| images.gpu_resource_name.clone()),
+            Quantity(gpus.to_string()),
+        );
     }
 
     let mut volumes = vec![
@@ -557,10 +564,10 @@ mod tests {
             source: Default::default(),
             output: OutputSpec {
                 imageflux: Some(ImageFluxOutput {
-                    token_secret_ref: KeyRef {
+                    token_secret_ref: Some(KeyRef {
                         name: "imageflux".into(),
                         key: None,
-                    },
+                    }),
                     hls: Default::default(),
                 }),
                 ..OutputSpec::default()
@@ -592,7 +599,7 @@ mod tests {
 
     fn pod_of(s: &LiveFilterSession) -> Pod {
         let config = relay_config::build(&s.spec, Some(&channel()), PORTS).unwrap();
-        relay_pod(s, PORTS, &config, &RelayImages::default()).unwrap()
+        relay_pod(s, PORTS, &config, &RelayDefaults::default()).unwrap()
     }
 
     fn container(p: &Pod) -> &Container {
@@ -764,7 +771,7 @@ mod tests {
 
         assert_eq!(
             container(&p).image.as_deref(),
-            Some(RelayImages::default().cuda.as_str())
+            Some(RelayDefaults::default().cuda.as_str())
         );
         assert_eq!(limits["nvidia.com/gpu"], Quantity("1".into()));
         assert_eq!(limits["memory"], Quantity("2Gi".into()));
@@ -781,18 +788,35 @@ mod tests {
         let p = pod_of(&session(spec()));
         assert_eq!(
             container(&p).image.as_deref(),
-            Some(RelayImages::default().cpu.as_str())
+            Some(RelayDefaults::default().cpu.as_str())
         );
         assert_eq!(container(&p).resources.as_ref().unwrap().limits, None);
 
         let mut sp = spec();
         sp.relay.gpu.count = Some(2);
-        sp.relay.gpu.resource_name = "amd.com/gpu".into();
+        sp.relay.gpu.resource_name = Some("amd.com/gpu".into());
         let p = pod_of(&session(sp));
         assert_eq!(
             container(&p).resources.as_ref().unwrap().limits.as_ref().unwrap()["amd.com/gpu"],
             Quantity("2".into())
         );
+    }
+
+    #[test]
+    fn a_session_naming_no_gpu_resource_gets_the_operators_default() {
+        let mut sp = spec();
+        sp.relay.gpu.count = Some(1);
+        let s = session(sp);
+        let config = relay_config::build(&s.spec, Some(&channel()), PORTS).unwrap();
+        let defaults = RelayDefaults {
+            gpu_resource_name: "gpu.intel.com/i915".into(),
+            ..RelayDefaults::default()
+        };
+
+        let p = relay_pod(&s, PORTS, &config, &defaults).unwrap();
+
+        let limits = container(&p).resources.as_ref().unwrap().limits.clone().unwrap();
+        assert_eq!(limits.keys().collect::<Vec<_>>(), ["gpu.intel.com/i915"]);
     }
 
     #[test]
@@ -859,7 +883,7 @@ mod tests {
         });
         let s = session(sp);
         let config = relay_config::build(&s.spec, Some(&channel()), PORTS).unwrap();
-        let p = relay_pod(&s, PORTS, &config, &RelayImages::default()).unwrap();
+        let p = relay_pod(&s, PORTS, &config, &RelayDefaults::default()).unwrap();
 
         assert_eq!(
             config.filter.model.as_deref(),

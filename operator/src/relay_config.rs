@@ -304,10 +304,10 @@ mod tests {
             source: Default::default(),
             output: OutputSpec {
                 imageflux: Some(ImageFluxOutput {
-                    token_secret_ref: KeyRef {
+                    token_secret_ref: Some(KeyRef {
                         name: "imageflux".into(),
                         key: None,
-                    },
+                    }),
                     hls: Default::default(),
                 }),
                 ..OutputSpec::default()

@@ -42,10 +42,8 @@ fn imageflux_spec(hls: bool) -> LiveFilterSessionSpec {
         source: Default::default(),
         output: OutputSpec {
             imageflux: Some(ImageFluxOutput {
-                token_secret_ref: KeyRef {
-                    name: "imageflux".into(),
-                    key: None,
-                },
+                // No reference: the operator's default Secret (`imageflux`) is read.
+                token_secret_ref: None,
                 hls: HlsSpec {
                     enabled: hls,
                     renditions: Vec::new(),
