@@ -213,6 +213,9 @@ pub struct IceConfig {
     /// A file holding the address(es) to advertise, filled in by the platform after start
     /// (Kubernetes downward API); read for every browser offer.
     pub public_ips_file: Option<PathBuf>,
+    /// The browser's session binds the first free port of this range (`40000-40100`) on the
+    /// `udp_addrs` IPs, instead of their own ports.
+    pub udp_port_range: Option<String>,
 }
 
 impl Default for IceConfig {
@@ -221,6 +224,7 @@ impl Default for IceConfig {
             udp_addrs: vec!["0.0.0.0:0".to_owned()],
             public_ips: Vec::new(),
             public_ips_file: None,
+            udp_port_range: None,
         }
     }
 }
@@ -306,6 +310,14 @@ impl RelayConfig {
                 value: self.preview.max_viewers.to_string(),
                 expected: "0..=64",
             });
+        }
+        if let Some(range) = &self.ice.udp_port_range {
+            range
+                .parse::<crate::ice::PortRange>()
+                .map_err(|detail| ConfigError::Invalid {
+                    setting: "ice.udp_port_range",
+                    detail,
+                })?;
         }
         crate::ice::parse_public_ips(&self.ice.public_ips).map_err(|detail| ConfigError::Invalid {
             setting: "ice.public_ips",

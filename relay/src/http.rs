@@ -359,7 +359,7 @@ async fn offer(State(state): State<AppState>, headers: HeaderMap, body: Result<B
             };
             error(m, status, e.to_string())
         }
-        Err(e @ (AcceptError::ShuttingDown | AcceptError::NoPublicAddress(_))) => {
+        Err(e @ (AcceptError::ShuttingDown | AcceptError::NoPublicAddress(_) | AcceptError::NoUdpPort(_))) => {
             error(m, StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
         Err(e @ AcceptError::WebRtc { .. }) => error(m, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -502,6 +502,14 @@ mod tests {
         }
 
         fn serve_app_advertising(token: Option<&str>, public_ips: Vec<String>) -> (Router, CancellationToken) {
+            serve_app_with(token, public_ips, None)
+        }
+
+        fn serve_app_with(
+            token: Option<&str>,
+            public_ips: Vec<String>,
+            udp_port_range: Option<crate::ice::PortRange>,
+        ) -> (Router, CancellationToken) {
             let metrics = Metrics::new();
             let shutdown = CancellationToken::new();
             let sessions = SessionManager::new(
@@ -510,6 +518,7 @@ mod tests {
                     udp_addrs: vec!["127.0.0.1:0".into()],
                     public_ips,
                     public_ips_file: None,
+                    udp_port_range,
                     start_bitrate_kbps: 2000,
                 },
                 Arc::new(NewestSlot::new()),
@@ -664,6 +673,40 @@ mod tests {
                 allowed.status(),
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "an allowed origin reaches SDP checks"
+            );
+        }
+
+        #[tokio::test]
+        async fn with_a_port_range_the_session_binds_a_port_inside_it() {
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let first = probe.local_addr().unwrap().port().saturating_add(1);
+            drop(probe);
+            let range = crate::ice::PortRange {
+                first,
+                last: first.saturating_add(20),
+            };
+            let (app, shutdown) = serve_app_with(None, vec![], Some(range));
+
+            let (status, answer) = post(
+                &app,
+                json!({"sdp": real_offer().await, "type": "offer"}).to_string(),
+                None,
+            )
+            .await;
+            shutdown.cancel();
+
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            let ports: Vec<u16> = answer["sdp"]
+                .as_str()
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with("a=candidate:"))
+                .map(|l| l.split(' ').nth(5).unwrap().parse().unwrap())
+                .collect();
+            assert!(!ports.is_empty());
+            assert!(
+                ports.iter().all(|p| (range.first..=range.last).contains(p)),
+                "{ports:?} not in {range:?}"
             );
         }
 

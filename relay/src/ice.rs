@@ -65,6 +65,48 @@ pub fn read_public_ips_file(path: &std::path::Path) -> Result<Vec<IpAddr>, Strin
     parse_public_ips(&entries).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// An inclusive UDP port range, e.g. `40000-40100`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port.
+    pub last: u16,
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("port range {s:?} must be FIRST-LAST with 1 <= FIRST <= LAST <= 65535");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let first: u16 = a.trim().parse().map_err(|_| bad())?;
+        let last: u16 = b.trim().parse().map_err(|_| bad())?;
+        if first == 0 || first > last {
+            return Err(bad());
+        }
+        Ok(Self { first, last })
+    }
+}
+
+/// The browser ingest's bind addresses for this session: `udp_addrs` with their port replaced by
+/// the first port of `range` that is free on every one of their IPs (probed by binding it).
+pub fn pick_udp_port(udp_addrs: &[String], range: PortRange) -> Result<Vec<String>, String> {
+    let ips: Vec<&str> = udp_addrs
+        .iter()
+        .map(|a| a.rsplit_once(':').map_or(a.as_str(), |(ip, _)| ip))
+        .collect();
+    for port in range.first..=range.last {
+        let free = ips.iter().all(|ip| {
+            let host = ip.trim_matches(['[', ']']);
+            std::net::UdpSocket::bind((host, port)).is_ok()
+        });
+        if free {
+            return Ok(ips.iter().map(|ip| format!("{ip}:{port}")).collect());
+        }
+    }
+    Err(format!("no free UDP port in {}-{}", range.first, range.last))
+}
+
 /// Whether any of the UDP bind addresses is a loopback one (webrtc-rs then has to be told to
 /// offer loopback candidates: tests and single-machine setups).
 pub fn binds_loopback(udp_addrs: &[String]) -> bool {
@@ -129,6 +171,48 @@ mod tests {
             "v=0\r\nc=IN IP4 203.0.113.7\r\na=candidate:1 1 udp 1 203.0.113.7 40000 typ host\r\nc=IN IP4 0.0.0.0\r\n"
         );
         assert_eq!(rewrite_sdp(sdp, &[]), sdp);
+    }
+
+    #[test]
+    fn port_ranges_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            "40000-40100".parse(),
+            Ok(PortRange {
+                first: 40000,
+                last: 40100
+            })
+        );
+        assert!(
+            "40100-40000"
+                .parse::<PortRange>()
+                .unwrap_err()
+                .contains("\"40100-40000\"")
+        );
+        assert!("0-5".parse::<PortRange>().is_err());
+        assert!("40000".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn the_first_free_port_of_the_range_is_picked() {
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let range = PortRange {
+            first: port,
+            last: port.saturating_add(50),
+        };
+
+        let picked = pick_udp_port(&["127.0.0.1:0".into()], range).unwrap();
+
+        let picked_port: u16 = picked[0].rsplit_once(':').unwrap().1.parse().unwrap();
+        assert!(picked_port > port && picked_port <= range.last, "{picked:?}");
+        let only_taken = PortRange {
+            first: port,
+            last: port,
+        };
+        assert_eq!(
+            pick_udp_port(&["127.0.0.1:0".into()], only_taken).unwrap_err(),
+            format!("no free UDP port in {port}-{port}")
+        );
     }
 
     #[test]

@@ -93,6 +93,9 @@ struct OutputArgs {
     /// Local UDP address for WebRTC (repeatable; default 0.0.0.0:0).
     #[arg(long = "udp-addr")]
     udp_addrs: Vec<String>,
+    /// Serve mode: bind the browser's session to the first free UDP port of FIRST-LAST.
+    #[arg(long)]
+    udp_port_range: Option<String>,
     /// Address to advertise in ICE candidates instead of the local one (repeatable).
     #[arg(long = "public-ip")]
     public_ips: Vec<String>,
@@ -240,6 +243,9 @@ impl OutputArgs {
         }
         if !self.public_ips.is_empty() {
             cfg.ice.public_ips = self.public_ips;
+        }
+        if self.udp_port_range.is_some() {
+            cfg.ice.udp_port_range = self.udp_port_range;
         }
         if !self.sora_signaling_urls.is_empty() || self.channel_id.is_some() {
             let sora = cfg.sora.get_or_insert_with(SoraOutput::default);

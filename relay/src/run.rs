@@ -254,6 +254,8 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
             udp_addrs: cfg.ice.udp_addrs.clone(),
             public_ips: cfg.ice.public_ips.clone(),
             public_ips_file: cfg.ice.public_ips_file.clone(),
+            // Validated with the configuration.
+            udp_port_range: cfg.ice.udp_port_range.as_deref().and_then(|r| r.parse().ok()),
             start_bitrate_kbps: cfg.ingest.start_bitrate_kbps,
         },
         Arc::clone(&slot),

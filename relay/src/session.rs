@@ -60,6 +60,9 @@ pub enum AcceptError {
     /// The relay is shutting down.
     #[error("the relay is shutting down")]
     ShuttingDown,
+    /// Every port of the configured UDP range is taken.
+    #[error("{0}")]
+    NoUdpPort(String),
     /// The address to advertise is not known yet.
     #[error("the relay does not know its public address yet: {0}")]
     NoPublicAddress(String),
@@ -81,6 +84,8 @@ pub struct IngestConfig {
     pub udp_addrs: Vec<String>,
     /// Addresses to advertise.
     pub public_ips: Vec<String>,
+    /// Bind the first free port of this range instead of the `udp_addrs` ports.
+    pub udp_port_range: Option<ice::PortRange>,
     /// A file with more addresses to advertise, read for every offer.
     pub public_ips_file: Option<std::path::PathBuf>,
     /// The bitrate the browser starts sending at (kbit/s), so it reaches full resolution
@@ -278,6 +283,10 @@ impl SessionManager {
         let settings =
             SettingEngineBuilder::new().with_include_loopback_candidate(ice::binds_loopback(&self.config.udp_addrs));
         let public_ips = self.public_ips()?;
+        let udp_addrs = match self.config.udp_port_range {
+            Some(range) => ice::pick_udp_port(&self.config.udp_addrs, range).map_err(AcceptError::NoUdpPort)?,
+            None => self.config.udp_addrs.clone(),
+        };
         let gathered = Arc::new(Notify::new());
         let abs_capture_time_id = Arc::new(Mutex::new(None));
         let handler = Arc::new(SessionHandler {
@@ -293,7 +302,7 @@ impl SessionManager {
             .with_setting_engine(settings.build())
             .with_interceptor_registry(registry)
             .with_handler(handler)
-            .with_udp_addrs(self.config.udp_addrs.clone())
+            .with_udp_addrs(udp_addrs)
             .build()
             .await
             .map_err(webrtc_err("creating the peer connection"))?;
