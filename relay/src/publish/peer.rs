@@ -218,6 +218,7 @@ impl Packetizer {
 struct AudioForwarder {
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
+    payload_type: Option<PayloadType>,
     timestamps: TimestampRebase,
     sequence: SequenceRebase,
 }
@@ -352,6 +353,7 @@ impl SendPeer {
                     }],
                 ))),
                 ssrc,
+                payload_type: None,
                 timestamps: TimestampRebase::new(AUDIO_CLOCK_HZ, rand::random()),
                 sequence: SequenceRebase::new(rand::random()),
             })
@@ -432,6 +434,9 @@ impl SendPeer {
             .await
             .map_err(webrtc_err("applying the re-offer"))?;
         *self.payload_type.lock().await = None;
+        if let Some(audio) = &self.audio {
+            audio.lock().await.payload_type = None;
+        }
         self.create_and_set_answer().await
     }
 
@@ -554,17 +559,25 @@ impl SendPeer {
     /// side did not accept audio).
     pub async fn write_audio(&self, packet: &AudioPacket) -> Result<(), PeerError> {
         let Some(audio) = &self.audio else { return Ok(()) };
-        let Some(sender) = self.audio_sender.lock().await.clone() else {
-            return Ok(());
-        };
-        let params = sender
-            .get_parameters()
-            .await
-            .map_err(webrtc_err("reading audio sender parameters"))?;
-        let Some(payload_type) = params.rtp_parameters.codecs.first().map(|c| c.payload_type) else {
-            return Ok(());
-        };
         let mut audio = audio.lock().await;
+        let payload_type = match audio.payload_type {
+            Some(pt) => pt,
+            None => {
+                let Some(sender) = self.audio_sender.lock().await.clone() else {
+                    return Ok(());
+                };
+                let params = sender
+                    .get_parameters()
+                    .await
+                    .map_err(webrtc_err("reading audio sender parameters"))?;
+                let Some(pt) = params.rtp_parameters.codecs.first().map(|c| c.payload_type) else {
+                    return Ok(());
+                };
+                // Negotiated once per (re)negotiation: not looked up again per packet.
+                audio.payload_type = Some(pt);
+                pt
+            }
+        };
         let header = rtc::rtp::header::Header {
             version: 2,
             marker: packet.marker,
