@@ -182,20 +182,44 @@ async fn the_sender_page_links_the_hls_url_and_hides_the_preview_link_as_api_inf
     browser.quit().await;
 }
 
+/// The arrangement most tests share: a Sora-compatible endpoint, the relay serving browsers and
+/// publishing to it (plus `extra` flags), and a browser whose camera plays a generated test card,
+/// with the sender page open.
+struct ClipToSora {
+    endpoint: Endpoint,
+    relay: Relay,
+    clip: Clip,
+    browser: Browser,
+}
+
+impl ClipToSora {
+    async fn open(channel: &str, clip_name: &str, extra: &[&str]) -> Self {
+        let endpoint = Endpoint::start(&[]);
+        let signaling = endpoint.signaling_url();
+        let mut args = vec!["--sora-signaling-url", signaling.as_str(), "--channel-id", channel];
+        args.extend_from_slice(extra);
+        let relay = Relay::serve(&args).await;
+        let clip = Clip::test_card(clip_name, CLIP_WIDTH, CLIP_HEIGHT);
+        let mut browser = Browser::launch(Camera::Clip(clip.path.clone())).await;
+        browser.open("streamer", &relay.url("/")).await;
+        Self {
+            endpoint,
+            relay,
+            clip,
+            browser,
+        }
+    }
+}
+
 #[tokio::test]
 async fn browser_clip_reaches_the_sora_endpoint_through_the_relay_with_its_pixels_and_audio() {
     let _serial = serial().await;
-    let endpoint = Endpoint::start(&[]);
-    let relay = Relay::serve(&[
-        "--sora-signaling-url",
-        &endpoint.signaling_url(),
-        "--channel-id",
-        "browser-vp8",
-    ])
-    .await;
-    let clip = Clip::test_card("passthrough", CLIP_WIDTH, CLIP_HEIGHT);
-    let mut browser = Browser::launch(Camera::Clip(clip.path.clone())).await;
-    browser.open("streamer", &relay.url("/")).await;
+    let ClipToSora {
+        endpoint,
+        relay,
+        clip,
+        mut browser,
+    } = ClipToSora::open("browser-vp8", "passthrough", &[]).await;
 
     let started = browser
         .start(
@@ -288,17 +312,12 @@ async fn preview_viewer_plays_the_live_stream_of_the_default_fake_camera() {
 #[tokio::test]
 async fn resolution_changes_mid_stream_are_followed_and_frames_keep_arriving() {
     let _serial = serial().await;
-    let endpoint = Endpoint::start(&[]);
-    let relay = Relay::serve(&[
-        "--sora-signaling-url",
-        &endpoint.signaling_url(),
-        "--channel-id",
-        "browser-resize",
-    ])
-    .await;
-    let clip = Clip::test_card("resize", CLIP_WIDTH, CLIP_HEIGHT);
-    let mut browser = Browser::launch(Camera::Clip(clip.path.clone())).await;
-    browser.open("streamer", &relay.url("/")).await;
+    let ClipToSora {
+        endpoint,
+        relay,
+        clip,
+        mut browser,
+    } = ClipToSora::open("browser-resize", "resize", &[]).await;
     assert_live(
         &browser
             .start("streamer", json!({"width": CLIP_WIDTH, "height": CLIP_HEIGHT}))
@@ -333,22 +352,17 @@ async fn resolution_changes_mid_stream_are_followed_and_frames_keep_arriving() {
 #[tokio::test]
 async fn with_scale_to_output_the_output_size_stays_constant_while_the_input_size_changes() {
     let _serial = serial().await;
-    let endpoint = Endpoint::start(&[]);
-    let relay = Relay::serve(&[
-        "--sora-signaling-url",
-        &endpoint.signaling_url(),
-        "--channel-id",
+    let ClipToSora {
+        endpoint,
+        relay,
+        clip,
+        mut browser,
+    } = ClipToSora::open(
         "browser-fixed",
-        "--scale-to-output",
-        "--width",
-        "640",
-        "--height",
-        "360",
-    ])
+        "fixed",
+        &["--scale-to-output", "--width", "640", "--height", "360"],
+    )
     .await;
-    let clip = Clip::test_card("fixed", CLIP_WIDTH, CLIP_HEIGHT);
-    let mut browser = Browser::launch(Camera::Clip(clip.path.clone())).await;
-    browser.open("streamer", &relay.url("/")).await;
     assert_live(
         &browser
             .start("streamer", json!({"width": CLIP_WIDTH, "height": CLIP_HEIGHT}))
@@ -422,19 +436,12 @@ async fn a_viewer_beyond_max_viewers_is_told_the_preview_is_full_until_another_l
 #[tokio::test]
 async fn h264_from_the_browser_is_decoded_and_republished_in_the_relays_own_codec() {
     let _serial = serial().await;
-    let endpoint = Endpoint::start(&[]);
-    let relay = Relay::serve(&[
-        "--sora-signaling-url",
-        &endpoint.signaling_url(),
-        "--channel-id",
-        "browser-h264",
-        "--codec",
-        "vp8",
-    ])
-    .await;
-    let clip = Clip::test_card("h264", CLIP_WIDTH, CLIP_HEIGHT);
-    let mut browser = Browser::launch(Camera::Clip(clip.path.clone())).await;
-    browser.open("streamer", &relay.url("/")).await;
+    let ClipToSora {
+        endpoint,
+        relay,
+        clip,
+        mut browser,
+    } = ClipToSora::open("browser-h264", "h264", &["--codec", "vp8"]).await;
 
     let started = browser
         .start(

@@ -7,6 +7,21 @@ use livefilter_relay::testpattern::hue_rgb;
 use serde_json::Value;
 use support::{Endpoint, Relay, free_port};
 
+/// A small (320x180) test pattern published over Sora signaling to `endpoint`'s `channel`:
+/// enough for the tests about signaling behaviour, cheap on two cores.
+fn small_sora_relay(endpoint: &Endpoint, channel: &str) -> Relay {
+    Relay::test_pattern(&[
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        channel,
+        "--width",
+        "320",
+        "--height",
+        "180",
+    ])
+}
+
 /// RTP ticks per test-pattern frame at 30 fps.
 const TICKS_PER_FRAME: u32 = 90_000 / 30;
 
@@ -232,16 +247,7 @@ async fn whip_h264_test_pattern_arrives() {
 async fn relay_reconnects_and_frames_resume_after_the_endpoint_restarts() {
     let port = free_port();
     let endpoint = Endpoint::start_on(port, &[]);
-    let relay = Relay::test_pattern(&[
-        "--sora-signaling-url",
-        &endpoint.signaling_url(),
-        "--channel-id",
-        "restart",
-        "--width",
-        "320",
-        "--height",
-        "180",
-    ]);
+    let relay = small_sora_relay(&endpoint, "restart");
     endpoint.wait_for("state=connected&min_frames=10").await;
 
     endpoint.kill();
@@ -260,16 +266,7 @@ async fn relay_reconnects_and_frames_resume_after_the_endpoint_restarts() {
 #[tokio::test]
 async fn server_close_with_an_error_code_is_logged_and_retried_with_backoff() {
     let endpoint = Endpoint::start(&[]);
-    let relay = Relay::test_pattern(&[
-        "--sora-signaling-url",
-        &endpoint.signaling_url(),
-        "--channel-id",
-        "err",
-        "--width",
-        "320",
-        "--height",
-        "180",
-    ]);
+    let relay = small_sora_relay(&endpoint, "err");
     let first = endpoint.wait_for("state=connected&min_frames=5").await;
     let first_id = first["connection_id"].as_str().expect("id").to_owned();
 
@@ -296,16 +293,7 @@ async fn server_close_with_an_error_code_is_logged_and_retried_with_backoff() {
 #[tokio::test]
 async fn normal_server_close_stops_the_publisher_without_reconnecting() {
     let endpoint = Endpoint::start(&[]);
-    let relay = Relay::test_pattern(&[
-        "--sora-signaling-url",
-        &endpoint.signaling_url(),
-        "--channel-id",
-        "bye",
-        "--width",
-        "320",
-        "--height",
-        "180",
-    ]);
+    let relay = small_sora_relay(&endpoint, "bye");
     let conn = endpoint.wait_for("state=connected&min_frames=5").await;
 
     endpoint
@@ -328,16 +316,7 @@ async fn normal_server_close_stops_the_publisher_without_reconnecting() {
 #[tokio::test]
 async fn sigterm_sends_disconnect_and_exits_cleanly() {
     let endpoint = Endpoint::start(&[]);
-    let mut relay = Relay::test_pattern(&[
-        "--sora-signaling-url",
-        &endpoint.signaling_url(),
-        "--channel-id",
-        "term",
-        "--width",
-        "320",
-        "--height",
-        "180",
-    ]);
+    let mut relay = small_sora_relay(&endpoint, "term");
     let conn = endpoint.wait_for("state=connected&min_frames=5").await;
     let id = conn["connection_id"].as_str().expect("id").to_owned();
 
@@ -377,16 +356,7 @@ async fn several_signaling_urls_race_and_the_live_one_wins() {
 async fn redirect_is_followed_with_redirect_true() {
     let target = Endpoint::start(&[]);
     let front = Endpoint::start(&["--redirect-to", &target.signaling_url()]);
-    let _relay = Relay::test_pattern(&[
-        "--sora-signaling-url",
-        &front.signaling_url(),
-        "--channel-id",
-        "moved",
-        "--width",
-        "320",
-        "--height",
-        "180",
-    ]);
+    let _relay = small_sora_relay(&front, "moved");
 
     let conn = target.wait_for("state=connected&min_frames=10").await;
 
@@ -397,16 +367,7 @@ async fn redirect_is_followed_with_redirect_true() {
 #[tokio::test]
 async fn pings_are_answered_with_outbound_stats_when_asked() {
     let endpoint = Endpoint::start(&["--ping-interval-secs", "1", "--ping-stats"]);
-    let _relay = Relay::test_pattern(&[
-        "--sora-signaling-url",
-        &endpoint.signaling_url(),
-        "--channel-id",
-        "ping",
-        "--width",
-        "320",
-        "--height",
-        "180",
-    ]);
+    let _relay = small_sora_relay(&endpoint, "ping");
 
     let conn = endpoint.wait_for("state=connected&min_pongs=2").await;
 
@@ -419,16 +380,7 @@ async fn pings_are_answered_with_outbound_stats_when_asked() {
 #[tokio::test]
 async fn re_offer_is_re_answered_and_frames_keep_flowing() {
     let endpoint = Endpoint::start(&[]);
-    let _relay = Relay::test_pattern(&[
-        "--sora-signaling-url",
-        &endpoint.signaling_url(),
-        "--channel-id",
-        "reneg",
-        "--width",
-        "320",
-        "--height",
-        "180",
-    ]);
+    let _relay = small_sora_relay(&endpoint, "reneg");
     let conn = endpoint.wait_for("state=connected&min_frames=5").await;
     let id = conn["connection_id"].as_str().expect("id").to_owned();
     let before = conn["video"]["frames_decoded"].as_u64().expect("frames");

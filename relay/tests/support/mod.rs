@@ -37,6 +37,12 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The value of the sample `series` (exact name with labels) in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
 /// A running `sora-endpoint`.
 pub struct Endpoint {
     child: Child,
@@ -268,11 +274,7 @@ impl Relay {
 
     /// The value of one metric sample line (exact name with labels), or 0.
     pub async fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-            .unwrap_or(0.0)
+        sample(&self.metrics().await, series).unwrap_or(0.0)
     }
 
     /// Waits until `/metrics` shows `series` at least `min`.
@@ -281,11 +283,7 @@ impl Relay {
         loop {
             if let Ok(r) = reqwest::get(format!("http://{}/metrics", self.http)).await
                 && let Ok(text) = r.text().await
-                && text.lines().any(|l| {
-                    l.strip_prefix(series)
-                        .and_then(|v| v.trim().parse::<f64>().ok())
-                        .is_some_and(|v| v >= min)
-                })
+                && sample(&text, series).is_some_and(|v| v >= min)
             {
                 return;
             }
