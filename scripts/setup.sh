@@ -76,4 +76,58 @@ if [ ! -f "$TOOLS/node/node_modules/.package-lock.json" ] || [ scripts/chart-che
   cp scripts/chart-check/package.json scripts/chart-check/package-lock.json "$TOOLS/node/"
   (cd "$TOOLS/node" && npm ci --ignore-scripts --no-audit --no-fund --silent)
 fi
+
+# ONNX Runtime C library: the relay loads it at run time (ort with load-dynamic), so the exact
+# version is chosen here, not by a crate's build script (which would try a CDN). PyPI's CPU wheel
+# is the registry copy of that version; only the one .so (glibc/libstdc++ only) is taken out.
+ORT_VERSION=1.31.1
+ORT_DIR=.cache/onnxruntime
+if [ ! -s "$ORT_DIR/libonnxruntime.so.$ORT_VERSION" ] || [ "$(readlink "$ORT_DIR/libonnxruntime.so" 2>/dev/null)" != "libonnxruntime.so.$ORT_VERSION" ]; then
+  log "pip: onnxruntime==$ORT_VERSION wheel -> $ORT_DIR/libonnxruntime.so.$ORT_VERSION"
+  tmp=$(mktemp -d)
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: "onnxruntime==$ORT_VERSION" -d "$tmp"
+  mkdir -p "$ORT_DIR"
+  python3 - "$tmp"/onnxruntime-*.whl "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$ORT_DIR" <<'PY'
+import os, sys, zipfile
+wheel, member, out = sys.argv[1:]
+target = os.path.join(out, os.path.basename(member))
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(target + ".tmp", "wb") as dst:
+    dst.write(src.read())
+os.chmod(target + ".tmp", 0o755)
+os.replace(target + ".tmp", target)
+PY
+  ln -sfn "libonnxruntime.so.$ORT_VERSION" "$ORT_DIR/libonnxruntime.so"
+  rm -rf "$tmp"
+fi
+
+# Python ONNX Runtime is the reference the Rust filters are compared with
+# (tests/reference/ort_reference.py); same version as the C library above. numpy 2.4 is the
+# last line for Python 3.11, which Debian 12 has.
+REF_PY_TOOLS=(onnxruntime==$ORT_VERSION onnx==1.23.2 numpy==2.4.6)
+if [ "$(cat "$VENV/.reference-tools" 2>/dev/null)" != "${REF_PY_TOOLS[*]}" ]; then
+  log "pip: ${REF_PY_TOOLS[*]} into $VENV"
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${REF_PY_TOOLS[@]}"
+  echo "${REF_PY_TOOLS[*]}" >"$VENV/.reference-tools"
+fi
+
+# A real photo for model tests: scikit-image's public-domain astronaut (NASA), 512x512 RGB PNG.
+# Only the wheel is fetched and the one file taken out; scikit-image itself is not installed.
+TESTDATA=.cache/testdata
+SKIMAGE_VERSION=0.26.0
+if [ ! -s "$TESTDATA/astronaut.png" ]; then
+  log "pip: scikit-image==$SKIMAGE_VERSION wheel -> $TESTDATA/astronaut.png"
+  tmp=$(mktemp -d)
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: "scikit-image==$SKIMAGE_VERSION" -d "$tmp"
+  mkdir -p "$TESTDATA"
+  python3 - "$tmp"/scikit_image-*.whl skimage/data/astronaut.png "$TESTDATA" <<'PY'
+import os, sys, zipfile
+wheel, member, out = sys.argv[1:]
+target = os.path.join(out, os.path.basename(member))
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(target + ".tmp", "wb") as dst:
+    dst.write(src.read())
+os.replace(target + ".tmp", target)
+PY
+  rm -rf "$tmp"
+fi
 log "ok"

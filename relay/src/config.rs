@@ -38,6 +38,9 @@ pub enum ConfigError {
     /// A value could not be parsed.
     #[error("{setting}: {detail}")]
     Invalid { setting: &'static str, detail: String },
+    /// The filter section (parameters, a missing `onnx` model).
+    #[error(transparent)]
+    Filter(#[from] crate::filter::FilterError),
 }
 
 /// The whole relay configuration.
@@ -258,6 +261,7 @@ impl RelayConfig {
 
     /// Checks every range; the first problem is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.filter.validate()?;
         let v = &self.video;
         range("video.width", v.width, 16, 4096, "16..=4096, even")?;
         range("video.height", v.height, 16, 4096, "16..=4096, even")?;

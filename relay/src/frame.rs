@@ -15,7 +15,7 @@ pub struct I420Frame {
 }
 
 /// Why a set of planes cannot form an [`I420Frame`].
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
     /// Zero width or height.
     #[error("frame size {width}x{height} is empty")]

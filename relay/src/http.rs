@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
+use crate::filter::FilterError;
+use crate::filter::live::LiveParams;
+use crate::filter::params::ParamsError;
 use crate::latency::Stage;
 use crate::metrics::Metrics;
 use crate::publish::PublisherState;
@@ -64,6 +67,8 @@ pub struct ServeState {
     pub max_body_bytes: usize,
     /// CORS origins.
     pub allowed_origins: Vec<String>,
+    /// The running filter's live parameters (`GET`/`PATCH /filter`).
+    pub filter: Option<Arc<LiveParams>>,
 }
 
 /// Shared state of the HTTP handlers.
@@ -105,6 +110,9 @@ pub fn app(state: AppState) -> Router {
             .route("/api/info", get(info))
             .route("/offer", post(offer))
             .route("/offer/{id}", delete(stop));
+        if serve.filter.is_some() {
+            router = router.route("/filter", get(filter_get).patch(filter_patch));
+        }
         if serve.preview.is_some() {
             router = router
                 .route("/view", get(|| async { Html(VIEW_HTML) }))
@@ -121,7 +129,7 @@ pub fn app(state: AppState) -> Router {
             cors = Some(
                 CorsLayer::new()
                     .allow_origin(AllowOrigin::list(origins))
-                    .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                    .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
                     .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
                     .expose_headers([header::LOCATION]),
             );
@@ -221,6 +229,10 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         "state": overall,
         "mode": state.info.mode,
         "filter": state.info.filter,
+        "inference": state.serve.as_ref().and_then(|s| s.filter.as_ref()).map(|f| {
+            let snap = f.snapshot();
+            json!({"device": snap["device"], "requested_device": snap["requested_device"]})
+        }),
         "session": session,
         "input": {"width": iw, "height": ih, "fps": ifps},
         "output": {"codec": state.info.codec, "width": ow, "height": oh, "fps": ofps},
@@ -236,6 +248,93 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         "latency_ms": {"total": m.latency.window(Stage::Total), "stages": stages},
         "publishers": publishers,
     }))
+}
+
+/// A refused `/filter` change: logged, counted by `result`, answered as JSON.
+fn filter_refused(metrics: &Metrics, status: StatusCode, result: &str, message: String) -> Response {
+    tracing::warn!(%status, %message, "filter change refused");
+    metrics.filter_param_updates.with_label_values(&[result]).inc();
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+async fn filter_get(State(state): State<AppState>) -> Response {
+    match &serve_state(&state).filter {
+        Some(live) => Json(live.snapshot()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn filter_patch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let serve = serve_state(&state);
+    let m = &state.metrics;
+    let Some(live) = serve.filter.clone() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if let Err(why) = origin_allowed(serve, &headers) {
+        return filter_refused(m, StatusCode::FORBIDDEN, "forbidden", why);
+    }
+    if let Err(why) = authorized(serve, &headers) {
+        return filter_refused(m, StatusCode::UNAUTHORIZED, "unauthorized", why.to_owned());
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !(content_type.starts_with("application/json") || content_type.starts_with("application/merge-patch+json")) {
+        return filter_refused(
+            m,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid",
+            format!("Content-Type must be application/json or application/merge-patch+json, got {content_type:?}"),
+        );
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("request body exceeds {} bytes", serve.max_body_bytes)
+            } else {
+                format!("unreadable request body: {rejection}")
+            };
+            return filter_refused(m, status, "invalid", message);
+        }
+    };
+    let patch = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => map,
+        Ok(other) => {
+            return filter_refused(
+                m,
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("the body must be a JSON object of parameters, got {other}"),
+            );
+        }
+        Err(e) => {
+            return filter_refused(
+                m,
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("the body is not JSON: {e}"),
+            );
+        }
+    };
+    match tokio::task::spawn_blocking(move || live.patch(&patch)).await {
+        Ok(Ok(snapshot)) => {
+            m.filter_param_updates.with_label_values(&["applied"]).inc();
+            tracing::info!(params = %snapshot["params"], "filter parameters accepted");
+            Json(snapshot).into_response()
+        }
+        Ok(Err(FilterError::Params(e @ ParamsError::NotLive { .. }))) => {
+            filter_refused(m, StatusCode::CONFLICT, "not_live", e.to_string())
+        }
+        Ok(Err(e)) => filter_refused(m, StatusCode::BAD_REQUEST, "invalid", e.to_string()),
+        Err(e) => filter_refused(m, StatusCode::INTERNAL_SERVER_ERROR, "error", e.to_string()),
+    }
 }
 
 fn serve_state(state: &AppState) -> &ServeState {
@@ -540,6 +639,7 @@ mod tests {
                 hls_url: Some("https://example.test/x.m3u8".into()),
                 max_body_bytes: 8 * 1024,
                 allowed_origins: vec!["https://studio.example".into()],
+                filter: None,
             });
             (app(st), shutdown)
         }

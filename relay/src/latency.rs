@@ -18,8 +18,14 @@ pub enum Stage {
     Decode,
     /// Decoded -> taken from the newest-frame slot by the filter thread.
     Queue,
-    /// The filter itself.
+    /// The filter itself (the three parts below, for model-based filters).
     Filter,
+    /// Frame -> model input.
+    Preprocess,
+    /// The model.
+    Infer,
+    /// Model output -> frame.
+    Postprocess,
     /// Scaling and encoding.
     Encode,
     /// Encoded -> written to a publisher's track.
@@ -30,10 +36,13 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in path order.
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 9] = [
         Stage::Decode,
         Stage::Queue,
         Stage::Filter,
+        Stage::Preprocess,
+        Stage::Infer,
+        Stage::Postprocess,
         Stage::Encode,
         Stage::Send,
         Stage::Total,
@@ -45,6 +54,9 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::Queue => "queue",
             Stage::Filter => "filter",
+            Stage::Preprocess => "preprocess",
+            Stage::Infer => "infer",
+            Stage::Postprocess => "postprocess",
             Stage::Encode => "encode",
             Stage::Send => "send",
             Stage::Total => "total",

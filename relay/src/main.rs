@@ -9,6 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use livefilter_relay::codec::{self, VideoCodec};
 use livefilter_relay::config::{RelayConfig, SoraOutput, WhipOutput};
+use livefilter_relay::filter::{FilterConfig, FilterKind};
+use livefilter_relay::infer::{Device, DeviceFallback};
 use livefilter_relay::run;
 use livefilter_relay::testpattern::{self, TestPattern};
 
@@ -38,8 +40,10 @@ enum Command {
     TestPattern(Box<OutputArgs>),
     /// Receive a browser's camera at /offer, filter it, publish it (and preview it at /view).
     Serve(Box<ServeArgs>),
-    /// Measure encode time per frame for VP8 and H.264 on this machine.
+    /// Measure encode time per frame (VP8, H.264), or with --input the whole per-frame path.
     Bench(BenchArgs),
+    /// Make a y4m test clip from a still picture (PNG/JPEG), panned slowly.
+    MakeClip(MakeClipArgs),
 }
 
 /// Output settings; each overrides the config file.
@@ -133,6 +137,83 @@ struct ServeArgs {
     /// HLS URL to show on the sender page.
     #[arg(long)]
     hls_url: Option<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
+}
+
+/// Filter settings; each overrides the config file's `filter:` section.
+#[derive(Args, Default)]
+struct FilterArgs {
+    /// The filter.
+    #[arg(long = "filter", value_enum)]
+    kind: Option<FilterKind>,
+    /// Filter parameters as a JSON object, e.g. '{"radius": 20}' (see docs/filters.md).
+    #[arg(long)]
+    filter_params: Option<String>,
+    /// ONNX model file (required for --filter onnx; the others default to their shipped model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Directory of the shipped models.
+    #[arg(long, env = "LIVEFILTER_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
+    /// Inference device: cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<Device>,
+    /// When CUDA is unusable: fail (default) or cpu (with a loud warning).
+    #[arg(long, value_parser = parse_fallback)]
+    device_fallback: Option<DeviceFallback>,
+    /// Inference threads per model (0: one per core).
+    #[arg(long)]
+    inference_threads: Option<usize>,
+    /// The ONNX Runtime shared library (default: $ORT_DYLIB_PATH, else libonnxruntime.so).
+    #[arg(long)]
+    onnxruntime: Option<PathBuf>,
+}
+
+fn parse_fallback(s: &str) -> Result<DeviceFallback, String> {
+    match s {
+        "fail" => Ok(DeviceFallback::Fail),
+        "cpu" => Ok(DeviceFallback::Cpu),
+        other => Err(format!("{other:?} is not fail or cpu")),
+    }
+}
+
+impl FilterArgs {
+    /// Applies the given flags on top of `cfg`.
+    fn apply(self, cfg: &mut FilterConfig) -> anyhow::Result<()> {
+        if let Some(kind) = self.kind {
+            if kind != cfg.kind {
+                // Another filter's parameters would not fit.
+                cfg.params.clear();
+            }
+            cfg.kind = kind;
+        }
+        if let Some(json) = self.filter_params {
+            match serde_json::from_str(&json).with_context(|| format!("--filter-params is not JSON: {json}"))? {
+                serde_json::Value::Object(map) => cfg.params = map,
+                other => anyhow::bail!("--filter-params must be a JSON object, got {other}"),
+            }
+        }
+        if self.model.is_some() {
+            cfg.model = self.model;
+        }
+        if self.models_dir.is_some() {
+            cfg.models_dir = self.models_dir;
+        }
+        if let Some(d) = self.device {
+            cfg.device = d;
+        }
+        if let Some(f) = self.device_fallback {
+            cfg.device_fallback = f;
+        }
+        if let Some(t) = self.inference_threads {
+            cfg.threads = t;
+        }
+        if self.onnxruntime.is_some() {
+            cfg.onnxruntime = self.onnxruntime;
+        }
+        Ok(())
+    }
 }
 
 impl ServeArgs {
@@ -148,8 +229,10 @@ impl ServeArgs {
             tls_cert,
             tls_key,
             hls_url,
+            filter,
         } = self;
         let mut cfg = output.into_config_unvalidated()?;
+        filter.apply(&mut cfg.filter)?;
         if offer_token.is_some() {
             cfg.offer.token = offer_token;
         }
@@ -183,10 +266,73 @@ impl ServeArgs {
 }
 
 #[derive(Args)]
+struct MakeClipArgs {
+    /// The picture.
+    #[arg(long)]
+    image: PathBuf,
+    /// The clip to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Frame width.
+    #[arg(long, default_value_t = 1280)]
+    width: u32,
+    /// Frame height.
+    #[arg(long, default_value_t = 720)]
+    height: u32,
+    /// Frames.
+    #[arg(long, default_value_t = 150)]
+    frames: u32,
+    /// Frames per second.
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+}
+
+fn make_clip(args: MakeClipArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.width >= 16 && args.height >= 16 && args.width.is_multiple_of(2) && args.height.is_multiple_of(2),
+        "--width and --height must be even and at least 16"
+    );
+    let rgb = livefilter_relay::filter::load_image("make-clip", &args.image)?;
+    let frames = livefilter_relay::bench::clip::panned(
+        rgb.as_raw(),
+        rgb.width(),
+        rgb.height(),
+        args.width,
+        args.height,
+        args.frames,
+    )?;
+    let tmp = args.out.with_extension("y4m.tmp");
+    let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    livefilter_relay::y4m::write(std::io::BufWriter::new(file), args.fps, frames)?;
+    std::fs::rename(&tmp, &args.out)?;
+    println!(
+        "{}: {} frames {}x{} @ {} fps",
+        args.out.display(),
+        args.frames,
+        args.width,
+        args.height,
+        args.fps
+    );
+    Ok(())
+}
+
+#[derive(Args)]
 struct BenchArgs {
-    /// Frames per codec.
-    #[arg(long, default_value_t = 300)]
-    frames: u64,
+    /// Run the whole per-frame path (decode, filter, encode) on this y4m clip instead of the
+    /// encoder alone.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// With --input: the browser's and the output codec.
+    #[arg(long, default_value_t = VideoCodec::Vp8)]
+    codec: VideoCodec,
+    /// With --input: frames not measured first (model warm-up).
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Frames per codec; with --input, frames measured (the clip loops; default: the clip once).
+    #[arg(long)]
+    frames: Option<u64>,
     /// Frame width.
     #[arg(long, default_value_t = 1280)]
     width: u32,
@@ -307,6 +453,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(until_terminated(|shutdown| run::serve(cfg, shutdown)))
         }
         Command::Bench(args) => bench(args),
+        Command::MakeClip(args) => make_clip(args),
     }
 }
 
@@ -351,6 +498,22 @@ where
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(input) = &args.input {
+        let mut filter = FilterConfig::default();
+        args.filter.apply(&mut filter)?;
+        filter.validate()?;
+        let options = livefilter_relay::bench::pipeline::PipelineBenchOptions {
+            filter,
+            codec: args.codec,
+            bitrate_kbps: args.bitrate_kbps,
+            frames: args.frames,
+            warmup: args.warmup,
+        };
+        let report = livefilter_relay::bench::pipeline::pipeline_bench(input, &options)?;
+        println!("{report}");
+        return Ok(());
+    }
+    let frames = args.frames.unwrap_or(300);
     let font_path = args
         .font
         .unwrap_or_else(|| PathBuf::from(testpattern::DEFAULT_FONT_PATH));
@@ -358,7 +521,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let pattern = TestPattern::new(args.width, args.height, 30, font)?;
     println!(
         "# encode benchmark: {} frames of the {}x{} test pattern, one thread",
-        args.frames, args.width, args.height
+        frames, args.width, args.height
     );
     for codec in [VideoCodec::Vp8, VideoCodec::H264] {
         let cfg = codec::EncoderConfig {
@@ -366,8 +529,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             bitrate_kbps: args.bitrate_kbps,
             ..Default::default()
         };
-        let report =
-            livefilter_relay::bench::encode_bench(codec, args.width, args.height, args.frames, &cfg, &pattern)?;
+        let report = livefilter_relay::bench::encode_bench(codec, args.width, args.height, frames, &cfg, &pattern)?;
         println!("{report}");
     }
     Ok(())

@@ -76,6 +76,10 @@ pub struct Metrics {
     pub offers: IntCounterVec,
     /// Browser audio packets forwarded to publishers.
     pub audio_packets_forwarded: IntCounter,
+    /// 1 for the filter's device: `requested` as configured, `device` where its model runs.
+    pub filter_device: IntGaugeVec,
+    /// Live filter parameter changes by result (`applied`, `invalid`, `not_live`).
+    pub filter_param_updates: IntCounterVec,
     /// Per-stage latency histograms and windows.
     pub latency: Latency,
 }
@@ -152,6 +156,22 @@ impl Metrics {
                 "Browser Opus packets forwarded to publishers",
             )
             .expect("valid metric"),
+            filter_device: IntGaugeVec::new(
+                Opts::new(
+                    "livefilter_filter_device",
+                    "1 for the filter's device (requested vs. where its model runs)",
+                ),
+                &["filter", "requested", "device"],
+            )
+            .expect("valid metric"),
+            filter_param_updates: IntCounterVec::new(
+                Opts::new(
+                    "livefilter_filter_param_updates_total",
+                    "Live filter parameter changes by result",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
             latency: Latency::new(&registry),
             registry,
         };
@@ -171,6 +191,8 @@ impl Metrics {
             Box::new(m.video.clone()),
             Box::new(m.offers.clone()),
             Box::new(m.audio_packets_forwarded.clone()),
+            Box::new(m.filter_device.clone()),
+            Box::new(m.filter_param_updates.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

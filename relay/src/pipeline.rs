@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::VideoEncoder;
-use crate::filter::Filter;
+use crate::filter::{Filter, FilterParams, Filtered};
 use crate::frame::{FrameTimes, I420Frame};
 use crate::latency::Stage;
 use crate::metrics::{DropReason, Metrics};
@@ -229,6 +229,8 @@ pub struct FilterPipeline {
     pub slot: Arc<NewestSlot<InputFrame>>,
     /// The filter.
     pub filter: Box<dyn Filter>,
+    /// Live parameter changes (`PATCH /filter`), applied between frames.
+    pub params: Option<tokio::sync::watch::Receiver<FilterParams>>,
     /// Scale every frame to this size, or follow the input's size (`None`).
     pub output_size: Option<(u32, u32)>,
     /// Encoder and publishers.
@@ -252,6 +254,7 @@ impl FilterPipeline {
                 Take::Timeout => continue,
                 Take::Closed => break,
             };
+            self.take_params();
             let InputFrame {
                 picture,
                 mut times,
@@ -266,7 +269,10 @@ impl FilterPipeline {
                     .latency
                     .observe(Stage::Queue, start.saturating_duration_since(decoded));
             }
-            let filtered = match self.filter.apply(picture) {
+            let Filtered {
+                frame: filtered,
+                times: parts,
+            } = match self.filter.apply(picture) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(error = %e, "filter failed; frame dropped");
@@ -280,6 +286,12 @@ impl FilterPipeline {
                 .metrics
                 .latency
                 .observe(Stage::Filter, end.duration_since(start));
+            if let Some(parts) = parts {
+                let latency = &self.stage.metrics.latency;
+                latency.observe(Stage::Preprocess, parts.preprocess);
+                latency.observe(Stage::Infer, parts.infer);
+                latency.observe(Stage::Postprocess, parts.postprocess);
+            }
             self.stage.metrics.frames_filtered.inc();
             let scaled = match self.output_size {
                 Some((w, h)) => match scaler.scale(filtered, w, h) {
@@ -295,6 +307,18 @@ impl FilterPipeline {
             self.stage.encode(&scaled, times, media_time, capture_ntp);
         }
         tracing::info!("filter thread stopped");
+    }
+
+    fn take_params(&mut self) {
+        let Some(rx) = self.params.as_mut() else { return };
+        if !rx.has_changed().unwrap_or(false) {
+            return;
+        }
+        let params = rx.borrow_and_update().clone();
+        match self.filter.set_params(&params) {
+            Ok(()) => tracing::info!(filter = self.filter.name(), ?params, "filter parameters changed"),
+            Err(e) => tracing::warn!(error = %e, "filter refused new parameters; keeping the old ones"),
+        }
     }
 }
 
@@ -359,6 +383,7 @@ mod filter_pipeline_tests {
         let thread = FilterPipeline {
             slot: Arc::clone(&slot),
             filter: Box::new(Passthrough),
+            params: None,
             output_size,
             stage,
         }

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::codec;
 use crate::config::{ConfigError, RelayConfig};
+use crate::filter::live::LiveParams;
 use crate::http::{self, AppState, RelayInfo, ServeState};
 use crate::metrics::Metrics;
 use crate::pipeline::{EncodeStage, FilterPipeline, TestPatternPipeline};
@@ -61,6 +62,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The filter could not start (runtime, model, parameters).
+    #[error(transparent)]
+    Filter(#[from] crate::filter::FilterError),
     /// A thread could not start.
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
@@ -216,6 +220,26 @@ pub async fn test_pattern(cfg: RelayConfig, shutdown: CancellationToken) -> Resu
 /// `shutdown`.
 pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     let metrics = Metrics::new();
+    // The filter first: a missing or wrong model stops the relay before anything connects.
+    let filter_cfg = cfg.filter.clone();
+    let filter = tokio::task::spawn_blocking(move || filter_cfg.build())
+        .await
+        .map_err(|e| RunError::Thread("filter setup", std::io::Error::other(e.to_string())))??;
+    let requested = cfg.filter.device;
+    let device = filter.device();
+    if let Some(d) = device {
+        metrics
+            .filter_device
+            .with_label_values(&[filter.name(), &requested.to_string(), &d.to_string()])
+            .set(1);
+    }
+    let (live_params, params_rx) = LiveParams::new(
+        cfg.filter.kind,
+        cfg.filter.params.clone(),
+        cfg.filter.parsed_params().map_err(crate::filter::FilterError::from)?,
+        requested,
+        device,
+    );
     let keyframes = KeyframeRequest::default();
     let Publishers { mut tasks, mut handles } = start_publishers(&cfg, true, &metrics, &keyframes, &shutdown)?;
     let preview = if cfg.preview.enabled {
@@ -244,7 +268,6 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     if handles.is_empty() {
         return Err(RunError::NoOutput);
     }
-    let filter = cfg.filter.build();
     let filter_name = filter.name().to_owned();
     let encoder = codec::new_encoder(&cfg.encoder_config())?;
     let slot = Arc::new(NewestSlot::new());
@@ -280,6 +303,7 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
         hls_url: cfg.hls_url.clone(),
         max_body_bytes: cfg.offer.max_body_bytes,
         allowed_origins: cfg.offer.allowed_origins.clone(),
+        filter: Some(live_params),
     };
     let app = http::app(AppState {
         info: info.into(),
@@ -292,6 +316,7 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     let thread = FilterPipeline {
         slot: Arc::clone(&slot),
         filter,
+        params: Some(params_rx),
         output_size,
         stage,
     }

@@ -1,10 +1,26 @@
-//! The filter stage: a [`Filter`] transforms each decoded frame. It runs on its own thread fed
-//! by the newest-frame slot. The ONNX filters arrive with the filters issue; `passthrough`
-//! leaves frames untouched.
+//! The filter stage: a [`Filter`] transforms each decoded frame on the filter thread, fed by the
+//! newest-frame slot. `passthrough` leaves frames untouched; the others run an ONNX model
+//! ([`crate::infer`]): person segmentation (`background-blur`, `background-replace`), face
+//! detection (`face-blur`), pose keypoints (`pose`), or a user's model with a declared contract
+//! (`onnx`). Each reports how long its preprocessing, inference and postprocessing took.
+
+pub mod custom;
+pub mod face;
+pub mod live;
+pub mod params;
+pub mod pixels;
+pub mod pose;
+pub mod segment;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::frame::I420Frame;
+use crate::infer::{Device, DeviceFallback, InferError, RuntimeOptions};
+pub use params::{FilterParams, ParamsError};
 
 /// Errors of a filter.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +33,46 @@ pub enum FilterError {
         height: u32,
         detail: String,
     },
+    /// The filter could not start: the runtime or its model.
+    #[error("filter {filter}: {source}")]
+    Setup {
+        filter: &'static str,
+        #[source]
+        source: InferError,
+    },
+    /// `onnx` without `filter.model`.
+    #[error("filter onnx needs filter.model (the path of your .onnx file)")]
+    NoModel,
+    /// Its parameters are refused.
+    #[error(transparent)]
+    Params(#[from] ParamsError),
+    /// A backdrop image cannot be used.
+    #[error("filter {filter}: backdrop image {path}: {detail}")]
+    Image {
+        filter: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+}
+
+/// How long the parts of one model-based filter run took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StageTimes {
+    /// Frame -> model input (resize, colour conversion, normalisation).
+    pub preprocess: Duration,
+    /// The model.
+    pub infer: Duration,
+    /// Model output -> frame (mask, compositing, drawing).
+    pub postprocess: Duration,
+}
+
+/// A filtered frame.
+#[derive(Debug)]
+pub struct Filtered {
+    /// The picture.
+    pub frame: I420Frame,
+    /// The parts' times, for filters that run a model.
+    pub times: Option<StageTimes>,
 }
 
 /// One per-frame transformation.
@@ -24,7 +80,13 @@ pub trait Filter: Send {
     /// The name shown in metrics and `/status`.
     fn name(&self) -> &'static str;
     /// Transforms one frame.
-    fn apply(&mut self, frame: I420Frame) -> Result<I420Frame, FilterError>;
+    fn apply(&mut self, frame: I420Frame) -> Result<Filtered, FilterError>;
+    /// Takes new parameters between frames (already validated for this filter's kind).
+    fn set_params(&mut self, params: &FilterParams) -> Result<(), FilterError>;
+    /// Where its model runs (`None` without a model).
+    fn device(&self) -> Option<Device> {
+        None
+    }
 }
 
 /// Leaves frames as they are.
@@ -36,33 +98,195 @@ impl Filter for Passthrough {
         "passthrough"
     }
 
-    fn apply(&mut self, frame: I420Frame) -> Result<I420Frame, FilterError> {
-        Ok(frame)
+    fn apply(&mut self, frame: I420Frame) -> Result<Filtered, FilterError> {
+        Ok(Filtered { frame, times: None })
+    }
+
+    fn set_params(&mut self, _params: &FilterParams) -> Result<(), FilterError> {
+        Ok(())
     }
 }
 
 /// Which filter to run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum FilterKind {
     /// No change.
     #[default]
     Passthrough,
+    /// Person segmentation; the background is blurred.
+    BackgroundBlur,
+    /// Person segmentation; the background becomes a colour or a picture.
+    BackgroundReplace,
+    /// Face detection; faces are pixelated or blurred.
+    FaceBlur,
+    /// Pose keypoints drawn as a skeleton.
+    Pose,
+    /// A user's ONNX model (`filter.model`) with the contract in `filter.params`.
+    Onnx,
 }
 
-/// The filter configuration.
+impl FilterKind {
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FilterKind::Passthrough => "passthrough",
+            FilterKind::BackgroundBlur => "background-blur",
+            FilterKind::BackgroundReplace => "background-replace",
+            FilterKind::FaceBlur => "face-blur",
+            FilterKind::Pose => "pose",
+            FilterKind::Onnx => "onnx",
+        }
+    }
+
+    /// The model file shipped in `models/` for the built-in filters.
+    pub fn default_model(self) -> Option<&'static str> {
+        match self {
+            FilterKind::BackgroundBlur | FilterKind::BackgroundReplace => Some(segment::DEFAULT_MODEL),
+            FilterKind::FaceBlur => Some(face::DEFAULT_MODEL),
+            FilterKind::Pose => Some(pose::DEFAULT_MODEL),
+            FilterKind::Passthrough | FilterKind::Onnx => None,
+        }
+    }
+}
+
+/// The environment variable naming the directory of the shipped models.
+pub const MODELS_DIR_ENV: &str = "LIVEFILTER_MODELS_DIR";
+
+/// The filter configuration (`filter:` in the relay's YAML).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FilterConfig {
     /// Which filter.
     pub kind: FilterKind,
+    /// Its parameters (camelCase keys; see docs/filters.md).
+    pub params: Map<String, Value>,
+    /// The model file; the built-in filters default to their model in `models_dir`.
+    pub model: Option<PathBuf>,
+    /// Where the shipped models are; default `$LIVEFILTER_MODELS_DIR`, else `models`.
+    pub models_dir: Option<PathBuf>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: Device,
+    /// When CUDA is unusable: `fail` (default) or `cpu` (with a loud warning).
+    pub device_fallback: DeviceFallback,
+    /// Inference threads per model (0: one per core).
+    pub threads: usize,
+    /// The ONNX Runtime library; default `$ORT_DYLIB_PATH`, else `libonnxruntime.so`.
+    pub onnxruntime: Option<PathBuf>,
 }
 
 impl FilterConfig {
-    /// Builds the configured filter.
-    pub fn build(&self) -> Box<dyn Filter> {
-        match self.kind {
-            FilterKind::Passthrough => Box::new(Passthrough),
+    /// The parsed parameters.
+    pub fn parsed_params(&self) -> Result<FilterParams, ParamsError> {
+        FilterParams::parse(self.kind, &self.params)
+    }
+
+    /// The model file this configuration runs, if the filter has one.
+    pub fn model_path(&self) -> Option<PathBuf> {
+        if let Some(model) = &self.model {
+            return Some(model.clone());
         }
+        let file = self.kind.default_model()?;
+        let dir = self
+            .models_dir
+            .clone()
+            .or_else(|| {
+                std::env::var_os(MODELS_DIR_ENV)
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from("models"));
+        Some(dir.join(file))
+    }
+
+    /// How models are run.
+    pub fn runtime_options(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            library: self.onnxruntime.clone(),
+            device: self.device,
+            fallback: self.device_fallback,
+            threads: self.threads,
+        }
+    }
+
+    /// Checks what can be checked without loading anything: the parameters, and that `onnx`
+    /// names a model.
+    pub fn validate(&self) -> Result<(), FilterError> {
+        self.parsed_params()?;
+        if self.kind == FilterKind::Onnx && self.model.is_none() {
+            return Err(FilterError::NoModel);
+        }
+        Ok(())
+    }
+
+    /// Builds the configured filter: loads the runtime and the model and checks the model's
+    /// contract, so every error surfaces here, at startup.
+    pub fn build(&self) -> Result<Box<dyn Filter>, FilterError> {
+        self.validate()?;
+        let params = self.parsed_params()?;
+        let model = || self.model_path().ok_or(FilterError::NoModel);
+        let options = self.runtime_options();
+        let filter: Box<dyn Filter> = match params {
+            FilterParams::Passthrough => Box::new(Passthrough),
+            FilterParams::BackgroundBlur(_) | FilterParams::BackgroundReplace(_) => {
+                Box::new(segment::BackgroundFilter::open(&model()?, &options, &params)?)
+            }
+            FilterParams::FaceBlur(p) => Box::new(face::FaceBlur::open(&model()?, &options, p)?),
+            FilterParams::Pose(p) => Box::new(pose::PoseFilter::open(&model()?, &options, p)?),
+            FilterParams::Onnx(p) => Box::new(custom::OnnxFilter::open(&model()?, &options, p)?),
+        };
+        Ok(filter)
+    }
+}
+
+/// Loads a backdrop picture (PNG or JPEG) as RGB.
+pub fn load_image(filter: &'static str, path: &Path) -> Result<image::RgbImage, FilterError> {
+    let err = |detail: String| FilterError::Image {
+        filter,
+        path: path.to_path_buf(),
+        detail,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let img = image::load_from_memory(&bytes).map_err(|e| err(e.to_string()))?;
+    Ok(img.to_rgb8())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_filters_default_to_their_shipped_model_in_the_models_dir() {
+        let cfg = FilterConfig {
+            kind: FilterKind::FaceBlur,
+            models_dir: Some("/opt/m".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            cfg.model_path(),
+            Some(PathBuf::from("/opt/m").join(face::DEFAULT_MODEL))
+        );
+        let explicit = FilterConfig {
+            model: Some("/x.onnx".into()),
+            ..cfg
+        };
+        assert_eq!(explicit.model_path(), Some(PathBuf::from("/x.onnx")));
+    }
+
+    #[test]
+    fn the_onnx_filter_without_a_model_is_refused_before_anything_loads() {
+        let cfg = FilterConfig {
+            kind: FilterKind::Onnx,
+            ..Default::default()
+        };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert_eq!(err, "filter onnx needs filter.model (the path of your .onnx file)");
+    }
+
+    #[test]
+    fn passthrough_builds_without_a_runtime() {
+        let filter = FilterConfig::default().build().unwrap();
+        assert_eq!(filter.name(), "passthrough");
+        assert_eq!(filter.device(), None);
     }
 }

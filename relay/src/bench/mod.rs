@@ -1,6 +1,10 @@
-//! Encoder micro-benchmark on the test pattern: how long one `encode` call takes per frame, and
-//! how many bytes it produces. `livefilter-relay bench` prints one [`EncodeBenchReport`] line per
-//! codec; run it in release on the target machine to size encoder threads and bitrate.
+//! Benchmarks. Without `--input`, `livefilter-relay bench` times one `encode` call per frame on
+//! the test pattern and prints one [`EncodeBenchReport`] line per codec; with `--input clip.y4m
+//! --filter NAME` it runs the whole per-frame path ([`pipeline`]). Run in release on the target
+//! machine.
+
+pub mod clip;
+pub mod pipeline;
 
 use std::fmt;
 use std::time::{Duration, Instant};

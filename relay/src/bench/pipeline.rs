@@ -1,0 +1,293 @@
+//! `livefilter-relay bench --input clip.y4m --filter NAME`: the relay's per-frame path on a real
+//! clip. The clip is first encoded as a browser would send it (not timed); then each frame
+//! arrives at its own time (the clip's frame rate) and goes through decode → filter
+//! (preprocess, infer, postprocess) → encode, each part timed. A frame still in the pipeline when
+//! the next one arrives makes the next one wait, as it would in the relay; a frame decoded after
+//! its successor was due is dropped, as the newest-frame slot would.
+
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::codec::{CodecError, EncoderConfig, VideoCodec, new_decoder, new_encoder};
+use crate::filter::{FilterConfig, FilterError, Filtered};
+use crate::latency::{Percentiles, percentiles};
+use crate::y4m::{Reader, Y4mError};
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineBenchError {
+    /// The clip cannot be opened.
+    #[error("cannot open clip {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The clip is malformed.
+    #[error("clip {path}: {source}")]
+    Clip {
+        path: String,
+        #[source]
+        source: Y4mError,
+    },
+    /// The clip has no frames.
+    #[error("clip {0} has no frames")]
+    Empty(String),
+    /// Encoding or decoding failed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The filter could not start or failed.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct PipelineBenchOptions {
+    /// The filter, as configured for `serve`.
+    pub filter: FilterConfig,
+    /// The browser's codec (the clip is encoded with it) and the output codec.
+    pub codec: VideoCodec,
+    /// Output bitrate in kbit/s.
+    pub bitrate_kbps: u32,
+    /// Frames to run (the clip loops); `None`: the clip once.
+    pub frames: Option<u64>,
+    /// Frames run first and not measured (model warm-up).
+    pub warmup: u64,
+}
+
+/// Figures of one run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineBenchReport {
+    /// Filter name.
+    pub filter: &'static str,
+    /// Where its model ran.
+    pub device: Option<String>,
+    /// Clip size.
+    pub width: u32,
+    /// Clip size.
+    pub height: u32,
+    /// Clip frame rate.
+    pub fps: f64,
+    /// Frames measured.
+    pub frames: u64,
+    /// Frames dropped because the pipeline was still busy.
+    pub dropped: u64,
+    /// Per stage, in path order: decode, preprocess, infer, postprocess, encode.
+    pub stages: Vec<(&'static str, Percentiles)>,
+    /// Arrival → encoded (what the relay adds before sending).
+    pub total: Percentiles,
+    /// Peak resident memory of the process in MiB, where the OS tells.
+    pub peak_rss_mib: Option<f64>,
+}
+
+impl fmt::Display for PipelineBenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "bench {} {}x{} @ {:.0} fps, device {}: {} frames measured, {} dropped (busy)",
+            self.filter,
+            self.width,
+            self.height,
+            self.fps,
+            self.device.as_deref().unwrap_or("none"),
+            self.frames,
+            self.dropped
+        )?;
+        writeln!(f, "{:<12}{:>9}{:>9}{:>9}", "stage", "p50 ms", "p95 ms", "p99 ms")?;
+        for (name, p) in self.stages.iter().chain(std::iter::once(&("total", self.total))) {
+            writeln!(f, "{:<12}{:>9.2}{:>9.2}{:>9.2}", name, p.p50, p.p95, p.p99)?;
+        }
+        match self.peak_rss_mib {
+            Some(m) => write!(f, "peak RSS {m:.0} MiB"),
+            None => write!(f, "peak RSS unknown"),
+        }
+    }
+}
+
+/// Peak resident set size (`VmHWM`) of this process in MiB, on Linux.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Runs the benchmark on `clip`.
+pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<PipelineBenchReport, PipelineBenchError> {
+    let path = clip.display().to_string();
+    let file = std::fs::File::open(clip).map_err(|source| PipelineBenchError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    let clip_err = |source| PipelineBenchError::Clip {
+        path: path.clone(),
+        source,
+    };
+    let mut reader = Reader::new(std::io::BufReader::new(file)).map_err(clip_err)?;
+    let header = reader.header();
+    let fps = header.fps();
+
+    // The browser's side, untimed: every frame encoded once, a keyframe first.
+    let enc_config = EncoderConfig {
+        codec: options.codec,
+        fps: fps.round().max(1.0) as u32,
+        bitrate_kbps: options.bitrate_kbps,
+        ..EncoderConfig::default()
+    };
+    let mut browser = new_encoder(&enc_config)?;
+    let mut packets = Vec::new();
+    while let Some(frame) = reader.next_frame().map_err(clip_err)? {
+        if let Some(out) = browser.encode(&frame, packets.is_empty())? {
+            packets.push(out.data);
+        }
+    }
+    if packets.is_empty() {
+        return Err(PipelineBenchError::Empty(path));
+    }
+
+    let mut filter = options.filter.build()?;
+    let mut decoder = new_decoder(options.codec)?;
+    let mut encoder = new_encoder(&enc_config)?;
+    let total_frames = options.frames.unwrap_or(packets.len() as u64) + options.warmup;
+    let interval = Duration::from_secs_f64(1.0 / fps.max(1.0));
+    let names = ["decode", "preprocess", "infer", "postprocess", "encode"];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let mut totals = Vec::new();
+    let mut dropped = 0u64;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let start = Instant::now();
+    for i in 0..total_frames {
+        let measured = i >= options.warmup;
+        let arrival = start + interval.mul_f64(i as f64);
+        if let Some(wait) = arrival.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let packet = &packets[(i % packets.len() as u64) as usize];
+        // The clip loops: its first frame is a keyframe, so the decoder stays in step.
+        let t0 = Instant::now();
+        let Some(picture) = decoder.decode(packet)? else {
+            continue;
+        };
+        let t1 = Instant::now();
+        if t1 > arrival + interval && i + 1 < total_frames {
+            if measured {
+                dropped += 1;
+            }
+            continue;
+        }
+        let Filtered { frame, times } = filter.apply(picture)?;
+        let t2 = Instant::now();
+        encoder.encode(&frame, false)?;
+        let t3 = Instant::now();
+        if !measured {
+            continue;
+        }
+        let parts = times.unwrap_or_default();
+        // Without a model the whole filter counts as postprocessing.
+        let post = if times.is_some() { parts.postprocess } else { t2 - t1 };
+        for (s, v) in samples
+            .iter_mut()
+            .zip([t1 - t0, parts.preprocess, parts.infer, post, t3 - t2])
+        {
+            s.push(ms(v));
+        }
+        totals.push(ms(t3.saturating_duration_since(arrival.min(t0))));
+    }
+    Ok(PipelineBenchReport {
+        filter: filter.name(),
+        device: filter.device().map(|d| d.to_string()),
+        width: header.width,
+        height: header.height,
+        fps,
+        frames: totals.len() as u64,
+        dropped,
+        stages: names
+            .iter()
+            .copied()
+            .zip(samples.iter().map(|s| percentiles(s)))
+            .collect(),
+        total: percentiles(&totals),
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::I420Frame;
+
+    fn clip(frames: usize) -> tempfile_path::TempClip {
+        tempfile_path::TempClip::new(frames)
+    }
+
+    /// A small clip in the system temp dir, removed on drop.
+    mod tempfile_path {
+        use super::*;
+
+        pub struct TempClip(pub std::path::PathBuf);
+
+        impl TempClip {
+            pub fn new(frames: usize) -> Self {
+                let path = std::env::temp_dir().join(format!("lf-bench-{}-{frames}.y4m", std::process::id()));
+                let pictures = (0..frames).map(|i| I420Frame::filled(64, 48, [(16 + i * 8) as u8, 128, 128]).unwrap());
+                crate::y4m::write(std::fs::File::create(&path).unwrap(), 60, pictures).unwrap();
+                Self(path)
+            }
+        }
+
+        impl Drop for TempClip {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn passthrough_runs_every_frame_of_the_clip_and_reports_each_stage() {
+        let clip = clip(6);
+        let options = PipelineBenchOptions {
+            filter: FilterConfig::default(),
+            codec: VideoCodec::Vp8,
+            bitrate_kbps: 300,
+            frames: None,
+            warmup: 0,
+        };
+
+        let report = pipeline_bench(&clip.0, &options).unwrap();
+
+        assert_eq!((report.width, report.height, report.fps), (64, 48, 60.0));
+        assert_eq!(report.frames + report.dropped, 6);
+        let names: Vec<&str> = report.stages.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["decode", "preprocess", "infer", "postprocess", "encode"]);
+        let text = report.to_string();
+        assert!(
+            text.starts_with("bench passthrough 64x48 @ 60 fps, device none"),
+            "{text}"
+        );
+        assert!(text.contains("\ntotal "), "{text}");
+    }
+
+    #[test]
+    fn a_missing_clip_is_named() {
+        let options = PipelineBenchOptions {
+            filter: FilterConfig::default(),
+            codec: VideoCodec::Vp8,
+            bitrate_kbps: 300,
+            frames: None,
+            warmup: 0,
+        };
+        let err = pipeline_bench(Path::new("/nonexistent/clip.y4m"), &options).unwrap_err();
+        assert!(
+            err.to_string().starts_with("cannot open clip /nonexistent/clip.y4m:"),
+            "{err}"
+        );
+    }
+}
