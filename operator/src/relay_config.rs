@@ -36,15 +36,6 @@ pub mod paths {
     pub const PUBLIC_IP_FILE: &str = "public-ip";
 }
 
-/// Keys this file may write that the relay does not accept yet, as JSON pointers. Each is only
-/// written when a spec asks for it (a passthrough session on the CPU writes none of them). The
-/// contract test strips exactly these before handing the YAML to the relay's parser, and fails
-/// once the relay learns one of them, so that the list only ever shrinks.
-pub const PENDING_RELAY_KEYS: &[&str] = &["/filter/params", "/filter/model", "/filter/device"];
-
-/// `filter.kind` values the relay does not accept yet (same rules as [`PENDING_RELAY_KEYS`]).
-pub const PENDING_FILTER_KINDS: &[&str] = &["background-blur", "background-replace", "face-blur", "pose", "onnx"];
-
 /// The whole file.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RelayConfigFile {

@@ -5,9 +5,8 @@ use livefilter_operator::crd::{
     AdvertiseFrom, AdvertiseSpec, ChannelStatus, Codec, FilterKind, ImageFluxOutput, KeyRef, LiveFilterSessionSpec,
     ModelSource, OutputSpec, PortsStatus, SoraOutput, WhipOutput,
 };
-use livefilter_operator::relay_config::{PENDING_FILTER_KINDS, PENDING_RELAY_KEYS, build};
+use livefilter_operator::relay_config::build;
 use livefilter_relay::config::RelayConfig;
-use serde_json::Value;
 
 const PORTS: PortsStatus = PortsStatus {
     http: 38000,
@@ -101,7 +100,9 @@ fn specs() -> Vec<(&'static str, LiveFilterSessionSpec)> {
         path: Some("/models/style.onnx".into()),
         config_map: None,
     });
-    onnx.filter.params.insert("strength".into(), serde_json::json!(0.5));
+    onnx.filter.params.insert("layout".into(), serde_json::json!("nhwc"));
+    onnx.filter.params.insert("output".into(), serde_json::json!("mask"));
+    onnx.filter.params.insert("radius".into(), serde_json::json!(20));
     onnx.network.advertise = AdvertiseSpec {
         from: AdvertiseFrom::NodeExternalIP,
         address: None,
@@ -117,28 +118,11 @@ fn specs() -> Vec<(&'static str, LiveFilterSessionSpec)> {
     ]
 }
 
-/// Removes a JSON pointer from a value.
-fn strip(v: &mut Value, pointer: &str) {
-    let (parent, key) = pointer.rsplit_once('/').unwrap();
-    if let Some(Value::Object(map)) = v.pointer_mut(parent) {
-        map.remove(key);
-    }
-}
-
 #[test]
 fn the_relay_parses_and_validates_every_config_the_operator_writes() {
     for (name, spec) in specs() {
         let written = build(&spec, Some(&channel()), PORTS).unwrap();
-        let mut v: Value = serde_yaml::from_str(&written.to_yaml()).unwrap();
-        for pointer in PENDING_RELAY_KEYS {
-            strip(&mut v, pointer);
-        }
-        if let Some(kind) = v.pointer_mut("/filter/kind")
-            && PENDING_FILTER_KINDS.iter().any(|k| kind == *k)
-        {
-            *kind = Value::from("passthrough");
-        }
-        let yaml = serde_yaml::to_string(&v).unwrap();
+        let yaml = written.to_yaml();
 
         let parsed = RelayConfig::from_yaml(&yaml).unwrap_or_else(|e| panic!("{name}: the relay rejects\n{yaml}\n{e}"));
         parsed
@@ -149,6 +133,29 @@ fn the_relay_parses_and_validates_every_config_the_operator_writes() {
         assert_eq!(parsed.ice.udp_addrs, vec!["0.0.0.0:40000".to_owned()], "{name}");
         assert_eq!(parsed.video.bitrate_kbps, spec.video.bitrate_kbps, "{name}");
         assert_eq!(parsed.video.width, spec.video.width, "{name}");
+        assert_eq!(parsed.filter.kind.as_str(), spec.filter.kind.as_str(), "{name}");
+        assert_eq!(
+            parsed.filter.params,
+            spec.filter
+                .params
+                .clone()
+                .into_iter()
+                .collect::<serde_json::Map<_, _>>(),
+            "{name}"
+        );
+        assert_eq!(
+            parsed.filter.model.as_ref().map(|m| m.display().to_string()),
+            written.filter.model,
+            "{name}"
+        );
+        assert_eq!(
+            parsed.filter.device.to_string(),
+            written
+                .filter
+                .device
+                .map_or("cpu", |d| if d == "cuda" { "cuda:0" } else { d }),
+            "{name}"
+        );
         assert_eq!(parsed.ice.public_ips, written.ice.public_ips, "{name}");
         match (&written.sora, &parsed.sora) {
             (Some(w), Some(p)) => {
@@ -176,43 +183,7 @@ fn the_relay_parses_and_validates_every_config_the_operator_writes() {
 }
 
 #[test]
-fn every_pending_key_is_still_unknown_to_the_relay() {
-    // When this fails, the relay has learned the key: remove it from PENDING_RELAY_KEYS so the
-    // contract test above checks it too.
-    for pointer in PENDING_RELAY_KEYS {
-        let mut doc = serde_json::json!({});
-        let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
-        let mut slot = &mut doc;
-        for part in &parts {
-            slot = &mut slot[*part];
-        }
-        *slot = serde_json::json!({});
-        let yaml = serde_yaml::to_string(&doc).unwrap();
-
-        let result = RelayConfig::from_yaml(&yaml);
-
-        assert!(
-            result.is_err(),
-            "the relay now accepts {pointer}; remove it from PENDING_RELAY_KEYS"
-        );
-    }
-}
-
-#[test]
-fn every_pending_filter_kind_is_still_unknown_to_the_relay() {
-    // When this fails, the relay has learned the filter: remove it from PENDING_FILTER_KINDS.
-    for kind in PENDING_FILTER_KINDS {
-        let result = RelayConfig::from_yaml(&format!("filter: {{kind: {kind}}}"));
-
-        assert!(
-            result.is_err(),
-            "the relay now accepts filter kind {kind}; remove it from PENDING_FILTER_KINDS"
-        );
-    }
-}
-
-#[test]
-fn a_passthrough_cpu_session_needs_nothing_pending() {
+fn a_passthrough_cpu_session_writes_no_filter_extras() {
     let written = build(&base(), Some(&channel()), PORTS).unwrap().to_yaml();
 
     let parsed = RelayConfig::from_yaml(&written).unwrap_or_else(|e| panic!("{written}\n{e}"));
