@@ -596,6 +596,142 @@ mod tests {
         use crate::slot::NewestSlot;
         use tokio_util::sync::CancellationToken;
 
+        fn live_params(kind: crate::filter::FilterKind) -> Arc<LiveParams> {
+            let params = serde_json::Map::new();
+            let parsed = crate::filter::FilterParams::parse(kind, &params).unwrap();
+            let device = crate::infer::Device::Cpu;
+            LiveParams::new(kind, params, parsed, device, Some(device)).0
+        }
+
+        async fn patch_filter(app: &Router, body: &str, content_type: &str, auth: Option<&str>) -> (StatusCode, Value) {
+            let mut req = Request::patch("/filter").header("content-type", content_type);
+            if let Some(t) = auth {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let response = app
+                .clone()
+                .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+                .await
+                .unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        }
+
+        #[tokio::test]
+        async fn a_live_parameter_change_is_applied_and_shown() {
+            let (app, _shutdown) = serve_app(Some("t"));
+
+            let (status, body) = patch_filter(&app, r#"{"radius": 30}"#, "application/json", Some("t")).await;
+
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["kind"], "background-blur");
+            assert_eq!(body["params"]["radius"], 30);
+            assert_eq!(body["params"]["smoothing"], 0.5, "defaults are filled in");
+            let response = app
+                .clone()
+                .oneshot(Request::get("/filter").body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            let shown: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(shown["params"]["radius"], 30);
+            assert_eq!(shown["device"], "cpu");
+        }
+
+        #[tokio::test]
+        async fn bad_live_changes_get_precise_errors_and_are_counted() {
+            let (app, _shutdown) = serve_app(Some("t"));
+
+            let cases = [
+                (
+                    r#"{"radius": 0}"#,
+                    "application/json",
+                    Some("t"),
+                    StatusCode::BAD_REQUEST,
+                    "filter background-blur: radius 0 is outside 1..=100",
+                ),
+                (
+                    r#"{"radios": 3}"#,
+                    "application/json",
+                    Some("t"),
+                    StatusCode::BAD_REQUEST,
+                    "filter background-blur: unknown field `radios`",
+                ),
+                (
+                    r#"[1]"#,
+                    "application/json",
+                    Some("t"),
+                    StatusCode::BAD_REQUEST,
+                    "the body must be a JSON object of parameters, got [1]",
+                ),
+                (
+                    r#"{"#,
+                    "application/json",
+                    Some("t"),
+                    StatusCode::BAD_REQUEST,
+                    "the body is not JSON",
+                ),
+                (
+                    r#"{"radius": 3}"#,
+                    "text/plain",
+                    Some("t"),
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "Content-Type must be application/json",
+                ),
+                (
+                    r#"{"radius": 3}"#,
+                    "application/json",
+                    None,
+                    StatusCode::UNAUTHORIZED,
+                    "missing bearer token",
+                ),
+                (
+                    r#"{"radius": 3}"#,
+                    "application/json",
+                    Some("x"),
+                    StatusCode::UNAUTHORIZED,
+                    "wrong bearer token",
+                ),
+            ];
+            for (body, content_type, auth, want, message) in cases {
+                let (status, answer) = patch_filter(&app, body, content_type, auth).await;
+                assert_eq!(status, want, "{body}: {answer}");
+                assert!(
+                    answer["error"].as_str().unwrap().starts_with(message),
+                    "{body}: {answer}"
+                );
+            }
+            let big = format!(r#"{{"radius": 3, "pad": "{}"}}"#, "x".repeat(9000));
+            assert_eq!(
+                patch_filter(&app, &big, "application/json", Some("t")).await.0,
+                StatusCode::PAYLOAD_TOO_LARGE
+            );
+
+            let (_, shown) = patch_filter(&app, "{}", "application/json", Some("t")).await;
+            assert_eq!(shown["params"]["radius"], 12, "nothing refused was applied");
+            let response = app
+                .clone()
+                .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let text = String::from_utf8(
+                axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap()
+                    .to_vec(),
+            )
+            .unwrap();
+            assert!(
+                text.contains(r#"livefilter_filter_param_updates_total{result="invalid"} 6"#),
+                "{text}"
+            );
+            assert!(
+                text.contains(r#"livefilter_filter_param_updates_total{result="unauthorized"} 2"#),
+                "{text}"
+            );
+        }
+
         fn serve_app(token: Option<&str>) -> (Router, CancellationToken) {
             serve_app_advertising(token, vec![])
         }
@@ -639,7 +775,7 @@ mod tests {
                 hls_url: Some("https://example.test/x.m3u8".into()),
                 max_body_bytes: 8 * 1024,
                 allowed_origins: vec!["https://studio.example".into()],
-                filter: None,
+                filter: Some(live_params(crate::filter::FilterKind::BackgroundBlur)),
             });
             (app(st), shutdown)
         }

@@ -676,3 +676,102 @@ async fn the_browsers_capture_time_reaches_the_preview_viewer_for_glass_to_glass
     assert!((0.0..2000.0).contains(&g2g), "glass-to-glass {g2g} ms: {stamped:#}");
     browser.quit().await;
 }
+
+/// Mean absolute horizontal luma-ish gradient (sum of RGB) of a region: how sharp it is.
+fn sharpness(img: &image::RgbImage, x0: u32, y0: u32, x1: u32, y1: u32) -> f64 {
+    let mut sum = 0.0;
+    for y in y0..y1 {
+        for x in x0..x1 - 1 {
+            let (a, b) = (img.get_pixel(x, y).0, img.get_pixel(x + 1, y).0);
+            sum += (0..3).map(|c| f64::from(a[c].abs_diff(b[c]))).sum::<f64>() / 3.0;
+        }
+    }
+    sum / f64::from((x1 - x0 - 1) * (y1 - y0))
+}
+
+fn region_psnr(a: &image::RgbImage, b: &image::RgbImage, x0: u32, y0: u32, x1: u32, y1: u32) -> f64 {
+    let mut sse = 0.0;
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let (p, q) = (a.get_pixel(x, y).0, b.get_pixel(x, y).0);
+            sse += (0..3).map(|c| f64::from(p[c].abs_diff(q[c])).powi(2)).sum::<f64>();
+        }
+    }
+    let mse = sse / f64::from((x1 - x0) * (y1 - y0) * 3);
+    10.0 * (255.0f64.powi(2) / mse.max(1e-9)).log10()
+}
+
+#[tokio::test]
+async fn background_blur_reaches_the_sora_endpoint_with_the_person_sharp_and_the_background_soft() {
+    let _serial = serial().await;
+    // The astronaut photo (scikit-image, public domain) as the camera: 640x360, still.
+    let photo = support::browser::repo_root().join(".cache/testdata/astronaut.png");
+    let bytes = std::fs::read(&photo).unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", photo.display()));
+    let rgb = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    let still =
+        livefilter_relay::bench::clip::panned(rgb.as_raw(), rgb.width(), rgb.height(), CLIP_WIDTH, CLIP_HEIGHT, 1)
+            .unwrap()
+            .remove(0);
+    let source = image::RgbImage::from_raw(CLIP_WIDTH, CLIP_HEIGHT, still.to_rgb()).unwrap();
+    let clip_path = artefact_dir().join(format!("astronaut-{}.y4m", std::process::id()));
+    livefilter_relay::y4m::write(std::fs::File::create(&clip_path).unwrap(), 20, vec![still; 40]).unwrap();
+    let endpoint = Endpoint::start(&[]);
+    let signaling = endpoint.signaling_url();
+    let relay = Relay::serve(&[
+        "--sora-signaling-url",
+        &signaling,
+        "--channel-id",
+        "blur",
+        "--filter",
+        "background-blur",
+        "--filter-params",
+        r#"{"radius": 16}"#,
+        "--bitrate-kbps",
+        "2500",
+    ])
+    .await;
+    let mut browser = Browser::launch(Camera::Clip(clip_path.clone())).await;
+    browser.open("streamer", &relay.url("/")).await;
+
+    let started = browser
+        .start(
+            "streamer",
+            json!({"width": CLIP_WIDTH, "height": CLIP_HEIGHT, "codec": "vp8"}),
+        )
+        .await;
+
+    assert_live(&started, &relay);
+    let conn = endpoint
+        .wait_for("transport=sora&channel_id=blur&state=connected&min_frames=60")
+        .await;
+    let id = conn["connection_id"].as_str().expect("connection_id");
+    let received = endpoint.frame_png(id).await;
+    received
+        .save(artefact_dir().join("background-blur-endpoint.png"))
+        .unwrap();
+    source.save(artefact_dir().join("background-blur-source.png")).unwrap();
+    // The photo scaled to 640 wide, top 360 rows: the shuttle model (background) at the right,
+    // the face in the middle.
+    let (bg_src, bg_out) = (
+        sharpness(&source, 540, 60, 636, 240),
+        sharpness(&received, 540, 60, 636, 240),
+    );
+    let face = region_psnr(&source, &received, 255, 130, 310, 190);
+    println!("background sharpness {bg_src:.2} -> {bg_out:.2}; face PSNR {face:.1} dB");
+    assert!(
+        bg_out < bg_src * 0.5,
+        "the background is not blurred: {bg_src:.2} -> {bg_out:.2}"
+    );
+    assert!(face > 28.0, "the person is not kept: face PSNR {face:.1} dB");
+    let status = relay.status().await;
+    assert_eq!(status["filter"], "background-blur", "{status:#}");
+    assert_eq!(status["inference"]["device"], "cpu", "{status:#}");
+    assert!(
+        status["latency_ms"]["stages"]["infer"]["samples"].as_u64().unwrap_or(0) > 0,
+        "{status:#}"
+    );
+    let detail = endpoint.connection(id, 0).await;
+    assert_eq!(detail["video"]["decode_errors"], 0, "{:#}", detail["video"]);
+    browser.quit().await;
+    let _ = std::fs::remove_file(clip_path);
+}
