@@ -30,8 +30,19 @@ test: lint
 	$(CARGO) test --workspace -- --test-threads=2
 	scripts/chart-check.sh
 
+# Encoder alone on the test pattern, then the whole per-frame path (decode, preprocess, infer,
+# postprocess, encode) for each model filter on a 720p clip of the astronaut photo.
+BENCH_CLIP ?= .cache/bench/astronaut-720p.y4m
+BENCH_FILTERS ?= background-blur face-blur pose
+BENCH_ARGS ?=
 bench: build
-	$(CARGO) run --release -p livefilter-relay -- bench
+	target/release/livefilter-relay bench
+	@mkdir -p $(dir $(BENCH_CLIP))
+	@[ -s $(BENCH_CLIP) ] || target/release/livefilter-relay make-clip --image .cache/testdata/astronaut.png --out $(BENCH_CLIP) --width 1280 --height 720 --frames 150
+	@for f in $(BENCH_FILTERS); do \
+	  ORT_DYLIB_PATH=$${ORT_DYLIB_PATH:-$(CURDIR)/.cache/onnxruntime/libonnxruntime.so} LIVEFILTER_MODELS_DIR=$(CURDIR)/models \
+	    target/release/livefilter-relay bench --input $(BENCH_CLIP) --filter $$f $(BENCH_ARGS) || exit 1; \
+	done
 
 fmt:
 	$(CARGO) fmt --all

@@ -4,14 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RELAY_HTTP=${RELAY_HTTP:-127.0.0.1:8080}
+# The default filter blurs the background behind the person (FILTER=passthrough|background-blur|
+# background-replace|face-blur|pose); ONNX Runtime and the models come from scripts/setup.sh.
+FILTER=${FILTER:-background-blur}
+export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.cache/onnxruntime/libonnxruntime.so}
+export LIVEFILTER_MODELS_DIR=${LIVEFILTER_MODELS_DIR:-$PWD/models}
 cat <<MSG
 
-  livefilter relay on http://$RELAY_HTTP
+  livefilter relay on http://$RELAY_HTTP   filter: $FILTER
     sender page   http://$RELAY_HTTP/        (camera -> relay; localhost counts as a secure context)
     preview       http://$RELAY_HTTP/view    (the filtered stream, over WebRTC)
     status        http://$RELAY_HTTP/status  metrics: http://$RELAY_HTTP/metrics
+  filter        http://$RELAY_HTTP/filter  (PATCH a JSON object to change parameters live)
   Ctrl-C stops it. Publish to Sora as well: EXTRA_ARGS="--sora-signaling-url wss://... --channel-id ..."
 
 MSG
 # shellcheck disable=SC2086
-exec target/release/livefilter-relay serve --listen "$RELAY_HTTP" ${EXTRA_ARGS:-}
+exec target/release/livefilter-relay serve --listen "$RELAY_HTTP" --filter "$FILTER" ${EXTRA_ARGS:-}

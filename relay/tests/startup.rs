@@ -87,6 +87,41 @@ fn a_busy_listen_port_is_reported() {
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
 }
 
+#[test]
+fn filter_setup_errors_are_named_before_anything_connects() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "--filter",
+                "background-blur",
+                "--onnxruntime",
+                "/nonexistent/libonnxruntime.so",
+            ],
+            "cannot load ONNX Runtime from /nonexistent/libonnxruntime.so: no such file",
+        ),
+        (
+            &["--filter", "onnx", "--model", "/nonexistent/style.onnx"],
+            "filter onnx: model file /nonexistent/style.onnx does not exist",
+        ),
+        (&["--filter", "onnx"], "filter onnx needs filter.model"),
+        (
+            &["--filter", "face-blur", "--filter-params", r#"{"mode": "smudge"}"#],
+            "filter face-blur: unknown variant `smudge`, expected `pixelate` or `blur`",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let mut args = vec!["serve", "--listen", &listen, "--udp-addr", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+
+        let (ok, stderr) = run_to_exit(&args);
+
+        assert!(!ok, "{extra:?} started");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
 #[tokio::test]
 async fn with_a_certificate_and_key_the_relay_serves_https() {
     let dir = std::env::temp_dir().join(format!("lf-tls-{}", std::process::id()));
