@@ -701,6 +701,22 @@ fn region_psnr(a: &image::RgbImage, b: &image::RgbImage, x0: u32, y0: u32, x1: u
     10.0 * (255.0f64.powi(2) / mse.max(1e-9)).log10()
 }
 
+/// Waits until `selector`'s text starts with `prefix` and returns it.
+async fn wait_for_text(browser: &mut Browser, selector: &str, prefix: &str) -> String {
+    let deadline = Instant::now() + support::WAIT;
+    loop {
+        let (text, _) = browser.text("streamer", selector).await;
+        if text.starts_with(prefix) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{selector} shows {text:?}, waited for {prefix:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn background_blur_reaches_the_sora_endpoint_with_the_person_sharp_and_the_background_soft() {
     let _serial = serial().await;
@@ -772,6 +788,29 @@ async fn background_blur_reaches_the_sora_endpoint_with_the_person_sharp_and_the
     );
     let detail = endpoint.connection(id, 0).await;
     assert_eq!(detail["video"]["decode_errors"], 0, "{:#}", detail["video"]);
+
+    // A live change from the page: applied without reconnecting, a bad one refused by name.
+    browser.fill("streamer", "#filter-params", r#"{"radius": 40}"#).await;
+    browser.click("streamer", "#filter-apply").await;
+    let applied = wait_for_text(&mut browser, "#filter-result", "Applied").await;
+    assert_eq!(applied, "Applied");
+    let shown: Value = reqwest::get(relay.url("/filter")).await.unwrap().json().await.unwrap();
+    assert_eq!(shown["params"]["radius"], 40, "{shown:#}");
+    browser.fill("streamer", "#filter-params", r#"{"radius": 0}"#).await;
+    browser.click("streamer", "#filter-apply").await;
+    let refused = wait_for_text(&mut browser, "#filter-result", "Refused").await;
+    assert_eq!(
+        refused,
+        "Refused (400): filter background-blur: radius 0 is outside 1..=100"
+    );
+    let frames_before = u64_of(&endpoint.connection(id, 0).await["video"]["frames_decoded"]);
+    endpoint
+        .wait_for(&format!(
+            "transport=sora&channel_id=blur&state=connected&min_frames={}",
+            frames_before + 10
+        ))
+        .await;
+    assert_eq!(relay.status().await["state"], "publishing", "the stream went on");
     browser.quit().await;
     let _ = std::fs::remove_file(clip_path);
 }
