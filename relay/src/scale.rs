@@ -1,8 +1,6 @@
 //! Scaling I420 frames to the configured output size (each plane resized on its own).
 
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-
+use crate::filter::pixels::{Planes, ResizeError};
 use crate::frame::{FrameError, I420Frame};
 
 /// Errors while scaling.
@@ -23,18 +21,9 @@ pub enum ScaleError {
 }
 
 /// Scales frames to a fixed size, reusing its resizer.
+#[derive(Default)]
 pub struct Scaler {
-    resizer: Resizer,
-    options: ResizeOptions,
-}
-
-impl Default for Scaler {
-    fn default() -> Self {
-        Self {
-            resizer: Resizer::new(),
-            options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
-        }
-    }
+    planes: Planes,
 }
 
 impl Scaler {
@@ -44,26 +33,24 @@ impl Scaler {
             return Ok(frame);
         }
         let (sw, sh) = (frame.width(), frame.height());
-        let err = |detail: String| ScaleError::Resize {
+        let (scw, sch) = frame.chroma_size();
+        let (dcw, dch) = (width.div_ceil(2), height.div_ceil(2));
+        let err = |e: ResizeError| ScaleError::Resize {
             from_w: sw,
             from_h: sh,
             to_w: width,
             to_h: height,
-            detail,
+            detail: e.to_string(),
         };
-        let (scw, sch) = frame.chroma_size();
-        let (dcw, dch) = (width.div_ceil(2), height.div_ceil(2));
-        let mut plane = |src: &[u8], w: u32, h: u32, dw: u32, dh: u32| -> Result<Vec<u8>, ScaleError> {
-            let src = ImageRef::new(w, h, src, PixelType::U8).map_err(|e| err(e.to_string()))?;
-            let mut dst = Image::new(dw, dh, PixelType::U8);
-            self.resizer
-                .resize(&src, &mut dst, &self.options)
-                .map_err(|e| err(e.to_string()))?;
-            Ok(dst.into_vec())
-        };
-        let y = plane(frame.y(), sw, sh, width, height)?;
-        let u = plane(frame.u(), scw as u32, sch as u32, dcw, dch)?;
-        let v = plane(frame.v(), scw as u32, sch as u32, dcw, dch)?;
+        let y = self.planes.resize(frame.y(), sw, sh, width, height).map_err(err)?;
+        let u = self
+            .planes
+            .resize(frame.u(), scw as u32, sch as u32, dcw, dch)
+            .map_err(err)?;
+        let v = self
+            .planes
+            .resize(frame.v(), scw as u32, sch as u32, dcw, dch)
+            .map_err(err)?;
         Ok(I420Frame::from_planes(width, height, y, u, v)?)
     }
 }

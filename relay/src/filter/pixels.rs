@@ -92,8 +92,16 @@ impl Default for Planes {
 }
 
 impl Planes {
-    /// Resizes one 8-bit plane.
-    pub fn resize(&mut self, src: &[u8], sw: u32, sh: u32, dw: u32, dh: u32) -> Result<Vec<u8>, ResizeError> {
+    /// Resizes raw pixels of `kind` (packed rows, no padding).
+    fn resize_raw(
+        &mut self,
+        src: &[u8],
+        kind: PixelType,
+        sw: u32,
+        sh: u32,
+        dw: u32,
+        dh: u32,
+    ) -> Result<Vec<u8>, ResizeError> {
         if (sw, sh) == (dw, dh) {
             return Ok(src.to_vec());
         }
@@ -104,34 +112,24 @@ impl Planes {
             to_h: dh,
             detail,
         };
-        let src = ImageRef::new(sw, sh, src, PixelType::U8).map_err(|e| err(e.to_string()))?;
-        let mut dst = Image::new(dw, dh, PixelType::U8);
+        let src = ImageRef::new(sw, sh, src, kind).map_err(|e| err(e.to_string()))?;
+        let mut dst = Image::new(dw, dh, kind);
         self.resizer
             .resize(&src, &mut dst, &self.options)
             .map_err(|e| err(e.to_string()))?;
         Ok(dst.into_vec())
     }
 
+    /// Resizes one 8-bit plane.
+    pub fn resize(&mut self, src: &[u8], sw: u32, sh: u32, dw: u32, dh: u32) -> Result<Vec<u8>, ResizeError> {
+        self.resize_raw(src, PixelType::U8, sw, sh, dw, dh)
+    }
+
     /// Resizes one float plane (values are kept as they are, no clamping).
     pub fn resize_f32(&mut self, src: &[f32], sw: u32, sh: u32, dw: u32, dh: u32) -> Result<Vec<f32>, ResizeError> {
-        if (sw, sh) == (dw, dh) {
-            return Ok(src.to_vec());
-        }
-        let err = |detail: String| ResizeError::Resize {
-            from_w: sw,
-            from_h: sh,
-            to_w: dw,
-            to_h: dh,
-            detail,
-        };
         let bytes: Vec<u8> = src.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        let src = ImageRef::new(sw, sh, &bytes, PixelType::F32).map_err(|e| err(e.to_string()))?;
-        let mut dst = Image::new(dw, dh, PixelType::F32);
-        self.resizer
-            .resize(&src, &mut dst, &self.options)
-            .map_err(|e| err(e.to_string()))?;
-        Ok(dst
-            .buffer()
+        let out = self.resize_raw(&bytes, PixelType::F32, sw, sh, dw, dh)?;
+        Ok(out
             .chunks_exact(4)
             .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
             .collect())
@@ -146,22 +144,7 @@ impl Planes {
         width: u32,
         height: u32,
     ) -> Result<Vec<u8>, ResizeError> {
-        if (sw, sh) == (width, height) {
-            return Ok(rgb.to_vec());
-        }
-        let err = |detail: String| ResizeError::Resize {
-            from_w: sw,
-            from_h: sh,
-            to_w: width,
-            to_h: height,
-            detail,
-        };
-        let src = ImageRef::new(sw, sh, rgb, PixelType::U8x3).map_err(|e| err(e.to_string()))?;
-        let mut dst = Image::new(width, height, PixelType::U8x3);
-        self.resizer
-            .resize(&src, &mut dst, &self.options)
-            .map_err(|e| err(e.to_string()))?;
-        Ok(dst.into_vec())
+        self.resize_raw(rgb, PixelType::U8x3, sw, sh, width, height)
     }
 
     /// Converts a packed RGB picture to an I420 frame of `width`x`height` (stretched).
