@@ -476,7 +476,7 @@ impl Model {
 
     /// Checks the model has exactly the inputs `inputs` and at least `outputs.len()` outputs
     /// matching `outputs` in order; the error names both sides.
-    pub fn expect(&self, filter: &str, inputs: &[Expect], outputs: &[Expect]) -> Result<(), InferError> {
+    pub fn require(&self, filter: &str, inputs: &[Expect], outputs: &[Expect]) -> Result<(), InferError> {
         let contract = |detail: String| InferError::Contract {
             path: self.path.clone(),
             filter: filter.to_owned(),

@@ -216,7 +216,7 @@ impl FaceDetector {
     pub fn open(path: &Path, options: &RuntimeOptions) -> Result<Self, InferError> {
         let model = Model::open(path, options)?;
         let s = i64::from(INPUT_SIZE);
-        model.expect(
+        model.require(
             "face detection",
             &[crate::infer::Expect::fixed(ElementType::F32, &[1, s, s, 3])],
             &[],

@@ -109,7 +109,7 @@ impl PoseEstimator {
     pub fn open(path: &Path, options: &RuntimeOptions) -> Result<Self, InferError> {
         let model = Model::open(path, options)?;
         let s = i64::from(INPUT_SIZE);
-        model.expect(
+        model.require(
             "pose estimation",
             &[Expect::fixed(ElementType::I32, &[1, s, s, 3])],
             &[Expect::fixed(ElementType::F32, &[1, 1, KEYPOINTS as i64, 3])],

@@ -30,7 +30,7 @@ impl Segmenter {
     pub fn open(path: &Path, options: &RuntimeOptions) -> Result<Self, InferError> {
         let model = Model::open(path, options)?;
         let s = i64::from(INPUT_SIZE);
-        model.expect(
+        model.require(
             "person segmentation",
             &[Expect::fixed(ElementType::F32, &[1, s, s, 3])],
             &[Expect::fixed(ElementType::F32, &[1, s, s, 1])],
