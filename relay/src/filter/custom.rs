@@ -9,8 +9,8 @@ use std::time::Instant;
 use super::params::{ColorOrder, FilterParams, Layout, OnnxParams, OutputKind};
 use super::pixels::{Fit, Mask, Pen, Placement, Planes};
 use super::pose::{draw_skeleton, keypoints_from};
-use super::segment::{MaskCompositor, MaskShape, compositor_for, frame_error, mismatch};
-use super::{Filter, FilterError, Filtered, StageTimes};
+use super::segment::{MaskCompositor, MaskShape, compositor_for};
+use super::{Filter, FilterError, Filtered, StageTimes, frame_error, mismatch};
 use crate::frame::I420Frame;
 use crate::infer::{Device, ElementType, InferError, InputData, Model, Output, RuntimeOptions, TensorInfo};
 

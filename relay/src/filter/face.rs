@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use super::params::{FaceBlurParams, FaceMode, FilterParams};
 use super::pixels::{Fit, PixelBox, Placement, Planes, blur_box, pixelate};
-use super::segment::{frame_error, mismatch};
-use super::{Filter, FilterError, Filtered, StageTimes};
+use super::{Filter, FilterError, Filtered, StageTimes, frame_error, mismatch};
 use crate::frame::I420Frame;
 use crate::infer::{Device, ElementType, InferError, InputData, Model, Output, RuntimeOptions, TensorInfo};
 

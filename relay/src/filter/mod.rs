@@ -239,6 +239,24 @@ impl FilterConfig {
     }
 }
 
+/// The error for parameters of another filter (a programming error, reported, never a panic).
+pub(crate) fn mismatch(name: &'static str, params: &FilterParams) -> FilterError {
+    FilterError::Params(ParamsError::Invalid {
+        filter: name,
+        detail: format!("parameters of another filter: {params:?}"),
+    })
+}
+
+/// A per-frame failure of `filter` on `frame`.
+pub(crate) fn frame_error(filter: &'static str, frame: &I420Frame, detail: String) -> FilterError {
+    FilterError::Frame {
+        filter,
+        width: frame.width(),
+        height: frame.height(),
+        detail,
+    }
+}
+
 /// Loads a backdrop picture (PNG or JPEG) as RGB.
 pub fn load_image(filter: &'static str, path: &Path) -> Result<image::RgbImage, FilterError> {
     let err = |detail: String| FilterError::Image {

@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use super::params::{FilterParams, PoseParams};
 use super::pixels::{Fit, Pen, Placement, Planes};
-use super::segment::{frame_error, mismatch};
-use super::{Filter, FilterError, Filtered, StageTimes};
+use super::{Filter, FilterError, Filtered, StageTimes, frame_error, mismatch};
 use crate::frame::I420Frame;
 use crate::infer::{Device, ElementType, Expect, InferError, InputData, Model, RuntimeOptions};
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::params::{FilterParams, MaskBackground};
 use super::pixels::{Backdrop, Fit, Mask, Planes, blurred_background, composite};
-use super::{Filter, FilterError, Filtered, StageTimes, load_image};
+use super::{Filter, FilterError, Filtered, StageTimes, frame_error, load_image, mismatch};
 use crate::frame::{I420Frame, rgb_to_yuv};
 use crate::infer::{Device, ElementType, Expect, InferError, InputData, Model, RuntimeOptions};
 
@@ -236,24 +236,6 @@ fn look_of(name: &'static str, params: &FilterParams) -> Result<(Look, MaskShape
             ))
         }
         other => Err(mismatch(name, other)),
-    }
-}
-
-/// The error for parameters of another filter (a programming error, reported, never a panic).
-pub(super) fn mismatch(name: &'static str, params: &FilterParams) -> FilterError {
-    FilterError::Params(super::ParamsError::Invalid {
-        filter: name,
-        detail: format!("parameters of another filter: {params:?}"),
-    })
-}
-
-/// A per-frame failure of `filter` on `frame`.
-pub(super) fn frame_error(filter: &'static str, frame: &I420Frame, detail: String) -> FilterError {
-    FilterError::Frame {
-        filter,
-        width: frame.width(),
-        height: frame.height(),
-        detail,
     }
 }
 
