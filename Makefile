@@ -47,6 +47,17 @@ bench: build
 fmt:
 	$(CARGO) fmt --all
 
+# The soak: a headless-Chromium sender streams through a release relay for SOAK_MINUTES (30);
+# RSS, descriptors, threads, sockets and CPU per frame are printed at the start, middle and end
+# with their drift (scripts/soak.mjs; exits 1 past SOAK_MAX_DRIFT_PCT).
+SOAK_MINUTES ?= 30
+SOAK_FILTER ?= passthrough
+SOAK_MAX_DRIFT_PCT ?= 5
+.PHONY: soak
+soak: build
+	ORT_DYLIB_PATH=$${ORT_DYLIB_PATH:-$(CURDIR)/.cache/onnxruntime/libonnxruntime.so} LIVEFILTER_MODELS_DIR=$(CURDIR)/models \
+	  node scripts/soak.mjs --minutes $(SOAK_MINUTES) --filter $(SOAK_FILTER) --max-drift-pct $(SOAK_MAX_DRIFT_PCT)
+
 # The CRD YAML under crds/, generated from operator/src/crd.rs. Checked in; the test
 # `cargo test -p livefilter-operator --test crds` fails while it is stale.
 .PHONY: crds

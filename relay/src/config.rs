@@ -69,6 +69,34 @@ pub struct RelayConfig {
     pub preview: PreviewSection,
     /// Where viewers can watch over HLS, shown on the sender page.
     pub hls_url: Option<String>,
+    /// Bounds of the HTTP listener.
+    pub http: HttpSection,
+}
+
+/// Bounds of the HTTP listener against idle, slow or too many clients.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// Open connections at most; more are closed on accept.
+    pub max_connections: usize,
+    /// Open connections from one IP address at most.
+    pub max_connections_per_ip: usize,
+    /// Seconds a client may take to send a request's headers.
+    pub header_read_timeout_secs: f64,
+    /// Seconds a connection may stay without reading or writing a byte.
+    pub idle_timeout_secs: f64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        let d = crate::http::server::ServerLimits::default();
+        Self {
+            max_connections: d.max_connections,
+            max_connections_per_ip: d.max_connections_per_ip,
+            header_read_timeout_secs: d.header_read_timeout.as_secs_f64(),
+            idle_timeout_secs: d.idle_timeout.as_secs_f64(),
+        }
+    }
 }
 
 /// Access to `/offer`.
@@ -219,6 +247,11 @@ pub struct IceConfig {
     /// The browser's session binds the first free port of this range (`40000-40100`) on the
     /// `udp_addrs` IPs, instead of their own ports.
     pub udp_port_range: Option<String>,
+    /// Seconds an ICE `disconnected` may last (browser session and publishers) before the
+    /// connection is given up, unless it comes back (or the page restarts ICE) first.
+    pub disconnected_grace_secs: f64,
+    /// Seconds the browser has to connect after its answer (or an ICE restart).
+    pub connect_timeout_secs: f64,
 }
 
 impl Default for IceConfig {
@@ -228,6 +261,8 @@ impl Default for IceConfig {
             public_ips: Vec::new(),
             public_ips_file: None,
             udp_port_range: None,
+            disconnected_grace_secs: 5.0,
+            connect_timeout_secs: 20.0,
         }
     }
 }
@@ -332,7 +367,50 @@ impl RelayConfig {
                 "offer.tls_cert and offer.tls_key go together".into(),
             ));
         }
+        let seconds = |setting: &'static str, value: f64, low: f64, high: f64, expected: &'static str| {
+            if (low..=high).contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange {
+                    setting,
+                    value: value.to_string(),
+                    expected,
+                })
+            }
+        };
+        seconds("ice.disconnected_grace_secs", self.ice.disconnected_grace_secs, 0.0, 300.0, "0..=300")?;
+        seconds("ice.connect_timeout_secs", self.ice.connect_timeout_secs, 1.0, 300.0, "1..=300")?;
+        let h = &self.http;
+        seconds("http.header_read_timeout_secs", h.header_read_timeout_secs, 0.5, 300.0, "0.5..=300")?;
+        seconds("http.idle_timeout_secs", h.idle_timeout_secs, 1.0, 3600.0, "1..=3600")?;
+        range("http.max_connections", h.max_connections, 4, 100_000, "4..=100000")?;
+        range(
+            "http.max_connections_per_ip",
+            h.max_connections_per_ip,
+            1,
+            h.max_connections.max(1),
+            "1..=http.max_connections",
+        )?;
         Ok(())
+    }
+
+    /// The HTTP listener's bounds.
+    pub fn server_limits(&self) -> crate::http::server::ServerLimits {
+        crate::http::server::ServerLimits {
+            max_connections: self.http.max_connections,
+            max_connections_per_ip: self.http.max_connections_per_ip,
+            header_read_timeout: Duration::from_secs_f64(self.http.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs_f64(self.http.idle_timeout_secs),
+        }
+    }
+
+    /// The browser session's timers.
+    pub fn session_timers(&self) -> crate::session::SessionTimers {
+        crate::session::SessionTimers {
+            connect: Duration::from_secs_f64(self.ice.connect_timeout_secs),
+            disconnected_grace: Duration::from_secs_f64(self.ice.disconnected_grace_secs),
+            ..crate::session::SessionTimers::default()
+        }
     }
 
     /// The encoder settings derived from `video`.
@@ -416,7 +494,13 @@ fn read_secret(path: &Path) -> Result<String, ConfigError> {
     Ok(text.trim().to_owned())
 }
 
-fn range(setting: &'static str, value: u32, min: u32, max: u32, expected: &'static str) -> Result<(), ConfigError> {
+fn range<T: PartialOrd + ToString>(
+    setting: &'static str,
+    value: T,
+    min: T,
+    max: T,
+    expected: &'static str,
+) -> Result<(), ConfigError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {

@@ -3,9 +3,11 @@
 #![deny(unsafe_code)]
 
 pub mod abs_capture;
+pub mod answer;
 pub mod bench;
 pub mod codec;
 pub mod config;
+pub mod feed;
 pub mod filter;
 pub mod frame;
 pub mod http;

@@ -1,7 +1,8 @@
 //! Prometheus metrics of one relay process, on its own registry (tests create their own).
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::latency::Latency;
@@ -80,8 +81,19 @@ pub struct Metrics {
     pub filter_device: IntGaugeVec,
     /// Live filter parameter changes by result (`applied`, `invalid`, `not_live`).
     pub filter_param_updates: IntCounterVec,
+    /// Browser sessions ended, by reason.
+    pub sessions_ended: IntCounterVec,
+    /// Refused requests other than `/offer`, by route and status.
+    pub http_refusals: IntCounterVec,
+    /// Open HTTP connections.
+    pub http_connections: IntGauge,
+    /// HTTP connections closed on accept, by the limit they hit.
+    pub http_connections_refused: IntCounterVec,
     /// Per-stage latency histograms and windows.
     pub latency: Latency,
+    /// Each publisher's current state (the truth `/status` and `/readyz` read; the
+    /// `publisher_state` gauge exports it).
+    publisher_states: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, PublisherState>>>,
 }
 
 impl Metrics {
@@ -172,7 +184,31 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric"),
+            sessions_ended: IntCounterVec::new(
+                Opts::new("livefilter_sessions_ended_total", "Browser sessions ended, by reason"),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            http_refusals: IntCounterVec::new(
+                Opts::new(
+                    "livefilter_http_refusals_total",
+                    "Refused HTTP requests other than /offer, by route and status",
+                ),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+            http_connections: IntGauge::new("livefilter_http_connections", "Open HTTP connections")
+                .expect("valid metric"),
+            http_connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "livefilter_http_connections_refused_total",
+                    "HTTP connections closed on accept, by the limit they hit",
+                ),
+                &["limit"],
+            )
+            .expect("valid metric"),
             latency: Latency::new(&registry),
+            publisher_states: Default::default(),
             registry,
         };
         for c in [
@@ -193,6 +229,10 @@ impl Metrics {
             Box::new(m.audio_packets_forwarded.clone()),
             Box::new(m.filter_device.clone()),
             Box::new(m.filter_param_updates.clone()),
+            Box::new(m.sessions_ended.clone()),
+            Box::new(m.http_refusals.clone()),
+            Box::new(m.http_connections.clone()),
+            Box::new(m.http_connections_refused.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }
@@ -221,11 +261,24 @@ impl Metrics {
 
     /// Records a publisher's state, clearing its previous one.
     pub fn set_publisher_state(&self, publisher: &str, state: PublisherState) {
+        self.publisher_states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(publisher.to_owned(), state);
         for s in PublisherState::ALL {
             self.publisher_state
                 .with_label_values(&[publisher, s.as_str()])
                 .set(i64::from(s == state));
         }
+    }
+
+    /// A publisher's current state; `None` before it reported one.
+    pub fn publisher_state_of(&self, publisher: &str) -> Option<PublisherState> {
+        self.publisher_states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(publisher)
+            .copied()
     }
 
     /// The Prometheus text exposition of every metric.

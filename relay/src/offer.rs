@@ -18,6 +18,38 @@ pub enum OfferError {
     /// No codec the relay decodes.
     #[error("no common video codec: offered {offered}; the relay accepts {accepted}")]
     NoCommonCodec { offered: String, accepted: String },
+    /// The offer parses but cannot be answered (webrtc-rs's words).
+    #[error("the offer cannot be answered: {0}")]
+    Unanswerable(String),
+}
+
+/// Refuses attributes whose values the WebRTC stack would otherwise choke on later, with a
+/// message naming the line: SSRCs must be 32-bit numbers, fingerprints `<hash> <hex:hex...>`.
+fn check_attribute(value: &str) -> Result<(), OfferError> {
+    let bad = |what: &str| Err(OfferError::Malformed(format!("{what} in \"a={}\"", truncate(value))));
+    if let Some(rest) = value.strip_prefix("ssrc:") {
+        let ssrc = rest.split(' ').next().unwrap_or_default();
+        if ssrc.parse::<u32>().is_err() {
+            return bad("the SSRC is not a 32-bit number");
+        }
+    } else if let Some(rest) = value.strip_prefix("ssrc-group:") {
+        let mut parts = rest.split(' ');
+        let semantics = parts.next().unwrap_or_default();
+        if semantics.is_empty() || parts.any(|p| p.parse::<u32>().is_err()) {
+            return bad("an SSRC group needs semantics and 32-bit SSRCs");
+        }
+    } else if let Some(rest) = value.strip_prefix("fingerprint:") {
+        let Some((hash, digest)) = rest.split_once(' ') else {
+            return bad("a fingerprint needs a hash function and a digest");
+        };
+        let hex_pairs = digest
+            .split(':')
+            .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
+        if hash.is_empty() || !hex_pairs {
+            return bad("the fingerprint digest is not colon-separated hex");
+        }
+    }
+    Ok(())
 }
 
 /// What an acceptable offer contains.
@@ -85,6 +117,7 @@ pub fn check_offer(kind: &str, sdp: &str, accepted: &[VideoCodec]) -> Result<Off
                 ..Default::default()
             }),
             "a" => {
+                check_attribute(value)?;
                 let Some(section) = sections.last_mut() else { continue };
                 if let Some(rest) = value.strip_prefix("rtpmap:") {
                     if let Some((pt, codec)) = rest.split_once(' ') {
@@ -161,6 +194,13 @@ pub fn check_offer(kind: &str, sdp: &str, accepted: &[VideoCodec]) -> Result<Off
     let opus = sections
         .iter()
         .any(|s| s.kind == "audio" && s.rtpmap.iter().any(|(_, n)| n.eq_ignore_ascii_case("opus")));
+    // DTLS-SRTP needs the browser's certificate fingerprint and ICE its credentials.
+    for needed in ["fingerprint", "ice-ufrag", "ice-pwd"] {
+        let prefix = format!("a={needed}:");
+        if !sdp.lines().any(|l| l.trim_start().starts_with(&prefix)) {
+            return Err(OfferError::Malformed(format!("the offer has no a={needed} line")));
+        }
+    }
     Ok(OfferSummary { video_codecs, opus })
 }
 
@@ -176,7 +216,7 @@ mod tests {
 
     fn offer(video_rtpmaps: &str) -> String {
         format!(
-            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 102\r\n{video_rtpmaps}"
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=fingerprint:sha-256 AB:CD:01\r\na=ice-ufrag:u\r\na=ice-pwd:p\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 102\r\n{video_rtpmaps}"
         )
     }
 
@@ -235,5 +275,38 @@ mod tests {
         assert!(h264_fmtp_acceptable("profile-level-id=42001f;packetization-mode=1"));
         assert!(!h264_fmtp_acceptable("profile-level-id=42e01f;packetization-mode=0"));
         assert!(!h264_fmtp_acceptable("profile-level-id=4d001f;packetization-mode=1"));
+    }
+
+    #[test]
+    fn an_offer_without_dtls_fingerprint_or_ice_credentials_is_malformed() {
+        let full = offer("a=rtpmap:96 VP8/90000\r\n");
+        for line in ["a=fingerprint:sha-256 AB:CD:01\r\n", "a=ice-ufrag:u\r\n", "a=ice-pwd:p\r\n"] {
+            let sdp = full.replace(line, "");
+
+            let err = check_offer("offer", &sdp, BOTH).unwrap_err();
+
+            let name = line.split(':').next().unwrap();
+            assert_eq!(err, OfferError::Malformed(format!("the offer has no {name} line")));
+        }
+    }
+
+    #[test]
+    fn malformed_ssrc_and_fingerprint_attributes_are_named() {
+        let cases = [
+            ("a=ssrc:abc cname:x", "the SSRC is not a 32-bit number"),
+            ("a=ssrc:4294967296 cname:x", "the SSRC is not a 32-bit number"),
+            ("a=ssrc-group:FID 1 x", "an SSRC group needs semantics and 32-bit SSRCs"),
+            ("a=fingerprint:sha-256", "a fingerprint needs a hash function and a digest"),
+            ("a=fingerprint:sha-256 zz:01", "the fingerprint digest is not colon-separated hex"),
+        ];
+        for (line, why) in cases {
+            let sdp = offer(&format!("a=rtpmap:96 VP8/90000\r\n{line}\r\n"));
+
+            let err = check_offer("offer", &sdp, BOTH).unwrap_err();
+
+            assert!(matches!(&err, OfferError::Malformed(m) if m.starts_with(why)), "{line}: {err}");
+        }
+        let good = offer("a=rtpmap:96 VP8/90000\r\na=ssrc:4294967295 cname:x\r\na=ssrc-group:FID 1 2\r\n");
+        assert!(check_offer("offer", &good, BOTH).is_ok());
     }
 }

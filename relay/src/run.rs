@@ -1,7 +1,6 @@
 //! Wiring of the relay's modes: publishers, pipeline thread, HTTP server, and an orderly
 //! shutdown (publishers say goodbye to their SFUs, threads stop, the server drains).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +19,9 @@ use crate::publish::preview::{self, PreviewConfig, PreviewHub};
 use crate::publish::sora::{SoraError, SoraPublisher};
 use crate::publish::whip::{WhipError, WhipPublisher};
 use crate::publish::{KeyframeRequest, PublisherHandle};
-use crate::session::{IngestConfig, SessionManager};
+use crate::feed::MediaSinks;
+use crate::ingest::VideoIngestConfig;
+use crate::session::{IngestConfig, Sessions};
 use crate::slot::NewestSlot;
 use crate::testpattern::{self, TestPattern, TestPatternError};
 
@@ -47,21 +48,9 @@ pub enum RunError {
         "no output configured: give --sora-signaling-url and --channel-id, or --whip-url (or sora:/whip: in --config)"
     )]
     NoOutput,
-    /// The HTTP address.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    /// TLS files.
-    #[error("cannot load TLS certificate {cert} / key {key}: {source}")]
-    Tls {
-        cert: PathBuf,
-        key: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The HTTP listener (address, TLS files).
+    #[error(transparent)]
+    Server(#[from] http::server::ServerError),
     /// The filter could not start (runtime, model, parameters).
     #[error(transparent)]
     Filter(#[from] crate::filter::FilterError),
@@ -107,57 +96,12 @@ fn start_publishers(
     Ok(Publishers { tasks, handles })
 }
 
-async fn serve_http(
-    cfg: &RelayConfig,
-    app: axum::Router,
-    shutdown: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, RunError> {
-    let addr = cfg.listen_addr();
-    let listener = std::net::TcpListener::bind(addr).map_err(|source| RunError::Listen { addr, source })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| RunError::Listen { addr, source })?;
-    let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        stopper.graceful_shutdown(Some(Duration::from_secs(5)));
-    });
-    let service = app.into_make_service();
-    let task = match (&cfg.offer.tls_cert, &cfg.offer.tls_key) {
-        (Some(cert), Some(key)) => {
-            // One process-wide choice; a second install (tests) is harmless.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .map_err(|source| RunError::Tls {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    source,
-                })?;
-            let server = axum_server::from_tcp_rustls(listener, tls)
-                .map_err(|source| RunError::Listen { addr, source })?
-                .handle(handle);
-            tracing::info!(%addr, "HTTPS listening");
-            tokio::spawn(async move {
-                if let Err(e) = server.serve(service).await {
-                    tracing::error!(error = %e, "HTTPS server failed");
-                }
-            })
-        }
-        _ => {
-            let server = axum_server::from_tcp(listener)
-                .map_err(|source| RunError::Listen { addr, source })?
-                .handle(handle);
-            tracing::info!(%addr, "HTTP listening");
-            tokio::spawn(async move {
-                if let Err(e) = server.serve(service).await {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            })
-        }
-    };
-    Ok(task)
+fn listen(cfg: &RelayConfig) -> http::server::Listen {
+    http::server::Listen {
+        addr: cfg.listen_addr(),
+        tls: cfg.offer.tls_cert.clone().zip(cfg.offer.tls_key.clone()),
+        limits: cfg.server_limits(),
+    }
 }
 
 async fn drain(mut publishers: JoinSet<()>) {
@@ -201,7 +145,7 @@ pub async fn test_pattern(cfg: RelayConfig, shutdown: CancellationToken) -> Resu
         metrics: metrics.clone(),
         serve: None,
     });
-    let server = serve_http(&cfg, app, shutdown.clone()).await?;
+    let server = http::server::serve(listen(&cfg), app, metrics.clone(), shutdown.clone()).await?;
     let stage = EncodeStage::new(encoder, handles, keyframes, metrics);
     let thread = TestPatternPipeline { pattern, stage }
         .spawn(shutdown.clone())
@@ -271,7 +215,8 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     let filter_name = filter.name().to_owned();
     let encoder = codec::new_encoder(&cfg.encoder_config())?;
     let slot = Arc::new(NewestSlot::new());
-    let sessions = SessionManager::new(
+    let sinks = MediaSinks::new(Arc::clone(&slot), handles.clone(), metrics.clone());
+    let (sessions, sessions_task) = Sessions::start(
         IngestConfig {
             codecs: cfg.ingest.codecs.clone(),
             udp_addrs: cfg.ice.udp_addrs.clone(),
@@ -280,10 +225,10 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
             // Validated with the configuration.
             udp_port_range: cfg.ice.udp_port_range.as_deref().and_then(|r| r.parse().ok()),
             start_bitrate_kbps: cfg.ingest.start_bitrate_kbps,
+            timers: cfg.session_timers(),
+            video: VideoIngestConfig::default(),
         },
-        Arc::clone(&slot),
-        handles.clone(),
-        metrics.clone(),
+        sinks,
         keyframes.clone(),
         shutdown.clone(),
     );
@@ -297,7 +242,7 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
         filter: filter_name,
     };
     let serve_state = ServeState {
-        sessions: Arc::clone(&sessions),
+        sessions: sessions.clone(),
         preview,
         token: cfg.offer_token()?,
         hls_url: cfg.hls_url.clone(),
@@ -310,7 +255,7 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
         metrics: metrics.clone(),
         serve: Some(serve_state),
     });
-    let server = serve_http(&cfg, app, shutdown.clone()).await?;
+    let server = http::server::serve(listen(&cfg), app, metrics.clone(), shutdown.clone()).await?;
     let output_size = (!cfg.video.follow_input).then_some((cfg.video.width, cfg.video.height));
     let stage = EncodeStage::new(encoder, handles, keyframes, metrics);
     let thread = FilterPipeline {
@@ -325,7 +270,10 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     tracing::info!(addr = %cfg.listen_addr(), "relay ready: open the sender page at / (preview at /view)");
 
     shutdown.cancelled().await;
-    sessions.stop();
+    // The session actor closes the live session (its peer, its tasks) as it stops.
+    if tokio::time::timeout(Duration::from_secs(5), sessions_task).await.is_err() {
+        tracing::warn!("the browser session did not close in time");
+    }
     slot.close();
     drain(tasks).await;
     if tokio::task::spawn_blocking(move || thread.join()).await.is_err() {

@@ -814,3 +814,75 @@ async fn background_blur_reaches_the_sora_endpoint_with_the_person_sharp_and_the
     browser.quit().await;
     let _ = std::fs::remove_file(clip_path);
 }
+
+#[tokio::test]
+async fn an_ice_restart_from_the_page_continues_the_same_session() {
+    let _serial = serial().await;
+    let relay = Relay::serve(&[]).await;
+    let mut browser = Browser::launch(Camera::Fake).await;
+    browser.open("streamer", &relay.url("/")).await;
+    assert_live(
+        &browser.start("streamer", json!({"width": 640, "height": 360})).await,
+        &relay,
+    );
+    let age_before = relay.status().await["session"]["age_secs"].as_f64().unwrap_or(0.0);
+    let received = wait_for_frames_received(&relay, 10).await;
+
+    let restarted = browser.restart_ice("streamer").await;
+
+    assert_eq!(restarted["iceRestarts"], 1, "{restarted:#}");
+    assert!(restarted["error"].is_null(), "the restart failed: {restarted:#}");
+    let live = browser
+        .wait_state("streamer", "live after the restart", |s| s["connectionState"] == "connected" && s["phase"] == "live")
+        .await;
+    assert_eq!(live["phase"], "live");
+    wait_for_frames_received(&relay, received + 30).await;
+    let status = relay.status().await;
+    assert_eq!(status["session"]["state"], "receiving", "{status:#}");
+    assert!(
+        status["session"]["age_secs"].as_f64().unwrap_or(0.0) > age_before,
+        "the same session went on: {status:#}"
+    );
+    assert!(
+        !relay.metrics().await.contains("livefilter_sessions_ended_total{"),
+        "no session ended during the restart"
+    );
+    browser.quit().await;
+}
+
+/// A session that outlives every timer must not cost more per frame later than early on (a
+/// finished timer polled again spins a core): CPU time per frame, early vs. late.
+#[tokio::test]
+async fn a_session_longer_than_its_timers_keeps_its_cpu_per_frame_flat() {
+    let _serial = serial().await;
+    let config = std::env::temp_dir().join(format!("lf-flat-{}.yaml", std::process::id()));
+    std::fs::write(&config, "ice: {connect_timeout_secs: 3, disconnected_grace_secs: 2}\n").expect("config");
+    let relay = Relay::serve(&["--config", config.to_str().expect("path")]).await;
+    let mut browser = Browser::launch(Camera::Fake).await;
+    browser.open("streamer", &relay.url("/")).await;
+    assert_live(
+        &browser.start("streamer", json!({"width": 640, "height": 360})).await,
+        &relay,
+    );
+    // Early: after the first frames, before the connect timer fires (3 s).
+    let start = u64_of(&relay.status().await["frames"]["received"]);
+    let (f0, c0) = (wait_for_frames_received(&relay, start + 5).await, relay.cpu_secs());
+    let f1 = wait_for_frames_received(&relay, f0 + 40).await;
+    let c1 = relay.cpu_secs();
+    // Late: well past every timer of the session.
+    let f2 = wait_for_frames_received(&relay, f1 + 200).await;
+    let c2 = relay.cpu_secs();
+    let f3 = wait_for_frames_received(&relay, f2 + 120).await;
+    let c3 = relay.cpu_secs();
+
+    let early = (c1 - c0) / (f1 - f0) as f64;
+    let late = (c3 - c2) / (f3 - f2) as f64;
+    assert!(
+        late <= early * 1.6 + 0.002,
+        "CPU per frame grew from {:.2} ms early to {:.2} ms late",
+        early * 1000.0,
+        late * 1000.0
+    );
+    assert_eq!(browser.state("streamer").await["phase"], "live");
+    browser.quit().await;
+}

@@ -19,6 +19,7 @@
 //                               which test API it has (window.livefilter / livefilterView)
 //   start {opts}                window.livefilter.start(opts): resolves once live or failed
 //   stop, scale {factor}        window.livefilter.stop() / scaleDown(factor)
+//   restart-ice                 window.livefilter.restartIce(): an ICE restart of the live session
 //   connect, disconnect         window.livefilterView.connect() / disconnect()
 //   state                       the page's state() (sender or viewer)
 //   text {selector}             textContent of an element ("" when absent); visible: bool
@@ -114,6 +115,7 @@ async function handle(browser, opts, msg) {
     case 'start': return pageOf(msg).evaluate((o) => window.livefilter.start(o), msg.opts || {});
     case 'stop': return pageOf(msg).evaluate(() => window.livefilter.stop());
     case 'scale': return pageOf(msg).evaluate((f) => window.livefilter.scaleDown(f), msg.factor);
+    case 'restart-ice': return pageOf(msg).evaluate(() => window.livefilter.restartIce());
     case 'connect': return pageOf(msg).evaluate(() => window.livefilterView.connect());
     case 'disconnect': return pageOf(msg).evaluate(() => window.livefilterView.disconnect());
     case 'state': return pageOf(msg).evaluate(() => (window.livefilter || window.livefilterView).state());

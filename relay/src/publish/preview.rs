@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use webrtc::peer_connection::RTCPeerConnectionState;
@@ -39,6 +39,9 @@ pub enum PreviewError {
     /// ICE gathering did not finish.
     #[error("ICE gathering did not complete within {0:?}")]
     Gathering(Duration),
+    /// The relay is shutting down.
+    #[error("the relay is shutting down")]
+    ShuttingDown,
 }
 
 /// Settings of the preview.
@@ -107,12 +110,13 @@ impl PreviewHub {
     }
 
     /// Answers a viewer's recvonly offer; returns the viewer id and the answer SDP (with every
-    /// candidate: no trickle).
+    /// candidate: no trickle). The viewer's own task owns its peer from creation to close, so a
+    /// refused offer or a request dropped half-way leaves no slot, socket or task behind.
     pub async fn add_viewer(self: &Arc<Self>, offer_sdp: String) -> Result<(String, String), PreviewError> {
-        let id = format!("{:016x}", rand::random::<u64>());
         let (video_tx, video_rx) = mpsc::channel(PUBLISHER_BUFFER_FRAMES);
         let (audio_tx, audio_rx) = mpsc::channel(PUBLISHER_BUFFER_AUDIO);
         let cancel = self.shutdown.child_token();
+        let id = format!("{:016x}", rand::random::<u64>());
         {
             let mut viewers = self.viewers.lock().unwrap_or_else(PoisonError::into_inner);
             if viewers.len() >= self.config.max_viewers {
@@ -128,69 +132,24 @@ impl PreviewHub {
                 },
             );
         }
-        match self.answer(&id, offer_sdp, video_rx, audio_rx, cancel).await {
-            Ok(answer) => {
-                self.update_state();
-                Ok((id, answer))
-            }
-            Err(e) => {
-                self.viewers.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
-                Err(e)
-            }
-        }
-    }
-
-    async fn answer(
-        self: &Arc<Self>,
-        id: &str,
-        offer_sdp: String,
-        video_rx: mpsc::Receiver<OutgoingFrame>,
-        audio_rx: mpsc::Receiver<AudioPacket>,
-        cancel: CancellationToken,
-    ) -> Result<String, PreviewError> {
-        let (events_tx, mut events) = mpsc::channel(64);
-        let metrics = self.metrics.clone();
-        let peer = SendPeer::new(
-            &PeerOptions {
-                codec: self.config.codec,
-                ice_servers: Vec::new(),
-                relay_only: false,
-                udp_addrs: self.config.udp_addrs.clone(),
-                public_ips: self.config.public_ips.clone(),
-                audio: true,
-            },
-            events_tx,
-            self.keyframes.clone(),
-            move || metrics.keyframe_requests.with_label_values(&[PUBLISHER]).inc(),
-        )
-        .await?;
-        peer.answer(offer_sdp).await?;
-        let gathered = tokio::time::timeout(GATHER_TIMEOUT, async {
-            while let Some(e) = events.recv().await {
-                if matches!(e, PeerEvent::GatheringComplete) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        if !matches!(gathered, Ok(true)) {
-            peer.close().await;
-            return Err(PreviewError::Gathering(GATHER_TIMEOUT));
-        }
-        let answer = peer.local_sdp().await.unwrap_or_default();
-        let hub = Arc::clone(self);
+        let slot = Reservation {
+            hub: Arc::clone(self),
+            id: id.clone(),
+        };
+        let (reply, answer) = oneshot::channel();
         let viewer = ViewerTask {
-            hub: Arc::clone(&hub),
-            id: id.to_owned(),
-            peer,
-            events,
+            slot,
             video: video_rx,
             audio: audio_rx,
             cancel,
         };
-        tokio::spawn(viewer.run().instrument(tracing::info_span!("preview-viewer", id)));
-        Ok(answer)
+        tokio::spawn(
+            viewer
+                .run(offer_sdp, reply)
+                .instrument(tracing::info_span!("preview-viewer", id)),
+        );
+        let answer = answer.await.unwrap_or(Err(PreviewError::ShuttingDown))?;
+        Ok((id, answer))
     }
 
     /// Ends a viewer; false when there is no such viewer.
@@ -243,54 +202,131 @@ impl PreviewHub {
     }
 }
 
-struct ViewerTask {
+/// A viewer's place in the hub; leaving it (however the viewer's task ends) frees the place.
+struct Reservation {
     hub: Arc<PreviewHub>,
     id: String,
-    peer: SendPeer,
-    events: mpsc::Receiver<PeerEvent>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.hub.remove_viewer(&self.id);
+    }
+}
+
+/// One viewer, from its offer to its close.
+struct ViewerTask {
+    slot: Reservation,
     video: mpsc::Receiver<OutgoingFrame>,
     audio: mpsc::Receiver<AudioPacket>,
     cancel: CancellationToken,
 }
 
 impl ViewerTask {
-    async fn run(mut self) {
-        let mut live = false;
-        let timeout = tokio::time::sleep(CONNECT_TIMEOUT);
-        tokio::pin!(timeout);
-        let end = loop {
-            tokio::select! {
-                _ = self.cancel.cancelled() => break "removed",
-                _ = &mut timeout, if !live => break "did not connect in time",
-                e = self.events.recv() => match e {
-                    Some(PeerEvent::Connected) => {
-                        live = true;
-                        self.hub.keyframes.request();
-                        tracing::info!("preview viewer connected");
-                    }
-                    Some(PeerEvent::Down(RTCPeerConnectionState::Disconnected)) => {}
-                    Some(PeerEvent::Down(_)) | None => break "connection closed",
-                    Some(_) => {}
-                },
-                f = self.video.recv() => {
-                    let Some(frame) = f else { break "stopped" };
-                    if !live {
-                        continue;
-                    }
-                    match self.peer.write_frame(&frame).await {
-                        Ok(()) => observe_sent(&self.hub.metrics, PUBLISHER, &frame),
-                        Err(e) => tracing::debug!(error = %e, "preview frame not written"),
-                    }
-                }
-                a = self.audio.recv() => {
-                    if let Some(packet) = a && live && let Err(e) = self.peer.write_audio(&packet).await {
-                        tracing::debug!(error = %e, "preview audio not written");
-                    }
+    async fn run(mut self, offer_sdp: String, mut reply: oneshot::Sender<Result<String, PreviewError>>) {
+        let hub = Arc::clone(&self.slot.hub);
+        let (events_tx, mut events) = mpsc::channel(64);
+        let metrics = hub.metrics.clone();
+        let options = PeerOptions {
+            codec: hub.config.codec,
+            ice_servers: Vec::new(),
+            relay_only: false,
+            udp_addrs: hub.config.udp_addrs.clone(),
+            public_ips: hub.config.public_ips.clone(),
+            audio: true,
+        };
+        let peer = match SendPeer::new(&options, events_tx, hub.keyframes.clone(), move || {
+            metrics.keyframe_requests.with_label_values(&[PUBLISHER]).inc()
+        })
+        .await
+        {
+            Ok(peer) => peer,
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        };
+        let negotiated = tokio::select! {
+            r = answer(&peer, offer_sdp, &mut events) => Some(r),
+            _ = reply.closed() => None,
+            _ = self.cancel.cancelled() => Some(Err(PreviewError::ShuttingDown)),
+        };
+        let end = match negotiated {
+            None => "the request was abandoned before its answer",
+            Some(Err(e)) => {
+                let _ = reply.send(Err(e));
+                "its offer was refused"
+            }
+            Some(Ok(answer)) => {
+                if reply.send(Ok(answer)).is_err() {
+                    "the request was abandoned before its answer"
+                } else {
+                    hub.update_state();
+                    self.stream(&peer, &mut events).await
                 }
             }
         };
         tracing::info!(reason = end, "preview viewer ended");
-        self.peer.close().await;
-        self.hub.remove_viewer(&self.id);
+        peer.close().await;
     }
+
+    async fn stream(&mut self, peer: &SendPeer, events: &mut mpsc::Receiver<PeerEvent>) -> &'static str {
+        let hub = Arc::clone(&self.slot.hub);
+        let mut live = false;
+        let timeout = tokio::time::sleep(CONNECT_TIMEOUT);
+        tokio::pin!(timeout);
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return "removed",
+                _ = &mut timeout, if !live => return "did not connect in time",
+                e = events.recv() => match e {
+                    Some(PeerEvent::Connected) => {
+                        live = true;
+                        hub.keyframes.request();
+                        tracing::info!("preview viewer connected");
+                    }
+                    Some(PeerEvent::Down(RTCPeerConnectionState::Disconnected)) => {}
+                    Some(PeerEvent::Down(_)) | None => return "connection closed",
+                    Some(_) => {}
+                },
+                f = self.video.recv() => {
+                    let Some(frame) = f else { return "stopped" };
+                    if !live {
+                        continue;
+                    }
+                    match peer.write_frame(&frame).await {
+                        Ok(()) => observe_sent(&hub.metrics, PUBLISHER, &frame),
+                        Err(e) => tracing::debug!(error = %e, "preview frame not written"),
+                    }
+                }
+                a = self.audio.recv() => {
+                    if let Some(packet) = a && live && let Err(e) = peer.write_audio(&packet).await {
+                        tracing::debug!(error = %e, "preview audio not written");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies the viewer's offer and waits (bounded) for every local candidate.
+async fn answer(
+    peer: &SendPeer,
+    offer_sdp: String,
+    events: &mut mpsc::Receiver<PeerEvent>,
+) -> Result<String, PreviewError> {
+    peer.answer(offer_sdp).await?;
+    let gathered = tokio::time::timeout(GATHER_TIMEOUT, async {
+        while let Some(e) = events.recv().await {
+            if matches!(e, PeerEvent::GatheringComplete) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if !matches!(gathered, Ok(true)) {
+        return Err(PreviewError::Gathering(GATHER_TIMEOUT));
+    }
+    Ok(peer.local_sdp().await.unwrap_or_default())
 }

@@ -196,6 +196,11 @@ impl Browser {
         self.call(json!({"cmd": "start", "page": page, "opts": opts})).await
     }
 
+    /// An ICE restart of the page's live session (`window.livefilter.restartIce()`).
+    pub async fn restart_ice(&mut self, page: &str) -> Value {
+        self.call(json!({"cmd": "restart-ice", "page": page})).await
+    }
+
     /// `window.livefilter.stop()`.
     pub async fn stop(&mut self, page: &str) -> Value {
         self.call(json!({"cmd": "stop", "page": page})).await

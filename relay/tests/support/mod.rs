@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod udp_proxy;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -215,6 +216,41 @@ impl Relay {
             .spawn()
             .expect("start livefilter-relay");
         Self { child, http, log }
+    }
+
+    /// CPU time (user + system) the relay process has used so far, in seconds.
+    pub fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+        let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// Open file descriptors of the relay process (sockets included).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Waits until the relay holds exactly `expected` descriptors (sockets close asynchronously);
+    /// panics with the count and the log if it never does.
+    pub async fn wait_for_fds(&self, expected: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let now = self.open_fds();
+            if now == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay holds {now} descriptors, expected {expected}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `http://addr{path}`.

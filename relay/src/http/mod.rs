@@ -1,6 +1,10 @@
 //! The relay's HTTP surface: `/metrics`, `/healthz`, `/readyz`, `/status` in every mode; in
-//! serve mode also `/offer` (the browser's SDP offer), `/whep` (preview viewers), `/api/info`
-//! and the two pages (`/` sender, `/view` preview).
+//! serve mode also `/offer` (the browser's SDP offer; `PATCH`/`DELETE /offer/<session>` for an
+//! ICE restart and Stop), `/whep` (preview viewers), `/filter`, `/api/info` and the two pages
+//! (`/` sender, `/view` preview). Every refusal is JSON `{"error": ...}` with a 4xx (5xx only
+//! for the relay's own failures), logged and counted. [`server`] is the listener around it.
+
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +15,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Response};
+use axum::extract::Request;
+use axum::middleware::{self, Next};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::timeout::TimeoutLayer;
 
 use crate::filter::FilterError;
 use crate::filter::live::LiveParams;
@@ -24,12 +29,12 @@ use crate::latency::Stage;
 use crate::metrics::Metrics;
 use crate::publish::PublisherState;
 use crate::publish::preview::{PreviewError, PreviewHub};
-use crate::session::{AcceptError, SessionManager};
+use crate::session::{AcceptError, Sessions};
 
 /// The sender page.
-pub const INDEX_HTML: &str = include_str!("../../static/index.html");
+pub const INDEX_HTML: &str = include_str!("../../../static/index.html");
 /// The preview viewer page.
-pub const VIEW_HTML: &str = include_str!("../../static/view.html");
+pub const VIEW_HTML: &str = include_str!("../../../static/view.html");
 /// Longest a request may take (an offer waits for ICE gathering, a few seconds at most).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -56,7 +61,7 @@ pub struct RelayInfo {
 #[derive(Clone)]
 pub struct ServeState {
     /// The browser session.
-    pub sessions: Arc<SessionManager>,
+    pub sessions: Sessions,
     /// The local preview, when enabled.
     pub preview: Option<Arc<PreviewHub>>,
     /// Bearer token `/offer` requires.
@@ -82,15 +87,25 @@ pub struct AppState {
     pub serve: Option<ServeState>,
 }
 
-/// A JSON error body `{"error": "..."}` with `status`, logged and counted.
+/// A JSON error body `{"error": "..."}` with `status`, logged and counted (`/offer` answers in
+/// `livefilter_offer_requests_total`, every other route's refusals in
+/// `livefilter_http_refusals_total`).
 fn error(metrics: &Metrics, status: StatusCode, message: impl Into<String>) -> Response {
+    refuse(metrics, "offer", status, message)
+}
+
+fn refuse(metrics: &Metrics, route: &'static str, status: StatusCode, message: impl Into<String>) -> Response {
     let message = message.into();
     if status.is_server_error() {
-        tracing::error!(%status, %message, "request failed");
+        tracing::error!(route, %status, %message, "request failed");
     } else {
-        tracing::warn!(%status, %message, "request refused");
+        tracing::warn!(route, %status, %message, "request refused");
     }
-    metrics.offers.with_label_values(&[status.as_str()]).inc();
+    if route == "offer" {
+        metrics.offers.with_label_values(&[status.as_str()]).inc();
+    } else {
+        metrics.http_refusals.with_label_values(&[route, status.as_str()]).inc();
+    }
     (status, Json(json!({"error": message}))).into_response()
 }
 
@@ -109,7 +124,7 @@ pub fn app(state: AppState) -> Router {
             .route("/index.html", get(|| async { Html(INDEX_HTML) }))
             .route("/api/info", get(info))
             .route("/offer", post(offer))
-            .route("/offer/{id}", delete(stop));
+            .route("/offer/{id}", delete(stop).patch(restart));
         if serve.filter.is_some() {
             router = router.route("/filter", get(filter_get).patch(filter_patch));
         }
@@ -136,15 +151,42 @@ pub fn app(state: AppState) -> Router {
         }
     }
     let router = router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), time_limit))
         .with_state(state);
     match cors {
         Some(c) => router.layer(c),
         None => router,
+    }
+}
+
+async fn not_found(State(state): State<AppState>, uri: axum::http::Uri) -> Response {
+    refuse(&state.metrics, "other", StatusCode::NOT_FOUND, format!("no such path {}", uri.path()))
+}
+
+async fn method_not_allowed(State(state): State<AppState>, method: Method, uri: axum::http::Uri) -> Response {
+    refuse(
+        &state.metrics,
+        "other",
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Bounds every request, body included. Dropping a handler half-way is harmless: state
+/// changes are commands to the session actor, which finishes or undoes them itself.
+async fn time_limit(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => refuse(
+            &metrics,
+            if path == "/offer" { "offer" } else { "other" },
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request to {path} took longer than {} s", REQUEST_TIMEOUT.as_secs()),
+        ),
     }
 }
 
@@ -157,9 +199,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 fn publisher_state(metrics: &Metrics, name: &str) -> Option<PublisherState> {
-    PublisherState::ALL
-        .into_iter()
-        .find(|s| metrics.publisher_state.with_label_values(&[name, s.as_str()]).get() == 1)
+    metrics.publisher_state_of(name)
 }
 
 /// Ready when no publisher has stopped for good: a stopped publisher (its SFU ended the
@@ -260,7 +300,7 @@ fn filter_refused(metrics: &Metrics, status: StatusCode, result: &str, message: 
 async fn filter_get(State(state): State<AppState>) -> Response {
     match &serve_state(&state).filter {
         Some(live) => Json(live.snapshot()).into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
+        None => refuse(&state.metrics, "filter", StatusCode::NOT_FOUND, "this relay has no filter"),
     }
 }
 
@@ -272,7 +312,7 @@ async fn filter_patch(
     let serve = serve_state(&state);
     let m = &state.metrics;
     let Some(live) = serve.filter.clone() else {
-        return StatusCode::NOT_FOUND.into_response();
+        return refuse(m, "filter", StatusCode::NOT_FOUND, "this relay has no filter");
     };
     if let Err(why) = origin_allowed(serve, &headers) {
         return filter_refused(m, StatusCode::FORBIDDEN, "forbidden", why);
@@ -405,73 +445,119 @@ fn origin_allowed(serve: &ServeState, headers: &HeaderMap) -> Result<(), String>
     }
 }
 
-async fn offer(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let serve = serve_state(&state);
-    let m = &state.metrics;
-    if let Err(why) = origin_allowed(serve, &headers) {
-        return error(m, StatusCode::FORBIDDEN, why);
-    }
-    if let Err(why) = authorized(serve, &headers) {
-        return error(m, StatusCode::UNAUTHORIZED, why);
-    }
+/// The body of `POST /offer` and `PATCH /offer/<session>`: `{"sdp": ..., "type": "offer"}`.
+fn parse_offer_body(
+    serve: &ServeState,
+    metrics: &Metrics,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<OfferBody, Response> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !content_type.starts_with("application/json") {
-        return error(
-            m,
+        return Err(error(
+            metrics,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("Content-Type must be application/json, got {content_type:?}"),
-        );
+        ));
     }
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => return body_error(m, serve.max_body_bytes, rejection),
-    };
-    let parsed: OfferBody = match serde_json::from_slice(&body) {
-        Ok(o) => o,
-        Err(e) => {
-            return error(
-                m,
-                StatusCode::BAD_REQUEST,
-                format!("body must be JSON {{\"sdp\": ..., \"type\": \"offer\"}}: {e}"),
-            );
-        }
+    let body = body.map_err(|rejection| body_error(metrics, serve.max_body_bytes, rejection))?;
+    serde_json::from_slice(&body).map_err(|e| {
+        error(
+            metrics,
+            StatusCode::BAD_REQUEST,
+            format!("body must be JSON {{\"sdp\": ..., \"type\": \"offer\"}}: {e}"),
+        )
+    })
+}
+
+async fn offer(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let serve = serve_state(&state);
+    let m = &state.metrics;
+    if let Err(refused) = offer_preflight(serve, m, &headers) {
+        return refused;
+    }
+    let parsed = match parse_offer_body(serve, m, &headers, body) {
+        Ok(p) => p,
+        Err(refused) => return refused,
     };
     match serve.sessions.accept(&parsed.kind, parsed.sdp).await {
-        Ok((session, answer)) => {
+        Ok(accepted) => {
             m.offers.with_label_values(&["200"]).inc();
             (
-                [(header::LOCATION, format!("/offer/{session}"))],
-                Json(json!({"sdp": answer, "type": "answer", "session": session})),
+                [(header::LOCATION, format!("/offer/{}", accepted.session))],
+                Json(json!({"sdp": accepted.answer, "type": "answer", "session": accepted.session})),
             )
                 .into_response()
         }
-        Err(AcceptError::Busy(age)) => error(m, StatusCode::CONFLICT, AcceptError::Busy(age).to_string()),
-        Err(AcceptError::Offer(e)) => {
-            let status = match e {
-                crate::offer::OfferError::NoVideo(_) | crate::offer::OfferError::NoCommonCodec { .. } => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
-                _ => StatusCode::BAD_REQUEST,
-            };
-            error(m, status, e.to_string())
+        Err(e) => error(m, accept_status(&e), e.to_string()),
+    }
+}
+
+/// The status an offer's (or ICE restart's) refusal is answered with.
+fn accept_status(e: &AcceptError) -> StatusCode {
+    use crate::offer::OfferError;
+    match e {
+        AcceptError::Busy(_) | AcceptError::Negotiating(_) => StatusCode::CONFLICT,
+        AcceptError::Offer(OfferError::NoVideo(_) | OfferError::NoCommonCodec { .. }) => {
+            StatusCode::UNPROCESSABLE_ENTITY
         }
-        Err(e @ (AcceptError::ShuttingDown | AcceptError::NoPublicAddress(_) | AcceptError::NoUdpPort(_))) => {
-            error(m, StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        AcceptError::Offer(_) => StatusCode::BAD_REQUEST,
+        AcceptError::UnknownSession(_) => StatusCode::NOT_FOUND,
+        AcceptError::ShuttingDown | AcceptError::NoPublicAddress(_) | AcceptError::NoUdpPort(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
         }
-        Err(e @ AcceptError::WebRtc { .. }) => error(m, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        AcceptError::WebRtc { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Checks origin, token and content type shared by the mutating `/offer` routes.
+fn offer_preflight(serve: &ServeState, metrics: &Metrics, headers: &HeaderMap) -> Result<(), Response> {
+    if let Err(why) = origin_allowed(serve, headers) {
+        return Err(error(metrics, StatusCode::FORBIDDEN, why));
+    }
+    if let Err(why) = authorized(serve, headers) {
+        return Err(error(metrics, StatusCode::UNAUTHORIZED, why));
+    }
+    Ok(())
+}
+
+/// An ICE restart (WHIP-style, RFC 9725 §4.3, with the JSON body of `POST /offer`): the page's
+/// new offer with fresh ICE credentials is applied to its live session, which keeps streaming
+/// into the same publishers; the answer carries the relay's new credentials and candidates.
+async fn restart(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let serve = serve_state(&state);
+    let m = &state.metrics;
+    if let Err(refused) = offer_preflight(serve, m, &headers) {
+        return refused;
+    }
+    let parsed = match parse_offer_body(serve, m, &headers, body) {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
+    match serve.sessions.restart(&id, &parsed.kind, parsed.sdp).await {
+        Ok(accepted) => {
+            m.offers.with_label_values(&["200"]).inc();
+            Json(json!({"sdp": accepted.answer, "type": "answer", "session": accepted.session})).into_response()
+        }
+        Err(e) => error(m, accept_status(&e), e.to_string()),
     }
 }
 
 /// Ends a browser session (its sender page's Stop button); only the id the answer gave ends it.
 async fn stop(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let serve = serve_state(&state);
-    if let Err(why) = origin_allowed(serve, &headers) {
-        return error(&state.metrics, StatusCode::FORBIDDEN, why);
+    if let Err(refused) = offer_preflight(serve, &state.metrics, &headers) {
+        return refused;
     }
-    if serve.sessions.stop_session(&id) {
+    if serve.sessions.stop_session(&id).await {
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(&state.metrics, StatusCode::NOT_FOUND, format!("no live session {id}"))
@@ -482,28 +568,43 @@ async fn whep_post(State(state): State<AppState>, headers: HeaderMap, body: Resu
     let serve = serve_state(&state);
     let m = &state.metrics;
     let Some(preview) = &serve.preview else {
-        return error(m, StatusCode::NOT_FOUND, "the preview is disabled");
+        return refuse(m, "whep", StatusCode::NOT_FOUND, "the preview is disabled");
     };
+    if let Err(why) = origin_allowed(serve, &headers) {
+        return refuse(m, "whep", StatusCode::FORBIDDEN, why);
+    }
+    if let Err(why) = authorized(serve, &headers) {
+        return refuse(m, "whep", StatusCode::UNAUTHORIZED, why);
+    }
     let body = match body {
         Ok(b) => b,
-        Err(rejection) => return body_error(m, serve.max_body_bytes, rejection),
+        Err(rejection) => {
+            let status = rejection.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("request body exceeds {} bytes", serve.max_body_bytes)
+            } else {
+                format!("unreadable request body: {rejection}")
+            };
+            return refuse(m, "whep", status, message);
+        }
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !content_type.starts_with("application/sdp") {
-        return error(
+        return refuse(
             m,
+            "whep",
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("Content-Type must be application/sdp, got {content_type:?}"),
         );
     }
     let Ok(sdp) = String::from_utf8(body.to_vec()) else {
-        return error(m, StatusCode::BAD_REQUEST, "SDP is not UTF-8");
+        return refuse(m, "whep", StatusCode::BAD_REQUEST, "SDP is not UTF-8");
     };
     if !sdp.trim_start().starts_with("v=0") {
-        return error(m, StatusCode::BAD_REQUEST, "malformed SDP: must start with \"v=0\"");
+        return refuse(m, "whep", StatusCode::BAD_REQUEST, "malformed SDP: must start with \"v=0\"");
     }
     match preview.add_viewer(sdp).await {
         Ok((id, answer)) => (
@@ -515,17 +616,31 @@ async fn whep_post(State(state): State<AppState>, headers: HeaderMap, body: Resu
             answer,
         )
             .into_response(),
-        Err(e @ PreviewError::Full(_)) => error(m, StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        Err(PreviewError::Peer(e)) => error(m, StatusCode::BAD_REQUEST, format!("viewer offer not usable: {e}")),
-        Err(e @ PreviewError::Gathering(_)) => error(m, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e @ (PreviewError::Full(_) | PreviewError::ShuttingDown)) => {
+            refuse(m, "whep", StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Err(PreviewError::Peer(e)) => refuse(
+            m,
+            "whep",
+            StatusCode::BAD_REQUEST,
+            format!("viewer offer not usable: {e}"),
+        ),
+        Err(e @ PreviewError::Gathering(_)) => refuse(m, "whep", StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-async fn whep_delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+async fn whep_delete(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let serve = serve_state(&state);
+    let m = &state.metrics;
+    if let Err(why) = origin_allowed(serve, &headers) {
+        return refuse(m, "whep", StatusCode::FORBIDDEN, why);
+    }
+    if let Err(why) = authorized(serve, &headers) {
+        return refuse(m, "whep", StatusCode::UNAUTHORIZED, why);
+    }
     match &serve.preview {
         Some(p) if p.remove_viewer(&id) => StatusCode::OK.into_response(),
-        _ => error(&state.metrics, StatusCode::NOT_FOUND, format!("no preview viewer {id}")),
+        _ => refuse(m, "whep", StatusCode::NOT_FOUND, format!("no preview viewer {id}")),
     }
 }
 
@@ -747,7 +862,8 @@ mod tests {
         ) -> (Router, CancellationToken) {
             let metrics = Metrics::new();
             let shutdown = CancellationToken::new();
-            let sessions = SessionManager::new(
+            let sinks = crate::feed::MediaSinks::new(Arc::new(NewestSlot::new()), vec![], metrics.clone());
+            let (sessions, _actor) = Sessions::start(
                 IngestConfig {
                     codecs: vec![VideoCodec::Vp8, VideoCodec::H264],
                     udp_addrs: vec!["127.0.0.1:0".into()],
@@ -755,10 +871,10 @@ mod tests {
                     public_ips_file: None,
                     udp_port_range,
                     start_bitrate_kbps: 2000,
+                    timers: crate::session::SessionTimers::default(),
+                    video: crate::ingest::VideoIngestConfig::default(),
                 },
-                Arc::new(NewestSlot::new()),
-                vec![],
-                metrics.clone(),
+                sinks,
                 KeyframeRequest::default(),
                 shutdown.clone(),
             );

@@ -1,0 +1,156 @@
+//! Feeds a browser session's tracks into the media spine: video RTP → `ingest` (decode) → the
+//! newest-frame slot; Opus audio → every publisher, untouched. Knows nothing of HTTP or of the
+//! session's lifecycle: it runs until its track ends or the session's token is cancelled.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio_util::sync::CancellationToken;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+
+use crate::frame::FrameTimes;
+use crate::ingest::{DecodedFrame, IngestError, VideoIngestConfig, VideoIngestStats, run_video_track};
+use crate::latency::Stage;
+use crate::metrics::{DropReason, Metrics};
+use crate::pipeline::InputFrame;
+use crate::publish::rtp::MediaTime;
+use crate::publish::{AudioPacket, PublisherHandle};
+use crate::rate::FpsMeter;
+use crate::slot::NewestSlot;
+
+/// Where a session's media goes; shared by every session of the relay.
+#[derive(Clone)]
+pub struct MediaSinks {
+    /// The filter's input: always the newest decoded frame.
+    pub slot: Arc<NewestSlot<InputFrame>>,
+    /// Publishers receiving the forwarded audio.
+    pub publishers: Vec<PublisherHandle>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// The current (or last) video track's counters, for `/status`.
+    pub video_stats: Arc<Mutex<Option<Arc<VideoIngestStats>>>>,
+}
+
+impl MediaSinks {
+    /// Sinks for `slot` and `publishers`.
+    pub fn new(slot: Arc<NewestSlot<InputFrame>>, publishers: Vec<PublisherHandle>, metrics: Metrics) -> Self {
+        Self {
+            slot,
+            publishers,
+            metrics,
+            video_stats: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Frames assembled from the browser's RTP in the current (or last) session.
+    pub fn frames_received(&self) -> u64 {
+        self.video_stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |s| s.snapshot().frames_assembled)
+    }
+
+    /// The negotiated input codec of the current (or last) video track.
+    pub fn input_codec(&self) -> Option<String> {
+        self.video_stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|s| s.snapshot().codec)
+            .map(|c| c.to_string())
+    }
+
+    /// Forgets what the ended session left behind: its unread frame and its latency window.
+    pub fn reset(&self) {
+        self.slot.clear();
+        self.metrics.latency.reset_windows();
+    }
+
+    /// Receives the session `epoch`'s camera until the track ends or `cancel`; decoded frames
+    /// replace the slot's unread one.
+    pub async fn run_video(
+        &self,
+        track: Arc<dyn TrackRemote>,
+        epoch: u64,
+        config: VideoIngestConfig,
+        cancel: CancellationToken,
+    ) -> Result<(), IngestError> {
+        let stats = Arc::new(VideoIngestStats::default());
+        *self.video_stats.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&stats));
+        let mut fps = FpsMeter::default();
+        let mut seen = 0u64;
+        let sink_stats = Arc::clone(&stats);
+        let sinks = self.clone();
+        let sink_cancel = cancel.clone();
+        let sink = move |decoded: DecodedFrame| {
+            // A frame decoded after its session ended must not reach the next session's output.
+            if sink_cancel.is_cancelled() {
+                return;
+            }
+            let assembled = sink_stats.snapshot().frames_assembled;
+            sinks.metrics.frames_received.inc_by(assembled.saturating_sub(seen));
+            seen = assembled;
+            sinks.on_decoded(epoch, decoded, &mut fps);
+        };
+        tokio::select! {
+            result = run_video_track(track, config, stats, sink) => result,
+            _ = cancel.cancelled() => Ok(()),
+        }
+    }
+
+    fn on_decoded(&self, epoch: u64, decoded: DecodedFrame, fps: &mut FpsMeter) {
+        let m = &self.metrics;
+        m.frames_decoded.inc();
+        m.latency.observe(
+            Stage::Decode,
+            decoded.decoded_at.saturating_duration_since(decoded.arrival),
+        );
+        let rate = fps.tick(decoded.decoded_at);
+        m.set_video("input", decoded.frame.width(), decoded.frame.height(), rate);
+        let mut times = FrameTimes::new(decoded.arrival);
+        times.decoded = Some(decoded.decoded_at);
+        let input = InputFrame {
+            picture: decoded.frame,
+            times,
+            media_time: MediaTime {
+                epoch,
+                rtp_timestamp: decoded.rtp_timestamp,
+            },
+            capture_ntp: decoded.capture_ntp,
+        };
+        if self.slot.put(input).is_some() {
+            m.drop_frame("pipeline", DropReason::Stale);
+        }
+    }
+
+    /// Forwards the session `epoch`'s Opus packets, untouched, to every publisher until the
+    /// track ends or `cancel`.
+    pub async fn run_audio(&self, track: Arc<dyn TrackRemote>, epoch: u64, cancel: CancellationToken) {
+        loop {
+            let event = tokio::select! {
+                e = track.poll() => e,
+                _ = cancel.cancelled() => break,
+            };
+            match event {
+                Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
+                    let audio = AudioPacket {
+                        payload: packet.payload.clone(),
+                        media_time: MediaTime {
+                            epoch,
+                            rtp_timestamp: packet.header.timestamp,
+                        },
+                        sequence: packet.header.sequence_number,
+                        marker: packet.header.marker,
+                    };
+                    for p in &self.publishers {
+                        p.offer_audio(audio.clone());
+                    }
+                    self.metrics.audio_packets_forwarded.inc();
+                }
+                Some(TrackRemoteEvent::OnEnded) | None => break,
+                Some(_) => {}
+            }
+        }
+        tracing::info!("browser audio ended");
+    }
+}
