@@ -85,6 +85,8 @@ pub struct HttpSection {
     pub header_read_timeout_secs: f64,
     /// Seconds a connection may stay without reading or writing a byte.
     pub idle_timeout_secs: f64,
+    /// Seconds a request may take, body included; longer ones are answered 408.
+    pub request_timeout_secs: f64,
 }
 
 impl Default for HttpSection {
@@ -95,6 +97,7 @@ impl Default for HttpSection {
             max_connections_per_ip: d.max_connections_per_ip,
             header_read_timeout_secs: d.header_read_timeout.as_secs_f64(),
             idle_timeout_secs: d.idle_timeout.as_secs_f64(),
+            request_timeout_secs: d.request_timeout.as_secs_f64(),
         }
     }
 }
@@ -378,11 +381,36 @@ impl RelayConfig {
                 })
             }
         };
-        seconds("ice.disconnected_grace_secs", self.ice.disconnected_grace_secs, 0.0, 300.0, "0..=300")?;
-        seconds("ice.connect_timeout_secs", self.ice.connect_timeout_secs, 1.0, 300.0, "1..=300")?;
+        seconds(
+            "ice.disconnected_grace_secs",
+            self.ice.disconnected_grace_secs,
+            0.0,
+            300.0,
+            "0..=300",
+        )?;
+        seconds(
+            "ice.connect_timeout_secs",
+            self.ice.connect_timeout_secs,
+            1.0,
+            300.0,
+            "1..=300",
+        )?;
         let h = &self.http;
-        seconds("http.header_read_timeout_secs", h.header_read_timeout_secs, 0.5, 300.0, "0.5..=300")?;
+        seconds(
+            "http.header_read_timeout_secs",
+            h.header_read_timeout_secs,
+            0.5,
+            300.0,
+            "0.5..=300",
+        )?;
         seconds("http.idle_timeout_secs", h.idle_timeout_secs, 1.0, 3600.0, "1..=3600")?;
+        seconds(
+            "http.request_timeout_secs",
+            h.request_timeout_secs,
+            0.01,
+            600.0,
+            "0.01..=600",
+        )?;
         range("http.max_connections", h.max_connections, 4, 100_000, "4..=100000")?;
         range(
             "http.max_connections_per_ip",
@@ -401,6 +429,7 @@ impl RelayConfig {
             max_connections_per_ip: self.http.max_connections_per_ip,
             header_read_timeout: Duration::from_secs_f64(self.http.header_read_timeout_secs),
             idle_timeout: Duration::from_secs_f64(self.http.idle_timeout_secs),
+            request_timeout: Duration::from_secs_f64(self.http.request_timeout_secs),
         }
     }
 

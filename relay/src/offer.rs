@@ -280,7 +280,11 @@ mod tests {
     #[test]
     fn an_offer_without_dtls_fingerprint_or_ice_credentials_is_malformed() {
         let full = offer("a=rtpmap:96 VP8/90000\r\n");
-        for line in ["a=fingerprint:sha-256 AB:CD:01\r\n", "a=ice-ufrag:u\r\n", "a=ice-pwd:p\r\n"] {
+        for line in [
+            "a=fingerprint:sha-256 AB:CD:01\r\n",
+            "a=ice-ufrag:u\r\n",
+            "a=ice-pwd:p\r\n",
+        ] {
             let sdp = full.replace(line, "");
 
             let err = check_offer("offer", &sdp, BOTH).unwrap_err();
@@ -296,15 +300,24 @@ mod tests {
             ("a=ssrc:abc cname:x", "the SSRC is not a 32-bit number"),
             ("a=ssrc:4294967296 cname:x", "the SSRC is not a 32-bit number"),
             ("a=ssrc-group:FID 1 x", "an SSRC group needs semantics and 32-bit SSRCs"),
-            ("a=fingerprint:sha-256", "a fingerprint needs a hash function and a digest"),
-            ("a=fingerprint:sha-256 zz:01", "the fingerprint digest is not colon-separated hex"),
+            (
+                "a=fingerprint:sha-256",
+                "a fingerprint needs a hash function and a digest",
+            ),
+            (
+                "a=fingerprint:sha-256 zz:01",
+                "the fingerprint digest is not colon-separated hex",
+            ),
         ];
         for (line, why) in cases {
             let sdp = offer(&format!("a=rtpmap:96 VP8/90000\r\n{line}\r\n"));
 
             let err = check_offer("offer", &sdp, BOTH).unwrap_err();
 
-            assert!(matches!(&err, OfferError::Malformed(m) if m.starts_with(why)), "{line}: {err}");
+            assert!(
+                matches!(&err, OfferError::Malformed(m) if m.starts_with(why)),
+                "{line}: {err}"
+            );
         }
         let good = offer("a=rtpmap:96 VP8/90000\r\na=ssrc:4294967295 cname:x\r\na=ssrc-group:FID 1 2\r\n");
         assert!(check_offer("offer", &good, BOTH).is_ok());

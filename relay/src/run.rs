@@ -11,16 +11,16 @@ use tracing::Instrument;
 
 use crate::codec;
 use crate::config::{ConfigError, RelayConfig};
+use crate::feed::MediaSinks;
 use crate::filter::live::LiveParams;
 use crate::http::{self, AppState, RelayInfo, ServeState};
+use crate::ingest::VideoIngestConfig;
 use crate::metrics::Metrics;
 use crate::pipeline::{EncodeStage, FilterPipeline, TestPatternPipeline};
 use crate::publish::preview::{self, PreviewConfig, PreviewHub};
 use crate::publish::sora::{SoraError, SoraPublisher};
 use crate::publish::whip::{WhipError, WhipPublisher};
 use crate::publish::{KeyframeRequest, PublisherHandle};
-use crate::feed::MediaSinks;
-use crate::ingest::VideoIngestConfig;
 use crate::session::{IngestConfig, Sessions};
 use crate::slot::NewestSlot;
 use crate::testpattern::{self, TestPattern, TestPatternError};
@@ -271,7 +271,10 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
 
     shutdown.cancelled().await;
     // The session actor closes the live session (its peer, its tasks) as it stops.
-    if tokio::time::timeout(Duration::from_secs(5), sessions_task).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), sessions_task)
+        .await
+        .is_err()
+    {
         tracing::warn!("the browser session did not close in time");
     }
     slot.close();

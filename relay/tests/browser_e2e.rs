@@ -833,7 +833,9 @@ async fn an_ice_restart_from_the_page_continues_the_same_session() {
     assert_eq!(restarted["iceRestarts"], 1, "{restarted:#}");
     assert!(restarted["error"].is_null(), "the restart failed: {restarted:#}");
     let live = browser
-        .wait_state("streamer", "live after the restart", |s| s["connectionState"] == "connected" && s["phase"] == "live")
+        .wait_state("streamer", "live after the restart", |s| {
+            s["connectionState"] == "connected" && s["phase"] == "live"
+        })
         .await;
     assert_eq!(live["phase"], "live");
     wait_for_frames_received(&relay, received + 30).await;

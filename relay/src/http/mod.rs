@@ -15,8 +15,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Response};
-use axum::extract::Request;
-use axum::middleware::{self, Next};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -35,8 +33,6 @@ use crate::session::{AcceptError, Sessions};
 pub const INDEX_HTML: &str = include_str!("../../../static/index.html");
 /// The preview viewer page.
 pub const VIEW_HTML: &str = include_str!("../../../static/view.html");
-/// Longest a request may take (an offer waits for ICE gathering, a few seconds at most).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What the relay is doing, fixed at startup.
 #[derive(Clone, Debug, Serialize)]
@@ -94,7 +90,12 @@ fn error(metrics: &Metrics, status: StatusCode, message: impl Into<String>) -> R
     refuse(metrics, "offer", status, message)
 }
 
-fn refuse(metrics: &Metrics, route: &'static str, status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn refuse(
+    metrics: &Metrics,
+    route: &'static str,
+    status: StatusCode,
+    message: impl Into<String>,
+) -> Response {
     let message = message.into();
     if status.is_server_error() {
         tracing::error!(route, %status, %message, "request failed");
@@ -154,7 +155,6 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(state.metrics.clone(), time_limit))
         .with_state(state);
     match cors {
         Some(c) => router.layer(c),
@@ -163,7 +163,12 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn not_found(State(state): State<AppState>, uri: axum::http::Uri) -> Response {
-    refuse(&state.metrics, "other", StatusCode::NOT_FOUND, format!("no such path {}", uri.path()))
+    refuse(
+        &state.metrics,
+        "other",
+        StatusCode::NOT_FOUND,
+        format!("no such path {}", uri.path()),
+    )
 }
 
 async fn method_not_allowed(State(state): State<AppState>, method: Method, uri: axum::http::Uri) -> Response {
@@ -173,21 +178,6 @@ async fn method_not_allowed(State(state): State<AppState>, method: Method, uri: 
         StatusCode::METHOD_NOT_ALLOWED,
         format!("{method} is not allowed on {}", uri.path()),
     )
-}
-
-/// Bounds every request, body included. Dropping a handler half-way is harmless: state
-/// changes are commands to the session actor, which finishes or undoes them itself.
-async fn time_limit(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_owned();
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => refuse(
-            &metrics,
-            if path == "/offer" { "offer" } else { "other" },
-            StatusCode::REQUEST_TIMEOUT,
-            format!("the request to {path} took longer than {} s", REQUEST_TIMEOUT.as_secs()),
-        ),
-    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -300,7 +290,12 @@ fn filter_refused(metrics: &Metrics, status: StatusCode, result: &str, message: 
 async fn filter_get(State(state): State<AppState>) -> Response {
     match &serve_state(&state).filter {
         Some(live) => Json(live.snapshot()).into_response(),
-        None => refuse(&state.metrics, "filter", StatusCode::NOT_FOUND, "this relay has no filter"),
+        None => refuse(
+            &state.metrics,
+            "filter",
+            StatusCode::NOT_FOUND,
+            "this relay has no filter",
+        ),
     }
 }
 
@@ -604,7 +599,12 @@ async fn whep_post(State(state): State<AppState>, headers: HeaderMap, body: Resu
         return refuse(m, "whep", StatusCode::BAD_REQUEST, "SDP is not UTF-8");
     };
     if !sdp.trim_start().starts_with("v=0") {
-        return refuse(m, "whep", StatusCode::BAD_REQUEST, "malformed SDP: must start with \"v=0\"");
+        return refuse(
+            m,
+            "whep",
+            StatusCode::BAD_REQUEST,
+            "malformed SDP: must start with \"v=0\"",
+        );
     }
     match preview.add_viewer(sdp).await {
         Ok((id, answer)) => (

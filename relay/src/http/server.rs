@@ -33,6 +33,9 @@ pub struct ServerLimits {
     pub header_read_timeout: Duration,
     /// How long a connection may stay without reading or writing a byte.
     pub idle_timeout: Duration,
+    /// How long a request may take, body included (an offer waits for ICE gathering, a few
+    /// seconds at most); longer ones are answered 408 and their handler dropped.
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -42,6 +45,7 @@ impl Default for ServerLimits {
             max_connections_per_ip: 32,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -100,6 +104,10 @@ pub async fn serve(
         shutdown.cancelled().await;
         stopper.graceful_shutdown(Some(Duration::from_secs(5)));
     });
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        (metrics.clone(), listen.limits.request_timeout),
+        time_limit,
+    ));
     let guard = ConnectionGuard::new(listen.limits, metrics);
     let service = app.into_make_service();
     let task = match listen.tls {
@@ -141,7 +149,29 @@ pub async fn serve(
     Ok(task)
 }
 
-fn configure(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>, limits: &ServerLimits) {
+/// Bounds every request, body included. Dropping a handler half-way is harmless: state
+/// changes are commands to the session actor, which finishes or undoes them itself.
+async fn time_limit(
+    axum::extract::State((metrics, limit)): axum::extract::State<(Metrics, Duration)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path().to_owned();
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => super::refuse(
+            &metrics,
+            if path == "/offer" { "offer" } else { "other" },
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            format!("the request to {path} took longer than {:.1} s", limit.as_secs_f64()),
+        ),
+    }
+}
+
+fn configure(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    limits: &ServerLimits,
+) {
     builder
         .http1()
         .timer(TokioTimer::new())

@@ -227,9 +227,18 @@ impl std::fmt::Display for EndReason {
 
 /// What the peer and the session's helpers report; each names its session's epoch.
 pub(crate) enum Event {
-    Answered { epoch: u64, result: Result<String, AcceptError> },
-    Peer { epoch: u64, state: RTCPeerConnectionState },
-    Ended { epoch: u64, reason: EndReason },
+    Answered {
+        epoch: u64,
+        result: Result<String, AcceptError>,
+    },
+    Peer {
+        epoch: u64,
+        state: RTCPeerConnectionState,
+    },
+    Ended {
+        epoch: u64,
+        reason: EndReason,
+    },
 }
 
 impl Event {
@@ -313,6 +322,12 @@ impl Sessions {
     pub async fn idle(&self) {
         let mut published = self.published.clone();
         let _ = published.wait_for(|p| *p == Published::Idle).await;
+    }
+
+    /// Waits until a session holds the relay (answering, connecting or receiving).
+    pub async fn busy(&self) {
+        let mut published = self.published.clone();
+        let _ = published.wait_for(|p| *p != Published::Idle).await;
     }
 
     /// Frames assembled from the browser's RTP in the current (or last) session.

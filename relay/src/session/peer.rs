@@ -137,10 +137,7 @@ impl BrowserPeer {
         // The id the answer agreed for abs-capture-time (only when the browser offered it); set
         // before any media can arrive, as the ICE connection needs the answer first.
         let local = self.pc.local_description().await.map(|d| d.sdp).unwrap_or_default();
-        *self
-            .abs_capture_time_id
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = abs_capture::extmap_id(&local);
+        *self.abs_capture_time_id.lock().unwrap_or_else(PoisonError::into_inner) = abs_capture::extmap_id(&local);
         // The watch's guard must not live across the next await (it is not Send).
         let complete = tokio::time::timeout(gather_timeout, gathered.wait_for(|n| *n > before))
             .await

@@ -235,18 +235,45 @@ impl Relay {
             .unwrap_or(0)
     }
 
-    /// Waits until the relay holds exactly `expected` descriptors (sockets close asynchronously);
+    /// UDP sockets the relay process holds (its descriptors that `/proc/net/udp{,6}` lists).
+    pub fn udp_sockets(&self) -> usize {
+        let pid = self.child.id();
+        let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter_map(|l| {
+                        let l = l.to_string_lossy().into_owned();
+                        l.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ["udp", "udp6"]
+            .iter()
+            .flat_map(|t| {
+                std::fs::read_to_string(format!("/proc/{pid}/net/{t}"))
+                    .unwrap_or_default()
+                    .lines()
+                    .skip(1)
+                    .filter_map(|l| l.split_whitespace().nth(9).map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|inode| inodes.contains(inode))
+            .count()
+    }
+
+    /// Waits until the relay holds exactly `expected` UDP sockets (they close asynchronously);
     /// panics with the count and the log if it never does.
-    pub async fn wait_for_fds(&self, expected: usize) {
+    pub async fn wait_for_udp_sockets(&self, expected: usize) {
         let deadline = Instant::now() + WAIT;
         loop {
-            let now = self.open_fds();
+            let now = self.udp_sockets();
             if now == expected {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "relay holds {now} descriptors, expected {expected}; log:\n{}",
+                "relay holds {now} UDP sockets, expected {expected}; log:\n{}",
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
