@@ -7,7 +7,6 @@
 pub mod server;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -406,15 +405,6 @@ fn authorized(serve: &ServeState, headers: &HeaderMap) -> Result<(), &'static st
     if same { Ok(()) } else { Err("wrong bearer token") }
 }
 
-fn body_error(metrics: &Metrics, limit: usize, rejection: BytesRejection) -> Response {
-    let status = rejection.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        error(metrics, status, format!("request body exceeds {limit} bytes"))
-    } else {
-        error(metrics, status, format!("unreadable request body: {rejection}"))
-    }
-}
-
 /// The browser's offer, as the original sample's contract.
 #[derive(Debug, Deserialize)]
 struct OfferBody {
@@ -440,43 +430,50 @@ fn origin_allowed(serve: &ServeState, headers: &HeaderMap) -> Result<(), String>
     }
 }
 
+/// A refusal before any work: the status and the message to answer with.
+type Refused = (StatusCode, String);
+
 /// The body of `POST /offer` and `PATCH /offer/<session>`: `{"sdp": ..., "type": "offer"}`.
 fn parse_offer_body(
     serve: &ServeState,
-    metrics: &Metrics,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<OfferBody, Response> {
+) -> Result<OfferBody, Refused> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !content_type.starts_with("application/json") {
-        return Err(error(
-            metrics,
+        return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("Content-Type must be application/json, got {content_type:?}"),
         ));
     }
-    let body = body.map_err(|rejection| body_error(metrics, serve.max_body_bytes, rejection))?;
+    let body = body.map_err(|rejection| body_refusal(serve.max_body_bytes, rejection))?;
     serde_json::from_slice(&body).map_err(|e| {
-        error(
-            metrics,
+        (
             StatusCode::BAD_REQUEST,
             format!("body must be JSON {{\"sdp\": ..., \"type\": \"offer\"}}: {e}"),
         )
     })
 }
 
+/// Why an unreadable body was refused.
+fn body_refusal(limit: usize, rejection: BytesRejection) -> Refused {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        (status, format!("request body exceeds {limit} bytes"))
+    } else {
+        (status, format!("unreadable request body: {rejection}"))
+    }
+}
+
 async fn offer(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let serve = serve_state(&state);
     let m = &state.metrics;
-    if let Err(refused) = offer_preflight(serve, m, &headers) {
-        return refused;
-    }
-    let parsed = match parse_offer_body(serve, m, &headers, body) {
+    let parsed = match offer_preflight(serve, &headers).and_then(|()| parse_offer_body(serve, &headers, body)) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err((status, why)) => return error(m, status, why),
     };
     match serve.sessions.accept(&parsed.kind, parsed.sdp).await {
         Ok(accepted) => {
@@ -508,15 +505,10 @@ fn accept_status(e: &AcceptError) -> StatusCode {
     }
 }
 
-/// Checks origin, token and content type shared by the mutating `/offer` routes.
-fn offer_preflight(serve: &ServeState, metrics: &Metrics, headers: &HeaderMap) -> Result<(), Response> {
-    if let Err(why) = origin_allowed(serve, headers) {
-        return Err(error(metrics, StatusCode::FORBIDDEN, why));
-    }
-    if let Err(why) = authorized(serve, headers) {
-        return Err(error(metrics, StatusCode::UNAUTHORIZED, why));
-    }
-    Ok(())
+/// Checks origin and token, shared by the mutating `/offer` routes.
+fn offer_preflight(serve: &ServeState, headers: &HeaderMap) -> Result<(), Refused> {
+    origin_allowed(serve, headers).map_err(|why| (StatusCode::FORBIDDEN, why))?;
+    authorized(serve, headers).map_err(|why| (StatusCode::UNAUTHORIZED, why.to_owned()))
 }
 
 /// An ICE restart (WHIP-style, RFC 9725 §4.3, with the JSON body of `POST /offer`): the page's
@@ -530,12 +522,9 @@ async fn restart(
 ) -> Response {
     let serve = serve_state(&state);
     let m = &state.metrics;
-    if let Err(refused) = offer_preflight(serve, m, &headers) {
-        return refused;
-    }
-    let parsed = match parse_offer_body(serve, m, &headers, body) {
+    let parsed = match offer_preflight(serve, &headers).and_then(|()| parse_offer_body(serve, &headers, body)) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err((status, why)) => return error(m, status, why),
     };
     match serve.sessions.restart(&id, &parsed.kind, parsed.sdp).await {
         Ok(accepted) => {
@@ -549,8 +538,8 @@ async fn restart(
 /// Ends a browser session (its sender page's Stop button); only the id the answer gave ends it.
 async fn stop(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let serve = serve_state(&state);
-    if let Err(refused) = offer_preflight(serve, &state.metrics, &headers) {
-        return refused;
+    if let Err((status, why)) = offer_preflight(serve, &headers) {
+        return error(&state.metrics, status, why);
     }
     if serve.sessions.stop_session(&id).await {
         StatusCode::NO_CONTENT.into_response()
@@ -574,12 +563,7 @@ async fn whep_post(State(state): State<AppState>, headers: HeaderMap, body: Resu
     let body = match body {
         Ok(b) => b,
         Err(rejection) => {
-            let status = rejection.status();
-            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                format!("request body exceeds {} bytes", serve.max_body_bytes)
-            } else {
-                format!("unreadable request body: {rejection}")
-            };
+            let (status, message) = body_refusal(serve.max_body_bytes, rejection);
             return refuse(m, "whep", status, message);
         }
     };
@@ -1063,6 +1047,90 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn with_a_token_every_mutating_and_viewing_route_needs_it() {
+            let (app, _shutdown) = serve_app_with_preview(Some("s3cret"));
+            let send = |method: &str, path: &str, auth: Option<&str>, content_type: &str, body: &str| {
+                let mut req = Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header("content-type", content_type);
+                if let Some(a) = auth {
+                    req = req.header("authorization", a);
+                }
+                app.clone().oneshot(req.body(Body::from(body.to_owned())).unwrap())
+            };
+
+            let cases = [
+                ("POST", "/whep", "application/sdp", "v=0\r\n"),
+                ("DELETE", "/whep/0000", "application/json", ""),
+                ("DELETE", "/offer/0000", "application/json", ""),
+                (
+                    "PATCH",
+                    "/offer/0000",
+                    "application/json",
+                    r#"{"sdp": "v=0", "type": "offer"}"#,
+                ),
+            ];
+            for (method, path, content_type, body) in cases {
+                let without = send(method, path, None, content_type, body).await.unwrap();
+                let wrong = send(method, path, Some("Bearer nope"), content_type, body)
+                    .await
+                    .unwrap();
+                let right = send(method, path, Some("Bearer s3cret"), content_type, body)
+                    .await
+                    .unwrap();
+
+                assert_eq!(without.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+                assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+                assert_ne!(right.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+            }
+        }
+
+        fn serve_app_with_preview(token: Option<&str>) -> (Router, CancellationToken) {
+            let (_, shutdown) = serve_app(token);
+            let metrics = Metrics::new();
+            let hub = crate::publish::preview::PreviewHub::new(
+                crate::publish::preview::PreviewConfig {
+                    codec: VideoCodec::Vp8,
+                    max_viewers: 2,
+                    udp_addrs: vec!["127.0.0.1:0".into()],
+                    public_ips: vec![],
+                },
+                metrics.clone(),
+                KeyframeRequest::default(),
+                shutdown.clone(),
+            );
+            let sinks = crate::feed::MediaSinks::new(Arc::new(NewestSlot::new()), vec![], metrics.clone());
+            let (sessions, _actor) = Sessions::start(
+                IngestConfig {
+                    codecs: vec![VideoCodec::Vp8],
+                    udp_addrs: vec!["127.0.0.1:0".into()],
+                    public_ips: vec![],
+                    public_ips_file: None,
+                    udp_port_range: None,
+                    start_bitrate_kbps: 0,
+                    timers: crate::session::SessionTimers::default(),
+                    video: crate::ingest::VideoIngestConfig::default(),
+                },
+                sinks,
+                KeyframeRequest::default(),
+                shutdown.clone(),
+            );
+            let mut st = state();
+            st.metrics = metrics;
+            st.serve = Some(ServeState {
+                sessions,
+                preview: Some(hub),
+                token: token.map(str::to_owned),
+                hls_url: None,
+                max_body_bytes: 8 * 1024,
+                allowed_origins: vec![],
+                filter: None,
+            });
+            (app(st), shutdown)
+        }
+
+        #[tokio::test]
         async fn the_token_is_required_when_configured() {
             let (app, _shutdown) = serve_app(Some("s3cret"));
             let body = json!({"sdp": "v=0", "type": "offer"}).to_string();
@@ -1174,5 +1242,31 @@ mod tests {
     async fn healthz_answers_ok_and_unknown_paths_404() {
         assert_eq!(get("/healthz").await, (StatusCode::OK, "ok".into()));
         assert_eq!(get("/nope").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_methods_are_answered_as_json_and_counted() {
+        let app = app(state());
+
+        let missing = app
+            .clone()
+            .oneshot(Request::get("/nope").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let wrong_method = app
+            .clone()
+            .oneshot(Request::delete("/status").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let body = |r: Response| async move {
+            let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        };
+        assert_eq!(body(missing).await["error"], "no such path /nope");
+        assert_eq!(wrong_method.headers().get("content-type").unwrap(), "application/json");
+        assert_eq!(body(wrong_method).await["error"], "DELETE is not allowed on /status");
     }
 }
