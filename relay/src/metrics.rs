@@ -25,6 +25,9 @@ pub enum DropReason {
     Stale,
     /// The filter failed on the frame.
     FilterError,
+    /// The decoder thread's queue was full (decoding slower than frames arrive); the stream
+    /// waits for the next keyframe.
+    DecoderBacklog,
 }
 
 impl DropReason {
@@ -38,6 +41,7 @@ impl DropReason {
             DropReason::EncodeError => "encode_error",
             DropReason::Stale => "stale",
             DropReason::FilterError => "filter_error",
+            DropReason::DecoderBacklog => "decoder_backlog",
         }
     }
 }
@@ -80,6 +84,11 @@ pub struct Metrics {
     pub filter_device: IntGaugeVec,
     /// Live filter parameter changes by result (`applied`, `invalid`, `not_live`).
     pub filter_param_updates: IntCounterVec,
+    /// Keyframe requests the encoder answered, by `result`: `honoured` (forced a keyframe) or
+    /// `coalesced` (merged into a keyframe already due, by the at-most-once-per-interval limit).
+    pub keyframe_requests_answered: IntCounterVec,
+    /// Browser input refused before decoding, by `reason` (see `ingest::Refusal`).
+    pub ingest_refused: IntCounterVec,
     /// Per-stage latency histograms and windows.
     pub latency: Latency,
 }
@@ -172,6 +181,22 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric"),
+            keyframe_requests_answered: IntCounterVec::new(
+                Opts::new(
+                    "livefilter_keyframe_requests_answered_total",
+                    "Keyframe requests the encoder answered, honoured or coalesced",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            ingest_refused: IntCounterVec::new(
+                Opts::new(
+                    "livefilter_ingest_refused_total",
+                    "Browser input refused before decoding, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
             latency: Latency::new(&registry),
             registry,
         };
@@ -193,6 +218,8 @@ impl Metrics {
             Box::new(m.audio_packets_forwarded.clone()),
             Box::new(m.filter_device.clone()),
             Box::new(m.filter_param_updates.clone()),
+            Box::new(m.keyframe_requests_answered.clone()),
+            Box::new(m.ingest_refused.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

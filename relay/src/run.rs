@@ -13,6 +13,7 @@ use tracing::Instrument;
 use crate::codec;
 use crate::config::{ConfigError, RelayConfig};
 use crate::filter::live::LiveParams;
+use crate::health::{Health, Unhealthy};
 use crate::http::{self, AppState, RelayInfo, ServeState};
 use crate::metrics::Metrics;
 use crate::pipeline::{EncodeStage, FilterPipeline, TestPatternPipeline};
@@ -68,6 +69,9 @@ pub enum RunError {
     /// A thread could not start.
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
+    /// A media stage died (a panic): the process exits non-zero so it is restarted.
+    #[error(transparent)]
+    StageDied(Unhealthy),
 }
 
 struct Publishers {
@@ -200,6 +204,7 @@ pub async fn test_pattern(cfg: RelayConfig, shutdown: CancellationToken) -> Resu
         info: info.into(),
         metrics: metrics.clone(),
         serve: None,
+        health: Health::default(),
     });
     let server = serve_http(&cfg, app, shutdown.clone()).await?;
     let stage = EncodeStage::new(encoder, handles, keyframes, metrics);
@@ -305,10 +310,12 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
         allowed_origins: cfg.offer.allowed_origins.clone(),
         filter: Some(live_params),
     };
+    let health = Health::default();
     let app = http::app(AppState {
         info: info.into(),
         metrics: metrics.clone(),
         serve: Some(serve_state),
+        health: health.clone(),
     });
     let server = serve_http(&cfg, app, shutdown.clone()).await?;
     let output_size = (!cfg.video.follow_input).then_some((cfg.video.width, cfg.video.height));
@@ -319,12 +326,17 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
         params: Some(params_rx),
         output_size,
         stage,
+        health: health.clone(),
     }
     .spawn()
     .map_err(|e| RunError::Thread("filter", e))?;
     tracing::info!(addr = %cfg.listen_addr(), "relay ready: open the sender page at / (preview at /view)");
 
-    shutdown.cancelled().await;
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        // A dead media stage leaves a silent relay: exit non-zero and be restarted instead.
+        death = health.died() => return Err(RunError::StageDied(death)),
+    }
     sessions.stop();
     slot.close();
     drain(tasks).await;
