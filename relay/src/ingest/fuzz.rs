@@ -18,10 +18,10 @@ use super::{AssembledFrame, IngestError};
 
 /// The limits the assembler harness runs under: small, so fuzzed streams reach them.
 pub const FUZZ_ASSEMBLER: AssemblerConfig = AssemblerConfig {
-    max_reorder_packets: 32,
+    max_reorder_packets: 8,
     max_reorder_delay: Duration::from_millis(100),
-    max_frame_bytes: 4096,
-    max_frame_packets: 48,
+    max_frame_bytes: 1024,
+    max_frame_packets: 16,
 };
 
 /// The longest payload the assembler harness produces.

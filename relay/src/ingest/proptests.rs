@@ -50,13 +50,29 @@ fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// The control byte of the assembler harness, weighted towards long frames of contiguous
+/// packets (so the per-frame limits are reached) with some reordering, loss, jumps and flushes.
+fn control() -> impl Strategy<Value = u8> {
+    use proptest::bool::weighted;
+    (weighted(0.05), weighted(0.08), weighted(0.03), weighted(0.1), 0u8..8).prop_map(
+        |(marker, next_frame, jump, flush, arrival_step)| {
+            u8::from(jump) << 7
+                | u8::from(next_frame) << 6
+                | u8::from(flush) << 5
+                | (arrival_step % 3) << 1
+                | u8::from(marker)
+        },
+    )
+}
+
 /// One RTP packet of the assembler harness: control, sequence step, length, payload.
 fn packet_record(valid: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
     let payload = prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..255),
         proptest::sample::select(valid).prop_flat_map(mutated),
     ];
-    (any::<u8>(), prop_oneof![4 => Just(1u8), 1 => any::<u8>()], payload).prop_map(|(control, step, payload)| {
+    let step = prop_oneof![17 => Just(1u8), 2 => (253u8..=255).prop_union(0u8..=3), 1 => any::<u8>()];
+    (control(), step, payload).prop_map(|(control, step, payload)| {
         let mut record = vec![control, step, payload.len().min(255) as u8];
         record.extend_from_slice(&payload[..payload.len().min(255)]);
         record
@@ -64,7 +80,9 @@ fn packet_record(valid: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn stream(valid: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(packet_record(valid), 1..48).prop_map(|records| records.concat())
+    // Up to 24 packets: past the harness's reorder window (8), frame packets (16) and bytes
+    // (1024) limits, so every limit is reached.
+    proptest::collection::vec(packet_record(valid), 1..24).prop_map(|records| records.concat())
 }
 
 fn vp8_payloads() -> Vec<Vec<u8>> {
