@@ -449,7 +449,7 @@ impl RelayConfig {
             codec: v.codec,
             fps: v.fps,
             bitrate_kbps: v.bitrate_kbps,
-            keyframe_interval: (v.keyframe_interval_secs * f64::from(v.fps)).round() as u32,
+            keyframe_interval: Duration::from_secs_f64(v.keyframe_interval_secs),
             threads: 1,
         }
     }
@@ -569,7 +569,7 @@ ice: {udp_addrs: ["0.0.0.0:40000"], public_ips: [203.0.113.7]}
             Some(serde_json::json!({"access_token": "secret"}))
         );
         assert_eq!(sora.public_ips, vec!["203.0.113.7".to_owned()]);
-        assert_eq!(cfg.encoder_config().keyframe_interval, 60);
+        assert_eq!(cfg.encoder_config().keyframe_interval, Duration::from_secs(2));
     }
 
     #[test]

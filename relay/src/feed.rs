@@ -75,7 +75,7 @@ impl MediaSinks {
         config: VideoIngestConfig,
         cancel: CancellationToken,
     ) -> Result<(), IngestError> {
-        let stats = Arc::new(VideoIngestStats::default());
+        let stats = Arc::new(VideoIngestStats::with_metrics(self.metrics.clone()));
         *self.video_stats.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&stats));
         let mut fps = FpsMeter::default();
         let mut seen = 0u64;

@@ -26,6 +26,9 @@ pub enum DropReason {
     Stale,
     /// The filter failed on the frame.
     FilterError,
+    /// The decoder thread's queue was full (decoding slower than frames arrive); the stream
+    /// waits for the next keyframe.
+    DecoderBacklog,
 }
 
 impl DropReason {
@@ -39,6 +42,7 @@ impl DropReason {
             DropReason::EncodeError => "encode_error",
             DropReason::Stale => "stale",
             DropReason::FilterError => "filter_error",
+            DropReason::DecoderBacklog => "decoder_backlog",
         }
     }
 }
@@ -89,6 +93,11 @@ pub struct Metrics {
     pub http_connections: IntGauge,
     /// HTTP connections closed on accept, by the limit they hit.
     pub http_connections_refused: IntCounterVec,
+    /// Keyframe requests the encoder answered, by `result`: `honoured` (forced a keyframe) or
+    /// `coalesced` (merged into a keyframe already due, by the at-most-once-per-interval limit).
+    pub keyframe_requests_answered: IntCounterVec,
+    /// Browser input refused before decoding, by `reason` (see `ingest::Refusal`).
+    pub ingest_refused: IntCounterVec,
     /// Per-stage latency histograms and windows.
     pub latency: Latency,
     /// Each publisher's current state (the truth `/status` and `/readyz` read; the
@@ -207,6 +216,22 @@ impl Metrics {
                 &["limit"],
             )
             .expect("valid metric"),
+            keyframe_requests_answered: IntCounterVec::new(
+                Opts::new(
+                    "livefilter_keyframe_requests_answered_total",
+                    "Keyframe requests the encoder answered, honoured or coalesced",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            ingest_refused: IntCounterVec::new(
+                Opts::new(
+                    "livefilter_ingest_refused_total",
+                    "Browser input refused before decoding, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
             latency: Latency::new(&registry),
             publisher_states: Default::default(),
             registry,
@@ -233,6 +258,8 @@ impl Metrics {
             Box::new(m.http_refusals.clone()),
             Box::new(m.http_connections.clone()),
             Box::new(m.http_connections_refused.clone()),
+            Box::new(m.keyframe_requests_answered.clone()),
+            Box::new(m.ingest_refused.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

@@ -13,8 +13,11 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::VideoEncoder;
 use crate::filter::{Filter, FilterParams, Filtered};
 use crate::frame::{FrameTimes, I420Frame};
+use crate::health::{self, Health, Heartbeat};
 use crate::latency::Stage;
+use crate::media_clock::MediaClock;
 use crate::metrics::{DropReason, Metrics};
+use crate::publish::keyframe::{DEFAULT_KEYFRAME_REQUEST_INTERVAL, KeyframeThrottle};
 use crate::publish::rtp::MediaTime;
 use crate::publish::{KeyframeRequest, OutgoingFrame, PublisherHandle};
 use crate::rate::FpsMeter;
@@ -52,15 +55,22 @@ pub fn schedule(next: u64, elapsed: Duration, fps: u32) -> Step {
     }
 }
 
+/// The frame rate a new source's first frame is assumed to follow the last one at.
+const REBASE_FPS: u32 = 30;
+
 /// Encodes filtered frames and hands them to every publisher; shared by the test-pattern and
-/// the browser pipelines.
+/// the browser pipelines. The encoder runs on the frames' media time; keyframe requests are
+/// honoured at most once per interval of it.
 pub struct EncodeStage {
     encoder: Box<dyn VideoEncoder>,
     codec_label: String,
     publishers: Vec<PublisherHandle>,
     keyframes: KeyframeRequest,
+    throttle: KeyframeThrottle,
+    clock: MediaClock,
     metrics: Metrics,
     output_fps: FpsMeter,
+    heartbeat: Option<Heartbeat>,
 }
 
 impl EncodeStage {
@@ -77,9 +87,24 @@ impl EncodeStage {
             codec_label,
             publishers,
             keyframes,
+            throttle: KeyframeThrottle::new(DEFAULT_KEYFRAME_REQUEST_INTERVAL),
+            clock: MediaClock::new(REBASE_FPS),
             metrics,
             output_fps: FpsMeter::default(),
+            heartbeat: None,
         }
+    }
+
+    /// Honours keyframe requests at most once per `interval` of media time (default 500 ms).
+    pub fn with_keyframe_request_interval(mut self, interval: Duration) -> Self {
+        self.throttle = KeyframeThrottle::new(interval);
+        self
+    }
+
+    /// Reports every encoded frame as the `encoder` stage's heartbeat. Call it on the thread
+    /// that encodes, so a panic there is attributed to this stage.
+    pub fn supervise(&mut self, health: &Health) {
+        self.heartbeat = Some(health.register(health::ENCODER));
     }
 
     /// Asks for a keyframe on the next frame (a new input, a new viewer).
@@ -95,15 +120,23 @@ impl EncodeStage {
         media_time: MediaTime,
         capture_ntp: Option<u64>,
     ) {
-        let force = self.keyframes.take();
+        let pts = self.clock.pts(media_time);
+        let force = self.throttle.force(self.keyframes.take(), pts);
         let start = Instant::now();
-        let encoded = self.encoder.encode(picture, force);
+        let encoded = self.encoder.encode(picture, pts, force);
         let done = Instant::now();
         self.metrics
             .encode_seconds
             .observe(done.duration_since(start).as_secs_f64());
         match encoded {
             Ok(Some(frame)) => {
+                let answered = self.throttle.encoded(pts, frame.keyframe);
+                let requests = &self.metrics.keyframe_requests_answered;
+                requests.with_label_values(&["honoured"]).inc_by(answered.honoured);
+                requests.with_label_values(&["coalesced"]).inc_by(answered.coalesced);
+                if let Some(beat) = &self.heartbeat {
+                    beat.beat_at(done);
+                }
                 times.encoded = Some(done);
                 if let Some(filter_end) = times.filter_end {
                     self.metrics
@@ -235,17 +268,20 @@ pub struct FilterPipeline {
     pub output_size: Option<(u32, u32)>,
     /// Encoder and publishers.
     pub stage: EncodeStage,
+    /// Where the `filter` and `encoder` stages report; a panic on the thread is reported too.
+    pub health: Health,
 }
 
 impl FilterPipeline {
     /// Starts the thread; it ends when the slot is closed.
     pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("filter".into())
-            .spawn(move || self.run())
+        let health = self.health.clone();
+        health.spawn_thread("filter", move || self.run())
     }
 
     fn run(mut self) {
+        let heartbeat = self.health.register(health::FILTER);
+        self.stage.supervise(&self.health);
         let mut scaler = Scaler::default();
         tracing::info!(filter = self.filter.name(), output_size = ?self.output_size, "filter thread started");
         loop {
@@ -281,6 +317,7 @@ impl FilterPipeline {
                 }
             };
             let end = Instant::now();
+            heartbeat.beat_at(end);
             times.filter_end = Some(end);
             self.stage
                 .metrics
@@ -386,6 +423,7 @@ mod filter_pipeline_tests {
             params: None,
             output_size,
             stage,
+            health: Health::default(),
         }
         .spawn()
         .unwrap();
@@ -489,5 +527,96 @@ mod filter_pipeline_tests {
         assert_eq!((first.frame.width, second.frame.width), (640, 960));
         assert!(second.frame.keyframe, "a new size starts with a keyframe");
         assert_eq!(metrics.video_of("output").0, 960);
+    }
+
+    /// A filter whose model "crashes" on the first frame.
+    struct PanickingFilter;
+
+    impl Filter for PanickingFilter {
+        fn name(&self) -> &'static str {
+            "panicking"
+        }
+        fn apply(&mut self, _frame: I420Frame) -> Result<Filtered, crate::filter::FilterError> {
+            panic!("segmentation model crashed");
+        }
+        fn set_params(&mut self, _params: &FilterParams) -> Result<(), crate::filter::FilterError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_filter_thread_panic_is_reported_by_the_health_registry_with_the_stage_name() {
+        let metrics = Metrics::new();
+        let (handle, _inputs) = PublisherHandle::new("test", metrics.clone());
+        let encoder = new_encoder(&EncoderConfig::default()).unwrap();
+        let health = Health::default();
+        let slot = Arc::new(NewestSlot::new());
+        let thread = FilterPipeline {
+            slot: Arc::clone(&slot),
+            filter: Box::new(PanickingFilter),
+            params: None,
+            output_size: None,
+            stage: EncodeStage::new(encoder, vec![handle], KeyframeRequest::default(), metrics),
+            health: health.clone(),
+        }
+        .spawn()
+        .unwrap();
+
+        slot.put(input([16, 128, 128], 64, 64, 1));
+        thread.join().expect("the panic is caught and reported, not propagated");
+
+        let unhealthy = health.check(Instant::now(), false).unwrap_err();
+        assert_eq!(unhealthy.stage, "filter");
+        assert_eq!(unhealthy.why, "thread 'filter' panicked: segmentation model crashed");
+        let died = futures_util::FutureExt::now_or_never(health.died()).expect("death announced");
+        assert_eq!(died, unhealthy);
+    }
+
+    #[test]
+    fn a_hundred_keyframe_requests_a_second_give_at_most_two_keyframes_a_second() {
+        let metrics = Metrics::new();
+        let (handle, mut inputs) = PublisherHandle::new("test", metrics.clone());
+        let encoder = new_encoder(&EncoderConfig {
+            keyframe_interval: Duration::ZERO,
+            ..EncoderConfig::default()
+        })
+        .unwrap();
+        let requests = KeyframeRequest::default();
+        let mut stage = EncodeStage::new(encoder, vec![handle], requests.clone(), metrics.clone());
+        let picture = I420Frame::filled(64, 64, [90, 128, 128]).unwrap();
+
+        // 4 s of media time at 30 fps; 100 requests per second arrive between the frames.
+        let mut keyframes_per_second = [0u32; 4];
+        let mut sent = 0u64;
+        for i in 0..120u32 {
+            let due = u64::from(i + 1) * 100 / 30;
+            while sent < due {
+                requests.request();
+                sent += 1;
+            }
+            let media_time = MediaTime {
+                epoch: 1,
+                rtp_timestamp: 7_000 + i * 3000,
+            };
+            stage.encode(&picture, FrameTimes::new(Instant::now()), media_time, None);
+            let out = inputs.video.try_recv().expect("every frame is encoded");
+            if out.frame.keyframe {
+                keyframes_per_second[(i / 30) as usize] += 1;
+            }
+        }
+
+        assert!(
+            keyframes_per_second.iter().all(|&n| (1..=2).contains(&n)),
+            "{keyframes_per_second:?}"
+        );
+        let answered = |r| metrics.keyframe_requests_answered.with_label_values(&[r]).get();
+        let total: u32 = keyframes_per_second.iter().sum();
+        assert_eq!(answered("honoured"), u64::from(total));
+        assert!(
+            answered("honoured") + answered("coalesced") <= sent && answered("coalesced") > 300,
+            "{} honoured, {} coalesced of {sent}",
+            answered("honoured"),
+            answered("coalesced")
+        );
     }
 }

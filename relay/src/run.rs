@@ -13,6 +13,7 @@ use crate::codec;
 use crate::config::{ConfigError, RelayConfig};
 use crate::feed::MediaSinks;
 use crate::filter::live::LiveParams;
+use crate::health::{Health, Unhealthy};
 use crate::http::{self, AppState, RelayInfo, ServeState};
 use crate::ingest::VideoIngestConfig;
 use crate::metrics::Metrics;
@@ -57,6 +58,9 @@ pub enum RunError {
     /// A thread could not start.
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
+    /// A media stage died (a panic): the process exits non-zero so it is restarted.
+    #[error(transparent)]
+    StageDied(Unhealthy),
 }
 
 struct Publishers {
@@ -144,6 +148,7 @@ pub async fn test_pattern(cfg: RelayConfig, shutdown: CancellationToken) -> Resu
         info: info.into(),
         metrics: metrics.clone(),
         serve: None,
+        health: Health::default(),
     });
     let server = http::server::serve(listen(&cfg), app, metrics.clone(), shutdown.clone()).await?;
     let stage = EncodeStage::new(encoder, handles, keyframes, metrics);
@@ -215,6 +220,7 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     let filter_name = filter.name().to_owned();
     let encoder = codec::new_encoder(&cfg.encoder_config())?;
     let slot = Arc::new(NewestSlot::new());
+    let health = Health::default();
     let sinks = MediaSinks::new(Arc::clone(&slot), handles.clone(), metrics.clone());
     let (sessions, sessions_task) = Sessions::start(
         IngestConfig {
@@ -226,7 +232,10 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
             udp_port_range: cfg.ice.udp_port_range.as_deref().and_then(|r| r.parse().ok()),
             start_bitrate_kbps: cfg.ingest.start_bitrate_kbps,
             timers: cfg.session_timers(),
-            video: VideoIngestConfig::default(),
+            video: VideoIngestConfig {
+                health: Some(health.clone()),
+                ..VideoIngestConfig::default()
+            },
         },
         sinks,
         keyframes.clone(),
@@ -254,6 +263,7 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
         info: info.into(),
         metrics: metrics.clone(),
         serve: Some(serve_state),
+        health: health.clone(),
     });
     let server = http::server::serve(listen(&cfg), app, metrics.clone(), shutdown.clone()).await?;
     let output_size = (!cfg.video.follow_input).then_some((cfg.video.width, cfg.video.height));
@@ -264,12 +274,17 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
         params: Some(params_rx),
         output_size,
         stage,
+        health: health.clone(),
     }
     .spawn()
     .map_err(|e| RunError::Thread("filter", e))?;
     tracing::info!(addr = %cfg.listen_addr(), "relay ready: open the sender page at / (preview at /view)");
 
-    shutdown.cancelled().await;
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        // A dead media stage leaves a silent relay: exit non-zero and be restarted instead.
+        death = health.died() => return Err(RunError::StageDied(death)),
+    }
     // The session actor closes the live session (its peer, its tasks) as it stops.
     if tokio::time::timeout(Duration::from_secs(5), sessions_task)
         .await

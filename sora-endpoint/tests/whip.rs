@@ -214,7 +214,8 @@ async fn webrtc_rs_client_publishes_vp8_over_whip() {
         let mut tick = tokio::time::interval(Duration::from_millis(33));
         for i in 0..600u32 {
             tick.tick().await;
-            if let Some(encoded) = encoder.encode(&picture, i == 0).expect("encode") {
+            let pts = Duration::from_millis(33) * i;
+            if let Some(encoded) = encoder.encode(&picture, pts, i == 0).expect("encode") {
                 let sample = Sample {
                     data: encoded.data,
                     duration: Duration::from_millis(33),

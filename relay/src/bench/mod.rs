@@ -104,7 +104,7 @@ pub fn encode_bench(
     for i in 0..frames {
         let frame = pattern.frame(i);
         let start = Instant::now();
-        let out = encoder.encode(&frame, false)?;
+        let out = encoder.encode(&frame, Duration::from_secs(i) / config.fps.max(1), false)?;
         times.push(start.elapsed());
         if let Some(out) = out {
             bytes += out.data.len() as u64;

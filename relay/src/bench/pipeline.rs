@@ -144,8 +144,11 @@ pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<Pip
     };
     let mut browser = new_encoder(&enc_config)?;
     let mut packets = Vec::new();
+    let mut read = 0u32;
     while let Some(frame) = reader.next_frame().map_err(clip_err)? {
-        if let Some(out) = browser.encode(&frame, packets.is_empty())? {
+        let pts = Duration::from_secs(read.into()) / enc_config.fps;
+        read += 1;
+        if let Some(out) = browser.encode(&frame, pts, packets.is_empty())? {
             packets.push(out.data);
         }
     }
@@ -185,7 +188,7 @@ pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<Pip
         }
         let Filtered { frame, times } = filter.apply(picture)?;
         let t2 = Instant::now();
-        encoder.encode(&frame, false)?;
+        encoder.encode(&frame, interval.mul_f64(i as f64), false)?;
         let t3 = Instant::now();
         if !measured {
             continue;

@@ -1,6 +1,14 @@
 //! H.264 through OpenH264 (built from source, BSD-2): constrained baseline for realtime camera
 //! video, one Annex-B access unit per frame, SPS and PPS in front of every IDR so that a
 //! receiver joining at any keyframe can decode.
+//!
+//! Rate control follows the frames' media time: OpenH264 budgets each frame as bitrate / frame
+//! rate, so the frame rate it assumes is kept at the measured input rate (as libwebrtc does
+//! through the same option). That one option is set through OpenH264's raw API, the only
+//! `unsafe` here.
+#![allow(unsafe_code)]
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use openh264::Timestamp;
@@ -11,13 +19,19 @@ use openh264::encoder::{
 };
 use openh264::formats::YUVSource;
 
-use super::{CodecError, EncodedFrame, EncoderConfig, VideoCodec, VideoDecoder, VideoEncoder};
+use super::{
+    CodecError, EncodedFrame, EncoderConfig, FrameRateEstimator, KeyframeTimer, VideoCodec, VideoDecoder, VideoEncoder,
+};
 use crate::frame::I420Frame;
 
 /// NAL unit types this module looks at (ITU-T H.264 table 7-1).
 const NAL_IDR_SLICE: u8 = 5;
 const NAL_SPS: u8 = 7;
 const NAL_PPS: u8 = 8;
+/// OpenH264's frame-rate range (`MIN_FRAME_RATE`, `MAX_FRAME_RATE`).
+const FPS_LIMITS: (f64, f64) = (1.0, 60.0);
+/// The assumed frame rate follows the measured one once they differ by more than this.
+const FPS_TOLERANCE: f64 = 0.1;
 
 /// H.264 encoder. Re-initialises itself when the input size changes.
 pub struct H264Encoder {
@@ -25,6 +39,10 @@ pub struct H264Encoder {
     session: Option<EncoderSession>,
     /// A bitrate change waiting for the next frame (see [`VideoEncoder::set_bitrate_kbps`]).
     pending_bitrate: bool,
+    keyframes: KeyframeTimer,
+    input_rate: FrameRateEstimator,
+    /// The frame rate rate control assumes (nominal until measured).
+    assumed_fps: f64,
 }
 
 struct EncoderSession {
@@ -75,7 +93,46 @@ impl H264Encoder {
             },
             session: None,
             pending_bitrate: false,
+            keyframes: KeyframeTimer::new(config.keyframe_interval),
+            input_rate: FrameRateEstimator::default(),
+            assumed_fps: f64::from(config.fps).clamp(FPS_LIMITS.0, FPS_LIMITS.1),
         })
+    }
+
+    /// Tells OpenH264 the measured input frame rate when it drifted from the assumed one.
+    fn follow_input_rate(&mut self, pts: Duration) {
+        let Some(measured) = self.input_rate.observe(pts) else {
+            return;
+        };
+        let measured = measured.clamp(FPS_LIMITS.0, FPS_LIMITS.1);
+        if (measured - self.assumed_fps).abs() <= self.assumed_fps * FPS_TOLERANCE {
+            return;
+        }
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let mut fps = measured as f32;
+        // SAFETY: the encoder is initialised (a session exists only after its first encode call
+        // initialised it); ENCODER_OPTION_FRAME_RATE reads one f32 through the pointer, which
+        // points to a live local for the duration of the call. The option only updates the
+        // frame rate rate control budgets by (WelsEncoderApplyFrameRate), nothing the crate's
+        // wrapper relies on.
+        let rc = unsafe {
+            session
+                .encoder
+                .raw_api()
+                .set_option(openh264_sys2::ENCODER_OPTION_FRAME_RATE, (&raw mut fps).cast())
+        };
+        if rc == 0 {
+            tracing::debug!(
+                from = self.assumed_fps,
+                to = measured,
+                "H.264 rate control follows the input frame rate"
+            );
+            self.assumed_fps = measured;
+        } else {
+            tracing::warn!(rc, fps = measured, "OpenH264 refused the measured frame rate");
+        }
     }
 
     fn openh264_config(&self) -> OhEncoderConfig {
@@ -86,13 +143,13 @@ impl H264Encoder {
             .complexity(Complexity::Low)
             .rate_control_mode(RateControlMode::Bitrate)
             .bitrate(BitRate::from_bps(c.bitrate_kbps.saturating_mul(1000)))
-            .max_frame_rate(FrameRate::from_hz(c.fps as f32))
+            .max_frame_rate(FrameRate::from_hz(self.assumed_fps as f32))
             // OpenH264's rate control only holds the bitrate when it may skip frames.
             .skip_frames(true)
-            // Keyframes only where asked (interval or request): a scene-change IDR mid-stream
-            // costs a burst of bits the CBR budget did not plan for.
+            // Keyframes only where asked (media-time interval or request): a scene-change IDR
+            // mid-stream costs a burst of bits the CBR budget did not plan for.
             .scene_change_detect(false)
-            .intra_frame_period(IntraFramePeriod::from_num_frames(c.keyframe_interval))
+            .intra_frame_period(IntraFramePeriod::from_num_frames(0))
             .sps_pps_strategy(SpsPpsStrategy::ConstantId)
             .num_threads(c.threads.clamp(1, u16::MAX as u32) as u16)
     }
@@ -141,7 +198,12 @@ impl VideoEncoder for H264Encoder {
         VideoCodec::H264
     }
 
-    fn encode(&mut self, frame: &I420Frame, force_keyframe: bool) -> Result<Option<EncodedFrame>, CodecError> {
+    fn encode(
+        &mut self,
+        frame: &I420Frame,
+        pts: Duration,
+        force_keyframe: bool,
+    ) -> Result<Option<EncodedFrame>, CodecError> {
         let (width, height) = (frame.width(), frame.height());
         let fail = |detail: String| CodecError::Encode {
             codec: VideoCodec::H264,
@@ -153,14 +215,15 @@ impl VideoEncoder for H264Encoder {
             // OpenH264 only takes even sizes; failing clearly beats silently cropping a column.
             return Err(fail("H.264 (OpenH264) needs an even width and height".into()));
         }
-        let fps = self.config.fps.max(1) as u64;
+        let force_keyframe = force_keyframe || self.keyframes.due(pts);
+        self.follow_input_rate(pts);
         let session = self.session_for(width, height)?;
         // The first frame of a session is an IDR anyway; OpenH264 wants ForceIntraFrame only
         // once it has been initialised by an encode call.
         if force_keyframe && session.frames > 0 {
             session.encoder.force_intra_frame();
         }
-        let timestamp = Timestamp::from_millis(session.frames * 1000 / fps);
+        let timestamp = Timestamp::from_millis(u64::try_from(pts.as_millis()).unwrap_or(u64::MAX));
         session.frames += 1;
         let bitstream = session
             .encoder
@@ -176,6 +239,12 @@ impl VideoEncoder for H264Encoder {
         }
 
         let keyframe = frame_type == FrameType::IDR;
+        if keyframe {
+            self.keyframes.keyframe_at(pts);
+        }
+        let Some(session) = self.session.as_mut() else {
+            return Ok(None);
+        };
         let nal_types: Vec<u8> = nal_units(&data).map(|n| n[0] & 0x1f).collect();
         for nal in nal_units(&data) {
             match nal[0] & 0x1f {
@@ -317,8 +386,13 @@ mod tests {
     }
 
     #[test]
-    fn h264_keyframe_interval_places_keyframes_at_its_multiples() {
-        scenario::keyframe_interval_places_keyframes_at_its_multiples(VideoCodec::H264);
+    fn h264_keyframe_interval_is_kept_in_media_time_when_frames_are_dropped() {
+        scenario::keyframe_interval_is_kept_in_media_time_when_frames_are_dropped(VideoCodec::H264);
+    }
+
+    #[test]
+    fn h264_bitrate_at_20_fps_actual_stays_within_15_percent_of_the_target() {
+        scenario::bitrate_at_20_fps_actual_stays_within_15_percent_of_the_target(VideoCodec::H264);
     }
 
     #[test]
@@ -345,7 +419,7 @@ mod tests {
     fn h264_every_idr_carries_sps_and_pps_in_annex_b() {
         let pattern = scenario::pattern(320, 180);
         let config = EncoderConfig {
-            keyframe_interval: 5,
+            keyframe_interval: scenario::pts(5),
             ..scenario::config(VideoCodec::H264)
         };
         let mut encoder = H264Encoder::new(&config).unwrap();
@@ -395,7 +469,7 @@ mod tests {
         let frame = I420Frame::filled(641, 361, [16, 128, 128]).unwrap();
         let mut encoder = H264Encoder::new(&scenario::config(VideoCodec::H264)).unwrap();
 
-        let err = encoder.encode(&frame, false).unwrap_err();
+        let err = encoder.encode(&frame, Duration::ZERO, false).unwrap_err();
 
         assert!(err.to_string().contains("641x361"), "{err}");
     }

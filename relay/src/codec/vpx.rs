@@ -7,11 +7,12 @@
 use std::ffi::{CStr, c_int, c_long, c_uint, c_ulong};
 use std::mem::MaybeUninit;
 use std::ptr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use vpx_sys as ffi;
 
-use super::{CodecError, EncodedFrame, EncoderConfig, VideoCodec, VideoDecoder, VideoEncoder};
+use super::{CodecError, EncodedFrame, EncoderConfig, KeyframeTimer, VideoCodec, VideoDecoder, VideoEncoder};
 use crate::frame::I420Frame;
 
 /// Default libvpx `cpu-used` for VP8. Negative values fix the speed at `|n|` (deterministic);
@@ -26,12 +27,15 @@ const RC_BUF_MS: c_uint = 1000;
 /// Quantizer range libwebrtc uses for VP8.
 const RC_MIN_QUANTIZER: c_uint = 2;
 const RC_MAX_QUANTIZER: c_uint = 56;
+/// The encoder's time base: the 90 kHz clock of video RTP timestamps.
+const TIMEBASE_HZ: u64 = 90_000;
 
 /// VP8 encoder (realtime CBR). Re-initialises itself when the input size changes.
 pub struct Vp8Encoder {
     config: EncoderConfig,
     cpu_used: i32,
     session: Option<EncoderSession>,
+    keyframes: KeyframeTimer,
 }
 
 /// A libvpx encoder context for one resolution.
@@ -41,7 +45,9 @@ struct EncoderSession {
     cfg: Box<ffi::vpx_codec_enc_cfg_t>,
     width: u32,
     height: u32,
-    pts: i64,
+    /// The previous frame's time (90 kHz ticks): each frame lasts until the next one.
+    last_pts: Option<i64>,
+    nominal_ticks: i64,
 }
 
 // SAFETY: a libvpx codec context has no thread affinity; it is only ever touched through
@@ -70,6 +76,7 @@ impl Vp8Encoder {
             },
             cpu_used,
             session: None,
+            keyframes: KeyframeTimer::new(config.keyframe_interval),
         })
     }
 
@@ -113,9 +120,11 @@ impl EncoderSession {
         cfg.g_w = width;
         cfg.g_h = height;
         cfg.g_threads = config.threads.max(1);
+        // Frames carry their media time, so libvpx's rate control budgets by the real time
+        // between them (it re-estimates the frame rate from the timestamps).
         cfg.g_timebase = ffi::vpx_rational {
             num: 1,
-            den: config.fps as c_int,
+            den: TIMEBASE_HZ as c_int,
         };
         cfg.g_pass = ffi::vpx_enc_pass::VPX_RC_ONE_PASS;
         cfg.g_lag_in_frames = 0;
@@ -133,13 +142,8 @@ impl EncoderSession {
         cfg.rc_buf_initial_sz = RC_BUF_INITIAL_MS;
         cfg.rc_buf_optimal_sz = RC_BUF_OPTIMAL_MS;
         cfg.rc_buf_sz = RC_BUF_MS;
-        if config.keyframe_interval > 0 {
-            cfg.kf_mode = ffi::vpx_kf_mode::VPX_KF_AUTO;
-            cfg.kf_min_dist = config.keyframe_interval;
-            cfg.kf_max_dist = config.keyframe_interval;
-        } else {
-            cfg.kf_mode = ffi::vpx_kf_mode::VPX_KF_DISABLED;
-        }
+        // Periodic keyframes are placed by media time (KeyframeTimer), not by frame count.
+        cfg.kf_mode = ffi::vpx_kf_mode::VPX_KF_DISABLED;
 
         // SAFETY: an all-zero vpx_codec_ctx_t is the documented "not yet initialised" state
         // (null pointers, VPX_CODEC_OK); vpx_codec_enc_init_ver fills it.
@@ -158,7 +162,8 @@ impl EncoderSession {
             cfg,
             width,
             height,
-            pts: 0,
+            last_pts: None,
+            nominal_ticks: (TIMEBASE_HZ / u64::from(config.fps.max(1))) as i64,
         };
 
         let token_partitions = match config.threads {
@@ -210,9 +215,23 @@ impl EncoderSession {
         Ok(session)
     }
 
-    fn encode(&mut self, frame: &I420Frame, force_keyframe: bool) -> Result<Option<EncodedFrame>, CodecError> {
+    fn encode(
+        &mut self,
+        frame: &I420Frame,
+        pts: Duration,
+        force_keyframe: bool,
+    ) -> Result<Option<EncodedFrame>, CodecError> {
         let (width, height) = (frame.width(), frame.height());
         let (cw, _) = frame.chroma_size();
+        let ticks = i64::try_from(pts.as_nanos() * u128::from(TIMEBASE_HZ) / 1_000_000_000).unwrap_or(i64::MAX);
+        // Strictly increasing, and each frame's duration is the gap since the previous one.
+        let (ticks, duration) = match self.last_pts {
+            Some(last) => {
+                let ticks = ticks.max(last.saturating_add(1));
+                (ticks, ticks - last)
+            }
+            None => (ticks, self.nominal_ticks),
+        };
         let fail = |detail: String| CodecError::Encode {
             codec: VideoCodec::Vp8,
             width,
@@ -259,8 +278,8 @@ impl EncoderSession {
             ffi::vpx_codec_encode(
                 &mut *self.ctx,
                 &img,
-                self.pts,
-                1,
+                ticks,
+                c_ulong::try_from(duration).unwrap_or(1),
                 flags,
                 ffi::VPX_DL_REALTIME as c_ulong,
             )
@@ -268,7 +287,7 @@ impl EncoderSession {
         if err != ffi::VPX_CODEC_OK {
             return Err(fail(ctx_error(&mut self.ctx, err)));
         }
-        self.pts += 1;
+        self.last_pts = Some(ticks);
 
         let mut out: Option<EncodedFrame> = None;
         let mut iter: ffi::vpx_codec_iter_t = ptr::null();
@@ -343,9 +362,20 @@ impl VideoEncoder for Vp8Encoder {
         VideoCodec::Vp8
     }
 
-    fn encode(&mut self, frame: &I420Frame, force_keyframe: bool) -> Result<Option<EncodedFrame>, CodecError> {
-        self.session_for(frame.width(), frame.height())?
-            .encode(frame, force_keyframe)
+    fn encode(
+        &mut self,
+        frame: &I420Frame,
+        pts: Duration,
+        force_keyframe: bool,
+    ) -> Result<Option<EncodedFrame>, CodecError> {
+        let force = force_keyframe || self.keyframes.due(pts);
+        let out = self
+            .session_for(frame.width(), frame.height())?
+            .encode(frame, pts, force)?;
+        if out.as_ref().is_some_and(|e| e.keyframe) {
+            self.keyframes.keyframe_at(pts);
+        }
+        Ok(out)
     }
 
     fn set_bitrate_kbps(&mut self, kbps: u32) -> Result<(), CodecError> {
@@ -527,8 +557,13 @@ mod tests {
     }
 
     #[test]
-    fn vp8_keyframe_interval_places_keyframes_at_its_multiples() {
-        scenario::keyframe_interval_places_keyframes_at_its_multiples(VideoCodec::Vp8);
+    fn vp8_keyframe_interval_is_kept_in_media_time_when_frames_are_dropped() {
+        scenario::keyframe_interval_is_kept_in_media_time_when_frames_are_dropped(VideoCodec::Vp8);
+    }
+
+    #[test]
+    fn vp8_bitrate_at_20_fps_actual_stays_within_15_percent_of_the_target() {
+        scenario::bitrate_at_20_fps_actual_stays_within_15_percent_of_the_target(VideoCodec::Vp8);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::filter::FilterError;
 use crate::filter::live::LiveParams;
 use crate::filter::params::ParamsError;
+use crate::health::Health;
 use crate::latency::Stage;
 use crate::metrics::Metrics;
 use crate::publish::PublisherState;
@@ -80,6 +81,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Present in serve mode.
     pub serve: Option<ServeState>,
+    /// The media stages' supervision, answered at `/healthz`.
+    pub health: Health,
 }
 
 /// A JSON error body `{"error": "..."}` with `status`, logged and counted (`/offer` answers in
@@ -109,11 +112,27 @@ pub(crate) fn refuse(
     (status, Json(json!({"error": message}))).into_response()
 }
 
+/// `ok`, or 503 naming the stage that died or stalled while the browser is sending.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let sending = state
+        .serve
+        .as_ref()
+        .is_some_and(|s| s.sessions.view().state == "receiving");
+    match state.health.check(std::time::Instant::now(), sending) {
+        Ok(()) => "ok".into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": e.to_string(), "stage": e.stage})),
+        )
+            .into_response(),
+    }
+}
+
 /// The router, testable in-process.
 pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status));
     let mut cors = None;
@@ -651,7 +670,23 @@ mod tests {
             }),
             metrics,
             serve: None,
+            health: Health::default(),
         }
+    }
+
+    #[tokio::test]
+    async fn healthz_is_503_naming_a_stage_that_died() {
+        let state = state();
+        state.health.report_death("filter", "thread 'filter' panicked: boom");
+        let response = app(state)
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["stage"], "filter");
+        assert!(v["error"].as_str().unwrap().contains("boom"), "{v}");
     }
 
     async fn get(path: &str) -> (StatusCode, String) {

@@ -7,6 +7,10 @@
 //! ended with the marker bit (or at the next timestamp after contiguous packets). Anything else
 //! is dropped and the next emitted frame carries `discontinuity = true`, so the decoder side
 //! knows the reference chain is broken and can wait for a keyframe.
+//!
+//! Memory is bounded whatever arrives: at most `max_reorder_packets` packets wait, and a frame
+//! growing past `max_frame_bytes` or `max_frame_packets` is dropped (its data freed at once and
+//! the rest of its packets discarded) and counted.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -47,13 +51,17 @@ impl RtpInput {
     }
 }
 
-/// How long a sequence gap is waited for before its packets count as lost.
+/// How long a sequence gap is waited for, and how large a frame may grow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AssemblerConfig {
     /// Declare the gap lost once this many later packets are waiting.
     pub max_reorder_packets: usize,
     /// Declare the gap lost once the first packet after it has waited this long.
     pub max_reorder_delay: Duration,
+    /// A frame whose bitstream grows beyond this many bytes is dropped.
+    pub max_frame_bytes: usize,
+    /// A frame spanning more than this many RTP packets is dropped.
+    pub max_frame_packets: u32,
 }
 
 impl Default for AssemblerConfig {
@@ -61,6 +69,10 @@ impl Default for AssemblerConfig {
         Self {
             max_reorder_packets: 256,
             max_reorder_delay: Duration::from_millis(100),
+            // A 1080p key frame at 8 Mbit/s is ~250 kB; four times that is no camera's.
+            max_frame_bytes: 1 << 20,
+            // 1 MiB in ~1200-byte packets.
+            max_frame_packets: 1024,
         }
     }
 }
@@ -74,8 +86,6 @@ pub struct AssembledFrame {
     pub rtp_timestamp: u32,
     /// Whether the payload marks it as a keyframe (VP8 key frame, H.264 IDR).
     pub keyframe: bool,
-    /// Picture size when the bitstream header carries it (VP8 keyframes).
-    pub dimensions: Option<(u32, u32)>,
     /// Arrival of the frame's first packet.
     pub first_arrival: Instant,
     /// Arrival of the frame's last packet.
@@ -107,6 +117,17 @@ pub struct AssemblerStats {
     pub dropped_frames: u64,
     /// Sequence-number jumps treated as a restarted stream.
     pub stream_resets: u64,
+    /// Frames dropped for growing beyond `max_frame_bytes` (also in `dropped_frames`).
+    pub oversized_bytes: u64,
+    /// Frames dropped for spanning more than `max_frame_packets` (also in `dropped_frames`).
+    pub oversized_packets: u64,
+}
+
+/// Which frame limit a frame broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Oversize {
+    Bytes,
+    Packets,
 }
 
 #[derive(Debug)]
@@ -114,8 +135,8 @@ struct Partial {
     timestamp: u32,
     data: Vec<u8>,
     broken: bool,
+    oversize: Option<Oversize>,
     keyframe: bool,
-    dimensions: Option<(u32, u32)>,
     first_arrival: Instant,
     last_arrival: Instant,
     packets: u32,
@@ -159,6 +180,17 @@ impl FrameAssembler {
     /// Counters so far.
     pub fn stats(&self) -> AssemblerStats {
         self.stats
+    }
+
+    /// Bytes held now: payloads waiting for a gap, and the frame being assembled.
+    pub fn buffered_bytes(&self) -> usize {
+        let waiting: usize = self.pending.values().map(|p| p.payload.len()).sum();
+        waiting + self.current.as_ref().map_or(0, |c| c.data.capacity())
+    }
+
+    /// Packets waiting for a sequence gap to fill.
+    pub fn waiting_packets(&self) -> usize {
+        self.pending.len()
     }
 
     /// Adds one packet; returns the frames it completed, oldest first.
@@ -264,10 +296,10 @@ impl FrameAssembler {
         }
         let partial = self.current.get_or_insert_with(|| Partial {
             timestamp: packet.timestamp,
-            data: Vec::with_capacity(packet.payload.len() * 4),
+            data: Vec::with_capacity(packet.payload.len().min(self.config.max_frame_bytes)),
             broken: false,
+            oversize: None,
             keyframe: false,
-            dimensions: None,
             first_arrival: packet.arrival,
             last_arrival: packet.arrival,
             packets: 0,
@@ -288,24 +320,32 @@ impl FrameAssembler {
             }
         };
         match result {
-            Ok(PayloadInfo {
-                frame_start,
-                keyframe,
-                dimensions,
-            }) => {
+            Ok(PayloadInfo { frame_start, keyframe }) => {
                 if partial.packets == 0 && !frame_start {
                     partial.broken = true;
                 }
                 partial.keyframe |= keyframe;
-                partial.dimensions = partial.dimensions.or(dimensions);
             }
             Err(_) => {
                 self.stats.malformed_packets += 1;
                 partial.broken = true;
             }
         }
-        partial.packets += 1;
+        partial.packets = partial.packets.saturating_add(1);
         partial.last_arrival = packet.arrival;
+        let oversize = if partial.data.len() > self.config.max_frame_bytes {
+            Some(Oversize::Bytes)
+        } else if partial.packets > self.config.max_frame_packets {
+            Some(Oversize::Packets)
+        } else {
+            None
+        };
+        if oversize.is_some() && partial.oversize.is_none() {
+            partial.oversize = oversize;
+            partial.broken = true;
+            // Free it now: the rest of the frame's packets are discarded unread.
+            partial.data = Vec::new();
+        }
         if packet.marker {
             self.finish(out);
         }
@@ -319,6 +359,11 @@ impl FrameAssembler {
         self.h264.reset();
         if partial.broken || fragment_open || partial.data.is_empty() {
             self.stats.dropped_frames += 1;
+            match partial.oversize {
+                Some(Oversize::Bytes) => self.stats.oversized_bytes += 1,
+                Some(Oversize::Packets) => self.stats.oversized_packets += 1,
+                None => {}
+            }
             self.discontinuity = true;
             return;
         }
@@ -327,7 +372,6 @@ impl FrameAssembler {
             data: partial.data,
             rtp_timestamp: partial.timestamp,
             keyframe: partial.keyframe,
-            dimensions: partial.dimensions,
             first_arrival: partial.first_arrival,
             last_arrival: partial.last_arrival,
             packets: partial.packets,

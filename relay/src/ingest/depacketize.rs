@@ -21,8 +21,6 @@ pub struct PayloadInfo {
     pub frame_start: bool,
     /// Whether the payload proves the frame is a keyframe (VP8 key frame header; H.264 IDR slice).
     pub keyframe: bool,
-    /// Picture size, when the payload carries it (VP8 keyframe header).
-    pub dimensions: Option<(u32, u32)>,
 }
 
 /// Appends the bitstream carried by one VP8 RTP payload to `out`.
@@ -67,13 +65,9 @@ pub fn depacketize_vp8(payload: &[u8], out: &mut Vec<u8>) -> Result<PayloadInfo,
         ..PayloadInfo::default()
     };
     if frame_start {
-        // VP8 frame tag (RFC 6386 9.1): bit 0 of the first byte is 0 for a key frame.
+        // VP8 frame tag (RFC 6386 9.1): bit 0 of the first byte is 0 for a key frame. Its size
+        // is read from the whole frame, before decoding (`limits`).
         info.keyframe = body[0] & 0x01 == 0;
-        if info.keyframe && body.len() >= 10 && body[3..6] == [0x9d, 0x01, 0x2a] {
-            let width = u16::from_le_bytes([body[6], body[7]]) & 0x3fff;
-            let height = u16::from_le_bytes([body[8], body[9]]) & 0x3fff;
-            info.dimensions = Some((u32::from(width), u32::from(height)));
-        }
     }
     out.extend_from_slice(body);
     Ok(info)
@@ -124,7 +118,6 @@ impl H264Depacketizer {
                 Ok(PayloadInfo {
                     frame_start: true,
                     keyframe: nal_type == NAL_IDR,
-                    dimensions: None,
                 })
             }
             NAL_STAP_A => {
@@ -158,7 +151,6 @@ impl H264Depacketizer {
                 Ok(PayloadInfo {
                     frame_start: true,
                     keyframe,
-                    dimensions: None,
                 })
             }
             NAL_FU_A => {
@@ -181,7 +173,6 @@ impl H264Depacketizer {
                 Ok(PayloadInfo {
                     frame_start: start,
                     keyframe: start && inner_type == NAL_IDR,
-                    dimensions: None,
                 })
             }
             other => {
@@ -213,7 +204,6 @@ mod tests {
         let info = depacketize_vp8(&payload, &mut out).unwrap();
         assert!(info.frame_start);
         assert!(info.keyframe);
-        assert_eq!(info.dimensions, Some((640, 360)));
         assert_eq!(out, vp8_key_header(640, 360));
     }
 
@@ -221,7 +211,7 @@ mod tests {
     fn vp8_interframe_and_continuation() {
         let mut out = Vec::new();
         let info = depacketize_vp8(&[0x10, 0x01, 0xaa, 0xbb], &mut out).unwrap();
-        assert!(info.frame_start && !info.keyframe && info.dimensions.is_none());
+        assert!(info.frame_start && !info.keyframe);
         // S=0: continuation; first byte of data must not be read as a frame tag.
         let info = depacketize_vp8(&[0x00, 0x00, 0xcc], &mut out).unwrap();
         assert!(!info.frame_start && !info.keyframe);

@@ -3,15 +3,28 @@
 //!
 //! Used by the relay's browser ingest and by the local Sora-compatible test endpoint.
 //!
-//! - [`depacketize`] and [`assembler`]: pure RTP -> frame logic (reordering, loss, keyframes).
+//! - [`depacketize`] and [`assembler`]: pure RTP -> frame logic (reordering, loss, keyframes),
+//!   bounded in bytes and packets per frame.
+//! - [`bitstream`] and [`limits`]: the picture size a frame declares, refused above the limit
+//!   before anything decodes it; every refusal counted by reason.
 //! - [`recovery`]: pure decisions: decode or skip, and PLI rate limiting.
-//! - [`VideoReceiver`]: assembler + decoder + recovery, driven packet by packet (no I/O).
+//! - [`decode`]: the decoder thread behind a bounded queue.
+//! - [`VideoReceiver`]: assembler + limits + recovery, driven packet by packet, feeding the
+//!   decoder thread; it never waits on the codec.
 //! - [`run_video_track`] / [`run_audio_track`]: the async loops reading a webrtc-rs track.
+//! - [`fuzz`]: byte-driven harnesses of the parsers, for property tests and cargo-fuzz.
 
 pub mod assembler;
+pub mod bitstream;
+pub mod decode;
 pub mod depacketize;
+pub mod fuzz;
+pub mod limits;
+#[cfg(test)]
+mod proptests;
 pub mod recovery;
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -23,9 +36,13 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use crate::abs_capture::{self, CaptureClock};
 use crate::codec::{self, CodecError, VideoCodec, VideoDecoder};
 use crate::frame::I420Frame;
+use crate::health::Health;
+use crate::metrics::{DropReason, Metrics};
 
 pub use assembler::{AssembledFrame, AssemblerConfig, AssemblerStats, FrameAssembler, RtpInput};
+pub use decode::{DecodeJob, DecoderThread, SubmitError};
 pub use depacketize::PayloadFormat;
+pub use limits::{Refusal, RefusalReason, SizeLimit};
 pub use recovery::{GateDecision, KeyframeGate, PliLimiter};
 
 /// Errors of the receive side.
@@ -48,6 +65,13 @@ pub enum IngestError {
     /// The decoder could not be created.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The decoder thread could not start.
+    #[error("cannot start the video decoder thread: {0}")]
+    Thread(std::io::Error),
+    /// The decoder thread ended while the track was still sending (it panicked; reported to
+    /// the health registry).
+    #[error("the video decoder thread stopped")]
+    DecoderStopped,
 }
 
 impl PayloadFormat {
@@ -61,16 +85,22 @@ impl PayloadFormat {
 }
 
 /// Settings of a video receiver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct VideoIngestConfig {
     /// At most one PLI per this interval.
     pub pli_interval: Duration,
-    /// How long sequence gaps are waited for.
+    /// How long sequence gaps are waited for; bytes and packets per frame.
     pub assembler: AssemblerConfig,
+    /// The largest picture decoded (default 1920x1080, either orientation).
+    pub max_size: SizeLimit,
+    /// Complete frames that may wait for the decoder thread; more are dropped.
+    pub decode_queue_frames: usize,
     /// How often a stalled gap is re-checked when no packet arrives.
     pub flush_interval: Duration,
     /// The negotiated id of the `abs-capture-time` header extension, when there is one.
     pub abs_capture_time_id: Option<u8>,
+    /// Where the decoder thread reports as the `decoder` stage (and its panic, if any).
+    pub health: Option<Health>,
 }
 
 impl Default for VideoIngestConfig {
@@ -78,8 +108,12 @@ impl Default for VideoIngestConfig {
         Self {
             pli_interval: Duration::from_millis(500),
             assembler: AssemblerConfig::default(),
+            max_size: SizeLimit::default(),
+            // Enough to ride out one slow key frame decode at 30 fps; more is only latency.
+            decode_queue_frames: 8,
             flush_interval: Duration::from_millis(50),
             abs_capture_time_id: None,
+            health: None,
         }
     }
 }
@@ -105,7 +139,8 @@ pub struct DecodedFrame {
 
 /// Receives decoded frames. Implemented for any `FnMut(DecodedFrame) + Send`.
 pub trait FrameSink: Send {
-    /// Called once per decoded frame, on the ingest task: keep it short (e.g. store the newest).
+    /// Called once per decoded frame, on the decoder thread: keep it short (e.g. store the
+    /// newest).
     fn on_frame(&mut self, frame: DecodedFrame);
 }
 
@@ -115,9 +150,24 @@ impl<F: FnMut(DecodedFrame) + Send> FrameSink for F {
     }
 }
 
+/// The process metrics a track's counters also feed, when it has them.
+#[derive(Clone, Default)]
+struct MetricsLink(Option<Metrics>);
+
+impl fmt::Debug for MetricsLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "MetricsLink(linked)"
+        } else {
+            "MetricsLink(none)"
+        })
+    }
+}
+
 /// Live counters of one video track, shared with observers.
 #[derive(Debug, Default)]
 pub struct VideoIngestStats {
+    metrics: MetricsLink,
     codec: OnceLock<VideoCodec>,
     packets: AtomicU64,
     bytes: AtomicU64,
@@ -129,6 +179,8 @@ pub struct VideoIngestStats {
     plis_sent: AtomicU64,
     lost_packets: AtomicU64,
     dropped_frames: AtomicU64,
+    decoder_backlog: AtomicU64,
+    refused: [AtomicU64; RefusalReason::ALL.len()],
 }
 
 /// A copy of [`VideoIngestStats`] at one moment.
@@ -156,9 +208,43 @@ pub struct VideoIngestSnapshot {
     pub lost_packets: u64,
     /// Incomplete frames dropped by the assembler.
     pub dropped_frames: u64,
+    /// Frames dropped because the decoder thread's queue was full.
+    pub decoder_backlog: u64,
+    /// Frames refused before (or right after) decoding, for any [`RefusalReason`].
+    pub refused: u64,
 }
 
 impl VideoIngestStats {
+    /// Counters that also feed `metrics` (`livefilter_ingest_refused_total`, and decoder
+    /// backlog drops in `livefilter_frames_dropped_total`).
+    pub fn with_metrics(metrics: Metrics) -> Self {
+        Self {
+            metrics: MetricsLink(Some(metrics)),
+            ..Self::default()
+        }
+    }
+
+    /// Frames refused for `reason` so far.
+    pub fn refused(&self, reason: RefusalReason) -> u64 {
+        self.refused[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Counts one refused frame.
+    pub fn record_refusal(&self, reason: RefusalReason) {
+        Self::add(&self.refused[reason.index()], 1);
+        if let Some(m) = &self.metrics.0 {
+            m.ingest_refused.with_label_values(&[reason.as_str()]).inc();
+        }
+    }
+
+    /// Counts one frame dropped because the decoder was behind.
+    pub fn record_decoder_backlog(&self) {
+        Self::add(&self.decoder_backlog, 1);
+        if let Some(m) = &self.metrics.0 {
+            m.drop_frame("pipeline", DropReason::DecoderBacklog);
+        }
+    }
+
     /// A copy of the counters now.
     pub fn snapshot(&self) -> VideoIngestSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -174,6 +260,8 @@ impl VideoIngestStats {
             plis_sent: get(&self.plis_sent),
             lost_packets: get(&self.lost_packets),
             dropped_frames: get(&self.dropped_frames),
+            decoder_backlog: get(&self.decoder_backlog),
+            refused: self.refused.iter().map(get).sum(),
         }
     }
 
@@ -219,33 +307,52 @@ impl AudioIngestStats {
     }
 }
 
-/// Assembler + keyframe gate + decoder for one video stream, without I/O.
+/// Assembler + size limits + keyframe gate for one video stream, feeding a decoder thread
+/// through a bounded queue; driven packet by packet, it never waits on the codec.
 pub struct VideoReceiver {
+    format: PayloadFormat,
     assembler: FrameAssembler,
     gate: KeyframeGate,
     limiter: PliLimiter,
-    decoder: Box<dyn VideoDecoder>,
+    max_size: SizeLimit,
+    decoder: DecoderThread,
     stats: Arc<VideoIngestStats>,
     assembler_seen: AssemblerStats,
-    decoded: u64,
     capture_clock: CaptureClock,
 }
 
 impl VideoReceiver {
-    /// A receiver decoding with `decoder`, counting into `stats`.
-    pub fn new(decoder: Box<dyn VideoDecoder>, config: VideoIngestConfig, stats: Arc<VideoIngestStats>) -> Self {
+    /// A receiver decoding with `decoder` on its own thread into `sink`, counting into
+    /// `stats`.
+    pub fn new(
+        decoder: Box<dyn VideoDecoder>,
+        config: VideoIngestConfig,
+        stats: Arc<VideoIngestStats>,
+        sink: impl FrameSink + 'static,
+    ) -> Result<Self, IngestError> {
         let codec = decoder.codec();
         let _ = stats.codec.set(codec);
-        Self {
-            assembler: FrameAssembler::new(PayloadFormat::for_codec(codec), config.assembler),
+        let format = PayloadFormat::for_codec(codec);
+        let health = config.health.clone().unwrap_or_default();
+        let decoder = DecoderThread::spawn(
+            decoder,
+            sink,
+            Arc::clone(&stats),
+            config.max_size,
+            config.decode_queue_frames,
+            &health,
+        )?;
+        Ok(Self {
+            format,
+            assembler: FrameAssembler::new(format, config.assembler),
             gate: KeyframeGate::new(),
             limiter: PliLimiter::new(config.pli_interval),
+            max_size: config.max_size,
             decoder,
             stats,
             assembler_seen: AssemblerStats::default(),
-            decoded: 0,
             capture_clock: CaptureClock::new(90_000),
-        }
+        })
     }
 
     /// Records a packet's `abs-capture-time`; later frames' capture times extrapolate from it.
@@ -258,25 +365,34 @@ impl VideoReceiver {
         &self.stats
     }
 
-    /// Feeds one RTP packet; decoded frames go to `sink`. Returns true when a PLI should be
-    /// sent now (already rate-limited).
-    pub fn push(&mut self, packet: RtpInput, sink: &mut dyn FrameSink) -> bool {
+    /// Feeds one RTP packet. Returns `Ok(true)` when a PLI should be sent now (already
+    /// rate-limited); an error when the decoder thread is gone.
+    pub fn push(&mut self, packet: RtpInput) -> Result<bool, IngestError> {
         let now = packet.arrival;
         VideoIngestStats::add(&self.stats.packets, 1);
         VideoIngestStats::add(&self.stats.bytes, packet.payload.len() as u64);
         let frames = self.assembler.push(packet);
-        self.handle(frames, now, sink)
+        self.handle(frames, now)
     }
 
     /// Re-checks stalled sequence gaps; same return value as [`VideoReceiver::push`].
-    pub fn flush(&mut self, now: Instant, sink: &mut dyn FrameSink) -> bool {
+    pub fn flush(&mut self, now: Instant) -> Result<bool, IngestError> {
         let frames = self.assembler.flush(now);
-        self.handle(frames, now, sink)
+        self.handle(frames, now)
     }
 
-    fn handle(&mut self, frames: Vec<AssembledFrame>, now: Instant, sink: &mut dyn FrameSink) -> bool {
+    /// Lets the decoder thread finish what is queued and end. Blocks: call it off the runtime.
+    pub fn finish(self) {
+        self.decoder.finish();
+    }
+
+    fn handle(&mut self, frames: Vec<AssembledFrame>, now: Instant) -> Result<bool, IngestError> {
         self.sync_assembler_stats();
         let mut want_keyframe = false;
+        if self.decoder.take_keyframe_need() {
+            self.gate.on_decode_error();
+            want_keyframe = true;
+        }
         for frame in frames {
             VideoIngestStats::add(&self.stats.frames_assembled, 1);
             if self.gate.on_frame(frame.keyframe, frame.discontinuity) == GateDecision::SkipUntilKeyframe {
@@ -284,59 +400,53 @@ impl VideoReceiver {
                 want_keyframe = true;
                 continue;
             }
-            match self.decoder.decode(&frame.data) {
-                Ok(Some(picture)) => {
-                    VideoIngestStats::add(&self.stats.frames_decoded, 1);
-                    if frame.keyframe {
-                        VideoIngestStats::add(&self.stats.keyframes_decoded, 1);
-                    }
-                    let index = self.decoded;
-                    self.decoded += 1;
-                    sink.on_frame(DecodedFrame {
-                        frame: picture,
-                        rtp_timestamp: frame.rtp_timestamp,
-                        keyframe: frame.keyframe,
-                        arrival: frame.first_arrival,
-                        decoded_at: Instant::now(),
-                        index,
-                        capture_ntp: self.capture_clock.estimate(frame.rtp_timestamp),
-                    });
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!(%err, rtp_timestamp = frame.rtp_timestamp, "video decode failed; waiting for a keyframe");
-                    VideoIngestStats::add(&self.stats.decode_errors, 1);
+            if let Err(refusal) = self.max_size.check_frame(self.format, &frame) {
+                tracing::warn!(%refusal, rtp_timestamp = frame.rtp_timestamp, "video frame refused");
+                self.stats.record_refusal(refusal.reason);
+                self.gate.on_decode_error();
+                want_keyframe = true;
+                continue;
+            }
+            let capture_ntp = self.capture_clock.estimate(frame.rtp_timestamp);
+            match self.decoder.try_submit(DecodeJob { frame, capture_ntp }) {
+                Ok(()) => {}
+                Err(SubmitError::Backlog) => {
+                    tracing::debug!("decoder behind; frame dropped, waiting for a keyframe");
+                    self.stats.record_decoder_backlog();
                     self.gate.on_decode_error();
                     want_keyframe = true;
                 }
+                Err(SubmitError::Stopped) => return Err(IngestError::DecoderStopped),
             }
         }
         // While waiting, every skipped frame asks again (at the limiter's pace), so a lost PLI
         // or keyframe is retried.
-        want_keyframe && self.limiter.try_acquire(now)
+        Ok(want_keyframe && self.limiter.try_acquire(now))
     }
 
     fn sync_assembler_stats(&mut self) {
         let now = self.assembler.stats();
-        VideoIngestStats::add(
-            &self.stats.lost_packets,
-            now.lost_packets - self.assembler_seen.lost_packets,
-        );
-        VideoIngestStats::add(
-            &self.stats.dropped_frames,
-            now.dropped_frames - self.assembler_seen.dropped_frames,
-        );
+        let seen = self.assembler_seen;
+        VideoIngestStats::add(&self.stats.lost_packets, now.lost_packets - seen.lost_packets);
+        VideoIngestStats::add(&self.stats.dropped_frames, now.dropped_frames - seen.dropped_frames);
+        for _ in seen.oversized_bytes..now.oversized_bytes {
+            self.stats.record_refusal(RefusalReason::FrameBytes);
+        }
+        for _ in seen.oversized_packets..now.oversized_packets {
+            self.stats.record_refusal(RefusalReason::FramePackets);
+        }
         self.assembler_seen = now;
     }
 }
 
 /// Reads a remote video track until it ends (the peer connection closed or the sender stopped),
-/// decoding every frame into `sink` and sending PLIs when the decoder needs a keyframe.
+/// decoding every frame on a decoder thread into `sink` and sending PLIs when the decoder needs
+/// a keyframe. The decoder thread ends with the track.
 pub async fn run_video_track(
     track: Arc<dyn TrackRemote>,
     config: VideoIngestConfig,
     stats: Arc<VideoIngestStats>,
-    mut sink: impl FrameSink,
+    sink: impl FrameSink + 'static,
 ) -> Result<(), IngestError> {
     let ssrc = track.ssrcs().await.first().copied().ok_or(IngestError::NoCodec)?;
     let mime = track
@@ -347,36 +457,45 @@ pub async fn run_video_track(
     let codec: VideoCodec = mime.parse().map_err(|_| IngestError::UnsupportedCodec(mime.clone()))?;
     let decoder = codec::new_decoder(codec)?;
     tracing::info!(ssrc, %codec, "video ingest started");
-    let mut receiver = VideoReceiver::new(decoder, config, stats);
-    loop {
-        let event = match tokio::time::timeout(config.flush_interval, track.poll()).await {
+    let (flush_interval, abs_capture_time_id) = (config.flush_interval, config.abs_capture_time_id);
+    let mut receiver = VideoReceiver::new(decoder, config, stats, sink)?;
+    let result = loop {
+        let event = match tokio::time::timeout(flush_interval, track.poll()).await {
             Ok(Some(event)) => event,
-            Ok(None) => break,
+            Ok(None) => break Ok(()),
             Err(_elapsed) => {
-                if receiver.flush(Instant::now(), &mut sink) {
-                    send_pli(&*track, ssrc, receiver.stats()).await;
+                match receiver.flush(Instant::now()) {
+                    Ok(true) => send_pli(&*track, ssrc, receiver.stats()).await,
+                    Ok(false) => {}
+                    Err(e) => break Err(e),
                 }
                 continue;
             }
         };
         match event {
             TrackRemoteEvent::OnRtpPacket(packet) => {
-                if let Some(id) = config.abs_capture_time_id
+                if let Some(id) = abs_capture_time_id
                     && let Some(ntp) = packet.header.get_extension(id).as_deref().and_then(abs_capture::parse)
                 {
                     receiver.observe_capture_time(packet.header.timestamp, ntp);
                 }
                 let input = RtpInput::from_packet(&packet, Instant::now());
-                if receiver.push(input, &mut sink) {
-                    send_pli(&*track, packet.header.ssrc, receiver.stats()).await;
+                match receiver.push(input) {
+                    Ok(true) => send_pli(&*track, packet.header.ssrc, receiver.stats()).await,
+                    Ok(false) => {}
+                    Err(e) => break Err(e),
                 }
             }
-            TrackRemoteEvent::OnEnded => break,
+            TrackRemoteEvent::OnEnded => break Ok(()),
             _ => {}
         }
+    };
+    let stats = Arc::clone(receiver.stats());
+    if tokio::task::spawn_blocking(move || receiver.finish()).await.is_err() {
+        tracing::warn!("the video decoder thread did not stop cleanly");
     }
-    tracing::info!(ssrc, stats = ?receiver.stats().snapshot(), "video ingest ended");
-    Ok(())
+    tracing::info!(ssrc, stats = ?stats.snapshot(), "video ingest ended");
+    result
 }
 
 async fn send_pli(track: &dyn TrackRemote, media_ssrc: u32, stats: &VideoIngestStats) {
@@ -409,64 +528,110 @@ pub async fn run_audio_track(track: Arc<dyn TrackRemote>, stats: Arc<AudioIngest
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+
+    use bitstream::build;
 
     /// A decoder that "decodes" any non-empty input to a 2x2 frame, failing on 0xff.
-    struct FakeDecoder;
+    struct FakeDecoder {
+        codec: VideoCodec,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl FakeDecoder {
+        fn new(codec: VideoCodec) -> (Box<Self>, Arc<AtomicUsize>) {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let decoder = Box::new(Self {
+                codec,
+                calls: Arc::clone(&calls),
+            });
+            (decoder, calls)
+        }
+    }
+
+    fn two_by_two() -> I420Frame {
+        I420Frame::filled(2, 2, [16, 128, 128]).unwrap()
+    }
 
     impl VideoDecoder for FakeDecoder {
         fn codec(&self) -> VideoCodec {
-            VideoCodec::Vp8
+            self.codec
         }
         fn decode(&mut self, data: &[u8]) -> Result<Option<I420Frame>, CodecError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
             if data.contains(&0xff) {
                 return Err(CodecError::Decode {
-                    codec: VideoCodec::Vp8,
+                    codec: self.codec,
                     bytes: data.len(),
                     detail: "corrupt".into(),
                 });
             }
-            Ok(Some(I420Frame::filled(2, 2, [16, 128, 128]).map_err(|e| {
-                CodecError::Decode {
-                    codec: VideoCodec::Vp8,
-                    bytes: data.len(),
-                    detail: e.to_string(),
-                }
-            })?))
+            Ok(Some(two_by_two()))
         }
     }
 
+    /// One-packet VP8 frame: a 640x360 key frame header, or an inter frame.
     fn vp8(seq: u16, ts: u32, key: bool, body: u8, at: Instant) -> RtpInput {
+        let frame = if key {
+            build::vp8_keyframe(640, 360, &[body])
+        } else {
+            vec![0x01, body]
+        };
+        packet(seq, ts, true, [&[0x10][..], &frame].concat(), at)
+    }
+
+    fn packet(seq: u16, ts: u32, marker: bool, payload: Vec<u8>, at: Instant) -> RtpInput {
         RtpInput {
             sequence_number: seq,
             timestamp: ts,
-            marker: true,
-            payload: Bytes::from(vec![0x10, if key { 0x00 } else { 0x01 }, body]),
+            marker,
+            payload: Bytes::from(payload),
             arrival: at,
         }
     }
 
-    fn receiver() -> VideoReceiver {
-        VideoReceiver::new(
-            Box::new(FakeDecoder),
-            VideoIngestConfig::default(),
-            Arc::new(VideoIngestStats::default()),
-        )
+    /// A receiver whose decoded frames come out of the returned channel.
+    fn receiver_with(
+        decoder: Box<dyn VideoDecoder>,
+        config: VideoIngestConfig,
+        stats: Arc<VideoIngestStats>,
+    ) -> (VideoReceiver, mpsc::Receiver<DecodedFrame>) {
+        let (tx, rx) = mpsc::channel();
+        let sink = move |f: DecodedFrame| {
+            let _ = tx.send(f);
+        };
+        (VideoReceiver::new(decoder, config, stats, sink).unwrap(), rx)
+    }
+
+    fn receiver() -> (VideoReceiver, mpsc::Receiver<DecodedFrame>) {
+        let (decoder, _) = FakeDecoder::new(VideoCodec::Vp8);
+        receiver_with(decoder, VideoIngestConfig::default(), Arc::default())
+    }
+
+    /// Every frame decoded so far (waits for the decoder thread to catch up).
+    fn decoded(rx: &VideoReceiver, frames: &mpsc::Receiver<DecodedFrame>) -> Vec<DecodedFrame> {
+        rx.decoder.settle();
+        frames.try_iter().collect()
     }
 
     #[test]
     fn decodes_from_the_first_keyframe_and_asks_for_one_before() {
         let t0 = Instant::now();
-        let mut rx = receiver();
-        let mut frames = Vec::new();
-        let mut sink = |f: DecodedFrame| frames.push((f.rtp_timestamp, f.keyframe, f.index));
-        assert!(rx.push(vp8(1, 100, false, 0, t0), &mut sink), "delta frame first: PLI");
+        let (mut rx, frames) = receiver();
+        assert!(rx.push(vp8(1, 100, false, 0, t0)).unwrap(), "delta frame first: PLI");
         assert!(
-            !rx.push(vp8(2, 200, false, 0, t0 + Duration::from_millis(100)), &mut sink),
+            !rx.push(vp8(2, 200, false, 0, t0 + Duration::from_millis(100))).unwrap(),
             "rate-limited"
         );
-        assert!(!rx.push(vp8(3, 300, true, 0, t0 + Duration::from_millis(600)), &mut sink));
-        assert!(!rx.push(vp8(4, 400, false, 0, t0 + Duration::from_millis(700)), &mut sink));
-        assert_eq!(frames, [(300, true, 0), (400, false, 1)]);
+        assert!(!rx.push(vp8(3, 300, true, 0, t0 + Duration::from_millis(600))).unwrap());
+        assert!(!rx.push(vp8(4, 400, false, 0, t0 + Duration::from_millis(700))).unwrap());
+        let got: Vec<_> = decoded(&rx, &frames)
+            .iter()
+            .map(|f| (f.rtp_timestamp, f.keyframe, f.index))
+            .collect();
+        assert_eq!(got, [(300, true, 0), (400, false, 1)]);
         let s = rx.stats().snapshot();
         assert_eq!(
             (s.frames_decoded, s.keyframes_decoded, s.frames_skipped, s.packets),
@@ -478,40 +643,235 @@ mod tests {
     #[test]
     fn a_decode_error_skips_until_the_next_keyframe() {
         let t0 = Instant::now();
-        let mut rx = receiver();
-        let mut count = 0;
-        let mut sink = |_f: DecodedFrame| count += 1;
-        rx.push(vp8(1, 100, true, 0, t0), &mut sink);
-        assert!(rx.push(vp8(2, 200, false, 0xff, t0), &mut sink), "error: PLI");
-        assert!(!rx.push(vp8(3, 300, false, 0, t0), &mut sink));
-        rx.push(vp8(4, 400, true, 0, t0 + Duration::from_secs(1)), &mut sink);
-        assert_eq!(count, 2);
-        assert_eq!(rx.stats().snapshot().decode_errors, 1);
+        let (mut rx, frames) = receiver();
+        rx.push(vp8(1, 100, true, 0, t0)).unwrap();
+        rx.push(vp8(2, 200, false, 0xff, t0)).unwrap();
+        rx.decoder.settle();
+        assert!(rx.push(vp8(3, 300, false, 0, t0)).unwrap(), "the error is seen: PLI");
+        rx.push(vp8(4, 400, true, 0, t0 + Duration::from_secs(1))).unwrap();
+        assert_eq!(decoded(&rx, &frames).len(), 2);
+        let s = rx.stats().snapshot();
+        assert_eq!((s.decode_errors, s.frames_skipped), (1, 1));
     }
 
     #[test]
     fn decoded_frames_carry_capture_times_extrapolated_from_the_last_stamp() {
         let t0 = Instant::now();
-        let mut rx = receiver();
-        let mut captures = Vec::new();
-        let mut sink = |f: DecodedFrame| captures.push(f.capture_ntp);
-        rx.push(vp8(1, 100, true, 0, t0), &mut sink);
+        let (mut rx, frames) = receiver();
+        rx.push(vp8(1, 100, true, 0, t0)).unwrap();
         rx.observe_capture_time(3100, 1 << 40);
-        rx.push(vp8(2, 3100, false, 0, t0), &mut sink);
-        rx.push(vp8(3, 93_100, false, 0, t0), &mut sink);
+        rx.push(vp8(2, 3100, false, 0, t0)).unwrap();
+        rx.push(vp8(3, 93_100, false, 0, t0)).unwrap();
+        let captures: Vec<_> = decoded(&rx, &frames).iter().map(|f| f.capture_ntp).collect();
         assert_eq!(captures, [None, Some(1 << 40), Some((1 << 40) + (1 << 32))]);
     }
 
     #[test]
     fn packet_loss_triggers_a_keyframe_request() {
         let t0 = Instant::now();
-        let mut rx = receiver();
-        let mut sink = |_f: DecodedFrame| {};
-        rx.push(vp8(1, 100, true, 0, t0), &mut sink);
+        let (mut rx, frames) = receiver();
+        rx.push(vp8(1, 100, true, 0, t0)).unwrap();
         // seq 2 lost; seq 3 waits, then is released after the reorder delay.
-        assert!(!rx.push(vp8(3, 300, false, 0, t0 + Duration::from_millis(10)), &mut sink));
-        assert!(rx.flush(t0 + Duration::from_millis(200), &mut sink));
+        assert!(!rx.push(vp8(3, 300, false, 0, t0 + Duration::from_millis(10))).unwrap());
+        assert!(rx.flush(t0 + Duration::from_millis(200)).unwrap());
+        assert_eq!(decoded(&rx, &frames).len(), 1);
         let s = rx.stats().snapshot();
         assert_eq!((s.lost_packets, s.frames_skipped, s.frames_decoded), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_16383_square_vp8_keyframe_is_refused_counted_and_never_decoded() {
+        let t0 = Instant::now();
+        let metrics = Metrics::new();
+        let stats = Arc::new(VideoIngestStats::with_metrics(metrics.clone()));
+        let (decoder, calls) = FakeDecoder::new(VideoCodec::Vp8);
+        let (mut rx, frames) = receiver_with(decoder, VideoIngestConfig::default(), Arc::clone(&stats));
+
+        let huge = build::vp8_keyframe(16383, 16383, &[0x42; 64]);
+        let pli = rx
+            .push(packet(1, 100, true, [&[0x10][..], &huge].concat(), t0))
+            .unwrap();
+
+        assert!(pli, "a refused keyframe asks for another");
+        assert!(decoded(&rx, &frames).is_empty());
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "the decoder never saw it");
+        assert_eq!(stats.refused(RefusalReason::FrameTooLarge), 1);
+        assert_eq!(metrics.ingest_refused.with_label_values(&["frame_too_large"]).get(), 1);
+        // The stream recovers with the next keyframe of a sane size.
+        rx.push(vp8(2, 200, true, 0, t0)).unwrap();
+        assert_eq!(decoded(&rx, &frames).len(), 1);
+    }
+
+    #[test]
+    fn a_refused_keyframe_never_reaches_a_real_decoder_or_the_encoder() {
+        use crate::codec::{EncoderConfig, new_encoder};
+        let t0 = Instant::now();
+        let stats = Arc::new(VideoIngestStats::default());
+        let decoder = codec::new_decoder(VideoCodec::Vp8).unwrap();
+        let (mut rx, frames) = receiver_with(decoder, VideoIngestConfig::default(), Arc::clone(&stats));
+        let mut encoder = new_encoder(&EncoderConfig::default()).unwrap();
+        let real = encoder
+            .encode(
+                &I420Frame::filled(320, 180, [80, 128, 128]).unwrap(),
+                Duration::ZERO,
+                false,
+            )
+            .unwrap()
+            .unwrap();
+
+        let huge = build::vp8_keyframe(16383, 16383, &real.data[10..]);
+        rx.push(packet(1, 100, true, [&[0x10][..], &huge].concat(), t0))
+            .unwrap();
+        rx.push(packet(2, 3100, true, [&[0x10][..], &real.data[..]].concat(), t0))
+            .unwrap();
+
+        // Only the sane frame comes out: nothing downstream (slot, encoder) ever sees 16383².
+        let sizes: Vec<_> = decoded(&rx, &frames)
+            .iter()
+            .map(|f| (f.frame.width(), f.frame.height()))
+            .collect();
+        assert_eq!(sizes, [(320, 180)]);
+        assert_eq!(stats.refused(RefusalReason::FrameTooLarge), 1);
+    }
+
+    #[test]
+    fn an_h264_sps_declaring_16368_square_is_refused_before_decoding() {
+        let t0 = Instant::now();
+        let stats = Arc::new(VideoIngestStats::default());
+        let (decoder, calls) = FakeDecoder::new(VideoCodec::H264);
+        let (mut rx, frames) = receiver_with(decoder, VideoIngestConfig::default(), Arc::clone(&stats));
+
+        rx.push(packet(1, 100, false, build::h264_sps(16368, 16368), t0))
+            .unwrap();
+        rx.push(packet(2, 100, false, vec![0x68, 0xce, 0x38, 0x80], t0))
+            .unwrap();
+        rx.push(packet(3, 100, true, vec![0x65, 0x88, 0x84, 0x00], t0)).unwrap();
+
+        assert!(decoded(&rx, &frames).is_empty());
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!(stats.refused(RefusalReason::FrameTooLarge), 1);
+
+        rx.push(packet(4, 200, false, build::h264_sps(640, 360), t0)).unwrap();
+        rx.push(packet(5, 200, true, vec![0x65, 0x88, 0x84, 0x00], t0)).unwrap();
+        assert_eq!(decoded(&rx, &frames).len(), 1, "a sane SPS decodes");
+    }
+
+    #[test]
+    fn a_frame_over_the_byte_or_packet_limit_is_dropped_and_counted() {
+        let t0 = Instant::now();
+        let metrics = Metrics::new();
+        let stats = Arc::new(VideoIngestStats::with_metrics(metrics.clone()));
+        let config = VideoIngestConfig {
+            assembler: AssemblerConfig {
+                max_frame_bytes: 1000,
+                max_frame_packets: 8,
+                ..AssemblerConfig::default()
+            },
+            ..VideoIngestConfig::default()
+        };
+        let (decoder, calls) = FakeDecoder::new(VideoCodec::Vp8);
+        let (mut rx, frames) = receiver_with(decoder, config, Arc::clone(&stats));
+
+        // 3 packets of 600 bytes: over 1000 bytes.
+        let key = build::vp8_keyframe(64, 64, &[7; 590]);
+        rx.push(packet(1, 100, false, [&[0x10][..], &key].concat(), t0))
+            .unwrap();
+        for seq in 2..=3 {
+            rx.push(packet(seq, 100, seq == 3, [&[0x00][..], &[7; 600][..]].concat(), t0))
+                .unwrap();
+        }
+        // 12 small packets: over 8 packets.
+        rx.push(packet(
+            4,
+            200,
+            false,
+            [&[0x10][..], &build::vp8_keyframe(64, 64, &[])].concat(),
+            t0,
+        ))
+        .unwrap();
+        for seq in 5..=15 {
+            rx.push(packet(seq, 200, seq == 15, vec![0x00, 1], t0)).unwrap();
+        }
+
+        assert!(decoded(&rx, &frames).is_empty());
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!(stats.refused(RefusalReason::FrameBytes), 1);
+        assert_eq!(stats.refused(RefusalReason::FramePackets), 1);
+        let refused = |r| metrics.ingest_refused.with_label_values(&[r]).get();
+        assert_eq!((refused("frame_bytes"), refused("frame_packets")), (1, 1));
+    }
+
+    /// A decoder that blocks inside `decode` until released, announcing each call.
+    struct BlockingDecoder {
+        entered: mpsc::Sender<()>,
+        release: Arc<Mutex<mpsc::Receiver<()>>>,
+    }
+
+    impl VideoDecoder for BlockingDecoder {
+        fn codec(&self) -> VideoCodec {
+            VideoCodec::Vp8
+        }
+        fn decode(&mut self, _data: &[u8]) -> Result<Option<I420Frame>, CodecError> {
+            let _ = self.entered.send(());
+            // Released by a message or by the test dropping the sender.
+            let _ = self.release.lock().unwrap().recv();
+            Ok(Some(two_by_two()))
+        }
+    }
+
+    #[test]
+    fn a_slow_decoder_never_blocks_the_rtp_reader() {
+        let t0 = Instant::now();
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let decoder = Box::new(BlockingDecoder {
+            entered: entered_tx,
+            release: Arc::new(Mutex::new(release_rx)),
+        });
+        let metrics = Metrics::new();
+        let stats = Arc::new(VideoIngestStats::with_metrics(metrics.clone()));
+        let config = VideoIngestConfig {
+            decode_queue_frames: 4,
+            ..VideoIngestConfig::default()
+        };
+        let (mut rx, frames) = receiver_with(decoder, config, Arc::clone(&stats));
+        rx.push(vp8(1, 0, true, 0, t0)).unwrap();
+        entered.recv().unwrap();
+
+        // The decoder is stuck in frame 1. The reader goes on through 99 more key frames on
+        // another thread; a watchdog turns a blocked reader into a failure instead of a hang.
+        let (done_tx, done) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut plis = 0;
+            for seq in 2..=100u16 {
+                let at = t0 + Duration::from_millis(u64::from(seq) * 33);
+                plis += usize::from(rx.push(vp8(seq, u32::from(seq) * 3000, true, 0, at)).unwrap());
+            }
+            let _ = done_tx.send(());
+            (rx, plis)
+        });
+        assert!(
+            done.recv_timeout(Duration::from_secs(60)).is_ok(),
+            "the RTP reader blocked on the decoder"
+        );
+        let (rx, plis) = reader.join().unwrap();
+
+        let s = stats.snapshot();
+        assert_eq!(s.packets, 100, "every packet was read");
+        assert_eq!(s.decoder_backlog, 95, "4 queued behind the stuck one, the rest dropped");
+        assert_eq!(
+            metrics
+                .frames_dropped
+                .with_label_values(&["pipeline", "decoder_backlog"])
+                .get(),
+            95
+        );
+        assert_eq!(
+            plis, 6,
+            "keyframes asked for at most every 500 ms, from the first drop at 198 ms"
+        );
+        drop(release);
+        rx.finish();
+        assert_eq!(frames.try_iter().count(), 5);
     }
 }

@@ -11,7 +11,7 @@ pub mod whip;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -158,20 +158,21 @@ pub fn observe_sent(metrics: &Metrics, publisher: &str, frame: &OutgoingFrame) {
     metrics.frames_sent.with_label_values(&[publisher]).inc();
 }
 
-/// A flag any publisher raises when a viewer (or a fresh connection) needs a keyframe; the
-/// encoder loop takes it before the next frame.
+/// Keyframe requests any publisher raises when a viewer (or a fresh connection) needs a
+/// keyframe. The encoder takes them before each frame and honours them at most once per
+/// interval ([`keyframe::KeyframeThrottle`]), so no viewer can force I-frames on everyone.
 #[derive(Clone, Debug, Default)]
-pub struct KeyframeRequest(Arc<AtomicBool>);
+pub struct KeyframeRequest(Arc<AtomicU64>);
 
 impl KeyframeRequest {
-    /// Asks for a keyframe on the next encoded frame.
+    /// Asks for a keyframe.
     pub fn request(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Whether a keyframe was asked for since the last call; clears the request.
-    pub fn take(&self) -> bool {
-        self.0.swap(false, Ordering::AcqRel)
+    /// How many requests arrived since the last call; clears them.
+    pub fn take(&self) -> u64 {
+        self.0.swap(0, Ordering::AcqRel)
     }
 }
 

@@ -535,7 +535,7 @@ impl Actor {
             cancel: cancel.clone(),
             sinks: self.sinks.clone(),
             keyframes: self.keyframes.clone(),
-            video: self.config.video,
+            video: self.config.video.clone(),
         };
         let peer = match peer::build(&self.config.codecs, udp_addrs, ctx).await {
             Ok(peer) => peer,

@@ -246,7 +246,7 @@ impl PeerConnectionEventHandler for Handler {
             RtpCodecKind::Video => {
                 let config = VideoIngestConfig {
                     abs_capture_time_id: *self.abs_capture_time_id.lock().unwrap_or_else(PoisonError::into_inner),
-                    ..self.ctx.video
+                    ..self.ctx.video.clone()
                 };
                 tokio::spawn(
                     async move {
