@@ -597,10 +597,12 @@ mod tests {
         use tokio_util::sync::CancellationToken;
 
         fn live_params(kind: crate::filter::FilterKind) -> Arc<LiveParams> {
-            let params = serde_json::Map::new();
-            let parsed = crate::filter::FilterParams::parse(kind, &params).unwrap();
-            let device = crate::infer::Device::Cpu;
-            LiveParams::new(kind, params, parsed, device, Some(device)).0
+            let config = crate::filter::FilterConfig {
+                kind,
+                ..Default::default()
+            };
+            let parsed = config.parsed_params().unwrap();
+            LiveParams::new(&config, parsed, Some(crate::infer::Device::Cpu)).0
         }
 
         async fn patch_filter(app: &Router, body: &str, content_type: &str, auth: Option<&str>) -> (StatusCode, Value) {
