@@ -792,6 +792,7 @@ mod tests {
                 udp_addrs: vec!["127.0.0.1:0".into()],
                 public_ips: vec![],
                 audio: false,
+                link: Default::default(),
             };
             let peer = SendPeer::new(&opts, tx, KeyframeRequest::default(), || {})
                 .await

@@ -158,6 +158,7 @@ impl PreviewHub {
                 udp_addrs: self.config.udp_addrs.clone(),
                 public_ips: self.config.public_ips.clone(),
                 audio: true,
+                link: Default::default(),
             },
             events_tx,
             self.keyframes.clone(),
