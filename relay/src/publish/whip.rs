@@ -239,7 +239,11 @@ impl WhipPublisher {
                     Some(_) => {}
                     None => return Err(WhipError::PeerDown(RTCPeerConnectionState::Closed)),
                 },
-                f = inputs.video.recv() => if f.is_some() { self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected) },
+                f = inputs.video.recv() => match f {
+                    Some(_) => self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected),
+                    // A closed input (the pipeline ended) would be ready forever: stop instead.
+                    None => return Ok(()),
+                },
                 _ = inputs.audio.recv() => {}
             }
         }

@@ -311,7 +311,12 @@ impl SoraPublisher {
                 }
                 _ = tokio::time::sleep_until(connect_deadline) => return Err(SoraError::Timeout(self.config.connect_timeout)),
                 f = inputs.video.recv() => {
-                    if f.is_some() { self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected); }
+                    // A closed input (the pipeline ended) would be ready forever: stop instead.
+                    if f.is_none() {
+                        say_goodbye(&mut ws, self.config.disconnect_timeout).await;
+                        return Ok(SessionEnd::Shutdown);
+                    }
+                    self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected);
                     continue;
                 }
                 _ = inputs.audio.recv() => continue,
