@@ -2,6 +2,7 @@
 //! samples for the p50/p95/p99 that `/status` (and so the operator) reports.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -93,11 +94,26 @@ pub fn percentiles(samples: &[f64]) -> Percentiles {
     }
 }
 
+/// Weight of a new sample in the smoothed latency (about the last 16 frames count).
+const SMOOTHING: f64 = 1.0 / 8.0;
+/// No sample yet.
+const NO_SAMPLE: u64 = u64::MAX;
+
+/// An exponentially smoothed figure, in microseconds (`NO_SAMPLE` before the first).
+fn smooth(previous: u64, sample_us: u64) -> u64 {
+    if previous == NO_SAMPLE {
+        return sample_us;
+    }
+    let next = previous as f64 + (sample_us as f64 - previous as f64) * SMOOTHING;
+    next.round().max(0.0) as u64
+}
+
 /// Latency recorder shared by every stage.
 #[derive(Clone)]
 pub struct Latency {
     histogram: HistogramVec,
     windows: Arc<Mutex<Vec<VecDeque<f64>>>>,
+    smoothed: Arc<Vec<AtomicU64>>,
 }
 
 impl Latency {
@@ -120,6 +136,7 @@ impl Latency {
         Self {
             histogram,
             windows: Arc::new(Mutex::new(vec![VecDeque::with_capacity(WINDOW); Stage::ALL.len()])),
+            smoothed: Arc::new(Stage::ALL.iter().map(|_| AtomicU64::new(NO_SAMPLE)).collect()),
         }
     }
 
@@ -129,6 +146,10 @@ impl Latency {
             .with_label_values(&[stage.as_str()])
             .observe(d.as_secs_f64());
         let index = Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0);
+        let sample_us = u64::try_from(d.as_micros()).unwrap_or(NO_SAMPLE - 1);
+        // One writer per stage in practice; a lost update under a race only skips a sample.
+        let previous = self.smoothed[index].load(Ordering::Relaxed);
+        self.smoothed[index].store(smooth(previous, sample_us), Ordering::Relaxed);
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
         let w = &mut windows[index];
         if w.len() == WINDOW {
@@ -147,10 +168,23 @@ impl Latency {
         percentiles(&samples)
     }
 
-    /// Forgets the windows (a new input session starts).
+    /// The exponentially smoothed latency of `stage` (none before its first sample): cheap to
+    /// read per packet, e.g. to delay audio by what video spends in the relay.
+    pub fn smoothed(&self, stage: Stage) -> Option<Duration> {
+        let index = Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0);
+        match self.smoothed[index].load(Ordering::Relaxed) {
+            NO_SAMPLE => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// Forgets the windows and smoothed figures (a new input session starts).
     pub fn reset_windows(&self) {
         for w in self.windows.lock().unwrap_or_else(PoisonError::into_inner).iter_mut() {
             w.clear();
+        }
+        for s in self.smoothed.iter() {
+            s.store(NO_SAMPLE, Ordering::Relaxed);
         }
     }
 }
@@ -171,6 +205,37 @@ mod tests {
                 samples: 100
             }
         );
+    }
+
+    #[test]
+    fn the_smoothed_latency_follows_a_step_within_a_few_dozen_frames() {
+        let latency = Latency::new(&Registry::new());
+        assert_eq!(latency.smoothed(Stage::Total), None);
+
+        latency.observe(Stage::Total, Duration::from_millis(40));
+        let first = latency.smoothed(Stage::Total);
+        for _ in 0..40 {
+            latency.observe(Stage::Total, Duration::from_millis(120));
+        }
+        let after = latency.smoothed(Stage::Total).unwrap();
+
+        assert_eq!(first, Some(Duration::from_millis(40)));
+        assert!(
+            after > Duration::from_millis(119) && after <= Duration::from_millis(120),
+            "{after:?}"
+        );
+        latency.reset_windows();
+        assert_eq!(latency.smoothed(Stage::Total), None);
+    }
+
+    #[test]
+    fn one_outlier_moves_the_smoothed_latency_by_an_eighth() {
+        let latency = Latency::new(&Registry::new());
+        latency.observe(Stage::Total, Duration::from_millis(40));
+
+        latency.observe(Stage::Total, Duration::from_millis(840));
+
+        assert_eq!(latency.smoothed(Stage::Total), Some(Duration::from_millis(140)));
     }
 
     #[test]

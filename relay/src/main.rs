@@ -168,6 +168,10 @@ struct FilterArgs {
     /// The ONNX Runtime shared library (default: $ORT_DYLIB_PATH, else libonnxruntime.so).
     #[arg(long)]
     onnxruntime: Option<PathBuf>,
+    /// Directory live changes (PATCH /filter) may take backdrop pictures from (default: none,
+    /// so live changes cannot name pictures).
+    #[arg(long)]
+    assets_dir: Option<PathBuf>,
 }
 
 fn parse_fallback(s: &str) -> Result<DeviceFallback, String> {
@@ -211,6 +215,9 @@ impl FilterArgs {
         }
         if self.onnxruntime.is_some() {
             cfg.onnxruntime = self.onnxruntime;
+        }
+        if self.assets_dir.is_some() {
+            cfg.assets_dir = self.assets_dir;
         }
         Ok(())
     }
@@ -292,7 +299,9 @@ fn make_clip(args: MakeClipArgs) -> anyhow::Result<()> {
         args.width >= 16 && args.height >= 16 && args.width.is_multiple_of(2) && args.height.is_multiple_of(2),
         "--width and --height must be even and at least 16"
     );
-    let rgb = livefilter_relay::filter::load_image("make-clip", &args.image)?;
+    use livefilter_relay::filter::assets::{Assets, ImageLimits, Origin};
+    let picture = Assets::new(None, ImageLimits::default()).load(&args.image, Origin::Config)?;
+    let rgb = picture.rgb();
     let frames = livefilter_relay::bench::clip::panned(
         rgb.as_raw(),
         rgb.width(),

@@ -171,9 +171,12 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     let metrics = Metrics::new();
     // The filter first: a missing or wrong model stops the relay before anything connects.
     let filter_cfg = cfg.filter.clone();
-    let filter = tokio::task::spawn_blocking(move || filter_cfg.build())
-        .await
-        .map_err(|e| RunError::Thread("filter setup", std::io::Error::other(e.to_string())))??;
+    let (filter, resolved) = tokio::task::spawn_blocking(move || {
+        let resolved = filter_cfg.resolved_params()?;
+        filter_cfg.build_with(&resolved).map(|f| (f, resolved))
+    })
+    .await
+    .map_err(|e| RunError::Thread("filter setup", std::io::Error::other(e.to_string())))??;
     let requested = cfg.filter.device;
     let device = filter.device();
     if let Some(d) = device {
@@ -182,13 +185,7 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
             .with_label_values(&[filter.name(), &requested.to_string(), &d.to_string()])
             .set(1);
     }
-    let (live_params, params_rx) = LiveParams::new(
-        cfg.filter.kind,
-        cfg.filter.params.clone(),
-        cfg.filter.parsed_params().map_err(crate::filter::FilterError::from)?,
-        requested,
-        device,
-    );
+    let (live_params, params_rx) = LiveParams::new(&cfg.filter, resolved, device);
     let keyframes = KeyframeRequest::default();
     let Publishers { mut tasks, mut handles } = start_publishers(&cfg, true, &metrics, &keyframes, &shutdown)?;
     let preview = if cfg.preview.enabled {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use livefilter_relay::filter::face::FaceDetector;
+use livefilter_relay::filter::live::LiveParams;
 use livefilter_relay::filter::pixels::Planes;
 use livefilter_relay::filter::pose::{NAMES, PoseEstimator};
 use livefilter_relay::filter::segment::Segmenter;
@@ -244,6 +245,47 @@ fn background_blur_keeps_the_person_and_softens_the_background() {
         "background sharpness {bg_before:.2} -> {bg_after:.2}"
     );
     assert!(face_psnr > 40.0, "the face is kept ({face_psnr:.1} dB)");
+}
+
+#[test]
+fn background_replace_paints_a_picture_from_the_assets_directory_set_live() {
+    let (_, _, _, frame) = astronaut();
+    let assets = scratch("assets");
+    std::fs::create_dir_all(&assets).unwrap();
+    image::RgbImage::from_pixel(16, 9, image::Rgb([255, 0, 0]))
+        .save(assets.join("red.png"))
+        .unwrap();
+    let cfg = FilterConfig {
+        kind: FilterKind::BackgroundReplace,
+        models_dir: Some(root().join("models")),
+        assets_dir: Some(assets.clone()),
+        ..Default::default()
+    };
+    let resolved = cfg.resolved_params().unwrap();
+    let mut filter = cfg.build_with(&resolved).unwrap();
+    let (live, mut params) = LiveParams::new(&cfg, resolved, filter.device());
+
+    // PATCH /filter's work: the picture is read and decoded here, not on the filter thread ...
+    live.patch(json!({"image": "red.png"}).as_object().unwrap()).unwrap();
+    // ... which only swaps it in between two frames.
+    filter.set_params(&params.borrow_and_update()).unwrap();
+    let out = filter.apply(frame.clone()).unwrap().frame;
+
+    let red_luma = rgb_to_yuv([255, 0, 0])[0];
+    let background = luma_region(&out, 420, 40, 512, 200);
+    let near_red = background.iter().filter(|&&y| y.abs_diff(red_luma) <= 8).count();
+    assert!(
+        near_red * 10 >= background.len() * 9,
+        "{near_red} of {} background pixels are the picture's",
+        background.len()
+    );
+    let (a, b) = (
+        luma_region(&frame, 200, 100, 250, 155),
+        luma_region(&out, 200, 100, 250, 155),
+    );
+    let changed = a.iter().zip(&b).filter(|(x, y)| x.abs_diff(**y) > 8).count();
+    assert!(changed * 100 <= a.len(), "the face changed in {changed} pixels");
+    std::fs::remove_dir_all(&assets).unwrap();
 }
 
 /// Generates the tiny models of tests/models/make_tiny_models.py into a fresh directory.

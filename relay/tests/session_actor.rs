@@ -78,6 +78,7 @@ async fn an_offer_dropped_while_it_is_being_answered_leaves_the_relay_idle_with_
         udp_addrs: vec!["127.0.0.1:0".into()],
         public_ips: vec![],
         audio: false,
+        link: Default::default(),
     };
     let sender = SendPeer::new(&options, tx, KeyframeRequest::default(), || {})
         .await

@@ -34,6 +34,7 @@ impl Sender {
             udp_addrs: vec!["127.0.0.1:0".into()],
             public_ips: vec![],
             audio: false,
+            link: Default::default(),
         };
         let peer = SendPeer::new(&options, tx, KeyframeRequest::default(), || {})
             .await
@@ -268,6 +269,7 @@ async fn a_viewer_whose_request_is_dropped_mid_way_frees_its_place() {
             udp_addrs: vec!["127.0.0.1:0".into()],
             public_ips: vec![],
             audio: false,
+            link: Default::default(),
         };
         // A send-only offer is answered recvonly by nobody: build the viewer's recvonly offer
         // by flipping the direction, as the WHEP page's offer would read.

@@ -1,14 +1,16 @@
 //! Live parameter changes: `PATCH /filter` merges a JSON patch into the running filter's
-//! parameters, validates the result as a whole, and hands it to the filter thread, which applies
-//! it between two frames. The browser stays connected.
+//! parameters, validates the result as a whole (a new backdrop picture is read and decoded here,
+//! in the caller's blocking task, under the assets rules), and hands it to the filter thread,
+//! which applies it between two frames. The browser stays connected.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
+use super::assets::{Assets, Origin};
 use super::params::FilterParams;
-use super::{FilterError, FilterKind, load_image};
+use super::{FilterConfig, FilterError, FilterKind};
 use crate::infer::Device;
 
 /// The running filter's parameters, shared by the HTTP handlers and the filter thread.
@@ -16,26 +18,27 @@ pub struct LiveParams {
     kind: FilterKind,
     requested: Device,
     device: Option<Device>,
+    assets: Assets,
     current: Mutex<Map<String, Value>>,
     tx: watch::Sender<FilterParams>,
 }
 
 impl LiveParams {
-    /// Starts from the configured `params` (already validated as `parsed`); the receiver goes to
-    /// the filter thread.
+    /// Starts from `config`'s parameters, already resolved as `resolved`
+    /// ([`FilterConfig::resolved_params`], the ones the filter was built with); `device` is where
+    /// the model runs. The receiver goes to the filter thread.
     pub fn new(
-        kind: FilterKind,
-        params: Map<String, Value>,
-        parsed: FilterParams,
-        requested: Device,
+        config: &FilterConfig,
+        resolved: FilterParams,
         device: Option<Device>,
     ) -> (Arc<Self>, watch::Receiver<FilterParams>) {
-        let (tx, rx) = watch::channel(parsed);
+        let (tx, rx) = watch::channel(resolved);
         let live = Arc::new(Self {
-            kind,
-            requested,
+            kind: config.kind,
+            requested: config.device,
             device,
-            current: Mutex::new(params),
+            assets: config.assets(),
+            current: Mutex::new(config.params.clone()),
             tx,
         });
         (live, rx)
@@ -60,16 +63,15 @@ impl LiveParams {
     }
 
     /// Merges `patch` (RFC 7396) into the parameters; on success the filter thread applies the
-    /// result before its next frame. Refused patches change nothing.
+    /// result before its next frame. Refused patches change nothing. Blocking: a new backdrop
+    /// picture is read and decoded here (bounded), so call it from a blocking task.
     pub fn patch(&self, patch: &Map<String, Value>) -> Result<Value, FilterError> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let (merged, parsed) = FilterParams::merge_live(self.kind, &current, patch)?;
-        // A backdrop picture is read here so a bad path is answered now, not logged later.
-        if let FilterParams::BackgroundReplace(p) = &parsed
-            && let Some(path) = &p.image
-        {
-            load_image(self.kind.as_str(), path)?;
-        }
+        let previous = self.tx.borrow().clone();
+        // A picture that did not change is not read again (the startup one may lie outside the
+        // assets directory); a new one is decoded now, so a bad name is answered, not logged.
+        let parsed = parsed.with_backdrop(&self.assets, Origin::Live, Some(&previous))?;
         *current = merged;
         self.tx.send_replace(parsed);
         drop(current);
@@ -79,21 +81,76 @@ impl LiveParams {
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+
     use super::*;
     use crate::filter::params::BlurParams;
 
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    fn replace_config(params: Value, assets_dir: Option<PathBuf>) -> FilterConfig {
+        FilterConfig {
+            kind: FilterKind::BackgroundReplace,
+            params: map(params),
+            assets_dir,
+            ..FilterConfig::default()
+        }
+    }
+
+    fn live(config: &FilterConfig) -> (Arc<LiveParams>, watch::Receiver<FilterParams>) {
+        LiveParams::new(config, config.resolved_params().unwrap(), Some(Device::Cpu))
+    }
+
+    fn backdrop_of(rx: &mut watch::Receiver<FilterParams>) -> Option<super::super::assets::Backdrop> {
+        match rx.borrow_and_update().clone() {
+            FilterParams::BackgroundReplace(p) => p.backdrop,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "livefilter-live-{}-{}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            std::fs::create_dir_all(dir.join("assets")).unwrap();
+            Self(dir)
+        }
+
+        fn png(&self, name: &str, w: u32, h: u32) -> PathBuf {
+            let path = self.0.join(name);
+            image::RgbImage::from_pixel(w, h, image::Rgb([1, 2, 3]))
+                .save(&path)
+                .unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn an_accepted_patch_reaches_the_filter_thread() {
+        let config = FilterConfig {
+            kind: FilterKind::BackgroundBlur,
+            ..FilterConfig::default()
+        };
         let (live, mut rx) = LiveParams::new(
-            FilterKind::BackgroundBlur,
-            Map::new(),
+            &config,
             FilterParams::BackgroundBlur(BlurParams::default()),
-            Device::Cpu,
             Some(Device::Cpu),
         );
-        let patch = json!({"radius": 40}).as_object().cloned().unwrap();
 
-        let snapshot = live.patch(&patch).unwrap();
+        let snapshot = live.patch(&map(json!({"radius": 40}))).unwrap();
 
         assert_eq!(snapshot["params"]["radius"], 40);
         assert!(rx.has_changed().unwrap());
@@ -105,25 +162,70 @@ mod tests {
 
     #[test]
     fn a_refused_patch_changes_nothing() {
-        let (live, rx) = LiveParams::new(
-            FilterKind::BackgroundReplace,
-            Map::new(),
-            FilterParams::parse(FilterKind::BackgroundReplace, &Map::new()).unwrap(),
-            Device::Cpu,
-            Some(Device::Cpu),
-        );
-        let patch = json!({"image": "/nonexistent/backdrop.png"})
-            .as_object()
-            .cloned()
-            .unwrap();
+        let (live, rx) = live(&replace_config(json!({}), None));
 
-        let err = live.patch(&patch).unwrap_err().to_string();
+        let err = live
+            .patch(&map(json!({"image": "/nonexistent/backdrop.png"})))
+            .unwrap_err()
+            .to_string();
 
-        assert!(
-            err.starts_with("filter background-replace: backdrop image /nonexistent/backdrop.png:"),
-            "{err}"
+        assert_eq!(
+            err,
+            "filter background-replace: image \"/nonexistent/backdrop.png\" is not an allowed asset: the relay has no assets directory for live changes (--assets-dir)"
         );
         assert!(!rx.has_changed().unwrap());
         assert_eq!(live.snapshot()["params"]["image"], Value::Null);
+    }
+
+    #[test]
+    fn dev_zero_and_paths_outside_the_assets_directory_are_refused_alike() {
+        let dir = TempDir::new();
+        dir.png("outside.png", 4, 4);
+        let (live, rx) = live(&replace_config(json!({}), Some(dir.0.join("assets"))));
+
+        let answers: Vec<String> = ["/dev/zero", "../outside.png", "missing.png"]
+            .into_iter()
+            .map(|name| live.patch(&map(json!({ "image": name }))).unwrap_err().to_string())
+            .collect();
+
+        assert!(
+            answers.iter().all(|a| a.contains("is not an allowed asset")),
+            "{answers:?}"
+        );
+        assert!(!rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_new_picture_is_decoded_once_here_and_shared_with_later_changes() {
+        let dir = TempDir::new();
+        dir.png("assets/beach.png", 16, 9);
+        let (live, mut rx) = live(&replace_config(json!({}), Some(dir.0.join("assets"))));
+
+        let shown = live.patch(&map(json!({"image": "beach.png"}))).unwrap();
+        let first = backdrop_of(&mut rx).expect("decoded");
+        live.patch(&map(json!({"smoothing": 0.2}))).unwrap();
+        let second = backdrop_of(&mut rx).expect("still there");
+
+        assert_eq!(shown["params"]["image"], "beach.png");
+        assert_eq!(first.rgb().dimensions(), (16, 9));
+        assert_eq!(first.name(), Path::new("beach.png"));
+        // The same decoding, not a second one.
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn the_startup_picture_outside_the_assets_directory_survives_other_live_changes() {
+        let dir = TempDir::new();
+        let outside = dir.png("startup.png", 8, 8);
+        let config = replace_config(json!({"image": outside}), Some(dir.0.join("assets")));
+        let (live, mut rx) = live(&config);
+        let FilterParams::BackgroundReplace(start) = rx.borrow_and_update().clone() else {
+            panic!()
+        };
+
+        live.patch(&map(json!({"threshold": 0.6}))).unwrap();
+
+        assert_eq!(backdrop_of(&mut rx), start.backdrop);
+        assert!(start.backdrop.is_some());
     }
 }

@@ -4,6 +4,7 @@
 //! detection (`face-blur`), pose keypoints (`pose`), or a user's model with a declared contract
 //! (`onnx`). Each reports how long its preprocessing, inference and postprocessing took.
 
+pub mod assets;
 pub mod custom;
 pub mod face;
 pub mod live;
@@ -12,7 +13,7 @@ pub mod pixels;
 pub mod pose;
 pub mod segment;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::frame::I420Frame;
 use crate::infer::{Device, DeviceFallback, InferError, RuntimeOptions};
+use assets::{AssetError, Assets, ImageLimits, Origin};
 pub use params::{FilterParams, ParamsError};
 
 /// Errors of a filter.
@@ -47,11 +49,11 @@ pub enum FilterError {
     #[error(transparent)]
     Params(#[from] ParamsError),
     /// A backdrop image cannot be used.
-    #[error("filter {filter}: backdrop image {path}: {detail}")]
+    #[error("filter {filter}: {source}")]
     Image {
         filter: &'static str,
-        path: PathBuf,
-        detail: String,
+        #[source]
+        source: AssetError,
     },
 }
 
@@ -173,12 +175,30 @@ pub struct FilterConfig {
     pub threads: usize,
     /// The ONNX Runtime library; default `$ORT_DYLIB_PATH`, else `libonnxruntime.so`.
     pub onnxruntime: Option<PathBuf>,
+    /// Where live changes (`PATCH /filter`) may take backdrop pictures from; none: they may
+    /// not name pictures. Relative paths in the startup parameters are inside it too.
+    pub assets_dir: Option<PathBuf>,
+    /// How large a backdrop picture may be.
+    pub image_limits: ImageLimits,
 }
 
 impl FilterConfig {
-    /// The parsed parameters.
+    /// The parsed parameters (a backdrop picture named but not loaded; see
+    /// [`FilterConfig::resolved_params`]).
     pub fn parsed_params(&self) -> Result<FilterParams, ParamsError> {
         FilterParams::parse(self.kind, &self.params)
+    }
+
+    /// The parsed parameters with their backdrop picture read and decoded (the startup
+    /// configuration's rules: see [`assets`]).
+    pub fn resolved_params(&self) -> Result<FilterParams, FilterError> {
+        let params = self.parsed_params()?;
+        params.with_backdrop(&self.assets(), Origin::Config, None)
+    }
+
+    /// Where backdrop pictures may come from.
+    pub fn assets(&self) -> Assets {
+        Assets::new(self.assets_dir.clone(), self.image_limits)
     }
 
     /// The model file this configuration runs, if the filter has one.
@@ -219,11 +239,18 @@ impl FilterConfig {
         Ok(())
     }
 
-    /// Builds the configured filter: loads the runtime and the model and checks the model's
-    /// contract, so every error surfaces here, at startup.
+    /// Builds the configured filter: loads the runtime, the model and any backdrop picture and
+    /// checks the model's contract, so every error surfaces here, at startup.
     pub fn build(&self) -> Result<Box<dyn Filter>, FilterError> {
+        let params = self.resolved_params()?;
+        self.build_with(&params)
+    }
+
+    /// Builds the configured filter with `params` already resolved (so that the backdrop picture
+    /// decoded for them is the one the filter uses and the live parameters start from).
+    pub fn build_with(&self, params: &FilterParams) -> Result<Box<dyn Filter>, FilterError> {
         self.validate()?;
-        let params = self.parsed_params()?;
+        let params = params.clone();
         let model = || self.model_path().ok_or(FilterError::NoModel);
         let options = self.runtime_options();
         let filter: Box<dyn Filter> = match params {
@@ -255,18 +282,6 @@ pub(crate) fn frame_error(filter: &'static str, frame: &I420Frame, detail: Strin
         height: frame.height(),
         detail,
     }
-}
-
-/// Loads a backdrop picture (PNG or JPEG) as RGB.
-pub fn load_image(filter: &'static str, path: &Path) -> Result<image::RgbImage, FilterError> {
-    let err = |detail: String| FilterError::Image {
-        filter,
-        path: path.to_path_buf(),
-        detail,
-    };
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| err(e.to_string()))?;
-    Ok(img.to_rgb8())
 }
 
 #[cfg(test)]

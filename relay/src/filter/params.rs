@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use super::FilterKind;
+use super::assets::{Assets, Backdrop, Origin};
 use super::pixels::parse_color;
+use super::{FilterError, FilterKind};
 
 /// Why parameters are refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +80,9 @@ pub struct ReplaceParams {
     pub color: Color,
     /// A PNG or JPEG backdrop, scaled to the frame.
     pub image: Option<PathBuf>,
+    /// The decoded `image`, once resolved ([`FilterParams::with_backdrop`]).
+    #[serde(skip)]
+    pub backdrop: Option<Backdrop>,
     /// As for `background-blur`.
     pub smoothing: f32,
     /// As for `background-blur`.
@@ -93,6 +97,7 @@ impl Default for ReplaceParams {
         Self {
             color: Color([0x00, 0xb1, 0x40]),
             image: None,
+            backdrop: None,
             smoothing: blur.smoothing,
             feather: blur.feather,
             threshold: blur.threshold,
@@ -406,6 +411,36 @@ impl FilterParams {
         Ok(parsed)
     }
 
+    /// Reads and decodes the backdrop picture these parameters name (if any) under the rules
+    /// for `origin`, reusing the one `previous` already decoded when it names the same file.
+    /// The decoding happens here, in the caller's thread, so the filter thread only swaps it in.
+    pub fn with_backdrop(
+        mut self,
+        assets: &Assets,
+        origin: Origin,
+        previous: Option<&FilterParams>,
+    ) -> Result<Self, FilterError> {
+        let FilterParams::BackgroundReplace(p) = &mut self else {
+            return Ok(self);
+        };
+        let Some(name) = &p.image else {
+            p.backdrop = None;
+            return Ok(self);
+        };
+        let reused = match previous {
+            Some(FilterParams::BackgroundReplace(prev)) => prev.backdrop.as_ref().filter(|b| b.name() == name),
+            _ => None,
+        };
+        p.backdrop = Some(match reused {
+            Some(b) => b.clone(),
+            None => assets.load(name, origin).map_err(|source| FilterError::Image {
+                filter: FilterKind::BackgroundReplace.as_str(),
+                source,
+            })?,
+        });
+        Ok(self)
+    }
+
     /// Applies a JSON merge patch (RFC 7396: `null` removes a key, i.e. restores its default)
     /// to `current` for a running filter: returns the merged map and its parsed values, or why
     /// the change is refused (nothing is changed then).
@@ -433,6 +468,26 @@ impl FilterParams {
         }
         let parsed = Self::parse(kind, &merged)?;
         Ok((merged, parsed))
+    }
+}
+
+/// Fuzz entry point: any bytes as a `PATCH /filter` body, applied to every filter kind from
+/// its defaults. Never a panic; an accepted patch parses again to the same values.
+pub fn fuzz_patch_bytes(data: &[u8]) {
+    let Ok(Value::Object(patch)) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    for kind in [
+        FilterKind::Passthrough,
+        FilterKind::BackgroundBlur,
+        FilterKind::BackgroundReplace,
+        FilterKind::FaceBlur,
+        FilterKind::Pose,
+        FilterKind::Onnx,
+    ] {
+        if let Ok((merged, parsed)) = FilterParams::merge_live(kind, &Map::new(), &patch) {
+            assert_eq!(FilterParams::parse(kind, &merged).as_ref(), Ok(&parsed), "{kind:?}");
+        }
     }
 }
 

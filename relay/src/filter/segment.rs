@@ -2,12 +2,13 @@
 //! `background-blur` and `background-replace`. The mask is smoothed over time against flicker,
 //! feathered at the edges, and composited in YUV at the frame's size.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::params::{FilterParams, MaskBackground};
+use super::assets::Backdrop as Picture;
+use super::params::{FilterParams, MaskBackground, ParamsError};
 use super::pixels::{Backdrop, Fit, Mask, Planes, blurred_background, composite};
-use super::{Filter, FilterError, Filtered, StageTimes, frame_error, load_image, mismatch};
+use super::{Filter, FilterError, Filtered, StageTimes, frame_error, mismatch};
 use crate::frame::{I420Frame, rgb_to_yuv};
 use crate::infer::{Device, ElementType, Expect, InferError, InputData, Model, RuntimeOptions};
 
@@ -86,9 +87,12 @@ impl Segmenter {
 
 /// What replaces the background.
 enum Look {
-    Blur { radius: u32 },
+    Blur {
+        radius: u32,
+    },
     Color([u8; 3]),
-    Image { path: PathBuf, rgb: image::RgbImage },
+    /// Decoded before it got here (startup or the `PATCH /filter` task), shared, not copied.
+    Image(Picture),
 }
 
 /// How a person mask becomes alpha.
@@ -162,7 +166,8 @@ impl MaskCompositor {
                 composite(frame, &alpha, aw, ah, &Backdrop::Color(*yuv));
                 Ok(())
             }
-            Look::Image { rgb, .. } => {
+            Look::Image(picture) => {
+                let rgb = picture.rgb();
                 let stale = self
                     .backdrop
                     .as_ref()
@@ -219,12 +224,15 @@ fn look_of(name: &'static str, params: &FilterParams) -> Result<(Look, MaskShape
             },
         )),
         FilterParams::BackgroundReplace(p) => {
-            let look = match &p.image {
-                Some(path) => Look::Image {
-                    path: path.clone(),
-                    rgb: load_image(name, path)?,
-                },
-                None => Look::Color(rgb_to_yuv(p.color.0)),
+            let look = match (&p.image, &p.backdrop) {
+                (Some(_), Some(picture)) => Look::Image(picture.clone()),
+                (Some(image), None) => {
+                    return Err(FilterError::Params(ParamsError::Invalid {
+                        filter: name,
+                        detail: format!("image {} was named but not loaded", image.display()),
+                    }));
+                }
+                (None, _) => Look::Color(rgb_to_yuv(p.color.0)),
             };
             Ok((
                 look,
@@ -264,21 +272,15 @@ impl Filter for BackgroundFilter {
     }
 
     fn set_params(&mut self, params: &FilterParams) -> Result<(), FilterError> {
-        // Reuse the loaded backdrop picture when its path did not change.
-        if let (FilterParams::BackgroundReplace(p), Look::Image { path, rgb }) = (params, &self.compositor.look)
-            && p.image.as_deref() == Some(path.as_path())
+        // The same decoded picture: keep the backdrop already scaled to the frame.
+        if let (FilterParams::BackgroundReplace(p), Look::Image(current)) = (params, &self.compositor.look)
+            && p.backdrop.as_ref() == Some(current)
         {
-            let look = Look::Image {
-                path: path.clone(),
-                rgb: rgb.clone(),
-            };
-            let shape = MaskShape {
+            self.compositor.shape = MaskShape {
                 smoothing: p.smoothing,
                 feather: p.feather,
                 threshold: p.threshold,
             };
-            self.compositor.look = look;
-            self.compositor.shape = shape;
             return Ok(());
         }
         let (look, shape) = look_of(self.name, params)?;

@@ -731,10 +731,12 @@ mod tests {
         use tokio_util::sync::CancellationToken;
 
         fn live_params(kind: crate::filter::FilterKind) -> Arc<LiveParams> {
-            let params = serde_json::Map::new();
-            let parsed = crate::filter::FilterParams::parse(kind, &params).unwrap();
-            let device = crate::infer::Device::Cpu;
-            LiveParams::new(kind, params, parsed, device, Some(device)).0
+            let config = crate::filter::FilterConfig {
+                kind,
+                ..Default::default()
+            };
+            let parsed = config.parsed_params().unwrap();
+            LiveParams::new(&config, parsed, Some(crate::infer::Device::Cpu)).0
         }
 
         async fn patch_filter(app: &Router, body: &str, content_type: &str, auth: Option<&str>) -> (StatusCode, Value) {
@@ -925,6 +927,7 @@ mod tests {
                 udp_addrs: vec!["127.0.0.1:0".into()],
                 public_ips: vec![],
                 audio: false,
+                link: Default::default(),
             };
             let peer = SendPeer::new(&opts, tx, KeyframeRequest::default(), || {})
                 .await

@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod keyframe;
+pub mod lipsync;
 pub mod peer;
 pub mod preview;
 pub mod rtp;
@@ -126,6 +127,18 @@ pub(crate) async fn retry_after_error(
     metrics.publisher_errors.with_label_values(&[publisher, kind]).inc();
     let delay = backoff.next_delay(rand::random::<f64>());
     tracing::warn!(publisher, error = %error, retry_in_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "publisher failed; reconnecting");
+    wait_to_reconnect(publisher, delay, inputs, metrics, shutdown).await
+}
+
+/// Waits `delay` before a reconnection (state `backoff`) while dropping (and counting) what the
+/// pipeline offers, then counts the reconnection. False when shutdown came first.
+pub(crate) async fn wait_to_reconnect(
+    publisher: &'static str,
+    delay: std::time::Duration,
+    inputs: &mut PublisherInputs,
+    metrics: &Metrics,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
     metrics.set_publisher_state(publisher, PublisherState::Backoff);
     let deadline = tokio::time::sleep(delay);
     tokio::pin!(deadline);

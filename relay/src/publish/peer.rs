@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rtc::interceptor::Slot;
 use rtc::media_stream::MediaStreamTrack;
@@ -73,6 +73,35 @@ pub struct PeerOptions {
     pub public_ips: Vec<String>,
     /// Whether an Opus audio track is sent (the browser's audio, forwarded).
     pub audio: bool,
+    /// How a lost path is noticed and how long it may take to come back.
+    pub link: LinkTiming,
+}
+
+/// How the publisher's ICE notices a lost path, and how long the publisher waits for it to come
+/// back before it gives the connection up and signals a new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkTiming {
+    /// Silence after which ICE reports `disconnected`.
+    pub ice_disconnected_timeout: Duration,
+    /// Further silence after which ICE reports `failed`.
+    pub ice_failed_timeout: Duration,
+    /// Interval of the consent checks on the selected candidate pair.
+    pub ice_keepalive_interval: Duration,
+    /// How long a `disconnected` connection may take to come back to `connected` before the
+    /// publisher drops it and signals a new one.
+    pub disconnect_grace: Duration,
+}
+
+impl Default for LinkTiming {
+    /// webrtc-rs's ICE timers (5 s, 25 s, 2 s) and a 5 s grace.
+    fn default() -> Self {
+        Self {
+            ice_disconnected_timeout: Duration::from_secs(5),
+            ice_failed_timeout: Duration::from_secs(25),
+            ice_keepalive_interval: Duration::from_secs(2),
+            disconnect_grace: Duration::from_secs(5),
+        }
+    }
 }
 
 /// What the peer reports to its owner.
@@ -82,10 +111,107 @@ pub enum PeerEvent {
     Candidate(RTCIceCandidateInit),
     /// ICE candidate gathering finished.
     GatheringComplete,
-    /// ICE and DTLS are up: media can flow.
+    /// ICE and DTLS are up: media can flow (again, after `Disconnected`).
     Connected,
+    /// ICE lost contact; it may come back on its own (see [`LinkWatch`]).
+    Disconnected,
     /// The connection failed or closed; the owner should tear down and reconnect.
     Down(RTCPeerConnectionState),
+}
+
+/// A change of a publisher's media path, as [`LinkWatch`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkChange {
+    /// Up for the first time.
+    Up,
+    /// Back after being lost for this long.
+    Recovered(Duration),
+    /// Lost; the grace runs until the returned instant.
+    Interrupted(tokio::time::Instant),
+    /// Nothing a publisher acts on (a repeated event).
+    Unchanged,
+}
+
+/// A publisher's view of its media path: a `disconnected` connection gets a grace period that
+/// ends early when it comes back; only when the grace runs out is it given up. Pure: the caller
+/// passes the time.
+#[derive(Clone, Debug)]
+pub struct LinkWatch {
+    grace: Duration,
+    ever_up: bool,
+    lost_since: Option<tokio::time::Instant>,
+}
+
+impl LinkWatch {
+    /// Not yet up; `grace` for each loss.
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            grace,
+            ever_up: false,
+            lost_since: None,
+        }
+    }
+
+    /// Whether media can flow now.
+    pub fn is_up(&self) -> bool {
+        self.ever_up && self.lost_since.is_none()
+    }
+
+    /// When the grace of the current loss runs out (none while up or not yet up).
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.lost_since.map(|since| since + self.grace)
+    }
+
+    /// The peer said `connected` at `now`.
+    pub fn connected(&mut self, now: tokio::time::Instant) -> LinkChange {
+        if let Some(since) = self.lost_since.take() {
+            return LinkChange::Recovered(now.saturating_duration_since(since));
+        }
+        if self.ever_up {
+            return LinkChange::Unchanged;
+        }
+        self.ever_up = true;
+        LinkChange::Up
+    }
+
+    /// The peer said `disconnected` at `now`.
+    pub fn disconnected(&mut self, now: tokio::time::Instant) -> LinkChange {
+        match self.lost_since {
+            Some(_) => LinkChange::Unchanged,
+            None => {
+                self.lost_since = Some(now);
+                LinkChange::Interrupted(now + self.grace)
+            }
+        }
+    }
+}
+
+/// Logs a change of the media path; a recovered one gets a keyframe at once (what was sent
+/// during the loss is gone).
+pub(crate) fn on_link_change(change: LinkChange, keyframes: &KeyframeRequest) {
+    match change {
+        LinkChange::Up | LinkChange::Unchanged => {}
+        LinkChange::Recovered(after) => {
+            tracing::info!(after_ms = after.as_millis() as u64, "media connection recovered");
+            keyframes.request();
+        }
+        LinkChange::Interrupted(until) => {
+            let grace = until.saturating_duration_since(tokio::time::Instant::now());
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "media connection disconnected; waiting for it to come back"
+            );
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one (a disabled `select!` timer that is never
+/// polled once finished).
+pub async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Handler {
@@ -125,9 +251,8 @@ impl PeerConnectionEventHandler for Handler {
         tracing::debug!(%state, "peer connection state");
         match state {
             RTCPeerConnectionState::Connected => self.emit(PeerEvent::Connected),
-            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed | RTCPeerConnectionState::Disconnected => {
-                self.emit(PeerEvent::Down(state))
-            }
+            RTCPeerConnectionState::Disconnected => self.emit(PeerEvent::Disconnected),
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => self.emit(PeerEvent::Down(state)),
             _ => {}
         }
     }
@@ -212,9 +337,8 @@ impl Packetizer {
 ///
 /// Lip sync: video and audio output timestamps are both the browser's own (each rebased by a
 /// constant offset), and webrtc-rs's sender reports tie each stream's RTP clock to wall time
-/// at sending. Audio leaves at once while video leaves after decode, filter and encode, so a
-/// viewer sees video behind audio by the relay's processing latency (`/status` total, tens of
-/// milliseconds), which is inside the range viewers do not notice.
+/// at sending. Video leaves after decode, filter and encode, so the publishers hold audio back
+/// by the smoothed video latency before it gets here ([`super::lipsync`]).
 struct AudioForwarder {
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
@@ -293,8 +417,13 @@ impl SendPeer {
             })
             .build();
 
-        let settings =
-            SettingEngineBuilder::new().with_include_loopback_candidate(ice::binds_loopback(&options.udp_addrs));
+        let settings = SettingEngineBuilder::new()
+            .with_include_loopback_candidate(ice::binds_loopback(&options.udp_addrs))
+            .with_ice_timeouts(
+                Some(options.link.ice_disconnected_timeout),
+                Some(options.link.ice_failed_timeout),
+                Some(options.link.ice_keepalive_interval),
+            );
         let public_ips: Vec<IpAddr> = options.public_ips.iter().filter_map(|ip| ip.parse().ok()).collect();
 
         let pc = PeerConnectionBuilder::new()
@@ -628,5 +757,81 @@ impl SendPeer {
         if let Err(e) = self.pc.close().await {
             tracing::debug!(error = %e, "closing the peer connection");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    const GRACE: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn a_disconnected_link_that_comes_back_within_the_grace_is_recovered() {
+        let t0 = Instant::now();
+        let mut link = LinkWatch::new(GRACE);
+        assert_eq!(link.connected(t0), LinkChange::Up);
+
+        let lost = link.disconnected(t0 + Duration::from_secs(10));
+        let back = link.connected(t0 + Duration::from_secs(13));
+
+        assert_eq!(lost, LinkChange::Interrupted(t0 + Duration::from_secs(15)));
+        assert_eq!(back, LinkChange::Recovered(Duration::from_secs(3)));
+        assert!(link.is_up());
+        assert_eq!(link.deadline(), None);
+    }
+
+    #[test]
+    fn while_disconnected_the_link_is_down_until_the_grace_deadline() {
+        let t0 = Instant::now();
+        let mut link = LinkWatch::new(GRACE);
+        link.connected(t0);
+
+        link.disconnected(t0 + Duration::from_secs(1));
+        // A repeated report does not restart the grace.
+        let again = link.disconnected(t0 + Duration::from_secs(4));
+
+        assert_eq!(again, LinkChange::Unchanged);
+        assert!(!link.is_up());
+        assert_eq!(link.deadline(), Some(t0 + Duration::from_secs(6)));
+    }
+
+    #[test]
+    fn each_loss_gets_a_full_grace_of_its_own() {
+        let t0 = Instant::now();
+        let mut link = LinkWatch::new(GRACE);
+        link.connected(t0);
+        link.disconnected(t0 + Duration::from_secs(1));
+        link.connected(t0 + Duration::from_secs(5));
+
+        link.disconnected(t0 + Duration::from_secs(20));
+
+        assert_eq!(link.deadline(), Some(t0 + Duration::from_secs(25)));
+    }
+
+    #[test]
+    fn not_yet_connected_is_not_up_and_has_no_grace_running() {
+        let link = LinkWatch::new(GRACE);
+        assert!(!link.is_up());
+        assert_eq!(link.deadline(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_grace_timer_fires_at_its_deadline_in_virtual_time() {
+        let mut link = LinkWatch::new(GRACE);
+        let start = Instant::now();
+        link.connected(start);
+        link.disconnected(start);
+
+        sleep_until_some(link.deadline()).await;
+
+        assert_eq!(Instant::now() - start, GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_deadline_never_fires() {
+        let fired = tokio::time::timeout(Duration::from_secs(3600), sleep_until_some(None)).await;
+        assert!(fired.is_err());
     }
 }

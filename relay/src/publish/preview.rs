@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use webrtc::peer_connection::RTCPeerConnectionState;
 
 use super::peer::{PeerError, PeerEvent, PeerOptions, SendPeer};
 use super::{
@@ -234,6 +233,7 @@ impl ViewerTask {
             udp_addrs: hub.config.udp_addrs.clone(),
             public_ips: hub.config.public_ips.clone(),
             audio: true,
+            link: Default::default(),
         };
         let peer = match SendPeer::new(&options, events_tx, hub.keyframes.clone(), move || {
             metrics.keyframe_requests.with_label_values(&[PUBLISHER]).inc()
@@ -285,7 +285,7 @@ impl ViewerTask {
                         hub.keyframes.request();
                         tracing::info!("preview viewer connected");
                     }
-                    Some(PeerEvent::Down(RTCPeerConnectionState::Disconnected)) => {}
+                    Some(PeerEvent::Disconnected) => {}
                     Some(PeerEvent::Down(_)) | None => return "connection closed",
                     Some(_) => {}
                 },

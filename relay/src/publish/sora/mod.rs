@@ -18,14 +18,20 @@ use webrtc::peer_connection::{RTCIceServer, RTCPeerConnectionState};
 
 use self::signaling::{CloseKind, ConnectOptions, ServerMessage, SignalingError};
 use super::backoff::Backoff;
-use super::peer::{PeerError, PeerEvent, PeerOptions, SendPeer};
-use super::{KeyframeRequest, PublisherInputs, PublisherState, observe_sent, retry_after_error};
+use super::lipsync::{AudioDelay, audio_delay};
+use super::peer::{
+    LinkTiming, LinkWatch, PeerError, PeerEvent, PeerOptions, SendPeer, on_link_change, sleep_until_some,
+};
+use super::{KeyframeRequest, PublisherInputs, PublisherState, observe_sent, retry_after_error, wait_to_reconnect};
 use crate::metrics::{DropReason, Metrics};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The metric label of this publisher.
 pub const PUBLISHER: &str = "sora";
+
+/// Consecutive redirects followed by default: a real cluster redirects once.
+pub const DEFAULT_MAX_REDIRECTS: u32 = 5;
 
 /// Sora publisher settings.
 #[derive(Clone, Debug)]
@@ -44,6 +50,10 @@ pub struct SoraConfig {
     pub connect_timeout: Duration,
     /// How long to wait for the server's close after sending `disconnect`.
     pub disconnect_timeout: Duration,
+    /// Consecutive `redirect`s followed before they count as an error (a redirect loop).
+    pub max_redirects: u32,
+    /// ICE timers and the grace a `disconnected` media connection gets.
+    pub link: LinkTiming,
 }
 
 impl SoraConfig {
@@ -58,6 +68,8 @@ impl SoraConfig {
             url_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(30),
             disconnect_timeout: Duration::from_secs(3),
+            max_redirects: DEFAULT_MAX_REDIRECTS,
+            link: LinkTiming::default(),
         }
     }
 }
@@ -93,6 +105,9 @@ pub enum SoraError {
     /// The media connection went down.
     #[error("media connection {0}")]
     PeerDown(RTCPeerConnectionState),
+    /// The servers kept redirecting.
+    #[error("{count} redirects in a row without publishing (the last to {location})")]
+    RedirectLoop { count: u32, location: String },
 }
 
 impl SoraError {
@@ -107,7 +122,57 @@ impl SoraError {
             SoraError::Timeout(_) => "timeout",
             SoraError::Peer(_) => "peer",
             SoraError::PeerDown(_) => "peer_down",
+            SoraError::RedirectLoop { .. } => "redirect_loop",
         }
+    }
+}
+
+/// What the next redirect gets.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum RedirectStep {
+    /// Followed at once (the first of a row: a cluster moving the client to its node).
+    Now,
+    /// Followed after a backoff delay.
+    After(Duration),
+    /// Too many in a row: an error, retried from the configured URLs with backoff.
+    GiveUp(u32),
+}
+
+/// Consecutive redirects and the backoff shared with errors; both start over once publishing.
+struct Retry {
+    backoff: Backoff,
+    redirects: u32,
+    max_redirects: u32,
+}
+
+impl Retry {
+    fn new(max_redirects: u32) -> Self {
+        Self {
+            backoff: Backoff::default(),
+            redirects: 0,
+            max_redirects,
+        }
+    }
+
+    /// Decides about one more redirect (`jitter` uniform in `[0, 1)`).
+    fn redirect(&mut self, jitter: f64) -> RedirectStep {
+        self.redirects += 1;
+        if self.redirects > self.max_redirects {
+            let count = self.redirects;
+            self.redirects = 0;
+            return RedirectStep::GiveUp(count);
+        }
+        if self.redirects == 1 {
+            RedirectStep::Now
+        } else {
+            RedirectStep::After(self.backoff.next_delay(jitter))
+        }
+    }
+
+    /// Publishing: past failures and redirects are forgotten.
+    fn reset(&mut self) {
+        self.backoff.reset();
+        self.redirects = 0;
     }
 }
 
@@ -161,9 +226,11 @@ impl SoraPublisher {
         self.metrics.set_publisher_state(PUBLISHER, state);
     }
 
-    /// Runs until shutdown (or a normal close by the server), reconnecting after errors.
+    /// Runs until shutdown (or a normal close by the server), reconnecting after errors and
+    /// following redirects (after the first of a row with backoff, at most
+    /// [`SoraConfig::max_redirects`] in a row).
     pub async fn run(self, mut inputs: PublisherInputs) {
-        let mut backoff = Backoff::default();
+        let mut retry = Retry::new(self.config.max_redirects);
         let mut redirect: Option<String> = None;
         loop {
             self.set_state(PublisherState::Connecting);
@@ -171,33 +238,42 @@ impl SoraPublisher {
                 Some(location) => (vec![location], true),
                 None => (self.config.signaling_urls.clone(), false),
             };
-            match self.session(&urls, is_redirect, &mut inputs, &mut backoff).await {
+            let error = match self.session(&urls, is_redirect, &mut inputs, &mut retry).await {
                 Ok(SessionEnd::Shutdown) => break,
-                Ok(SessionEnd::Redirect(location)) => {
-                    tracing::info!(%location, "Sora redirected the publisher");
-                    redirect = Some(location);
-                    continue;
-                }
                 Ok(SessionEnd::ClosedNormally(reason)) => {
                     tracing::info!(%reason, "Sora ended the session normally; publisher stops");
                     break;
                 }
-                Err(e) => {
-                    let kind = e.kind();
-                    let retry = retry_after_error(
-                        PUBLISHER,
-                        &e,
-                        kind,
-                        &mut backoff,
-                        &mut inputs,
-                        &self.metrics,
-                        &self.shutdown,
-                    )
-                    .await;
-                    if !retry {
-                        break;
+                Ok(SessionEnd::Redirect(location)) => match retry.redirect(rand::random::<f64>()) {
+                    RedirectStep::GiveUp(count) => SoraError::RedirectLoop { count, location },
+                    step => {
+                        let delay = match step {
+                            RedirectStep::After(d) => d,
+                            _ => Duration::ZERO,
+                        };
+                        tracing::info!(%location, delay_ms = delay.as_millis() as u64, "Sora redirected the publisher");
+                        redirect = Some(location);
+                        if !wait_to_reconnect(PUBLISHER, delay, &mut inputs, &self.metrics, &self.shutdown).await {
+                            break;
+                        }
+                        continue;
                     }
-                }
+                },
+                Err(e) => e,
+            };
+            let kind = error.kind();
+            let go_on = retry_after_error(
+                PUBLISHER,
+                &error,
+                kind,
+                &mut retry.backoff,
+                &mut inputs,
+                &self.metrics,
+                &self.shutdown,
+            )
+            .await;
+            if !go_on {
+                break;
             }
         }
         self.set_state(PublisherState::Stopped);
@@ -210,7 +286,7 @@ impl SoraPublisher {
         urls: &[String],
         redirect: bool,
         inputs: &mut PublisherInputs,
-        backoff: &mut Backoff,
+        retry: &mut Retry,
     ) -> Result<SessionEnd, SoraError> {
         let started = tokio::time::Instant::now();
         let connect_deadline = started + self.config.connect_timeout;
@@ -235,7 +311,12 @@ impl SoraPublisher {
                 }
                 _ = tokio::time::sleep_until(connect_deadline) => return Err(SoraError::Timeout(self.config.connect_timeout)),
                 f = inputs.video.recv() => {
-                    if f.is_some() { self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected); }
+                    // A closed input (the pipeline ended) would be ready forever: stop instead.
+                    if f.is_none() {
+                        say_goodbye(&mut ws, self.config.disconnect_timeout).await;
+                        return Ok(SessionEnd::Shutdown);
+                    }
+                    self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected);
                     continue;
                 }
                 _ = inputs.audio.recv() => continue,
@@ -277,6 +358,7 @@ impl SoraPublisher {
                 udp_addrs: self.config.udp_addrs.clone(),
                 public_ips: self.config.public_ips.clone(),
                 audio: self.config.connect.audio,
+                link: self.config.link,
             },
             peer_tx,
             self.keyframes.clone(),
@@ -291,7 +373,7 @@ impl SoraPublisher {
                 &mut peer_rx,
                 &offer,
                 inputs,
-                backoff,
+                retry,
                 connect_deadline,
             )
             .await;
@@ -308,7 +390,7 @@ impl SoraPublisher {
         peer_rx: &mut mpsc::Receiver<PeerEvent>,
         offer: &signaling::Offer,
         inputs: &mut PublisherInputs,
-        backoff: &mut Backoff,
+        retry: &mut Retry,
         connect_deadline: tokio::time::Instant,
     ) -> Result<SessionEnd, SoraError> {
         let ws_err = |e: tokio_tungstenite::tungstenite::Error| SoraError::WebSocket {
@@ -320,31 +402,47 @@ impl SoraPublisher {
             .await
             .map_err(ws_err)?;
 
-        let mut media_up = false;
+        let mut link = LinkWatch::new(self.config.link.disconnect_grace);
+        let mut held_audio = AudioDelay::default();
         let mut created = false;
         let mut live = false;
         let (mut frames_sent, mut bytes_sent) = (0u64, 0u64);
         let connect_timer = tokio::time::sleep_until(connect_deadline);
         tokio::pin!(connect_timer);
         loop {
-            if !live && media_up && created {
+            if !live && link.is_up() && created {
                 live = true;
-                backoff.reset();
+                retry.reset();
                 self.keyframes.request();
                 self.set_state(PublisherState::Connected);
                 tracing::info!(connection_id = %offer.connection_id, "publishing to Sora");
             }
+            let grace = link.deadline();
+            let audio_due = held_audio.next_due();
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
                     say_goodbye(ws, self.config.disconnect_timeout).await;
                     return Ok(SessionEnd::Shutdown);
                 }
+                _ = sleep_until_some(audio_due), if audio_due.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    while let Some(packet) = held_audio.pop_due(now) {
+                        if let Err(e) = peer.write_audio(&packet).await {
+                            tracing::debug!(error = %e, "audio packet not written");
+                        }
+                    }
+                }
                 _ = &mut connect_timer, if !live => return Err(SoraError::Timeout(self.config.connect_timeout)),
+                _ = sleep_until_some(grace), if grace.is_some() => {
+                    tracing::warn!(grace_ms = self.config.link.disconnect_grace.as_millis() as u64, "media connection did not come back in time");
+                    return Err(SoraError::PeerDown(RTCPeerConnectionState::Disconnected));
+                }
                 event = peer_rx.recv() => match event {
                     Some(PeerEvent::Candidate(c)) => {
                         ws.send(Message::text(signaling::candidate_message(&c.candidate).to_string())).await.map_err(ws_err)?;
                     }
-                    Some(PeerEvent::Connected) => media_up = true,
+                    Some(PeerEvent::Connected) => on_link_change(link.connected(tokio::time::Instant::now()), &self.keyframes),
+                    Some(PeerEvent::Disconnected) => on_link_change(link.disconnected(tokio::time::Instant::now()), &self.keyframes),
                     Some(PeerEvent::GatheringComplete) => {}
                     Some(PeerEvent::Down(state)) => return Err(SoraError::PeerDown(state)),
                     None => return Err(SoraError::PeerDown(RTCPeerConnectionState::Closed)),
@@ -354,7 +452,9 @@ impl SoraPublisher {
                         say_goodbye(ws, self.config.disconnect_timeout).await;
                         return Ok(SessionEnd::Shutdown);
                     };
-                    if !media_up {
+                    // While the path is lost, frames are dropped and counted rather than sent into
+                    // the void; a keyframe follows the recovery.
+                    if !link.is_up() {
                         self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected);
                         continue;
                     }
@@ -371,7 +471,11 @@ impl SoraPublisher {
                     }
                 }
                 a = inputs.audio.recv() => {
-                    if let Some(packet) = a && media_up && let Err(e) = peer.write_audio(&packet).await {
+                    // Held back by the video's latency so both leave together (lip sync).
+                    if let Some(packet) = a && link.is_up()
+                        && let Some(early) = held_audio.push(packet, tokio::time::Instant::now(), audio_delay(&self.metrics.latency))
+                        && let Err(e) = peer.write_audio(&early).await
+                    {
                         tracing::debug!(error = %e, "audio packet not written");
                     }
                 }
@@ -518,4 +622,121 @@ fn outbound_stats(ssrc: u32, frames_sent: u64, bytes_sent: u64) -> Value {
         "bytesSent": bytes_sent,
         "timestamp": now_ms,
     }])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::codec::VideoCodec;
+    use crate::publish::PublisherHandle;
+
+    #[test]
+    fn the_first_redirect_is_followed_at_once_and_later_ones_after_growing_delays() {
+        let mut retry = Retry::new(5);
+
+        let steps: Vec<RedirectStep> = (0..7).map(|_| retry.redirect(1.0)).collect();
+
+        assert_eq!(
+            steps,
+            [
+                RedirectStep::Now,
+                RedirectStep::After(Duration::from_millis(500)),
+                RedirectStep::After(Duration::from_secs(1)),
+                RedirectStep::After(Duration::from_secs(2)),
+                RedirectStep::After(Duration::from_secs(4)),
+                RedirectStep::GiveUp(6),
+                RedirectStep::Now,
+            ]
+        );
+        // The error after giving up waits longer still: the backoff was not reset.
+        assert_eq!(retry.backoff.next_delay(1.0), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn publishing_forgets_past_redirects() {
+        let mut retry = Retry::new(2);
+        retry.redirect(1.0);
+        retry.redirect(1.0);
+
+        retry.reset();
+
+        assert_eq!(retry.redirect(1.0), RedirectStep::Now);
+        assert_eq!(retry.redirect(1.0), RedirectStep::After(Duration::from_millis(500)));
+    }
+
+    /// A signaling server that answers every `connect` with a redirect to itself; counts them.
+    async fn redirect_loop_server() -> (String, Arc<AtomicU32>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/signaling", listener.local_addr().unwrap());
+        let connects = Arc::new(AtomicU32::new(0));
+        let (location, count) = (url.clone(), Arc::clone(&connects));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (location, count) = (location.clone(), Arc::clone(&count));
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                        return;
+                    };
+                    if let Some(Ok(Message::Text(_connect))) = ws.next().await {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let redirect = json!({"type": "redirect", "location": location}).to_string();
+                        let _ = ws.send(Message::text(redirect)).await;
+                    }
+                    while let Some(Ok(_)) = ws.next().await {}
+                });
+            }
+        });
+        (url, connects)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_redirect_loop_is_bounded_and_backed_off() {
+        let (url, connects) = redirect_loop_server().await;
+        let mut config = SoraConfig::new(
+            vec![url],
+            ConnectOptions {
+                channel_id: "loop".into(),
+                client_id: None,
+                bundle_id: None,
+                metadata: None,
+                signaling_notify_metadata: None,
+                codec: VideoCodec::Vp8,
+                bitrate_kbps: 500,
+                audio: false,
+            },
+        );
+        // Only the backoff may pace this test's virtual clock.
+        config.url_timeout = Duration::from_secs(3600);
+        let metrics = Metrics::new();
+        let shutdown = CancellationToken::new();
+        let (_handle, inputs) = PublisherHandle::new(PUBLISHER, metrics.clone());
+        let publisher =
+            SoraPublisher::new(config, metrics.clone(), KeyframeRequest::default(), shutdown.clone()).unwrap();
+        let task = tokio::spawn(publisher.run(inputs));
+
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let seen = connects.load(Ordering::SeqCst);
+        shutdown.cancel();
+        task.await.unwrap();
+
+        // 1 + 5 followed redirects, then the loop is an error waiting 4-8 s (and its retry is
+        // redirected once more at once): 6 to 8 connections in 10 s, where it used to be
+        // thousands.
+        assert!((6..=8).contains(&seen), "{seen} connections in 10 s");
+        let errors = metrics
+            .publisher_errors
+            .with_label_values(&[PUBLISHER, "redirect_loop"])
+            .get();
+        assert_eq!(errors, 1);
+        let reconnects = metrics.publisher_reconnects.with_label_values(&[PUBLISHER]).get();
+        // Every connection after the first was a counted reconnect (the last may be counted
+        // and still connecting when the test stops).
+        assert!(
+            (u64::from(seen) - 1..=u64::from(seen)).contains(&reconnects),
+            "{reconnects} reconnects"
+        );
+    }
 }

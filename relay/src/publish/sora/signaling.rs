@@ -170,8 +170,11 @@ pub enum ServerMessage {
     Unknown { message_type: String },
 }
 
+/// Characters of a bad message quoted in an error.
+const MAX_EXCERPT_CHARS: usize = 200;
+
 fn excerpt(text: &str) -> String {
-    text.chars().take(200).collect()
+    text.chars().take(MAX_EXCERPT_CHARS).collect()
 }
 
 fn str_field(v: &Value, message: &'static str, field: &'static str) -> Result<String, SignalingError> {
@@ -191,7 +194,7 @@ fn str_field(v: &Value, message: &'static str, field: &'static str) -> Result<St
 /// Parses one server text frame.
 pub fn parse_server_message(text: &str) -> Result<ServerMessage, SignalingError> {
     let v: Value = serde_json::from_str(text).map_err(|e| SignalingError::NotJson {
-        detail: e.to_string(),
+        detail: excerpt(&e.to_string()),
         excerpt: excerpt(text),
     })?;
     let Some(message_type) = v.get("type").and_then(Value::as_str) else {
@@ -205,7 +208,8 @@ pub fn parse_server_message(text: &str) -> Result<ServerMessage, SignalingError>
                 Some(list) => serde_json::from_value(list.clone()).map_err(|e| SignalingError::MissingField {
                     message: "offer",
                     field: "config.iceServers",
-                    detail: e.to_string(),
+                    // serde quotes the offending value whole.
+                    detail: excerpt(&e.to_string()),
                 })?,
             };
             ServerMessage::Offer(Offer {
@@ -294,6 +298,28 @@ pub fn classify_close(code: Option<u16>, reason: &str) -> CloseKind {
             reason: "connection closed without a close frame".to_owned(),
         },
     }
+}
+
+/// The longest text a [`SignalingError`] may have: inputs are quoted only in excerpts.
+pub const MAX_ERROR_CHARS: usize = 1024;
+
+/// Fuzz entry point: any bytes a server might send as a text frame (and as a close frame's
+/// code and reason) are parsed without a panic, and a refusal quotes only a bounded excerpt.
+pub fn fuzz_server_bytes(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Err(e) = parse_server_message(&text) {
+        let len = e.to_string().chars().count();
+        assert!(
+            len <= MAX_ERROR_CHARS,
+            "a {len}-character error for {} input bytes",
+            data.len()
+        );
+    }
+    let code = match data {
+        [a, b, ..] => Some(u16::from_be_bytes([*a, *b])),
+        _ => None,
+    };
+    let _ = classify_close(code, &text);
 }
 
 #[cfg(test)]
