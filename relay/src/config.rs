@@ -141,6 +141,11 @@ pub struct IngestSection {
     pub codecs: Vec<VideoCodec>,
     /// The bitrate the browser starts at (kbit/s; 0 leaves the browser's default).
     pub start_bitrate_kbps: u32,
+    /// Largest picture accepted from the browser (of a landscape picture; portrait pictures
+    /// are measured turned): larger keyframes are refused before decoding and counted.
+    pub max_width: u32,
+    /// See `max_width`.
+    pub max_height: u32,
 }
 
 impl Default for IngestSection {
@@ -148,6 +153,8 @@ impl Default for IngestSection {
         Self {
             codecs: vec![VideoCodec::Vp8, VideoCodec::H264],
             start_bitrate_kbps: 2000,
+            max_width: 1920,
+            max_height: 1080,
         }
     }
 }
@@ -181,6 +188,9 @@ pub struct VideoConfig {
     pub bitrate_kbps: u32,
     /// A keyframe at least this often, in seconds (0: only when a viewer asks).
     pub keyframe_interval_secs: f64,
+    /// Viewers' keyframe requests (PLI/FIR) are honoured at most once per this many
+    /// milliseconds; requests in between wait for the next keyframe.
+    pub keyframe_request_interval_ms: u32,
     /// Output width (test pattern size).
     pub width: u32,
     /// Output height.
@@ -198,6 +208,7 @@ impl Default for VideoConfig {
             codec: VideoCodec::Vp8,
             bitrate_kbps: 1000,
             keyframe_interval_secs: 2.0,
+            keyframe_request_interval_ms: 500,
             width: 1280,
             height: 720,
             fps: 30,
@@ -222,6 +233,8 @@ pub struct SoraOutput {
     pub metadata: Option<serde_json::Value>,
     /// Read `metadata` from this JSON file instead (a mounted Secret).
     pub metadata_file: Option<PathBuf>,
+    /// Redirects followed in a row before they count as an error (and back off).
+    pub max_redirects: Option<u32>,
 }
 
 /// Where to publish over WHIP.
@@ -311,6 +324,15 @@ impl RelayConfig {
             });
         }
         range("video.fps", v.fps, 1, 120, "1..=120")?;
+        range(
+            "video.keyframe_request_interval_ms",
+            v.keyframe_request_interval_ms,
+            0,
+            10_000,
+            "0..=10000",
+        )?;
+        range("ingest.max_width", self.ingest.max_width, 16, 8192, "16..=8192")?;
+        range("ingest.max_height", self.ingest.max_height, 16, 8192, "16..=8192")?;
         range("video.bitrate_kbps", v.bitrate_kbps, 50, 50_000, "50..=50000")?;
         if !(0.0..=3600.0).contains(&v.keyframe_interval_secs) {
             return Err(ConfigError::OutOfRange {
@@ -494,6 +516,10 @@ impl RelayConfig {
         );
         config.udp_addrs = crate::ice::ephemeral(&self.ice.udp_addrs);
         config.public_ips = self.ice.public_ips.clone();
+        config.link.disconnect_grace = Duration::from_secs_f64(self.ice.disconnected_grace_secs);
+        if let Some(n) = sora.max_redirects {
+            config.max_redirects = n;
+        }
         Ok(Some(config))
     }
 
@@ -510,6 +536,7 @@ impl RelayConfig {
         config.public_ips = self.ice.public_ips.clone();
         config.request_timeout = Duration::from_secs(10);
         config.audio = audio;
+        config.link.disconnect_grace = Duration::from_secs_f64(self.ice.disconnected_grace_secs);
         Ok(Some(config))
     }
 }

@@ -151,7 +151,8 @@ pub async fn test_pattern(cfg: RelayConfig, shutdown: CancellationToken) -> Resu
         health: Health::default(),
     });
     let server = http::server::serve(listen(&cfg), app, metrics.clone(), shutdown.clone()).await?;
-    let stage = EncodeStage::new(encoder, handles, keyframes, metrics);
+    let stage = EncodeStage::new(encoder, handles, keyframes, metrics)
+        .with_keyframe_request_interval(Duration::from_millis(u64::from(cfg.video.keyframe_request_interval_ms)));
     let thread = TestPatternPipeline { pattern, stage }
         .spawn(shutdown.clone())
         .map_err(|e| RunError::Thread("test-pattern", e))?;
@@ -231,6 +232,10 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
             timers: cfg.session_timers(),
             video: VideoIngestConfig {
                 health: Some(health.clone()),
+                max_size: crate::ingest::SizeLimit {
+                    max_width: cfg.ingest.max_width,
+                    max_height: cfg.ingest.max_height,
+                },
                 ..VideoIngestConfig::default()
             },
         },
@@ -264,7 +269,8 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     });
     let server = http::server::serve(listen(&cfg), app, metrics.clone(), shutdown.clone()).await?;
     let output_size = (!cfg.video.follow_input).then_some((cfg.video.width, cfg.video.height));
-    let stage = EncodeStage::new(encoder, handles, keyframes, metrics);
+    let stage = EncodeStage::new(encoder, handles, keyframes, metrics)
+        .with_keyframe_request_interval(Duration::from_millis(u64::from(cfg.video.keyframe_request_interval_ms)));
     let thread = FilterPipeline {
         slot: Arc::clone(&slot),
         filter,

@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::peer::{PeerError, PeerEvent, PeerOptions, SendPeer};
+use super::lipsync::{AudioDelay, audio_delay};
+use super::peer::{PeerError, PeerEvent, PeerOptions, SendPeer, sleep_until_some};
 use super::{
     AudioPacket, KeyframeRequest, OutgoingFrame, PUBLISHER_BUFFER_AUDIO, PUBLISHER_BUFFER_FRAMES, PublisherInputs,
     PublisherState, observe_sent,
@@ -275,9 +276,20 @@ impl ViewerTask {
         let mut live = false;
         let timeout = tokio::time::sleep(CONNECT_TIMEOUT);
         tokio::pin!(timeout);
+        // Audio is held back by the video's latency so both reach the viewer together.
+        let mut held_audio = AudioDelay::default();
         loop {
+            let audio_due = held_audio.next_due();
             tokio::select! {
                 _ = self.cancel.cancelled() => return "removed",
+                _ = sleep_until_some(audio_due), if audio_due.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    while let Some(packet) = held_audio.pop_due(now) {
+                        if let Err(e) = peer.write_audio(&packet).await {
+                            tracing::debug!(error = %e, "preview audio not written");
+                        }
+                    }
+                }
                 _ = &mut timeout, if !live => return "did not connect in time",
                 e = events.recv() => match e {
                     Some(PeerEvent::Connected) => {
@@ -300,7 +312,10 @@ impl ViewerTask {
                     }
                 }
                 a = self.audio.recv() => {
-                    if let Some(packet) = a && live && let Err(e) = peer.write_audio(&packet).await {
+                    if let Some(packet) = a && live
+                        && let Some(early) = held_audio.push(packet, tokio::time::Instant::now(), audio_delay(&hub.metrics.latency))
+                        && let Err(e) = peer.write_audio(&early).await
+                    {
                         tracing::debug!(error = %e, "preview audio not written");
                     }
                 }
