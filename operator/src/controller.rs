@@ -2,11 +2,10 @@
 //! status, events. Everything it decides is computed by the pure modules (`objects`,
 //! `relay_config`, `status`, `ports`); this module only sequences the I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::jiff::Timestamp;
@@ -17,7 +16,6 @@ use kube::runtime::finalizer::{self, Event as Finalized, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::Semaphore;
 use tracing::{Instrument, info, warn};
 
 use crate::crd::{
@@ -26,10 +24,13 @@ use crate::crd::{
 };
 use crate::imageflux::{Deleted, HlsAudio, HlsRenditionRequest, HlsVideo, ImageFluxClient, ImageFluxError};
 use crate::metrics::Metrics;
-use crate::objects::{self, HASH_ANNOTATION, MANAGER, Names, PUBLIC_IP_ANNOTATION, RelayDefaults};
+use crate::objects::{
+    self, FILTER_PARAMS_ANNOTATION, HASH_ANNOTATION, MANAGER, Names, PUBLIC_IP_ANNOTATION, RelayDefaults,
+};
+use crate::observer::{Observer, Target};
 use crate::ports::{PortAllocator, PortError};
 use crate::relay_config::{self, ConfigBuildError};
-use crate::status::{self, Cond, PhaseInputs, RelayStatus, condition};
+use crate::status::{self, Cond, PhaseInputs, condition};
 
 /// The finalizer that keeps a session until its ImageFlux channel is deleted.
 pub const FINALIZER: &str = "livefilter.dev/channel";
@@ -99,38 +100,7 @@ impl Error {
     }
 }
 
-/// Reads a relay's `/status` (HTTP in production, canned answers in tests).
-pub trait RelayStatusSource: Send + Sync {
-    /// The JSON at `url`, or why there is none.
-    fn fetch(&self, url: String) -> BoxFuture<'static, Result<serde_json::Value, String>>;
-}
-
-/// Reads `/status` over HTTP with a short timeout.
-pub struct HttpRelayStatus {
-    http: reqwest::Client,
-}
-
-impl HttpRelayStatus {
-    /// A reader with a 2-second timeout per request.
-    pub fn new() -> Result<Self, reqwest::Error> {
-        Ok(Self {
-            http: reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?,
-        })
-    }
-}
-
-impl RelayStatusSource for HttpRelayStatus {
-    fn fetch(&self, url: String) -> BoxFuture<'static, Result<serde_json::Value, String>> {
-        let http = self.http.clone();
-        Box::pin(async move {
-            let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
-            if !response.status().is_success() {
-                return Err(format!("HTTP {}", response.status().as_u16()));
-            }
-            response.json().await.map_err(|e| e.to_string())
-        })
-    }
-}
+pub use crate::observer::{HttpRelayApi, RelayApi};
 
 /// The caches of the objects sessions own, fed by watches (in tests, filled by hand).
 #[derive(Clone)]
@@ -173,6 +143,13 @@ pub struct Settings {
     pub status_interval: Duration,
     /// How soon a session that is still starting is looked at again.
     pub provisioning_interval: Duration,
+    /// How long a relay that was ready may stay not ready before its Pod is replaced.
+    pub not_ready_grace: Duration,
+    /// Images sessions may name in `spec.relay.image` (a trailing `*` matches any suffix);
+    /// the operator's own relay images are always allowed.
+    pub allowed_images: Vec<String>,
+    /// Delete ImageFlux channels no session records (the operator owns the account).
+    pub delete_orphan_channels: bool,
 }
 
 impl Settings {
@@ -192,6 +169,9 @@ impl Default for Settings {
             default_token_secret: "imageflux".to_owned(),
             status_interval: Duration::from_secs(10),
             provisioning_interval: Duration::from_secs(5),
+            not_ready_grace: Duration::from_secs(60),
+            allowed_images: Vec::new(),
+            delete_orphan_channels: false,
         }
     }
 }
@@ -210,10 +190,8 @@ pub struct Context {
     pub ports: Mutex<PortAllocator>,
     /// Owned-object caches.
     pub stores: Stores,
-    /// Reads relays' `/status`.
-    pub relay_status: Arc<dyn RelayStatusSource>,
-    /// Bounds how many `/status` reads run at once across all sessions.
-    pub status_permits: Semaphore,
+    /// Reads relays apart from the reconcile.
+    pub observer: Arc<Observer>,
     /// Settings.
     pub settings: Settings,
     /// The time (tests pin it).
@@ -223,10 +201,15 @@ pub struct Context {
     created_channels: Mutex<HashMap<String, ChannelStatus>>,
     /// Consecutive failures per session, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Sessions (by uid) whose cleanup finished: a reconcile on a stale cached copy after the
+    /// finalizer went must not delete the channel again.
+    cleaned: Mutex<HashSet<String>>,
+    /// ImageFlux channels this process deleted.
+    deleted_channels: Mutex<HashSet<String>>,
 }
 
 impl Context {
-    /// A context; `status_concurrency` bounds parallel `/status` reads.
+    /// A context.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
@@ -235,8 +218,7 @@ impl Context {
         metrics: Metrics,
         ports: PortAllocator,
         stores: Stores,
-        relay_status: Arc<dyn RelayStatusSource>,
-        status_concurrency: usize,
+        observer: Arc<Observer>,
         settings: Settings,
     ) -> Self {
         Self {
@@ -246,17 +228,28 @@ impl Context {
             metrics,
             ports: Mutex::new(ports),
             stores,
-            relay_status,
-            status_permits: Semaphore::new(status_concurrency.max(1)),
+            observer,
             settings,
             clock: Arc::new(Timestamp::now),
             created_channels: Mutex::default(),
             failures: Mutex::default(),
+            cleaned: Mutex::default(),
+            deleted_channels: Mutex::default(),
         }
     }
 
     fn now(&self) -> Timestamp {
         (self.clock)()
+    }
+
+    /// The channel ids sessions created in this process and have not deleted.
+    pub fn live_created_channels(&self) -> HashSet<String> {
+        self.created_channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|c| c.id.clone())
+            .collect()
     }
 
     fn ports(&self) -> std::sync::MutexGuard<'_, PortAllocator> {
@@ -316,6 +309,18 @@ pub async fn reconcile(session: Arc<LiveFilterSession>, ctx: Arc<Context>) -> Re
         .ok_or_else(|| Error::Build("the session has no namespace".into()))?;
     let api: Api<LiveFilterSession> = Api::namespaced(ctx.client.clone(), &ns);
     let span = tracing::info_span!("reconcile", session = %session_key(&session));
+    let uid = session.uid().unwrap_or_default();
+    if session.metadata.deletion_timestamp.is_some()
+        && ctx.cleaned.lock().unwrap_or_else(|p| p.into_inner()).contains(&uid)
+    {
+        // A stale cached copy after the cleanup: the channel is gone and the finalizer is
+        // being (or was) removed; only a fresh read can say whether anything is left to do.
+        let fresh = api.get_opt(&session.name_any()).await?;
+        let ours = fresh.as_ref().filter(|f| f.uid().as_deref() == Some(uid.as_str()));
+        if ours.is_none_or(|f| !f.finalizers().iter().any(|x| x == FINALIZER)) {
+            return Ok(Action::await_change());
+        }
+    }
     finalizer(&api, FINALIZER, session, |event| async {
         match event {
             Finalized::Apply(s) => apply(s, &ctx).await,
@@ -405,11 +410,17 @@ async fn patch_status(
 ) -> Result<LiveFilterSession, Error> {
     let ns = s.namespace().unwrap_or_default();
     let api: Api<LiveFilterSession> = Api::namespaced(ctx.client.clone(), &ns);
+    // `metrics` belongs to the observer's field manager; leaving it out keeps it as written.
+    let mut status = serde_json::to_value(status).unwrap_or_default();
+    if let Some(m) = status.as_object_mut() {
+        m.remove("metrics");
+    }
     let patch = json!({
         "apiVersion": "livefilter.dev/v1alpha1",
         "kind": "LiveFilterSession",
         "status": status,
     });
+    ctx.metrics.status_writes.with_label_values(&["reconcile"]).inc();
     Ok(api
         .patch_status(
             &s.name_any(),
@@ -635,12 +646,40 @@ where
 struct PodStep {
     pod: Option<Pod>,
     requeue_soon: bool,
+    /// Admission refused the Pod: the API's message.
+    rejected: Option<String>,
+}
+
+/// Whether the error is the API refusing the object itself (admission, validation), which
+/// retrying cannot fix.
+fn rejected(e: &kube::Error) -> Option<String> {
+    match e {
+        kube::Error::Api(s) if matches!(s.code, 400 | 403 | 422) => Some(s.message.clone()),
+        _ => None,
+    }
+}
+
+/// How long the Pod has been not ready after being ready, if it is not ready now.
+fn not_ready_for(pod: &Pod, now: Timestamp) -> Option<Duration> {
+    let ready = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    if ready.status == "True" {
+        return None;
+    }
+    let since = ready.last_transition_time.as_ref()?.0;
+    Duration::try_from(now.duration_since(since)).ok()
 }
 
 async fn ensure_pod(
     s: &LiveFilterSession,
     status: &mut LiveFilterSessionStatus,
     desired: Pod,
+    was_ready: bool,
     ctx: &Context,
 ) -> Result<PodStep, Error> {
     let ns = s.namespace().unwrap_or_default();
@@ -649,9 +688,22 @@ async fn ensure_pod(
     let want = desired.annotations().get(HASH_ANNOTATION).cloned();
     let current = ctx.stores.pods.get(&ObjectRef::new(&name).within(&ns));
     let Some(current) = current else {
-        let created = api
+        let created = match api
             .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired))
-            .await?;
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(message) = rejected(&e) {
+                    return Ok(PodStep {
+                        pod: None,
+                        requeue_soon: false,
+                        rejected: Some(message),
+                    });
+                }
+                return Err(e.into());
+            }
+        };
         let uid = created.uid();
         match (&status.relay_pod_uid, &uid) {
             (Some(old), Some(new)) if old != new => {
@@ -678,6 +730,7 @@ async fn ensure_pod(
         return Ok(PodStep {
             pod: Some(created),
             requeue_soon: false,
+            rejected: None,
         });
     };
     if !objects::is_owned_by(current.as_ref(), s) {
@@ -690,9 +743,12 @@ async fn ensure_pod(
         return Ok(PodStep {
             pod: Some((*current).clone()),
             requeue_soon: true,
+            rejected: None,
         });
     }
     let phase = current.status.as_ref().and_then(|st| st.phase.as_deref());
+    let same_pod = current.uid().is_some() && current.uid() == status.relay_pod_uid;
+    let not_ready = not_ready_for(&current, ctx.now()).filter(|_| was_ready && same_pod);
     let replace = if current.annotations().get(HASH_ANNOTATION) != want.as_ref() {
         Some((
             "RelayRolling",
@@ -714,7 +770,13 @@ async fn ensure_pod(
             ),
         ))
     } else {
-        None
+        not_ready.filter(|d| *d >= ctx.settings.not_ready_grace).map(|d| {
+            (
+                "RelayNotReady",
+                EventType::Warning,
+                format!("the relay has not been ready for {}s; replacing it", d.as_secs()),
+            )
+        })
     };
     if let Some((reason, type_, note)) = replace {
         // Old first, then new: two relays must never publish into one channel at once, and
@@ -732,16 +794,116 @@ async fn ensure_pod(
             Err(e) => return Err(e.into()),
         }
         ctx.event(s, type_, reason, note).await;
+        // A planned roll is a new start, not a degradation: the next Pod is created as a first
+        // one. A failed or stuck relay stays Degraded, and its successor is a recreation.
+        if reason == "RelayRolling" {
+            status.relay_pod_uid = None;
+        }
         return Ok(PodStep {
             pod: None,
             requeue_soon: true,
+            rejected: None,
         });
     }
     status.relay_pod_uid = current.uid();
+    let requeue_soon = not_ready.is_some();
     Ok(PodStep {
         pod: Some((*current).clone()),
-        requeue_soon: false,
+        requeue_soon,
+        rejected: None,
     })
+}
+
+/// What a live filter change came to.
+enum LiveFilter {
+    /// The relay runs the spec's parameters.
+    Current,
+    /// The relay cannot be reached now; try again soon.
+    Retry,
+    /// The relay refused them: the Pod must be replaced.
+    Refused(String),
+}
+
+/// Sends changed filter parameters to the running relay (`PATCH /filter`, RFC 7396: removed
+/// keys as `null`) and records them on the Pod.
+async fn apply_filter_params(
+    s: &LiveFilterSession,
+    pod: &Pod,
+    ports: PortsStatus,
+    params: &serde_json::Map<String, serde_json::Value>,
+    ctx: &Context,
+) -> Result<LiveFilter, Error> {
+    let want = objects::filter_params_json(params);
+    let running = pod
+        .annotations()
+        .get(FILTER_PARAMS_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    if running == want {
+        return Ok(LiveFilter::Current);
+    }
+    let Some(base) = relay_base(pod, ports) else {
+        return Ok(LiveFilter::Retry);
+    };
+    let old: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&running).unwrap_or_default();
+    let mut patch: serde_json::Map<String, serde_json::Value> = old
+        .keys()
+        .filter(|k| !params.contains_key(*k))
+        .map(|k| (k.clone(), serde_json::Value::Null))
+        .collect();
+    patch.extend(params.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let ns = s.namespace().unwrap_or_default();
+    let token = match &s.spec.access.token_secret_ref {
+        Some(r) => Some(read_secret(ctx, &ns, r, "token").await?),
+        None => None,
+    };
+    match ctx
+        .observer
+        .relays
+        .patch_filter(base, token, serde_json::Value::Object(patch))
+        .await
+    {
+        Ok(()) => {
+            let annotate = json!({"metadata": {"annotations": {FILTER_PARAMS_ANNOTATION: want}}});
+            Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                .patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&annotate))
+                .await?;
+            info!("filter parameters changed live");
+            ctx.event(
+                s,
+                EventType::Normal,
+                "FilterChanged",
+                "filter parameters applied to the running relay".into(),
+            )
+            .await;
+            Ok(LiveFilter::Current)
+        }
+        Err(crate::observer::FilterPatchError::Unreachable(e)) => {
+            warn!(error = %e, "cannot send the filter change yet");
+            Ok(LiveFilter::Retry)
+        }
+        Err(e @ crate::observer::FilterPatchError::Refused { .. }) => Ok(LiveFilter::Refused(e.to_string())),
+    }
+}
+
+/// `http://ip:port` of the relay Pod.
+fn relay_base(pod: &Pod, ports: PortsStatus) -> Option<String> {
+    let ip = pod.status.as_ref()?.pod_ip.clone()?;
+    let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
+    Some(format!("http://{host}:{}", ports.http))
+}
+
+/// Whether `image` may run: the operator's own relay images, or one the allowlist names.
+pub fn image_allowed(image: &str, settings: &Settings) -> bool {
+    image == settings.images.cpu
+        || image == settings.images.cuda
+        || settings
+            .allowed_images
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => image.starts_with(prefix),
+                None => image == pattern,
+            })
 }
 
 /// The advertised address and, for NodeExternalIP, the Pod annotation that carries it.
@@ -783,16 +945,6 @@ async fn resolve_address(s: &LiveFilterSession, pod: Option<&Pod>, ctx: &Context
             Ok(Some(ip))
         }
     }
-}
-
-async fn read_relay_status(pod: &Pod, ports: PortsStatus, ctx: &Context) -> Option<Result<RelayStatus, String>> {
-    let ip = pod.status.as_ref()?.pod_ip.clone()?;
-    let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
-    let url = format!("http://{host}:{}/status", ports.http);
-    let Ok(_permit) = ctx.status_permits.acquire().await else {
-        return None;
-    };
-    Some(ctx.relay_status.fetch(url).await.map(|v| RelayStatus::from_json(&v)))
 }
 
 async fn apply(s: Arc<LiveFilterSession>, ctx: &Context) -> Result<Action, Error> {
@@ -877,6 +1029,17 @@ async fn apply(s: Arc<LiveFilterSession>, ctx: &Context) -> Result<Action, Error
     }
 
     // Children.
+    let was_ready =
+        matches!(old.phase, Some(Phase::Ready | Phase::Streaming | Phase::Degraded)) && old.relay_pod_uid.is_some();
+    if let Some(image) = s.spec.relay.image.as_deref()
+        && !image_allowed(image, &ctx.settings)
+    {
+        let cond = Cond::no(
+            "ImageNotAllowed",
+            format!("image {image} is not in the operator's --allowed-relay-images; ask an administrator to allow it"),
+        );
+        return refuse_relay(s, &old, st, cond, "RelayImageNotAllowed", ctx).await;
+    }
     let config = match relay_config::build(&s.spec, st.channel.as_ref(), ports) {
         Ok(c) => c,
         Err(e @ (ConfigBuildError::NoChannel | ConfigBuildError::NoOutput)) => return Err(Error::Build(e.to_string())),
@@ -885,47 +1048,100 @@ async fn apply(s: Arc<LiveFilterSession>, ctx: &Context) -> Result<Action, Error
     let cm = objects::config_map(s, &config).map_err(build)?;
     apply_if_changed(ctx, &ctx.stores.config_maps, &ns, cm, s).await?;
     let desired_pod = objects::relay_pod(s, ports, &config, &ctx.settings.images).map_err(build)?;
-    let pod_step = ensure_pod(s, &mut st, desired_pod, ctx).await?;
-    let svc = objects::offer_service(s, ports).map_err(build)?;
-    apply_if_changed(ctx, &ctx.stores.services, &ns, svc, s).await?;
+    let mut pod_step = ensure_pod(s, &mut st, desired_pod, was_ready, ctx).await?;
+    if let Some(message) = pod_step.rejected.take() {
+        let cond = Cond::no("AdmissionRejected", message);
+        return refuse_relay(s, &old, st, cond, "RelayRejected", ctx).await;
+    }
     let names = Names::of(&s.name_any());
+    match objects::offer_service(s, ports).map_err(build)? {
+        Some(svc) => {
+            apply_if_changed(ctx, &ctx.stores.services, &ns, svc, s).await?;
+        }
+        None => delete_owned(ctx, &ctx.stores.services, &ns, &names.service, s).await?,
+    }
     match objects::offer_ingress(s).map_err(build)? {
         Some(ing) => {
             apply_if_changed(ctx, &ctx.stores.ingresses, &ns, ing, s).await?;
         }
-        None => {
-            if let Some(old_ing) = ctx.stores.ingresses.get(&ObjectRef::new(&names.service).within(&ns))
-                && objects::is_owned_by(old_ing.as_ref(), s)
-            {
-                match Api::<Ingress>::namespaced(ctx.client.clone(), &ns)
-                    .delete(&names.service, &DeleteParams::default())
+        None => delete_owned(ctx, &ctx.stores.ingresses, &ns, &names.service, s).await?,
+    }
+
+    // Live filter parameters.
+    if let Some(p) = pod_step
+        .pod
+        .as_ref()
+        .filter(|p| status::relay_ready(Some(p)).status == "True")
+    {
+        match apply_filter_params(s, p, ports, &config.filter.params, ctx).await? {
+            LiveFilter::Current => {}
+            LiveFilter::Retry => pod_step.requeue_soon = true,
+            LiveFilter::Refused(why) => {
+                ctx.event(
+                    s,
+                    EventType::Normal,
+                    "RelayRolling",
+                    format!("{why}; replacing the relay Pod"),
+                )
+                .await;
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: p.uid(),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                    .delete(&names.pod, &params)
                     .await
                 {
                     Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
                     Err(e) => return Err(e.into()),
                 }
+                st.relay_pod_uid = None;
+                pod_step = PodStep {
+                    pod: None,
+                    requeue_soon: true,
+                    rejected: None,
+                };
             }
         }
     }
 
-    // Observe.
+    // Observe: the observer reads the relay; the reconcile uses its latest word.
+    let key_owned = key.clone();
     let pod = pod_step.pod.as_ref();
     st.node_name = pod.and_then(|p| p.spec.as_ref()?.node_name.clone());
     st.address = resolve_address(s, pod, ctx).await?;
     let scheduled = status::relay_scheduled(pod);
     let ready = status::relay_ready(pod);
-    let relay = match pod {
-        Some(p) if ready.status == "True" => read_relay_status(p, ports, ctx).await,
-        _ => None,
+    let observed = match (pod, ready.status == "True") {
+        (Some(p), true) => {
+            let uid = p.uid().unwrap_or_default();
+            if let Some(base) = relay_base(p, ports) {
+                ctx.observer.watch(
+                    &key_owned,
+                    Target {
+                        namespace: ns.clone(),
+                        name: s.name_any(),
+                        base,
+                        pod_uid: uid.clone(),
+                    },
+                );
+            }
+            ctx.observer.observation(&key_owned, &uid)
+        }
+        _ => {
+            ctx.observer.forget(&key_owned);
+            None
+        }
     };
-    let publishing = status::publishing(&ready, relay.as_ref());
-    match &relay {
-        Some(Ok(r)) => st.metrics = Some(r.to_metrics(now)),
-        Some(Err(e)) => warn!(error = %e, "cannot read the relay's /status"),
-        None if ready.status != "True" => st.metrics = None,
-        None => {}
-    }
+    let publishing = match (&observed, ready.status == "True") {
+        (Some(o), true) => o.publishing.clone(),
+        (None, true) => Cond::unknown("StatusNotRead", "the relay's /status has not been read yet"),
+        _ => status::publishing(&ready, None, None),
+    };
 
     // HLS: the playlist exists only once publishing has started.
     if publishing.status == "True"
@@ -947,9 +1163,7 @@ async fn apply(s: Arc<LiveFilterSession>, ctx: &Context) -> Result<Action, Error
     let service = ctx.stores.services.get(&ObjectRef::new(&names.service).within(&ns));
     st.offer_url = objects::offer_url(s, service.as_deref(), st.address.as_deref());
 
-    let was_ready = matches!(old.phase, Some(Phase::Ready | Phase::Streaming | Phase::Degraded))
-        && old.relay_pod_uid.is_some()
-        && old.relay_pod_uid == st.relay_pod_uid;
+    let was_ready = was_ready && old.relay_pod_uid == st.relay_pod_uid;
     let phase = status::phase(&PhaseInputs {
         deleting: false,
         channel: &channel.cond,
@@ -969,15 +1183,86 @@ async fn apply(s: Arc<LiveFilterSession>, ctx: &Context) -> Result<Action, Error
     status::set_condition(&mut st.conditions, condition::PUBLISHING, &publishing, generation, now);
     st.phase = Some(phase);
     st.observed_generation = generation;
+    // The observer owns the figures; the reconcile never writes them.
+    st.metrics = old.metrics.clone();
     finish(s, &old, st, ctx).await?;
     ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
 
+    // Ready and streaming sessions are woken by the observer and their objects' events; the
+    // periodic look is only a safety net.
     let interval = match phase {
         _ if pod_step.requeue_soon => Duration::from_secs(2),
-        Phase::Ready | Phase::Streaming => ctx.settings.status_interval,
+        Phase::Ready | Phase::Streaming => ctx.settings.status_interval.saturating_mul(30),
         _ => ctx.settings.provisioning_interval,
     };
     Ok(Action::requeue(interval))
+}
+
+/// The relay cannot be started as specified (admission refused the Pod, or its image is not
+/// allowed): condition, `Failed`, a Warning event; retried slowly in case the cause goes away.
+async fn refuse_relay(
+    s: &LiveFilterSession,
+    old: &LiveFilterSessionStatus,
+    mut st: LiveFilterSessionStatus,
+    cond: Cond,
+    event_reason: &str,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let now = ctx.now();
+    let generation = s.metadata.generation;
+    warn!(reason = %cond.reason, message = %cond.message, "the relay Pod cannot be created");
+    let changed = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::RELAY_SCHEDULED)
+        .is_none_or(|c| c.message != cond.message);
+    status::set_condition(&mut st.conditions, condition::RELAY_SCHEDULED, &cond, generation, now);
+    status::set_condition(
+        &mut st.conditions,
+        condition::RELAY_READY,
+        &Cond::no(&cond.reason, "the relay Pod does not exist"),
+        generation,
+        now,
+    );
+    st.phase = Some(Phase::Failed);
+    st.observed_generation = generation;
+    st.relay_pod_uid = None;
+    ctx.observer.forget(&session_key(s));
+    if changed {
+        ctx.event(s, EventType::Warning, event_reason, cond.message.clone())
+            .await;
+    }
+    finish(s, old, st, ctx).await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Deletes a child the spec no longer asks for.
+async fn delete_owned<K>(
+    ctx: &Context,
+    store: &Store<K>,
+    ns: &str,
+    name: &str,
+    s: &LiveFilterSession,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if let Some(old) = store.get(&ObjectRef::new(name).within(ns))
+        && objects::is_owned_by(old.as_ref(), s)
+    {
+        match Api::<K>::namespaced(ctx.client.clone(), ns)
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Writes the status when it changed, and publishes an event when the phase changed.
@@ -1051,7 +1336,13 @@ async fn cleanup(s: Arc<LiveFilterSession>, ctx: &Context) -> Result<Action, Err
         .clone()
         .filter(|c| c.provider == provider::IMAGEFLUX)
         .or(remembered);
-    if let Some(id) = channel.and_then(|c| c.id) {
+    let already = |id: &String| {
+        ctx.deleted_channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    };
+    if let Some(id) = channel.and_then(|c| c.id).filter(|id| !already(id)) {
         let Some(flux) = &s.spec.output.imageflux else {
             return Err(Error::Build(format!(
                 "ImageFlux channel {id} exists but output.imageflux is gone; cannot find its token"
@@ -1077,6 +1368,10 @@ async fn cleanup(s: Arc<LiveFilterSession>, ctx: &Context) -> Result<Action, Err
                     Deleted::AlreadyGone => format!("ImageFlux channel {id} was already gone"),
                 };
                 info!(channel = %id, ?outcome, "ImageFlux channel removed");
+                ctx.deleted_channels
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone());
                 ctx.event(s, EventType::Normal, "ChannelDeleted", note).await;
             }
             Err(e) => {
@@ -1091,7 +1386,9 @@ async fn cleanup(s: Arc<LiveFilterSession>, ctx: &Context) -> Result<Action, Err
         .unwrap_or_else(|p| p.into_inner())
         .remove(&uid);
     ctx.ports().release(&key);
+    ctx.observer.forget(&key);
     ctx.metrics.forget(&key);
+    ctx.cleaned.lock().unwrap_or_else(|p| p.into_inner()).insert(uid);
     ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
     Ok(Action::await_change())
 }

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 /// Lease timing and names.
 #[derive(Clone, Debug)]
@@ -189,6 +189,42 @@ impl LeaderElector {
             .map(|_| ())
     }
 
+    /// Renews every `retry_period` until `token` is cancelled or the Lease is lost. Each
+    /// attempt is bounded by what is left of the renew deadline since the last successful
+    /// renewal began (client-go semantics), so a hanging API server cannot stretch it; the
+    /// deadline is shorter than the Lease, so the work stops before anyone else can lead.
+    /// Returns `true` when the Lease was lost, `false` when `token` ended the renewing.
+    pub async fn keep_renewing(&self, token: &CancellationToken) -> bool {
+        let s = &self.settings;
+        let mut last_ok = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return false,
+                () = tokio::time::sleep(s.retry_period) => {}
+            }
+            let started = tokio::time::Instant::now();
+            let left = s.renew_deadline.saturating_sub(last_ok.elapsed());
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => last_ok = started,
+                Ok(Ok(false)) => {
+                    warn!(lease = %s.name, "another replica holds the Lease now");
+                    return true;
+                }
+                Ok(Err(e)) if last_ok.elapsed() < s.renew_deadline => {
+                    warn!(error = %e, "cannot renew the Lease; retrying");
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot renew the Lease before the deadline");
+                    return true;
+                }
+                Err(_) => {
+                    warn!(deadline = ?s.renew_deadline, "renewing the Lease did not finish before the renew deadline");
+                    return true;
+                }
+            }
+        }
+    }
+
     /// Waits to lead, then runs `work` with a token that is cancelled when `shutdown` is or when
     /// the Lease is lost. Returns `Ok(None)` when shut down before leading.
     pub async fn lead<F, Fut, T>(&self, shutdown: CancellationToken, work: F) -> Result<Option<T>, LeaderError>
@@ -197,11 +233,18 @@ impl LeaderElector {
         Fut: Future<Output = T>,
     {
         let s = self.settings.clone();
+        let mut standing_by = false;
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => break,
-                Ok(false) => info!(lease = %s.name, "another replica leads; standing by"),
-                Err(e) => warn!(lease = %s.name, error = %e, "cannot read or take the Lease"),
+            match tokio::time::timeout(s.renew_deadline, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => break,
+                // Said once at INFO; every retry after that is DEBUG.
+                Ok(Ok(false)) if !standing_by => {
+                    standing_by = true;
+                    info!(lease = %s.name, "another replica leads; standing by");
+                }
+                Ok(Ok(false)) => debug!(lease = %s.name, "another replica still leads"),
+                Ok(Err(e)) => warn!(lease = %s.name, error = %e, "cannot read or take the Lease"),
+                Err(_) => warn!(lease = %s.name, "reading the Lease timed out"),
             }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(None),
@@ -218,39 +261,28 @@ impl LeaderElector {
             let lost = lost.clone();
             tokio::spawn(
                 async move {
-                    let mut last_ok = tokio::time::Instant::now();
-                    loop {
-                        tokio::select! {
-                            () = token.cancelled() => return,
-                            () = tokio::time::sleep(elector.settings.retry_period) => {}
-                        }
-                        match elector.try_acquire_or_renew().await {
-                            Ok(true) => last_ok = tokio::time::Instant::now(),
-                            Ok(false) => break,
-                            Err(e) if last_ok.elapsed() < elector.settings.renew_deadline => {
-                                warn!(error = %e, "cannot renew the Lease; retrying");
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "cannot renew the Lease before the deadline");
-                                break;
-                            }
-                        }
+                    if elector.keep_renewing(&token).await {
+                        lost.cancel();
+                        token.cancel();
                     }
-                    lost.cancel();
-                    token.cancel();
                 }
                 .instrument(tracing::info_span!("lease-renewer")),
             )
         };
 
-        let out = work(token.clone()).await;
+        // Losing the Lease drops the work at once (in-flight reconciles included): waiting for
+        // it to wind down could outlast the Lease, and another replica may already lead.
+        let out = tokio::select! {
+            out = work(token.clone()) => Some(out),
+            () = lost.cancelled() => None,
+        };
         token.cancel();
         if let Err(e) = renewer.await {
             warn!(error = %e, "the Lease renewer ended abnormally");
         }
-        if lost.is_cancelled() {
+        let Some(out) = out.filter(|_| !lost.is_cancelled()) else {
             return Err(LeaderError::Lost(s.name));
-        }
+        };
         match self.release().await {
             Ok(()) => info!(lease = %s.name, "released the Lease"),
             Err(e) => {
@@ -431,6 +463,37 @@ mod tests {
 
             server.await.unwrap();
             assert!(!led);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_hanging_api_server_ends_the_leadership_within_the_renew_deadline() {
+            let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let settings = LeaseSettings::new("livefilter-operator", "livefilter-system", "op-a");
+            let elector = LeaderElector::new(kube::Client::new(svc, "default"), settings.clone());
+            // The API server accepts every request and never answers.
+            let swallow = tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Some((_, send)) = handle.next_request().await {
+                    held.push(send);
+                }
+            });
+            let token = CancellationToken::new();
+            let started = tokio::time::Instant::now();
+
+            let lost = elector.keep_renewing(&token).await;
+
+            assert!(lost, "a Lease that cannot be renewed is lost");
+            let waited = started.elapsed();
+            assert!(
+                waited <= settings.renew_deadline,
+                "gave up after {waited:?} (virtual), deadline {:?}",
+                settings.renew_deadline
+            );
+            assert!(
+                waited < settings.lease_duration,
+                "must stop before the Lease can expire"
+            );
+            swallow.abort();
         }
     }
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod apidouble;
 pub mod controller;
 pub mod crd;
 pub mod http;
@@ -10,6 +11,9 @@ pub mod imageflux;
 pub mod leader;
 pub mod metrics;
 pub mod objects;
+pub mod observer;
 pub mod ports;
 pub mod relay_config;
+pub mod runner;
 pub mod status;
+pub mod triggers;

@@ -2,30 +2,25 @@
 //! Services and Ingresses. `livefilter-operator crd` prints the CRD.
 #![forbid(unsafe_code)]
 
+mod bench;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use kube::Client;
 use kube::api::{Api, ListParams};
-use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
-use livefilter_operator::controller::{
-    Context, HttpRelayStatus, Settings, Stores, error_policy, rebuild_ports, reconcile,
-};
+use livefilter_operator::controller::{HttpRelayApi, Settings};
 use livefilter_operator::crd::{CRD_NAME, LiveFilterSession, crd_yaml};
 use livefilter_operator::imageflux::{DEFAULT_BASE_URL, ImageFluxClient};
 use livefilter_operator::leader::{LeaderElector, LeaseSettings};
 use livefilter_operator::metrics::Metrics;
-use livefilter_operator::objects::{MANAGER, RelayDefaults};
-use livefilter_operator::ports::{PortAllocator, PortRange};
+use livefilter_operator::objects::RelayDefaults;
+use livefilter_operator::observer::ObserverSettings;
+use livefilter_operator::ports::PortRange;
+use livefilter_operator::runner::{self, RunConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
@@ -51,6 +46,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the LiveFilterSession CustomResourceDefinition (YAML).
     Crd,
+    /// Run the controller against the in-memory API double with many streaming sessions and
+    /// print reconcile latency, API requests, status writes and memory.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -80,6 +78,22 @@ struct RunArgs {
     /// Seconds between reads of a ready relay's `/status`.
     #[arg(long, env = "LIVEFILTER_STATUS_INTERVAL_SECS", default_value_t = 10)]
     status_interval_secs: u64,
+    /// Milliseconds between two reads of one ready relay's `/status` (the figures are written
+    /// at most once per status interval; phase changes show within about this long).
+    #[arg(long, env = "LIVEFILTER_OBSERVE_INTERVAL_MS", default_value_t = 1000)]
+    observe_interval_ms: u64,
+    /// Seconds a relay that was ready may stay not ready before its Pod is replaced.
+    #[arg(long, env = "LIVEFILTER_RELAY_NOT_READY_GRACE_SECS", default_value_t = 60)]
+    relay_not_ready_grace_secs: u64,
+    /// Images sessions may name in `spec.relay.image`, comma-separated; a trailing `*` matches
+    /// any suffix (`registry.example/livefilter/*`). The operator's own relay images are always
+    /// allowed; with none given, only they are.
+    #[arg(long, env = "LIVEFILTER_ALLOWED_RELAY_IMAGES", value_delimiter = ',')]
+    allowed_relay_images: Vec<String>,
+    /// Delete ImageFlux channels that no session records (only when this operator owns the
+    /// ImageFlux account); without it they are reported.
+    #[arg(long, env = "LIVEFILTER_DELETE_ORPHAN_CHANNELS", default_value_t = false, action = clap::ArgAction::Set)]
+    delete_orphan_channels: bool,
     /// At most this many `/status` reads at once, across all sessions.
     #[arg(long, env = "LIVEFILTER_STATUS_CONCURRENCY", default_value_t = 16)]
     status_concurrency: usize,
@@ -124,6 +138,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Run(args)) => start(cli.log_format, *args),
+        Some(Command::Bench(args)) => bench::main(&args),
         None => start(cli.log_format, RunArgs::default()),
     }
 }
@@ -257,52 +272,7 @@ async fn check_crd(client: &Client, namespace: Option<&str>) -> anyhow::Result<(
     }
 }
 
-/// A store of the operator's children of kind `K`, and the watch stream that fills it.
-fn owned<K>(
-    client: &Client,
-    namespace: Option<&str>,
-) -> (
-    Store<K>,
-    impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    let api: Api<K> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let config = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    let (store, writer) = reflector::store();
-    // touched_objects: a deleted relay Pod must trigger its session too.
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff()).touched_objects();
-    (store, stream)
-}
-
 async fn controller(client: Client, args: &RunArgs, metrics: Metrics, token: CancellationToken) -> anyhow::Result<()> {
-    let ns = args.watch_namespace.as_deref();
-    let sessions = sessions_api(&client, ns);
-
-    // Rebuild the port allocation before anything can hand a port out.
-    let existing = sessions
-        .list(&ListParams::default())
-        .await
-        .context("cannot list sessions")?;
-    let mut ports = PortAllocator::new(args.http_port_range, args.udp_port_range)?;
-    for (session, e) in rebuild_ports(&mut ports, &existing.items) {
-        warn!(%session, error = %e, "recorded ports clash; the session gets new ones");
-    }
-    info!(
-        sessions = existing.items.len(),
-        "port allocation rebuilt from existing sessions"
-    );
-
-    let (pods, pod_events) = owned::<Pod>(&client, ns);
-    let (config_maps, cm_events) = owned::<ConfigMap>(&client, ns);
-    let (services, svc_events) = owned::<Service>(&client, ns);
-    let (ingresses, ing_events) = owned::<Ingress>(&client, ns);
-
     let mut images = RelayDefaults::default();
     if let Some(i) = &args.relay_image {
         images.cpu = i.clone();
@@ -311,51 +281,37 @@ async fn controller(client: Client, args: &RunArgs, metrics: Metrics, token: Can
         images.cuda = i.clone();
     }
     images.gpu_resource_name = args.default_gpu_resource_name.clone();
+    let status_interval = Duration::from_secs(args.status_interval_secs.max(1));
     let settings = Settings {
         images,
         default_token_secret: args.default_imageflux_token_secret.clone(),
-        status_interval: Duration::from_secs(args.status_interval_secs.max(1)),
+        status_interval,
+        not_ready_grace: Duration::from_secs(args.relay_not_ready_grace_secs),
+        allowed_images: args
+            .allowed_relay_images
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        delete_orphan_channels: args.delete_orphan_channels,
         ..Settings::default()
     };
     let imageflux = ImageFluxClient::new(args.imageflux_api_url.clone(), Some(metrics.imageflux_calls.clone()))
         .context("cannot build the ImageFlux HTTP client")?;
-    let reporter = Reporter {
-        controller: MANAGER.into(),
+    let relays = Arc::new(HttpRelayApi::new().context("cannot build the relay HTTP client")?);
+    let config = RunConfig {
+        namespace: args.watch_namespace.clone(),
+        concurrency: args.concurrency,
+        http_ports: args.http_port_range,
+        udp_ports: args.udp_port_range,
+        settings,
+        observer: ObserverSettings {
+            read_interval: Duration::from_millis(args.observe_interval_ms.max(100)),
+            write_interval: status_interval,
+            concurrency: args.status_concurrency,
+        },
         instance: args.identity.clone(),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        imageflux,
-        Recorder::new(client.clone(), reporter),
-        metrics,
-        ports,
-        Stores {
-            pods,
-            config_maps,
-            services,
-            ingresses,
-        },
-        Arc::new(HttpRelayStatus::new().context("cannot build the relay status HTTP client")?),
-        args.status_concurrency,
-        settings,
-    ));
-
-    info!("controller running");
-    Controller::new(sessions, watcher::Config::default())
-        .owns_stream(pod_events)
-        .owns_stream(cm_events)
-        .owns_stream(svc_events)
-        .owns_stream(ing_events)
-        .with_config(controller::Config::default().concurrency(args.concurrency))
-        .graceful_shutdown_on(token.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile did not complete");
-            }
-        })
-        .instrument(tracing::info_span!("controller"))
-        .await;
-    info!("controller stopped");
+    runner::run(client, imageflux, relays, metrics, config, token).await?;
     Ok(())
 }

@@ -5,10 +5,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::crd::Phase;
+
+/// The figures exported per relay.
+pub const RELAY_FIGURES: [&str; 5] = [
+    "fps_in",
+    "fps_out",
+    "dropped_frames",
+    "latency_p50_ms",
+    "latency_p95_ms",
+];
 
 /// Every operator metric.
 #[derive(Clone)]
@@ -24,6 +34,14 @@ pub struct Metrics {
     pub sessions: IntGaugeVec,
     /// ImageFlux API calls by target and result.
     pub imageflux_calls: IntCounterVec,
+    /// Reads of relays' `/status` by result (`ok`, `error`).
+    pub relay_reads: IntCounterVec,
+    /// Each relay's latest figures, by session and figure (`fps_in`, `fps_out`, `latency_p95_ms`, ...).
+    pub relay_figures: GaugeVec,
+    /// Status writes by writer (`reconcile`, `observer`).
+    pub status_writes: IntCounterVec,
+    /// ImageFlux channels in the account that no session records (a leak, or another owner's).
+    pub stray_channels: IntGauge,
     phases: Arc<Mutex<HashMap<String, Phase>>>,
 }
 
@@ -48,8 +66,9 @@ impl Metrics {
         )
         .expect("valid metric");
         let reconcile_duration = Histogram::with_opts(
-            HistogramOpts::new("livefilter_operator_reconcile_duration_seconds", "Reconcile duration")
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new("livefilter_operator_reconcile_duration_seconds", "Reconcile duration").buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
         )
         .expect("valid metric");
         let sessions = IntGaugeVec::new(
@@ -65,12 +84,42 @@ impl Metrics {
             &["target", "result"],
         )
         .expect("valid metric");
+        let relay_reads = IntCounterVec::new(
+            Opts::new(
+                "livefilter_operator_relay_reads_total",
+                "Reads of relays' /status by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let relay_figures = GaugeVec::new(
+            Opts::new(
+                "livefilter_operator_relay_figure",
+                "Each relay's latest figures from /status, by session and figure",
+            ),
+            &["session", "figure"],
+        )
+        .expect("valid metric");
+        let status_writes = IntCounterVec::new(
+            Opts::new("livefilter_operator_status_writes_total", "Status writes by writer"),
+            &["writer"],
+        )
+        .expect("valid metric");
+        let stray_channels = IntGauge::new(
+            "livefilter_operator_stray_channels",
+            "ImageFlux channels in the account that no session records",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(reconcile_runs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_failures.clone()),
             Box::new(reconcile_duration.clone()),
             Box::new(sessions.clone()),
             Box::new(imageflux_calls.clone()),
+            Box::new(relay_reads.clone()),
+            Box::new(relay_figures.clone()),
+            Box::new(status_writes.clone()),
+            Box::new(stray_channels.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -84,6 +133,10 @@ impl Metrics {
             reconcile_duration,
             sessions,
             imageflux_calls,
+            relay_reads,
+            relay_figures,
+            status_writes,
+            stray_channels,
             phases: Arc::default(),
         }
     }
@@ -114,6 +167,26 @@ impl Metrics {
         let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
         phases.remove(session);
         self.publish_phases(&phases);
+        self.forget_relay(session);
+    }
+
+    /// Exports a relay's figures (`None` removes a figure).
+    pub fn set_relay_figures(&self, session: &str, figures: &[(&str, Option<f64>)]) {
+        for (figure, value) in figures {
+            match value {
+                Some(v) => self.relay_figures.with_label_values(&[session, figure]).set(*v),
+                None => {
+                    let _ = self.relay_figures.remove_label_values(&[session, figure]);
+                }
+            }
+        }
+    }
+
+    /// Removes a relay's figures (its Pod is gone or not ready).
+    pub fn forget_relay(&self, session: &str) {
+        for figure in RELAY_FIGURES {
+            let _ = self.relay_figures.remove_label_values(&[session, figure]);
+        }
     }
 
     fn publish_phases(&self, phases: &HashMap<String, Phase>) {

@@ -19,13 +19,16 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{AdvertiseFrom, Device, LiveFilterSession, PortsStatus, ServiceType, Source};
-use crate::relay_config::{RelayConfigFile, paths};
+use crate::relay_config::{self, paths};
+use livefilter_contract::config::RelayConfig;
 
 /// Label naming the owning session (selects the relay Pod for the Service).
 pub const SESSION_LABEL: &str = "livefilter.dev/session";
 /// Annotation holding the hash of everything the relay Pod was built from; a different hash
 /// means the Pod must be replaced.
 pub const HASH_ANNOTATION: &str = "livefilter.dev/spec-hash";
+/// Annotation with the filter parameters the relay Pod runs with (changed live through `/filter`).
+pub const FILTER_PARAMS_ANNOTATION: &str = "livefilter.dev/filter-params";
 /// Annotation the operator sets on the Pod to the node's ExternalIP (`NodeExternalIP`); the
 /// downward API projects it into the Pod as a file.
 pub const PUBLIC_IP_ANNOTATION: &str = "livefilter.dev/public-ip";
@@ -133,10 +136,13 @@ pub fn stable_hash(parts: &[&[u8]]) -> String {
 }
 
 /// The relay's ConfigMap.
-pub fn config_map(session: &LiveFilterSession, config: &RelayConfigFile) -> Result<ConfigMap, BuildError> {
+pub fn config_map(session: &LiveFilterSession, config: &RelayConfig) -> Result<ConfigMap, BuildError> {
     Ok(ConfigMap {
         metadata: meta(session, Names::of(&session.name_any()).config_map)?,
-        data: Some(BTreeMap::from([(paths::CONFIG_FILE.to_owned(), config.to_yaml())])),
+        data: Some(BTreeMap::from([(
+            paths::CONFIG_FILE.to_owned(),
+            relay_config::to_yaml(config),
+        )])),
         ..ConfigMap::default()
     })
 }
@@ -145,7 +151,7 @@ pub fn config_map(session: &LiveFilterSession, config: &RelayConfigFile) -> Resu
 pub fn relay_pod(
     session: &LiveFilterSession,
     ports: PortsStatus,
-    config: &RelayConfigFile,
+    config: &RelayConfig,
     images: &RelayDefaults,
 ) -> Result<Pod, BuildError> {
     let spec = &session.spec;
@@ -358,9 +364,19 @@ pub fn relay_pod(
     };
 
     let spec_json = serde_json::to_vec(&pod_spec).unwrap_or_default();
-    let hash = stable_hash(&[&spec_json, config.to_yaml().as_bytes()]);
+    // The filter's parameters change live through the relay's `/filter`, so they are not part
+    // of what makes a new process necessary; the Pod records the ones it runs with.
+    let mut without_params = config.clone();
+    without_params.filter.params.clear();
+    let hash = stable_hash(&[&spec_json, relay_config::to_yaml(&without_params).as_bytes()]);
     let mut metadata = meta(session, names.pod)?;
-    metadata.annotations = Some(BTreeMap::from([(HASH_ANNOTATION.to_owned(), hash)]));
+    metadata.annotations = Some(BTreeMap::from([
+        (HASH_ANNOTATION.to_owned(), hash),
+        (
+            FILTER_PARAMS_ANNOTATION.to_owned(),
+            filter_params_json(&config.filter.params),
+        ),
+    ]));
     Ok(Pod {
         metadata,
         spec: Some(pod_spec),
@@ -414,15 +430,25 @@ fn probe(path: &str, port: u16, initial_delay: i32, period: i32, failures: i32) 
     }
 }
 
-/// The `/offer` Service: the session's port in front of the relay's allocated HTTP port.
-pub fn offer_service(session: &LiveFilterSession, ports: PortsStatus) -> Result<Service, BuildError> {
+/// The filter parameters as the Pod annotation records them (stable key order).
+pub fn filter_params_json(params: &serde_json::Map<String, serde_json::Value>) -> String {
+    let sorted: BTreeMap<&String, &serde_json::Value> = params.iter().collect();
+    serde_json::to_string(&sorted).unwrap_or_default()
+}
+
+/// The `/offer` Service: the session's port in front of the relay's allocated HTTP port; none
+/// for a test-pattern session, which takes no browser.
+pub fn offer_service(session: &LiveFilterSession, ports: PortsStatus) -> Result<Option<Service>, BuildError> {
+    if session.spec.source == crate::crd::Source::TestPattern {
+        return Ok(None);
+    }
     let name = session.name_any();
     let svc = &session.spec.access.service;
     let mut metadata = meta(session, Names::of(&name).service)?;
     if !svc.annotations.is_empty() {
         metadata.annotations = Some(svc.annotations.clone());
     }
-    Ok(Service {
+    Ok(Some(Service {
         metadata,
         spec: Some(ServiceSpec {
             type_: Some(svc.type_.as_str().to_owned()),
@@ -437,7 +463,7 @@ pub fn offer_service(session: &LiveFilterSession, ports: PortsStatus) -> Result<
             ..ServiceSpec::default()
         }),
         status: None,
-    })
+    }))
 }
 
 /// The `/offer` Ingress, when the spec asks for one.
@@ -552,7 +578,6 @@ mod tests {
         AdvertiseSpec, ChannelStatus, FilterSpec, ImageFluxOutput, IngressSpec, KeyRef, LiveFilterSessionSpec,
         ModelSource, OutputSpec, WhipOutput,
     };
-    use crate::relay_config;
 
     const PORTS: PortsStatus = PortsStatus {
         http: 38001,
@@ -720,7 +745,7 @@ mod tests {
         let metas = [
             pod_of(&s).metadata,
             config_map(&s, &config).unwrap().metadata,
-            offer_service(&s, PORTS).unwrap().metadata,
+            offer_service(&s, PORTS).unwrap().unwrap().metadata,
             offer_ingress(&si).unwrap().unwrap().metadata,
         ];
 
@@ -887,7 +912,7 @@ mod tests {
 
         assert_eq!(
             config.filter.model.as_deref(),
-            Some("/etc/livefilter/models/style.onnx")
+            Some(std::path::Path::new("/etc/livefilter/models/style.onnx"))
         );
         let vol = p
             .spec
@@ -954,7 +979,7 @@ mod tests {
         let mut sp = spec();
         sp.access.service.type_ = ServiceType::LoadBalancer;
         sp.access.service.port = 443;
-        let svc = offer_service(&session(sp), PORTS).unwrap();
+        let svc = offer_service(&session(sp), PORTS).unwrap().unwrap();
         let ss = svc.spec.unwrap();
 
         assert_eq!(svc.metadata.name.as_deref(), Some("demo-offer"));
@@ -1014,7 +1039,7 @@ mod tests {
         let mut lb = spec();
         lb.access.service.type_ = ServiceType::LoadBalancer;
         let lb = session(lb);
-        let mut svc = offer_service(&lb, PORTS).unwrap();
+        let mut svc = offer_service(&lb, PORTS).unwrap().unwrap();
         assert_eq!(offer_url(&lb, Some(&svc), None), None, "no address yet");
         svc.status = Some(ServiceStatus {
             load_balancer: Some(LoadBalancerStatus {

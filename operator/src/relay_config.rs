@@ -1,12 +1,13 @@
 //! The relay's configuration file (`relay.yaml` in the session's ConfigMap), built from a spec.
 //!
-//! These structs mirror `livefilter_relay::config::RelayConfig` key by key (the operator does not
-//! link the relay; a contract test parses this output with the relay's own parser). Secrets are
-//! never written here: they are mounted as files and referenced by path.
+//! The file is the contract crate's [`RelayConfig`], the very type the relay parses; a contract
+//! test also runs the relay's own validation on every shape written. Secrets are never written
+//! here: they are mounted as files and referenced by path.
 
-use std::collections::BTreeMap;
-
-use serde::Serialize;
+use livefilter_contract::config::{
+    Device, FilterConfig, FilterKind, IceConfig, OfferConfig, PreviewSection, RelayConfig, SoraOutput, VideoCodec,
+    VideoConfig, WhipOutput,
+};
 
 use crate::crd::{AdvertiseFrom, ChannelStatus, LiveFilterSessionSpec, ModelSource, OutputKind, PortsStatus};
 
@@ -36,121 +37,6 @@ pub mod paths {
     pub const PUBLIC_IP_FILE: &str = "public-ip";
 }
 
-/// The whole file.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RelayConfigFile {
-    /// HTTP address (`/offer`, `/status`, probes); every interface, on the allocated port.
-    pub listen: String,
-    /// The published video.
-    pub video: VideoConfig,
-    /// Publish into Sora (ImageFlux or an existing Sora).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sora: Option<SoraConfig>,
-    /// Publish over WHIP.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub whip: Option<WhipConfig>,
-    /// WebRTC network settings.
-    pub ice: IceConfig,
-    /// The browser's `/offer` endpoint.
-    pub offer: OfferConfig,
-    /// The filter.
-    pub filter: FilterConfig,
-    /// The local preview.
-    pub preview: PreviewConfig,
-}
-
-/// `video:`
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct VideoConfig {
-    /// `vp8` or `h264`.
-    pub codec: &'static str,
-    /// kbit/s.
-    pub bitrate_kbps: u32,
-    /// Seconds between forced keyframes.
-    pub keyframe_interval_secs: f64,
-    /// Output width.
-    pub width: u32,
-    /// Output height.
-    pub height: u32,
-    /// Output frame rate.
-    pub fps: u32,
-}
-
-/// `sora:`
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct SoraConfig {
-    /// Signaling URLs.
-    pub signaling_urls: Vec<String>,
-    /// The channel.
-    pub channel_id: String,
-    /// Optional client id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_id: Option<String>,
-    /// Optional bundle id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bundle_id: Option<String>,
-    /// The mounted `metadata` JSON.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metadata_file: Option<String>,
-}
-
-/// `whip:`
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct WhipConfig {
-    /// The endpoint.
-    pub url: String,
-    /// The mounted bearer token.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_file: Option<String>,
-}
-
-/// `ice:`
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct IceConfig {
-    /// The one UDP socket (`0.0.0.0:<allocated port>`).
-    pub udp_addrs: Vec<String>,
-    /// Addresses advertised instead of the local ones.
-    pub public_ips: Vec<String>,
-    /// A file holding the advertised address, re-read until it is non-empty (NodeExternalIP).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub public_ips_file: Option<String>,
-}
-
-/// `offer:`
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct OfferConfig {
-    /// The mounted bearer token `/offer` requires.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_file: Option<String>,
-    /// CORS origins.
-    pub allowed_origins: Vec<String>,
-}
-
-/// `filter:`
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct FilterConfig {
-    /// The filter's name.
-    pub kind: &'static str,
-    /// Its parameters, unchanged.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub params: BTreeMap<String, serde_json::Value>,
-    /// The model file.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// `cuda`; absent means the CPU.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<&'static str>,
-}
-
-/// `preview:`
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct PreviewConfig {
-    /// Serve it.
-    pub enabled: bool,
-    /// Viewer cap.
-    pub max_viewers: u32,
-}
-
 /// Why a config cannot be built yet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigBuildError {
@@ -162,12 +48,10 @@ pub enum ConfigBuildError {
     NoChannel,
 }
 
-impl RelayConfigFile {
-    /// The YAML text.
-    pub fn to_yaml(&self) -> String {
-        // Plain structs of strings and numbers always serialize.
-        serde_yaml::to_string(self).unwrap_or_default()
-    }
+/// The YAML text of `config`.
+pub fn to_yaml(config: &RelayConfig) -> String {
+    // Plain structs of strings, numbers and paths always serialize.
+    serde_yaml::to_string(config).unwrap_or_default()
 }
 
 /// The file a ConfigMap `model` key is mounted as.
@@ -184,7 +68,7 @@ pub fn build(
     spec: &LiveFilterSessionSpec,
     channel: Option<&ChannelStatus>,
     ports: PortsStatus,
-) -> Result<RelayConfigFile, ConfigBuildError> {
+) -> Result<RelayConfig, ConfigBuildError> {
     let v = &spec.video;
     let (sora, whip) = match spec.output.kind().ok_or(ConfigBuildError::NoOutput)? {
         OutputKind::ImageFlux => {
@@ -194,37 +78,37 @@ pub fn build(
             let (Some(id), Some(url)) = (&ch.id, &ch.signaling_url) else {
                 return Err(ConfigBuildError::NoChannel);
             };
-            let sora = SoraConfig {
+            let sora = SoraOutput {
                 signaling_urls: vec![url.clone()],
                 channel_id: id.clone(),
-                client_id: None,
-                bundle_id: None,
-                metadata_file: None,
+                ..SoraOutput::default()
             };
             (Some(sora), None)
         }
         OutputKind::Sora => {
             let s = spec.output.sora.as_ref().ok_or(ConfigBuildError::NoOutput)?;
-            let sora = SoraConfig {
+            let sora = SoraOutput {
                 signaling_urls: s.signaling_urls.clone(),
                 channel_id: s.channel_id.clone(),
                 client_id: s.client_id.clone(),
                 bundle_id: s.bundle_id.clone(),
+                metadata: None,
                 metadata_file: s
                     .metadata_secret_ref
                     .as_ref()
-                    .map(|_| format!("{}/{}", paths::SORA_METADATA_DIR, paths::SORA_METADATA_FILE)),
+                    .map(|_| format!("{}/{}", paths::SORA_METADATA_DIR, paths::SORA_METADATA_FILE).into()),
             };
             (Some(sora), None)
         }
         OutputKind::Whip => {
             let w = spec.output.whip.as_ref().ok_or(ConfigBuildError::NoOutput)?;
-            let whip = WhipConfig {
+            let whip = WhipOutput {
                 url: w.url.clone(),
+                token: None,
                 token_file: w
                     .token_secret_ref
                     .as_ref()
-                    .map(|_| format!("{}/{}", paths::WHIP_TOKEN_DIR, paths::TOKEN_FILE)),
+                    .map(|_| format!("{}/{}", paths::WHIP_TOKEN_DIR, paths::TOKEN_FILE).into()),
             };
             (None, Some(whip))
         }
@@ -236,18 +120,22 @@ pub fn build(
         AdvertiseFrom::NodeInternalIP => (Vec::new(), None),
         AdvertiseFrom::NodeExternalIP => (
             Vec::new(),
-            Some(format!("{}/{}", paths::PODINFO_DIR, paths::PUBLIC_IP_FILE)),
+            Some(format!("{}/{}", paths::PODINFO_DIR, paths::PUBLIC_IP_FILE).into()),
         ),
     };
-    Ok(RelayConfigFile {
-        listen: format!("0.0.0.0:{}", ports.http),
+    Ok(RelayConfig {
+        listen: Some(std::net::SocketAddr::from(([0, 0, 0, 0], ports.http))),
         video: VideoConfig {
-            codec: v.codec.as_str(),
+            codec: match v.codec {
+                crate::crd::Codec::Vp8 => VideoCodec::Vp8,
+                crate::crd::Codec::H264 => VideoCodec::H264,
+            },
             bitrate_kbps: v.bitrate_kbps,
             keyframe_interval_secs: f64::from(v.keyframe_interval_secs),
             width: v.width,
             height: v.height,
             fps: v.fps,
+            ..VideoConfig::default()
         },
         sora,
         whip,
@@ -255,33 +143,52 @@ pub fn build(
             udp_addrs: vec![format!("0.0.0.0:{}", ports.udp)],
             public_ips,
             public_ips_file,
+            udp_port_range: None,
         },
         offer: OfferConfig {
             token_file: spec
                 .access
                 .token_secret_ref
                 .as_ref()
-                .map(|_| format!("{}/{}", paths::OFFER_TOKEN_DIR, paths::TOKEN_FILE)),
+                .map(|_| format!("{}/{}", paths::OFFER_TOKEN_DIR, paths::TOKEN_FILE).into()),
             allowed_origins: spec.access.allowed_origins.clone(),
+            ..OfferConfig::default()
         },
         filter: FilterConfig {
-            kind: spec.filter.kind.as_str(),
-            params: spec.filter.params.clone(),
-            model: spec.filter.model.as_ref().and_then(model_path),
+            kind: filter_kind(spec.filter.kind),
+            params: spec.filter.params.clone().into_iter().collect(),
+            model: spec.filter.model.as_ref().and_then(model_path).map(Into::into),
             device: match spec.filter.device {
-                crate::crd::Device::Cpu => None,
-                crate::crd::Device::Cuda => Some("cuda"),
+                crate::crd::Device::Cpu => Device::Cpu,
+                crate::crd::Device::Cuda => Device::Cuda(0),
             },
+            ..FilterConfig::default()
         },
-        preview: PreviewConfig {
+        preview: PreviewSection {
             enabled: spec.preview.enabled,
-            max_viewers: spec.preview.max_viewers,
+            max_viewers: spec.preview.max_viewers as usize,
         },
+        ..RelayConfig::default()
     })
+}
+
+/// The relay's name for the CRD's filter kind.
+pub fn filter_kind(kind: crate::crd::FilterKind) -> FilterKind {
+    use crate::crd::FilterKind as K;
+    match kind {
+        K::Passthrough => FilterKind::Passthrough,
+        K::BackgroundBlur => FilterKind::BackgroundBlur,
+        K::BackgroundReplace => FilterKind::BackgroundReplace,
+        K::FaceBlur => FilterKind::FaceBlur,
+        K::Pose => FilterKind::Pose,
+        K::Onnx => FilterKind::Onnx,
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::crd::{AdvertiseSpec, ImageFluxOutput, KeyRef, OutputSpec, SoraOutput, WhipOutput};
 
@@ -328,7 +235,7 @@ mod tests {
         spec.filter.params.insert("radius".into(), serde_json::json!(12));
         spec.access.allowed_origins = vec!["https://studio.example".into()];
 
-        let yaml = build(&spec, Some(&channel()), PORTS).unwrap().to_yaml();
+        let yaml = to_yaml(&build(&spec, Some(&channel()), PORTS).unwrap());
 
         assert_eq!(
             yaml,
@@ -341,6 +248,7 @@ video:
   width: 1280
   height: 720
   fps: 30
+  follow_input: true
 sora:
   signaling_urls:
   - wss://live-sora001.imageflux.jp/signaling
@@ -349,13 +257,22 @@ ice:
   udp_addrs:
   - 0.0.0.0:40000
   public_ips: []
-offer:
-  allowed_origins:
-  - https://studio.example
 filter:
   kind: background-blur
   params:
     radius: 12
+  device: cpu
+  device_fallback: fail
+  threads: 0
+offer:
+  allowed_origins:
+  - https://studio.example
+  max_body_bytes: 65536
+ingest:
+  codecs:
+  - vp8
+  - h264
+  start_bitrate_kbps: 2000
 preview:
   enabled: false
   max_viewers: 4
@@ -395,11 +312,11 @@ preview:
         assert_eq!(sora.signaling_urls.len(), 2);
         assert_eq!(
             sora.metadata_file.as_deref(),
-            Some("/var/run/secrets/livefilter/sora/metadata.json")
+            Some(Path::new("/var/run/secrets/livefilter/sora/metadata.json"))
         );
         assert_eq!(
             c.offer.token_file.as_deref(),
-            Some("/var/run/secrets/livefilter/offer/token")
+            Some(Path::new("/var/run/secrets/livefilter/offer/token"))
         );
 
         spec.output = OutputSpec {
@@ -415,7 +332,7 @@ preview:
         let c = build(&spec, None, PORTS).unwrap();
         assert_eq!(
             c.whip.unwrap().token_file.as_deref(),
-            Some("/var/run/secrets/livefilter/whip/token")
+            Some(Path::new("/var/run/secrets/livefilter/whip/token"))
         );
         assert_eq!(c.sora, None);
     }
@@ -440,7 +357,7 @@ preview:
         let c = build(&spec, Some(&channel()), PORTS).unwrap();
         assert_eq!(
             c.ice.public_ips_file.as_deref(),
-            Some("/etc/livefilter/podinfo/public-ip")
+            Some(Path::new("/etc/livefilter/podinfo/public-ip"))
         );
         assert!(c.ice.public_ips.is_empty());
     }

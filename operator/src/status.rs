@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use serde_json::Value;
 
 use crate::crd::{LatencyStatus, Percentiles, Phase, RelayMetrics};
 
@@ -91,94 +90,80 @@ pub fn condition_status<'a>(conditions: &'a [Condition], type_: &str) -> Option<
 // ---------------------------------------------------------------------------------------------
 // the relay's /status
 
-/// What the relay's `/status` said, every field optional: an older or newer relay must never
-/// break the operator.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct RelayStatus {
-    /// `idle`, `receiving`, `publishing`.
-    pub state: Option<String>,
-    /// Input frame rate.
-    pub fps_in: Option<f64>,
-    /// Output frame rate.
-    pub fps_out: Option<f64>,
-    /// Frames dropped as stale.
-    pub dropped: Option<u64>,
-    /// Total latency.
-    pub total: Option<Percentiles>,
-    /// Per-stage latency.
-    pub stages: BTreeMap<String, Percentiles>,
-    /// Publisher name to state (`connecting`, `connected`, `backoff`, `stopped`).
-    pub publishers: BTreeMap<String, String>,
+/// The relay's `/status`, the contract crate's type (lenient: added fields are ignored).
+pub use livefilter_contract::status::RelayStatus;
+use livefilter_contract::status::{OverallState, PublisherState, PublisherStatus, SessionState};
+
+/// Latency figures are kept to a tenth of a millisecond: finer digits are noise in
+/// `kubectl get` and would make every read a status change.
+fn round_ms(ms: f64) -> f64 {
+    (ms * 10.0).round() / 10.0
 }
 
-impl RelayStatus {
-    /// Reads the JSON leniently: a missing or mistyped field is simply absent.
-    pub fn from_json(v: &Value) -> Self {
-        let f = |p: &str| v.pointer(p).and_then(Value::as_f64);
-        let percentiles = |v: &Value| -> Option<Percentiles> {
-            let p = Percentiles {
-                p50: v.get("p50").and_then(Value::as_f64),
-                p95: v.get("p95").and_then(Value::as_f64),
-                p99: v.get("p99").and_then(Value::as_f64),
-            };
-            (p != Percentiles::default()).then_some(p)
-        };
-        let stages = v
-            .pointer("/latency_ms/stages")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), percentiles(v)?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let publishers = v
-            .get("publishers")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.get("state")?.as_str()?.to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Self {
-            state: v.get("state").and_then(Value::as_str).map(str::to_owned),
-            fps_in: f("/input/fps"),
-            fps_out: f("/output/fps"),
-            dropped: v.pointer("/frames/dropped_stale").and_then(Value::as_u64),
-            total: v.pointer("/latency_ms/total").and_then(percentiles),
-            stages,
-            publishers,
-        }
-    }
+fn percentiles(w: &livefilter_contract::status::Percentiles) -> Option<Percentiles> {
+    (!w.is_empty()).then(|| Percentiles {
+        p50: Some(round_ms(w.p50)),
+        p95: Some(round_ms(w.p95)),
+        p99: Some(round_ms(w.p99)),
+    })
+}
 
-    /// The status block, stamped with when it was read.
-    pub fn to_metrics(&self, now: Timestamp) -> RelayMetrics {
-        let latency = (self.total.is_some() || !self.stages.is_empty()).then(|| LatencyStatus {
-            total: self.total,
-            stages: self.stages.clone(),
-        });
-        RelayMetrics {
-            state: self.state.clone(),
-            fps_in: self.fps_in,
-            fps_out: self.fps_out,
-            dropped_frames: self.dropped,
-            latency_ms: latency,
-            publishers: self.publishers.clone(),
-            updated_at: Some(Time(now)),
-        }
+/// The status block of a relay read at `now`.
+pub fn relay_metrics(s: &RelayStatus, now: Timestamp) -> RelayMetrics {
+    let total = percentiles(&s.latency_ms.total);
+    let stages: BTreeMap<String, Percentiles> = s
+        .latency_ms
+        .stages
+        .iter()
+        .filter_map(|(k, w)| Some((k.clone(), percentiles(w)?)))
+        .collect();
+    let latency = (total.is_some() || !stages.is_empty()).then_some(LatencyStatus { total, stages });
+    let state = match s.session.as_ref().map(|x| x.state) {
+        Some(SessionState::Receiving) if streaming(s, None) => "publishing",
+        Some(SessionState::Receiving) => "receiving",
+        Some(SessionState::Connecting) => "connecting",
+        Some(SessionState::Idle) => "idle",
+        Some(SessionState::Unknown) => "unknown",
+        None if streaming(s, None) => "publishing",
+        None => "idle",
+    };
+    RelayMetrics {
+        state: Some(state.to_owned()),
+        fps_in: (s.input.fps > 0.0).then_some(round_ms(s.input.fps)),
+        fps_out: (s.output.fps > 0.0).then_some(round_ms(s.output.fps)),
+        dropped_frames: Some(s.frames.dropped_stale),
+        latency_ms: latency,
+        publishers: s
+            .publishers
+            .iter()
+            .map(|(k, p)| (k.clone(), p.state.as_str().to_owned()))
+            .collect(),
+        updated_at: Some(Time(now)),
     }
+}
 
-    /// Publishers that feed the SFU; the local preview is not one of them.
-    fn outputs(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.publishers.iter().filter(|(name, _)| *name != "preview")
-    }
+/// Publishers that feed the SFU; the local preview is not one of them.
+fn outputs(s: &RelayStatus) -> impl Iterator<Item = (&String, &PublisherStatus)> {
+    s.publishers.iter().filter(|(name, _)| *name != "preview")
+}
 
-    fn publishing(&self) -> bool {
-        match self.outputs().count() {
-            0 => self.state.as_deref() == Some("publishing"),
-            _ => self.outputs().any(|(_, s)| s == "connected"),
+fn any_output(s: &RelayStatus, state: PublisherState) -> bool {
+    outputs(s).any(|(_, p)| p.state == state)
+}
+
+/// Whether filtered video flows out now. In serve mode only while the browser's video arrives
+/// and either a publisher is connected or more frames were sent than at the previous read
+/// (`previous_sent`): a publisher that connected at start-up is not streaming by itself. The
+/// test pattern streams while a publisher is connected.
+pub fn streaming(s: &RelayStatus, previous_sent: Option<u64>) -> bool {
+    let connected = any_output(s, PublisherState::Connected)
+        || (outputs(s).next().is_none() && s.state == OverallState::Publishing);
+    match &s.session {
+        Some(session) => {
+            session.state == SessionState::Receiving
+                && (connected || previous_sent.is_some_and(|before| s.frames.sent > before))
         }
+        None => connected,
     }
 }
 
@@ -236,37 +221,51 @@ pub fn relay_ready(pod: Option<&Pod>) -> Cond {
     }
 }
 
-/// Whether filtered video is going out, from the relay's `/status` (`None`: not read).
-pub fn publishing(relay_ready: &Cond, relay: Option<&Result<RelayStatus, String>>) -> Cond {
+/// Whether filtered video is going out, from the relay's `/status` (`None`: not read);
+/// `previous_sent` is `frames.sent` at the read before.
+pub fn publishing(relay_ready: &Cond, relay: Option<&Result<RelayStatus, String>>, previous_sent: Option<u64>) -> Cond {
     if !relay_ready.is_true() {
         return Cond::no("RelayNotReady", "the relay is not ready");
     }
-    match relay {
-        None => Cond::unknown("StatusNotRead", "the relay's /status has not been read yet"),
-        Some(Err(e)) => Cond::unknown("StatusUnavailable", format!("cannot read the relay's /status: {e}")),
-        Some(Ok(s)) if s.publishing() => {
-            let names: Vec<&str> = s
-                .outputs()
-                .filter(|(_, st)| *st == "connected")
-                .map(|(n, _)| n.as_str())
-                .collect();
-            Cond::yes(
-                "Publishing",
-                if names.is_empty() {
-                    "publishing".into()
-                } else {
-                    format!("connected: {}", names.join(", "))
-                },
-            )
-        }
-        Some(Ok(s)) if s.outputs().any(|(_, st)| st == "backoff") => {
-            Cond::no("PublisherBackoff", "a publisher lost its connection and is retrying")
-        }
-        Some(Ok(s)) if matches!(s.state.as_deref(), Some("receiving" | "publishing")) => Cond::no(
+    let s = match relay {
+        None => return Cond::unknown("StatusNotRead", "the relay's /status has not been read yet"),
+        Some(Err(e)) => return Cond::unknown("StatusUnavailable", format!("cannot read the relay's /status: {e}")),
+        Some(Ok(s)) => s,
+    };
+    if streaming(s, previous_sent) {
+        let names: Vec<&str> = outputs(s)
+            .filter(|(_, p)| p.state == PublisherState::Connected)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        return Cond::yes(
+            "Publishing",
+            if names.is_empty() {
+                "frames are being sent".into()
+            } else {
+                format!("connected: {}", names.join(", "))
+            },
+        );
+    }
+    if any_output(s, PublisherState::Stopped) {
+        return Cond::no("PublisherStopped", "a publisher gave up; the relay is replaced");
+    }
+    if any_output(s, PublisherState::Backoff) {
+        return Cond::no("PublisherBackoff", "a publisher lost its connection and is retrying");
+    }
+    match s.session.as_ref().map(|x| x.state) {
+        Some(SessionState::Receiving) => Cond::no(
             "Receiving",
             "receiving the browser's video; the publisher is connecting",
         ),
-        Some(Ok(_)) => Cond::no("Idle", "waiting for a browser's offer"),
+        Some(SessionState::Connecting) => Cond::no(
+            "BrowserConnecting",
+            "a browser's offer was answered; waiting for its media",
+        ),
+        Some(SessionState::Idle | SessionState::Unknown) => Cond::no("Idle", "waiting for a browser's offer"),
+        None => Cond::no(
+            "PublisherConnecting",
+            "the test pattern waits for its publisher to connect",
+        ),
     }
 }
 
@@ -309,7 +308,7 @@ pub fn phase(i: &PhaseInputs<'_>) -> Phase {
     if i.publishing.is_true() {
         return Phase::Streaming;
     }
-    if i.publishing.reason == "PublisherBackoff" {
+    if matches!(i.publishing.reason.as_str(), "PublisherBackoff" | "PublisherStopped") {
         return Phase::Degraded;
     }
     Phase::Ready
@@ -358,19 +357,25 @@ mod tests {
         }
     }
 
+    fn read(v: serde_json::Value) -> RelayStatus {
+        serde_json::from_value(v).unwrap()
+    }
+
     #[test]
-    fn relay_status_with_every_field_becomes_the_metrics_block() {
+    fn relay_status_with_every_field_becomes_the_metrics_block_rounded_to_a_tenth() {
         let v = json!({
             "state": "publishing", "mode": "serve",
+            "session": {"state": "receiving", "age_secs": 3.0, "codec": "vp8"},
             "input": {"width": 1280, "height": 720, "fps": 29.5},
             "output": {"codec": "vp8", "width": 1280, "height": 720, "fps": 30},
-            "frames": {"received": 100, "dropped_stale": 3},
-            "latency_ms": {"total": {"p50": 20.0, "p95": 35.5, "p99": 50.0},
-                           "stages": {"filter": {"p50": 8.0, "p95": 12.0, "p99": 15.0}}},
+            "frames": {"received": 100, "dropped_stale": 3, "sent": 97},
+            "latency_ms": {"total": {"p50": 20.0, "p95": 24.972347999999997, "p99": 50.0, "samples": 90},
+                           "stages": {"filter": {"p50": 8.0, "p95": 12.0, "p99": 15.0, "samples": 90},
+                                      "encode": {"p50": 0.0, "p95": 0.0, "p99": 0.0, "samples": 0}}},
             "publishers": {"sora": {"state": "connected", "frames_sent": 97}}
         });
 
-        let m = RelayStatus::from_json(&v).to_metrics(t(1_700_000_000));
+        let m = relay_metrics(&read(v), t(1_700_000_000));
 
         assert_eq!(m.state.as_deref(), Some("publishing"));
         assert_eq!(m.fps_in, Some(29.5));
@@ -381,23 +386,24 @@ mod tests {
             lat.total,
             Some(Percentiles {
                 p50: Some(20.0),
-                p95: Some(35.5),
+                p95: Some(25.0),
                 p99: Some(50.0)
             })
         );
         assert_eq!(lat.stages["filter"].p95, Some(12.0));
+        assert!(!lat.stages.contains_key("encode"), "an empty window says nothing");
         assert_eq!(m.publishers["sora"], "connected");
         assert_eq!(m.updated_at, Some(Time(t(1_700_000_000))));
     }
 
     #[test]
-    fn relay_status_with_missing_or_mistyped_fields_is_read_as_far_as_it_goes() {
-        let v = json!({"state": 7, "input": "x", "frames": {"dropped_stale": "many"}, "publishers": {"sora": 1}});
+    fn a_relay_status_with_added_fields_and_states_is_still_read() {
+        let v = json!({"state": "draining", "health": {"ok": true}, "publishers": {"sora": {"state": "paused"}}});
 
-        let s = RelayStatus::from_json(&v);
+        let s: RelayStatus = serde_json::from_value(v).unwrap();
 
-        assert_eq!(s, RelayStatus::default());
-        assert_eq!(s.to_metrics(t(0)).latency_ms, None);
+        assert_eq!(relay_metrics(&s, t(0)).latency_ms, None);
+        assert_eq!(relay_metrics(&s, t(0)).publishers["sora"], "unknown");
     }
 
     #[test]
@@ -472,47 +478,76 @@ mod tests {
     }
 
     #[test]
-    fn publishing_follows_the_relay_state_and_publishers() {
+    fn a_serve_relay_whose_publisher_connected_at_start_up_is_idle_until_a_browser_sends() {
         let ready = Cond::yes("Ready", "");
-        let idle = Ok(RelayStatus {
-            state: Some("idle".into()),
-            ..RelayStatus::default()
-        });
-        let backoff = Ok(RelayStatus {
-            state: Some("receiving".into()),
-            publishers: BTreeMap::from([("sora".into(), "backoff".into())]),
-            ..RelayStatus::default()
-        });
-        let live = Ok(RelayStatus {
-            state: Some("publishing".into()),
-            publishers: BTreeMap::from([("sora".into(), "connected".into())]),
-            ..RelayStatus::default()
-        });
+        let idle_connected = Ok(read(json!({
+            "state": "idle", "mode": "serve", "session": {"state": "idle"},
+            "frames": {"sent": 0}, "publishers": {"sora": {"state": "connected"}}
+        })));
+        let receiving = Ok(read(json!({
+            "state": "publishing", "mode": "serve", "session": {"state": "receiving"},
+            "frames": {"sent": 120}, "publishers": {"sora": {"state": "connected"}}
+        })));
+        let left = Ok(read(json!({
+            "state": "idle", "mode": "serve", "session": {"state": "idle"},
+            "frames": {"sent": 120}, "publishers": {"sora": {"state": "connected"}}
+        })));
 
-        assert_eq!(publishing(&ready, Some(&idle)).reason, "Idle");
-        assert_eq!(publishing(&ready, Some(&backoff)).reason, "PublisherBackoff");
+        assert_eq!(publishing(&ready, Some(&idle_connected), None).reason, "Idle");
         assert_eq!(
-            publishing(&ready, Some(&live)),
+            publishing(&ready, Some(&receiving), Some(0)),
             Cond::yes("Publishing", "connected: sora")
         );
-        let preview_only = Ok(RelayStatus {
-            state: Some("publishing".into()),
-            publishers: BTreeMap::from([
-                ("sora".into(), "connecting".into()),
-                ("preview".into(), "connected".into()),
-            ]),
-            ..RelayStatus::default()
-        });
+        assert_eq!(publishing(&ready, Some(&left), Some(120)).reason, "Idle");
+    }
+
+    #[test]
+    fn publishing_follows_the_relay_state_and_publishers() {
+        let ready = Cond::yes("Ready", "");
+        let backoff = Ok(read(json!({
+            "state": "receiving", "session": {"state": "receiving"},
+            "publishers": {"sora": {"state": "backoff"}}
+        })));
+        let stopped = Ok(read(
+            json!({"session": {"state": "idle"}, "publishers": {"sora": {"state": "stopped"}}}),
+        ));
+        let preview_only = Ok(read(json!({
+            "state": "publishing", "session": {"state": "receiving"}, "frames": {"sent": 10},
+            "publishers": {"sora": {"state": "connecting"}, "preview": {"state": "connected", "frames_sent": 10}}
+        })));
+        let test_pattern = Ok(read(json!({"state": "idle", "mode": "test-pattern", "session": null,
+            "publishers": {"sora": {"state": "connecting"}}})));
+        let test_pattern_live = Ok(read(
+            json!({"state": "publishing", "mode": "test-pattern", "session": null,
+            "publishers": {"sora": {"state": "connected"}}}),
+        ));
+
+        assert_eq!(publishing(&ready, Some(&backoff), None).reason, "PublisherBackoff");
+        assert_eq!(publishing(&ready, Some(&stopped), None).reason, "PublisherStopped");
         assert_eq!(
-            publishing(&ready, Some(&preview_only)).reason,
+            publishing(&ready, Some(&preview_only), Some(10)).reason,
             "Receiving",
             "a preview viewer is not the SFU"
         );
-        assert_eq!(publishing(&ready, Some(&Err("timeout".into()))).status, "Unknown");
         assert_eq!(
-            publishing(&Cond::no("NotReady", ""), Some(&live)).reason,
+            publishing(&ready, Some(&test_pattern), None).reason,
+            "PublisherConnecting"
+        );
+        assert_eq!(publishing(&ready, Some(&test_pattern_live), None).status, "True");
+        assert_eq!(publishing(&ready, Some(&Err("timeout".into())), None).status, "Unknown");
+        assert_eq!(
+            publishing(&Cond::no("NotReady", ""), Some(&test_pattern_live), None).reason,
             "RelayNotReady"
         );
+    }
+
+    #[test]
+    fn frames_sent_increasing_while_receiving_is_streaming_without_a_named_publisher() {
+        let s = read(json!({"session": {"state": "receiving"}, "frames": {"sent": 50}, "publishers": {}}));
+
+        assert!(streaming(&s, Some(40)));
+        assert!(!streaming(&s, Some(50)));
+        assert!(!streaming(&s, None));
     }
 
     #[test]

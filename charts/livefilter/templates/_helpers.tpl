@@ -87,7 +87,8 @@ Usage: include "livefilter.image" (list .Values.operator.image .Chart.AppVersion
 {{- $replicas := int .Values.operator.replicas }}
 {{- $enabled := .Values.operator.leaderElection.enabled }}
 {{- if kindIs "invalid" $enabled }}
-{{- if gt $replicas 1 }}true{{ else }}false{{ end }}
+{{- /* Always elect: even one replica overlaps with its successor during a rolling update. */ -}}
+true
 {{- else if and (not $enabled) (gt $replicas 1) }}
 {{- fail "operator.leaderElection.enabled=false needs operator.replicas=1: two active operators would hand out the same host ports" }}
 {{- else }}

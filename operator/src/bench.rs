@@ -1,0 +1,198 @@
+//! `livefilter-operator bench`: the real controller loop against the in-memory API double with
+//! many streaming sessions (Sora output, so no ImageFlux calls), reporting reconcile latency,
+//! API requests per minute in steady state, status writes per session per minute and RSS.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use futures_util::future::BoxFuture;
+use livefilter_contract::status::RelayStatus;
+use livefilter_operator::apidouble::ApiDouble;
+use livefilter_operator::controller::Settings;
+use livefilter_operator::imageflux::ImageFluxClient;
+use livefilter_operator::metrics::Metrics;
+use livefilter_operator::observer::{FilterPatchError, ObserverSettings, RelayApi};
+use livefilter_operator::ports::PortRange;
+use livefilter_operator::runner::{self, RunConfig};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// Bench settings.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Sessions to create.
+    #[arg(long, default_value_t = 1000)]
+    sessions: usize,
+    /// The status interval (seconds).
+    #[arg(long, default_value_t = 10)]
+    status_interval_secs: u64,
+    /// Steady-state status intervals to measure.
+    #[arg(long, default_value_t = 3)]
+    intervals: u32,
+}
+
+/// Relays that all stream: frames keep flowing, latency wanders a little.
+struct StreamingRelays {
+    reads: AtomicU64,
+}
+
+impl RelayApi for StreamingRelays {
+    fn fetch(&self, _base: String) -> BoxFuture<'static, Result<RelayStatus, String>> {
+        let n = self.reads.fetch_add(1, Ordering::Relaxed);
+        // Latency wanders by more than the write tolerance, so every interval has news.
+        let jitter = (n / 3 % 2) as f64 * 12.0;
+        let doc = json!({
+            "state": "publishing", "mode": "serve",
+            "session": {"state": "receiving", "age_secs": 10.0, "codec": "vp8"},
+            "input": {"width": 1280, "height": 720, "fps": 30.0},
+            "output": {"codec": "vp8", "width": 1280, "height": 720, "fps": 30.0},
+            "frames": {"received": n, "decoded": n, "filtered": n, "encoded": n, "sent": n},
+            "latency_ms": {"total": {"p50": 20.0 + jitter, "p95": 30.0 + jitter, "p99": 40.0, "samples": 300}},
+            "publishers": {"sora": {"state": "connected", "frames_sent": n}}
+        });
+        Box::pin(async move { serde_json::from_value(doc).map_err(|e| e.to_string()) })
+    }
+
+    fn patch_filter(
+        &self,
+        _base: String,
+        _token: Option<String>,
+        _patch: serde_json::Value,
+    ) -> BoxFuture<'static, Result<(), FilterPatchError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Runs the bench and prints its figures.
+pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+fn session(i: usize) -> serde_json::Value {
+    json!({
+        "apiVersion": "livefilter.dev/v1alpha1", "kind": "LiveFilterSession",
+        "metadata": {"name": format!("s{i:04}"), "namespace": "bench"},
+        "spec": {"output": {"sora": {"signalingUrls": ["wss://sora.example/signaling"], "channelId": format!("room-{i}")}}}
+    })
+}
+
+fn rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The upper bound of the histogram bucket holding quantile `q` (seconds).
+fn quantile(h: &prometheus::Histogram, q: f64) -> f64 {
+    let metric = prometheus::core::Metric::metric(h);
+    let hist = metric.get_histogram();
+    let total = hist.get_sample_count() as f64;
+    hist.get_bucket()
+        .iter()
+        .find(|b| b.cumulative_count() as f64 >= q * total)
+        .map_or(f64::INFINITY, |b| b.upper_bound())
+}
+
+async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let api = ApiDouble::new();
+    for i in 0..args.sessions {
+        api.put("livefiltersessions", session(i));
+    }
+    let metrics = Metrics::new();
+    let interval = Duration::from_secs(args.status_interval_secs.max(1));
+    let config = RunConfig {
+        namespace: Some("bench".into()),
+        concurrency: 16,
+        http_ports: "38000-39999".parse::<PortRange>().map_err(anyhow::Error::msg)?,
+        udp_ports: "40000-41999".parse::<PortRange>().map_err(anyhow::Error::msg)?,
+        settings: Settings {
+            status_interval: interval,
+            ..Settings::default()
+        },
+        observer: ObserverSettings {
+            read_interval: Duration::from_secs(1),
+            write_interval: interval,
+            concurrency: 64,
+        },
+        instance: Some("bench".into()),
+    };
+    let imageflux = ImageFluxClient::new("http://127.0.0.1:9", None).context("ImageFlux client")?;
+    let relays = Arc::new(StreamingRelays {
+        reads: AtomicU64::new(0),
+    });
+    let token = CancellationToken::new();
+    let started = tokio::time::Instant::now();
+    let loop_task = tokio::spawn(runner::run(
+        api.client(),
+        imageflux,
+        relays,
+        metrics.clone(),
+        config,
+        token.clone(),
+    ));
+
+    let streaming = |api: &ApiDouble| {
+        api.list("livefiltersessions")
+            .iter()
+            .filter(|s| s.pointer("/status/phase").and_then(|p| p.as_str()) == Some("Streaming"))
+            .count()
+    };
+    while streaming(&api) < args.sessions {
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!(
+                "only {} of {} sessions streaming after 10 min",
+                streaming(&api),
+                args.sessions
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let converged = started.elapsed();
+    let requests_before = api.request_total();
+    let writes_before: u64 = api.status_writes().values().sum();
+    let steady = interval * args.intervals;
+    tokio::time::sleep(steady).await;
+    let requests = api.request_total() - requests_before;
+    let writes: u64 = api.status_writes().values().sum::<u64>() - writes_before;
+    let rss = rss_mib();
+    token.cancel();
+    loop_task.await.context("the controller task")??;
+
+    let minutes = steady.as_secs_f64() / 60.0;
+    println!("sessions:                         {}", args.sessions);
+    println!("all Streaming after:              {:.1} s", converged.as_secs_f64());
+    println!("reconciles:                       {}", metrics.reconcile_runs.get());
+    println!(
+        "reconcile p50 / p99:              <= {:.1} ms / <= {:.1} ms (histogram bucket bounds)",
+        quantile(&metrics.reconcile_duration, 0.50) * 1000.0,
+        quantile(&metrics.reconcile_duration, 0.99) * 1000.0
+    );
+    println!(
+        "steady state measured:            {:.0} s ({} status intervals of {} s)",
+        steady.as_secs_f64(),
+        args.intervals,
+        interval.as_secs()
+    );
+    println!("API requests per minute (steady): {:.0}", requests as f64 / minutes);
+    println!(
+        "status writes per session per minute (steady): {:.2} (limit {:.2})",
+        writes as f64 / args.sessions as f64 / minutes,
+        60.0 / interval.as_secs_f64()
+    );
+    match rss {
+        Some(mib) => println!("RSS:                              {mib:.1} MiB (operator and API double together)"),
+        None => println!("RSS:                              unknown (no /proc/self/status)"),
+    }
+    Ok(())
+}
