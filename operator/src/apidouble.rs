@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 /// How many past watch events are kept for watches that resume from a resource version.
-const HISTORY: usize = 20_000;
+const HISTORY: usize = 1_000;
 
 /// Where an object lives: resource plural, namespace (empty for cluster scope), name.
 type Key = (String, String, String);
