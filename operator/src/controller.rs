@@ -3,11 +3,13 @@
 //! `relay_config`, `status`, `ports`); this module only sequences the I/O.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
@@ -150,6 +152,9 @@ pub struct Settings {
     pub allowed_images: Vec<String>,
     /// Delete ImageFlux channels no session records (the operator owns the account).
     pub delete_orphan_channels: bool,
+    /// How often the channel sweep lists each ImageFlux account (a stray is reported on its
+    /// second sighting, so within two of these).
+    pub channel_sweep_interval: Duration,
 }
 
 impl Settings {
@@ -172,6 +177,7 @@ impl Default for Settings {
             not_ready_grace: Duration::from_secs(60),
             allowed_images: Vec::new(),
             delete_orphan_channels: false,
+            channel_sweep_interval: Duration::from_secs(20),
         }
     }
 }
@@ -206,6 +212,12 @@ pub struct Context {
     cleaned: Mutex<HashSet<String>>,
     /// ImageFlux channels this process deleted.
     deleted_channels: Mutex<HashSet<String>>,
+    /// CreateMultistreamChannel calls not yet answered: the sweep judges no account meanwhile,
+    /// since a channel may exist that no one could record yet.
+    creates_in_flight: AtomicUsize,
+    /// Sessions (by uid) whose earlier channel request may have created a channel that was
+    /// never recorded; the sweep reports what it finds on them.
+    interrupted: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -235,6 +247,8 @@ impl Context {
             failures: Mutex::default(),
             cleaned: Mutex::default(),
             deleted_channels: Mutex::default(),
+            creates_in_flight: AtomicUsize::new(0),
+            interrupted: Mutex::default(),
         }
     }
 
@@ -252,11 +266,25 @@ impl Context {
             .collect()
     }
 
+    /// Whether a CreateMultistreamChannel call is waiting for its answer.
+    pub fn creating_channels(&self) -> bool {
+        self.creates_in_flight.load(Ordering::SeqCst) > 0
+    }
+
+    /// The sessions (by uid) whose earlier channel request was interrupted, taken out.
+    pub fn take_interrupted(&self, uids: &HashSet<String>) -> HashSet<String> {
+        let mut set = self.interrupted.lock().unwrap_or_else(|p| p.into_inner());
+        let taken: HashSet<String> = set.intersection(uids).cloned().collect();
+        set.retain(|u| !taken.contains(u));
+        taken
+    }
+
     fn ports(&self) -> std::sync::MutexGuard<'_, PortAllocator> {
         self.ports.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn event(&self, session: &LiveFilterSession, type_: EventType, reason: &str, note: String) {
+    /// Publishes an Event about `session` (a failure to publish is logged, not returned).
+    pub async fn event(&self, session: &LiveFilterSession, type_: EventType, reason: &str, note: String) {
         let ev = Event {
             type_,
             reason: reason.to_owned(),
@@ -353,7 +381,8 @@ pub fn backoff(n: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
-async fn read_secret(ctx: &Context, ns: &str, r: &crate::crd::KeyRef, default_key: &str) -> Result<String, Error> {
+/// Reads the key `r` names (or `default_key`) of a Secret in `ns`, trimmed.
+pub async fn read_secret(ctx: &Context, ns: &str, r: &crate::crd::KeyRef, default_key: &str) -> Result<String, Error> {
     let key = r.key_or(default_key);
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
         .get_opt(&r.name)
@@ -543,7 +572,33 @@ async fn ensure_channel(
                 }
                 Err(e) => return Err(e),
             };
-            match ctx.imageflux.create_channel(&token, &hls_renditions(s)).await {
+            if status.channel_requested_at.is_some() {
+                // A request of an earlier reconcile (or an earlier process) got no recorded
+                // answer: it may have created a channel that now bills unrecorded.
+                let first = ctx
+                    .interrupted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(uid.clone());
+                if first {
+                    warn!(session = %session_key(s), "an earlier channel request was interrupted; the channel sweep accounts for what it may have created");
+                    ctx.event(
+                        s,
+                        EventType::Warning,
+                        "ChannelRequestInterrupted",
+                        "an earlier CreateMultistreamChannel got no recorded answer and may have created a channel; the channel sweep reports it (and deletes it with --delete-orphan-channels)".into(),
+                    )
+                    .await;
+                }
+            }
+            // The intent goes on record before the call, so that no crash can hide the call.
+            status.channel_requested_at = Some(Time(ctx.now()));
+            patch_status(ctx, s, status).await?;
+            let created = {
+                let _in_flight = InFlight::enter(&ctx.creates_in_flight);
+                ctx.imageflux.create_channel(&token, &hls_renditions(s)).await
+            };
+            match created {
                 Ok(created) => {
                     let ch = ChannelStatus {
                         provider: provider::IMAGEFLUX.into(),
@@ -556,6 +611,7 @@ async fn ensure_channel(
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(uid.clone(), ch.clone());
                     status.channel = Some(ch);
+                    status.channel_requested_at = None;
                     let cond = Cond::yes("ChannelCreated", format!("ImageFlux channel {}", created.channel_id));
                     // Record the channel before anything else can fail, so that a restart finds
                     // it instead of creating a second one.
@@ -591,6 +647,17 @@ async fn ensure_channel(
                     Ok(ok(cond))
                 }
                 Err(e) => {
+                    if matches!(e.status(), Some(400..=499)) {
+                        // ImageFlux refused: nothing was created. (A 5xx may come from a
+                        // gateway that gave up on a call that went through.)
+                        status.channel_requested_at = None;
+                    } else {
+                        // No answer (timeout, connection lost): the channel may exist.
+                        ctx.interrupted
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(uid.clone());
+                    }
                     let cond = Cond::no("ImageFluxError", e.to_string());
                     let permanent = !e.is_transient();
                     Ok(ChannelStep {
@@ -1393,8 +1460,24 @@ async fn cleanup(s: Arc<LiveFilterSession>, ctx: &Context) -> Result<Action, Err
     Ok(Action::await_change())
 }
 
+/// Counts a call in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// DeleteChannel, retried a few times on transient errors before the controller's own backoff.
-async fn delete_with_retries(client: &ImageFluxClient, token: &str, id: &str) -> Result<Deleted, ImageFluxError> {
+pub async fn delete_with_retries(client: &ImageFluxClient, token: &str, id: &str) -> Result<Deleted, ImageFluxError> {
     let mut delay = Duration::from_millis(200);
     let mut attempt = 1;
     loop {

@@ -724,6 +724,11 @@ pub struct LiveFilterSessionStatus {
     /// The channel the relay publishes into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<ChannelStatus>,
+    /// When the operator asked ImageFlux for a channel whose answer it has not recorded yet.
+    /// Written before the call, so a crash or a timeout mid-call leaves a trace: the channel
+    /// sweep then accounts for the channel that call may have created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_requested_at: Option<Time>,
     /// Where a browser sends its offer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offer_url: Option<String>,

@@ -16,4 +16,5 @@ pub mod ports;
 pub mod relay_config;
 pub mod runner;
 pub mod status;
+pub mod sweep;
 pub mod triggers;

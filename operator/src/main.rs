@@ -94,6 +94,10 @@ struct RunArgs {
     /// ImageFlux account); without it they are reported.
     #[arg(long, env = "LIVEFILTER_DELETE_ORPHAN_CHANNELS", default_value_t = false, action = clap::ArgAction::Set)]
     delete_orphan_channels: bool,
+    /// Seconds between two listings of each ImageFlux account by the channel sweep (a channel
+    /// no session records is reported at its second sighting).
+    #[arg(long, env = "LIVEFILTER_CHANNEL_SWEEP_INTERVAL_SECS", default_value_t = 20)]
+    channel_sweep_interval_secs: u64,
     /// At most this many `/status` reads at once, across all sessions.
     #[arg(long, env = "LIVEFILTER_STATUS_CONCURRENCY", default_value_t = 16)]
     status_concurrency: usize,
@@ -294,6 +298,7 @@ async fn controller(client: Client, args: &RunArgs, metrics: Metrics, token: Can
             .filter(|s| !s.is_empty())
             .collect(),
         delete_orphan_channels: args.delete_orphan_channels,
+        channel_sweep_interval: Duration::from_secs(args.channel_sweep_interval_secs.max(1)),
         ..Settings::default()
     };
     let imageflux = ImageFluxClient::new(args.imageflux_api_url.clone(), Some(metrics.imageflux_calls.clone()))

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub status_writes: IntCounterVec,
     /// ImageFlux channels in the account that no session records (a leak, or another owner's).
     pub stray_channels: IntGauge,
+    /// Stray ImageFlux channels the sweep deleted (`--delete-orphan-channels`).
+    pub stray_channels_deleted: IntCounter,
     phases: Arc<Mutex<HashMap<String, Phase>>>,
 }
 
@@ -110,6 +112,11 @@ impl Metrics {
             "ImageFlux channels in the account that no session records",
         )
         .expect("valid metric");
+        let stray_channels_deleted = IntCounter::new(
+            "livefilter_operator_stray_channels_deleted_total",
+            "Stray ImageFlux channels the sweep deleted",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(reconcile_runs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_failures.clone()),
@@ -120,6 +127,7 @@ impl Metrics {
             Box::new(relay_figures.clone()),
             Box::new(status_writes.clone()),
             Box::new(stray_channels.clone()),
+            Box::new(stray_channels_deleted.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -137,6 +145,7 @@ impl Metrics {
             relay_figures,
             status_writes,
             stray_channels,
+            stray_channels_deleted,
             phases: Arc::default(),
         }
     }

@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::objects::MANAGER;
 use crate::observer::{Observer, ObserverSettings, RelayApi};
 use crate::ports::{PortAllocator, PortError, PortRange};
+use crate::sweep;
 use crate::triggers::{child_relevance, pod_relevance, relevant, session_relevance};
 
 /// Why the loop could not start.
@@ -149,6 +150,9 @@ pub async fn run(
     ));
 
     let (session_store, session_writer) = reflector::store();
+    let sweeping = tokio::spawn(
+        sweep::run(ctx.clone(), session_store.clone(), token.clone()).instrument(tracing::info_span!("channel_sweep")),
+    );
     let session_events = watcher(sessions, watcher::Config::default())
         .default_backoff()
         .reflect(session_writer);
@@ -172,6 +176,9 @@ pub async fn run(
     token.cancel();
     if let Err(e) = observing.await {
         warn!(error = %e, "the observer ended abnormally");
+    }
+    if let Err(e) = sweeping.await {
+        warn!(error = %e, "the channel sweep ended abnormally");
     }
     info!("controller stopped");
     Ok(ctx)

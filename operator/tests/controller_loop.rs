@@ -89,6 +89,10 @@ struct Loop {
 
 impl Loop {
     fn start(api: ApiDouble, relays: Arc<Relays>, imageflux_url: &str) -> Self {
+        Self::start_with(api, relays, imageflux_url, |_| {})
+    }
+
+    fn start_with(api: ApiDouble, relays: Arc<Relays>, imageflux_url: &str, tune: impl FnOnce(&mut Settings)) -> Self {
         let metrics = Metrics::new();
         let config = RunConfig {
             namespace: None,
@@ -106,6 +110,8 @@ impl Loop {
             },
             instance: Some("test".into()),
         };
+        let mut config = config;
+        tune(&mut config.settings);
         let token = CancellationToken::new();
         let imageflux = ImageFluxClient::new(imageflux_url, Some(metrics.imageflux_calls.clone())).unwrap();
         let task = tokio::spawn({
@@ -146,6 +152,13 @@ impl Loop {
     async fn stop(self) {
         self.token.cancel();
         self.task.await.unwrap();
+    }
+
+    /// Ends the loop as a crash would: mid-call, nothing finished or cleaned up.
+    fn crash(self) -> ApiDouble {
+        self.task.abort();
+        self.token.cancel();
+        self.api
     }
 }
 
@@ -287,11 +300,14 @@ async fn changed_filter_params_reach_the_running_relay_without_a_new_pod() {
     op.stop().await;
 }
 
-/// An ImageFlux double that creates channels and counts DeleteChannel per channel.
+/// An ImageFlux double that creates channels (or, told to, creates one and never answers, as a
+/// call cut by a crash), lists the live ones and counts DeleteChannel per channel.
 #[derive(Clone, Default)]
 struct Flux {
     deletes: Arc<Mutex<BTreeMap<String, u32>>>,
     created: Arc<Mutex<u32>>,
+    live: Arc<Mutex<Vec<String>>>,
+    hang_creates: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn flux() -> (Flux, String) {
@@ -307,14 +323,24 @@ async fn flux() -> (Flux, String) {
                     .to_owned();
                 let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
                 if target.contains("CreateMultistreamChannel") {
-                    let mut n = f.created.lock().unwrap();
-                    *n += 1;
-                    return json!({"channel_id": format!("ch{n}"), "sora_url": "wss://sora.example/signaling"})
-                        .to_string();
+                    let id = {
+                        let mut n = f.created.lock().unwrap();
+                        *n += 1;
+                        format!("ch{n}")
+                    };
+                    f.live.lock().unwrap().push(id.clone());
+                    if f.hang_creates.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                    return json!({"channel_id": id, "sora_url": "wss://sora.example/signaling"}).to_string();
                 }
                 if target.contains("DeleteChannel") {
                     let id = body["channel_id"].as_str().unwrap_or("").to_owned();
+                    f.live.lock().unwrap().retain(|c| *c != id);
                     *f.deletes.lock().unwrap().entry(id).or_insert(0) += 1;
+                }
+                if target.contains("ListChannelIDs") {
+                    return json!({"channel_ids": *f.live.lock().unwrap()}).to_string();
                 }
                 "{}".to_owned()
             }),
@@ -365,4 +391,109 @@ async fn deleting_a_session_deletes_its_channel_exactly_once() {
     );
     assert_eq!(op.metrics.reconcile_failures.with_label_values(&["finalizer"]).get(), 0);
     op.stop().await;
+}
+
+fn imageflux_session(api: &ApiDouble, name: &str) {
+    api.put(
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "imageflux", "namespace": "default"},
+               "data": {"token": "YXBpLXRva2Vu"}}),
+    );
+    api.put(
+        "livefiltersessions",
+        json!({"apiVersion": "livefilter.dev/v1alpha1", "kind": "LiveFilterSession",
+               "metadata": {"name": name, "namespace": "default"},
+               "spec": {"output": {"imageflux": {}}}}),
+    );
+}
+
+fn events_with_reason(api: &ApiDouble, reason: &str) -> usize {
+    api.list("events").iter().filter(|e| e["reason"] == reason).count()
+}
+
+// Real sockets to the ImageFlux double: time runs normally here.
+#[tokio::test]
+async fn a_channel_created_by_a_request_cut_by_a_crash_is_reported_after_the_restart_and_deleted_when_owned() {
+    // Arrange: the first operator crashes while ImageFlux is creating the session's channel.
+    let (flux, url) = flux().await;
+    let api = ApiDouble::new();
+    imageflux_session(&api, "demo");
+    flux.hang_creates.store(true, std::sync::atomic::Ordering::SeqCst);
+    let relays = Arc::new(Relays::default());
+    relays.set(idle());
+    let sweep = |s: &mut Settings| s.channel_sweep_interval = Duration::from_millis(200);
+    let first = Loop::start_with(api, relays.clone(), &url, sweep);
+    first
+        .until(Duration::from_secs(20), |_| *flux.created.lock().unwrap() == 1)
+        .await
+        .expect("the first operator asks for a channel");
+    let api = first.crash();
+    let status = api.get("livefiltersessions", "default", "demo").unwrap()["status"].clone();
+    assert!(
+        status["channelRequestedAt"].is_string(),
+        "the request is on record: {status}"
+    );
+    assert!(status["channel"].is_null(), "{status}");
+
+    // Act 1: a restarted operator that does not own the account.
+    flux.hang_creates.store(false, std::sync::atomic::Ordering::SeqCst);
+    let second = Loop::start_with(api, relays.clone(), &url, sweep);
+    second
+        .until(Duration::from_secs(20), |l| l.metrics.stray_channels.get() == 1)
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the lost channel is not reported as a stray: live {:?}, calls {}, status {}",
+                flux.live.lock().unwrap(),
+                second
+                    .metrics
+                    .render()
+                    .lines()
+                    .filter(|l| l.contains("imageflux_calls"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                second.api.get("livefiltersessions", "default", "demo").unwrap()["status"]
+            )
+        });
+
+    // Assert 1: reported on the session (once), recorded channel is the new one, nothing deleted.
+    let status = second.api.get("livefiltersessions", "default", "demo").unwrap()["status"].clone();
+    assert_eq!(status["channel"]["id"], "ch2");
+    assert!(status["channelRequestedAt"].is_null(), "{status}");
+    second
+        .until(Duration::from_secs(5), |l| {
+            events_with_reason(&l.api, "StrayChannel") == 1
+        })
+        .await
+        .expect("a StrayChannel event on the session");
+    assert_eq!(events_with_reason(&second.api, "ChannelRequestInterrupted"), 1);
+    assert!(
+        flux.deletes.lock().unwrap().is_empty(),
+        "report only: {:?}",
+        flux.deletes.lock().unwrap()
+    );
+    let api = second.crash();
+
+    // Act 2: an operator that owns the account.
+    let third = Loop::start_with(api, relays, &url, |s| {
+        sweep(s);
+        s.delete_orphan_channels = true;
+    });
+    third
+        .until(Duration::from_secs(20), |l| l.metrics.stray_channels_deleted.get() == 1)
+        .await
+        .expect("the stray is deleted");
+
+    // Assert 2: exactly the stray went, once; the session's own channel lives on.
+    assert_eq!(
+        flux.deletes.lock().unwrap().clone(),
+        BTreeMap::from([("ch1".to_owned(), 1)])
+    );
+    assert_eq!(*flux.live.lock().unwrap(), vec!["ch2".to_owned()]);
+    assert_eq!(*flux.created.lock().unwrap(), 2, "no third channel");
+    third
+        .until(Duration::from_secs(5), |l| l.metrics.stray_channels.get() == 0)
+        .await
+        .expect("no stray left");
+    third.stop().await;
 }

@@ -1,5 +1,5 @@
-//! Contract: the relay accepts the config file the operator writes. Both sides share the
-//! `livefilter-contract` types; this test adds the relay's own validation (the relay is a
+//! Contract: the relay accepts the config file the operator writes (the `livefilter-contract`
+//! types), reads every key of it with the value written, and finds it valid (the relay is a
 //! dev-dependency only; the operator binary never links it).
 
 use livefilter_operator::crd::{
@@ -7,7 +7,8 @@ use livefilter_operator::crd::{
     ModelSource, OutputSpec, PortsStatus, SoraOutput, WhipOutput,
 };
 use livefilter_operator::relay_config::{build, to_yaml};
-use livefilter_relay::config::{RelayConfig, RelayConfigExt};
+use livefilter_relay::config::RelayConfig;
+use serde_json::Value;
 
 const PORTS: PortsStatus = PortsStatus {
     http: 38000,
@@ -119,6 +120,21 @@ fn specs() -> Vec<(&'static str, LiveFilterSessionSpec)> {
     ]
 }
 
+/// Where `read` lacks or differs from a value of `wrote` (the relay may add defaults of its own).
+fn first_difference(read: &Value, wrote: &Value, at: &str) -> Option<String> {
+    match (read, wrote) {
+        (Value::Object(r), Value::Object(w)) => w.iter().find_map(|(k, wv)| match r.get(k) {
+            Some(rv) => first_difference(rv, wv, &format!("{at}.{k}")),
+            None if wv.is_null() => None,
+            None => Some(format!("{at}.{k}")),
+        }),
+        (r, w) if r == w => None,
+        // Numbers may come back as another type of number (u32 as f64).
+        (Value::Number(r), Value::Number(w)) if r.as_f64() == w.as_f64() => None,
+        _ => Some(at.to_owned()),
+    }
+}
+
 #[test]
 fn the_relay_parses_and_validates_every_config_the_operator_writes() {
     for (name, spec) in specs() {
@@ -130,7 +146,13 @@ fn the_relay_parses_and_validates_every_config_the_operator_writes() {
             .validate()
             .unwrap_or_else(|e| panic!("{name}: the relay finds\n{yaml}\ninvalid: {e}"));
 
-        assert_eq!(parsed, written, "{name}: read back as written");
+        let (read, wrote) = (
+            serde_json::to_value(&parsed).unwrap(),
+            serde_json::to_value(&written).unwrap(),
+        );
+        if let Some(path) = first_difference(&read, &wrote, "") {
+            panic!("{name}: the relay reads {path} otherwise than written\n{yaml}");
+        }
         assert_eq!(parsed.listen_addr().port(), 38000, "{name}");
         assert_eq!(parsed.ice.udp_addrs, vec!["0.0.0.0:40000".to_owned()], "{name}");
         assert_eq!(parsed.video.bitrate_kbps, spec.video.bitrate_kbps, "{name}");

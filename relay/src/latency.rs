@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::{HistogramOpts, HistogramVec, Registry};
-use serde::Serialize;
 
 /// Samples kept per stage (10 s at 30 fps).
 pub const WINDOW: usize = 300;
@@ -65,18 +64,8 @@ impl Stage {
     }
 }
 
-/// Percentiles of a window, in milliseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct Percentiles {
-    /// Median.
-    pub p50: f64,
-    /// 95th percentile.
-    pub p95: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// Samples in the window.
-    pub samples: usize,
-}
+/// Percentiles of a window, in milliseconds (the `/status` contract's type).
+pub use livefilter_contract::status::Percentiles;
 
 /// Nearest-rank percentiles of `samples` (ms); all zero when empty.
 pub fn percentiles(samples: &[f64]) -> Percentiles {
@@ -90,7 +79,7 @@ pub fn percentiles(samples: &[f64]) -> Percentiles {
         p50: rank(0.50),
         p95: rank(0.95),
         p99: rank(0.99),
-        samples: sorted.len(),
+        samples: sorted.len() as u64,
     }
 }
 
@@ -245,7 +234,7 @@ mod tests {
             latency.observe(Stage::Filter, Duration::from_millis(if ms < 100 { 1000 } else { 5 }));
         }
         let p = latency.window(Stage::Filter);
-        assert_eq!((p.p99, p.samples), (5.0, WINDOW));
+        assert_eq!((p.p99, p.samples), (5.0, WINDOW as u64));
         assert_eq!(latency.window(Stage::Encode).samples, 0);
     }
 }

@@ -117,6 +117,7 @@ fn streaming_status(hls_url: Option<&str>) -> LiveFilterSessionStatus {
         }),
         relay_pod_uid: Some("pod-1".into()),
         metrics: None,
+        channel_requested_at: None,
     }
 }
 
@@ -522,6 +523,14 @@ async fn first_reconcile_creates_the_channel_records_it_at_once_then_applies_the
                 .await;
             respond(send, 200, &token_secret());
 
+            // The request goes on record before ImageFlux is called.
+            let (patch, send) = api
+                .expect(Method::PATCH, &format!("{SESSIONS}/demo/status{APPLY}"))
+                .await;
+            assert!(patch["status"]["channelRequestedAt"].is_string(), "{patch}");
+            assert_eq!(patch["status"]["channel"], Value::Null);
+            respond_with_status(send, &echo, &patch);
+
             // The channel goes into status before anything else happens.
             let (patch, send) = api
                 .expect(Method::PATCH, &format!("{SESSIONS}/demo/status{APPLY}"))
@@ -534,6 +543,7 @@ async fn first_reconcile_creates_the_channel_records_it_at_once_then_applies_the
             );
             assert_eq!(patch["status"]["ports"], json!({"http": 38000, "udp": 40000}));
             assert_eq!(patch["status"]["phase"], "Provisioning");
+            assert_eq!(patch["status"]["channelRequestedAt"], Value::Null, "answered");
             assert_eq!(patch["status"]["conditions"][0]["type"], "ChannelReady");
             assert_eq!(patch["status"]["conditions"][0]["status"], "True");
             respond_with_status(send, &echo, &patch);
@@ -788,12 +798,24 @@ async fn an_imageflux_error_becomes_a_condition_with_status_and_body_and_no_chil
                 .expect(Method::GET, "/api/v1/namespaces/default/secrets/imageflux")
                 .await;
             respond(send, 200, &token_secret());
+
+            // The request goes on record before ImageFlux is called.
+            let (patch, send) = api
+                .expect(Method::PATCH, &format!("{SESSIONS}/demo/status{APPLY}"))
+                .await;
+            assert!(patch["status"]["channelRequestedAt"].is_string(), "{patch}");
+            assert_eq!(patch["status"]["channel"], Value::Null);
+            respond_with_status(send, &echo, &patch);
             let (patch, send) = api
                 .expect(Method::PATCH, &format!("{SESSIONS}/demo/status{APPLY}"))
                 .await;
             let st = &patch["status"];
             assert_eq!(st["phase"], "Pending");
             assert_eq!(st["channel"], Value::Null);
+            assert!(
+                st["channelRequestedAt"].is_string(),
+                "a 5xx may hide a created channel: {st}"
+            );
             let c = &st["conditions"][0];
             assert_eq!(
                 (c["type"].as_str(), c["status"].as_str(), c["reason"].as_str()),
@@ -843,10 +865,23 @@ async fn a_rejected_token_fails_the_session_until_someone_fixes_it() {
                 .expect(Method::GET, "/api/v1/namespaces/default/secrets/imageflux")
                 .await;
             respond(send, 200, &token_secret());
+
+            // The request goes on record before ImageFlux is called.
+            let (patch, send) = api
+                .expect(Method::PATCH, &format!("{SESSIONS}/demo/status{APPLY}"))
+                .await;
+            assert!(patch["status"]["channelRequestedAt"].is_string(), "{patch}");
+            assert_eq!(patch["status"]["channel"], Value::Null);
+            respond_with_status(send, &echo, &patch);
             let (patch, send) = api
                 .expect(Method::PATCH, &format!("{SESSIONS}/demo/status{APPLY}"))
                 .await;
             assert_eq!(patch["status"]["phase"], "Failed");
+            assert_eq!(
+                patch["status"]["channelRequestedAt"],
+                Value::Null,
+                "a 401 created nothing"
+            );
             respond_with_status(send, &echo, &patch);
             let ev = expect_event(&mut api, "Failed").await;
             assert_eq!(ev["type"], "Warning");

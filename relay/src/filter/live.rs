@@ -44,6 +44,11 @@ impl LiveParams {
         (live, rx)
     }
 
+    /// The device asked for, and the one the model runs on (none: the filter has no model).
+    pub fn devices(&self) -> (String, Option<String>) {
+        (self.requested.to_string(), self.device.map(|d| d.to_string()))
+    }
+
     /// The filter, its effective parameters (defaults filled in) and devices, as JSON.
     pub fn snapshot(&self) -> Value {
         let params = match &*self.tx.borrow() {
@@ -54,11 +59,12 @@ impl LiveParams {
             FilterParams::Pose(p) => json!(p),
             FilterParams::Onnx(p) => json!(p),
         };
+        let (requested_device, device) = self.devices();
         json!({
             "kind": self.kind.as_str(),
             "params": params,
-            "requested_device": self.requested.to_string(),
-            "device": self.device.map(|d| d.to_string()),
+            "requested_device": requested_device,
+            "device": device,
         })
     }
 

@@ -6,6 +6,7 @@
 
 pub mod server;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -27,7 +28,8 @@ use crate::latency::Stage;
 use crate::metrics::Metrics;
 use crate::publish::PublisherState;
 use crate::publish::preview::{PreviewError, PreviewHub};
-use crate::session::{AcceptError, Sessions};
+use crate::session::{AcceptError, SessionState, Sessions};
+use livefilter_contract::status::{self, OverallState, PublisherStatus, RelayStatus};
 
 /// The sender page.
 pub const INDEX_HTML: &str = include_str!("../../../static/index.html");
@@ -114,10 +116,7 @@ pub(crate) fn refuse(
 
 /// `ok`, or 503 naming the stage that died or stalled while the browser is sending.
 async fn healthz(State(state): State<AppState>) -> Response {
-    let sending = state
-        .serve
-        .as_ref()
-        .is_some_and(|s| s.sessions.view().state == "receiving");
+    let sending = state.serve.as_ref().is_some_and(|s| s.sessions.receiving());
     match state.health.check(std::time::Instant::now(), sending) {
         Ok(()) => "ok".into_response(),
         Err(e) => (
@@ -234,28 +233,29 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn status(State(state): State<AppState>) -> Json<Value> {
+async fn status(State(state): State<AppState>) -> Json<RelayStatus> {
     let m = &state.metrics;
-    let publishers: serde_json::Map<String, Value> = state
+    let publishers: BTreeMap<String, PublisherStatus> = state
         .info
         .publishers
         .iter()
         .map(|name| {
-            let s = publisher_state(m, name).map_or("starting", PublisherState::as_str);
-            let sent = m.frames_sent.with_label_values(&[name]).get();
-            let mut entry = json!({"state": s, "frames_sent": sent});
-            if name == "preview"
-                && let Some(preview) = state.serve.as_ref().and_then(|s| s.preview.as_ref())
-            {
-                entry["viewers"] = json!(preview.viewer_count());
-            }
+            let viewers = (name == "preview")
+                .then(|| state.serve.as_ref().and_then(|s| s.preview.as_ref()))
+                .flatten()
+                .map(|preview| preview.viewer_count() as u64);
+            let entry = PublisherStatus {
+                state: publisher_state(m, name).map_or(status::PublisherState::Starting, Into::into),
+                frames_sent: m.frames_sent.with_label_values(&[name]).get(),
+                viewers,
+            };
             (name.clone(), entry)
         })
         .collect();
-    let stages: serde_json::Map<String, Value> = Stage::ALL
+    let stages = Stage::ALL
         .iter()
         .filter(|s| **s != Stage::Total)
-        .map(|s| (s.as_str().to_owned(), json!(m.latency.window(*s))))
+        .map(|s| (s.as_str().to_owned(), m.latency.window(*s)))
         .collect();
     let dropped = |reason: &str| m.frames_dropped.with_label_values(&["pipeline", reason]).get();
     let (iw, ih, ifps) = m.video_of("input");
@@ -267,35 +267,58 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         .publishers
         .iter()
         .any(|p| publisher_state(m, p) == Some(PublisherState::Connected));
-    let overall = match (&session, publishing) {
-        (Some(s), true) if s.state == "receiving" => "publishing",
-        (Some(s), _) => s.state,
-        (None, true) => "publishing",
-        (None, false) => "idle",
+    let overall = match (session.as_ref().map(|s| s.state), publishing) {
+        (Some(SessionState::Receiving), true) | (None, true) => OverallState::Publishing,
+        (Some(SessionState::Receiving), false) => OverallState::Receiving,
+        (Some(SessionState::Connecting), _) => OverallState::Connecting,
+        (Some(SessionState::Idle), _) | (None, false) => OverallState::Idle,
+        (Some(SessionState::Unknown), _) => OverallState::Unknown,
     };
-    Json(json!({
-        "state": overall,
-        "mode": state.info.mode,
-        "filter": state.info.filter,
-        "inference": state.serve.as_ref().and_then(|s| s.filter.as_ref()).map(|f| {
-            let snap = f.snapshot();
-            json!({"device": snap["device"], "requested_device": snap["requested_device"]})
-        }),
-        "session": session,
-        "input": {"width": iw, "height": ih, "fps": ifps},
-        "output": {"codec": state.info.codec, "width": ow, "height": oh, "fps": ofps},
-        "frames": {
-            "generated": m.frames_generated.get(),
-            "received": received,
-            "decoded": m.frames_decoded.get(),
-            "dropped_stale": dropped("stale"),
-            "filtered": m.frames_filtered.get(),
-            "encoded": m.frames_encoded.with_label_values(&[&state.info.codec]).get(),
-            "sent": state.info.publishers.iter().map(|p| m.frames_sent.with_label_values(&[p]).get()).max().unwrap_or(0),
+    let inference = state.serve.as_ref().and_then(|s| s.filter.as_ref()).map(|f| {
+        let (requested_device, device) = f.devices();
+        status::Inference {
+            device,
+            requested_device,
+        }
+    });
+    Json(RelayStatus {
+        state: overall,
+        mode: state.info.mode.to_string(),
+        filter: state.info.filter.to_string(),
+        inference,
+        session,
+        input: status::VideoShape {
+            width: iw,
+            height: ih,
+            fps: ifps,
         },
-        "latency_ms": {"total": m.latency.window(Stage::Total), "stages": stages},
-        "publishers": publishers,
-    }))
+        output: status::OutputShape {
+            codec: state.info.codec.to_string(),
+            width: ow,
+            height: oh,
+            fps: ofps,
+        },
+        frames: status::Frames {
+            generated: m.frames_generated.get(),
+            received,
+            decoded: m.frames_decoded.get(),
+            dropped_stale: dropped("stale"),
+            filtered: m.frames_filtered.get(),
+            encoded: m.frames_encoded.with_label_values(&[&state.info.codec]).get(),
+            sent: state
+                .info
+                .publishers
+                .iter()
+                .map(|p| m.frames_sent.with_label_values(&[p]).get())
+                .max()
+                .unwrap_or(0),
+        },
+        latency_ms: status::LatencySummary {
+            total: m.latency.window(Stage::Total),
+            stages,
+        },
+        publishers,
+    })
 }
 
 /// A refused `/filter` change: logged, counted by `result`, answered as JSON.

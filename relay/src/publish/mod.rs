@@ -65,6 +65,18 @@ impl PublisherState {
     }
 }
 
+impl From<PublisherState> for livefilter_contract::status::PublisherState {
+    fn from(s: PublisherState) -> Self {
+        match s {
+            PublisherState::Idle => Self::Idle,
+            PublisherState::Connecting => Self::Connecting,
+            PublisherState::Connected => Self::Connected,
+            PublisherState::Backoff => Self::Backoff,
+            PublisherState::Stopped => Self::Stopped,
+        }
+    }
+}
+
 impl fmt::Display for PublisherState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

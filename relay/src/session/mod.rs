@@ -17,7 +17,6 @@ pub use peer::pong_for;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
@@ -114,16 +113,8 @@ impl Default for SessionTimers {
     }
 }
 
-/// What `/status` shows of the session.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct SessionView {
-    /// `idle`, `connecting` or `receiving`.
-    pub state: &'static str,
-    /// Seconds since the offer was answered.
-    pub age_secs: Option<f64>,
-    /// The negotiated input codec.
-    pub codec: Option<String>,
-}
+/// What `/status` shows of the session (the contract's type).
+pub use livefilter_contract::status::{SessionState, SessionView};
 
 /// The session's phase as published to readers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -296,17 +287,17 @@ impl Sessions {
     pub fn view(&self) -> SessionView {
         match *self.published.borrow() {
             Published::Idle => SessionView {
-                state: "idle",
+                state: SessionState::Idle,
                 age_secs: None,
                 codec: None,
             },
             Published::Connecting { started } => SessionView {
-                state: "connecting",
+                state: SessionState::Connecting,
                 age_secs: Some(started.elapsed().as_secs_f64()),
                 codec: self.sinks.input_codec(),
             },
             Published::Receiving { started } => SessionView {
-                state: "receiving",
+                state: SessionState::Receiving,
                 age_secs: Some(started.elapsed().as_secs_f64()),
                 codec: self.sinks.input_codec(),
             },
