@@ -888,3 +888,78 @@ async fn a_session_longer_than_its_timers_keeps_its_cpu_per_frame_flat() {
     assert_eq!(browser.state("streamer").await["phase"], "live");
     browser.quit().await;
 }
+
+/// For each flash, the beep nearest to it (within 400 ms): audio time minus video time, in ms.
+fn av_offsets(onsets: &Value) -> Vec<f64> {
+    let times = |k: &str| -> Vec<f64> {
+        onsets[k]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let audio = times("audio");
+    times("video")
+        .into_iter()
+        .filter_map(|v| {
+            audio
+                .iter()
+                .map(|a| a - v)
+                .filter(|d| d.abs() <= 400.0)
+                .min_by(|x, y| x.abs().total_cmp(&y.abs()))
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// ITU-R BT.1359: viewers notice audio more than 45 ms ahead of the picture or 125 ms behind it.
+/// The camera flashes and beeps together; the same detector times both at the sender's own
+/// preview and at a preview viewer, so what the relay adds is the difference.
+///
+/// Ignored in CI: the relay holds audio back by its own video latency only, so the browser's
+/// video encode and pacing lag (tens of ms idle, up to ~170 ms on a loaded 2-core machine)
+/// still reaches the viewer; measured runs range from -176 to +119 ms. Closing that needs
+/// capture times on both tracks (RTCP SR or abs-capture-time); see docs/architecture.md.
+/// Run: `cargo test -p livefilter-relay --test browser_e2e -- --ignored --nocapture lip_sync`.
+#[tokio::test]
+#[ignore = "the relay does not yet compensate the browser's own audio/video offset"]
+async fn audio_and_video_reach_the_preview_within_the_bt1359_lip_sync_window() {
+    let _serial = serial().await;
+    let relay = Relay::serve(&[]).await;
+    let mut browser = Browser::launch(Camera::FlashBeep).await;
+    browser.open("streamer", &relay.url("/")).await;
+    assert_live(
+        &browser.start("streamer", json!({"width": 640, "height": 360})).await,
+        &relay,
+    );
+    browser.open("viewer", &relay.url("/view")).await;
+    browser
+        .wait_state("viewer", "the preview playing", |s| {
+            s["video"]["readyState"].as_u64().unwrap_or(0) >= 2
+        })
+        .await;
+    // The viewer's own A/V synchronisation converges over several seconds (its first flashes
+    // come with the audio ~250 ms late, then it steps the video delay); measure once settled.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+
+    let measured = browser
+        .call(json!({"cmd": "av-onsets", "seconds": 8, "targets": [
+            {"page": "streamer", "selector": "#local"},
+            {"page": "viewer", "selector": "#remote"},
+        ]}))
+        .await;
+
+    let (sent, seen) = (av_offsets(&measured[0]), av_offsets(&measured[1]));
+    assert!(sent.len() >= 5, "flashes paired with beeps at the sender: {measured:#}");
+    assert!(seen.len() >= 5, "flashes paired with beeps at the viewer: {measured:#}");
+    let added = median(seen.clone()) - median(sent.clone());
+    eprintln!("lip sync: sender {sent:?}, viewer {seen:?}, relay adds {added:.1} ms (audio minus video)");
+    assert!(
+        (-45.0..=125.0).contains(&added),
+        "audio {added:.1} ms after video at the viewer (BT.1359: -45..=125); sender {sent:?}, viewer {seen:?}"
+    );
+    browser.quit().await;
+}

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use livefilter_relay::codec::VideoCodec;
 use livefilter_relay::feed::MediaSinks;
 use livefilter_relay::ingest::VideoIngestConfig;
@@ -97,15 +98,19 @@ async fn an_offer_dropped_while_it_is_being_answered_leaves_the_relay_idle_with_
         let mut accept = Box::pin(sessions.accept("offer", offer.clone()));
         // The request goes away as soon as the relay has taken it up (answering). Now and then
         // the answer is already through by then: that request was served, not abandoned.
-        tokio::select! {
+        let served = tokio::select! {
             biased;
-            _ = sessions.busy() => {}
-            r = &mut accept => {
-                let accepted = r.expect("a good offer is answered");
-                assert!(sessions.stop_session(&accepted.session).await, "round {round}");
-                tokio::time::timeout(Duration::from_secs(5), sessions.idle()).await.expect("idle after stop");
-                continue;
-            }
+            // The answer may be delivered in the very turn that shows the relay busy.
+            _ = sessions.busy() => (&mut accept).now_or_never(),
+            r = &mut accept => Some(r),
+        };
+        if let Some(r) = served {
+            let accepted = r.expect("a good offer is answered");
+            assert!(sessions.stop_session(&accepted.session).await, "round {round}");
+            tokio::time::timeout(Duration::from_secs(5), sessions.idle())
+                .await
+                .expect("idle after stop");
+            continue;
         }
         drop(accept);
         abandoned += 1;

@@ -2,11 +2,12 @@
 // Drives Debian's headless Chromium through the relay's own pages (static/index.html,
 // static/view.html) for livefilter's end-to-end tests (relay/tests/browser_e2e.rs).
 //
-//   node tests/js/browser_driver.mjs [--clip card.y4m] [--deny-camera]
+//   node tests/js/browser_driver.mjs [--clip card.y4m] [--deny-camera] [--flash-beep]
 //
 // --clip plays a y4m file as the fake camera (Chromium loops it at its own rate); without it,
 // Chromium's default fake camera (1280x720 at 20 fps, moving pattern) and fake microphone (a
-// beep) are used. --deny-camera answers every camera prompt with "deny".
+// beep) are used. --deny-camera answers every camera prompt with "deny". --flash-beep gives
+// every page a camera and microphone that flash and beep together once a second (lipsync.mjs).
 //
 // Protocol: one JSON object per line on stdin, one JSON reply per line on stdout.
 //   -> {"id": 1, "cmd": "open", "page": "streamer", "url": "http://127.0.0.1:8080/"}
@@ -28,19 +29,24 @@
 //   snapshot {selector}         the current picture of a <video> as PNG (base64) with its size
 //   screenshot {path}           full-page PNG screenshot to path
 //   close                       closes the page like closing its tab (pagehide runs)
+//   av-onsets {targets: [{page, selector}], seconds}
+//                               on every target at once, the times of each flash and beep its
+//                               <video> plays (lipsync.mjs); takes no "page" of its own
 //   quit                        closes the browser and exits 0
 
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
+import { FLASH_BEEP_CAMERA, avOnsets } from './lipsync.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 
 function parseArgs(argv) {
-  const opts = { clip: null, denyCamera: false };
+  const opts = { clip: null, denyCamera: false, flashBeep: false };
   for (let i = 0; i < argv.length; i++) {
     switch (argv[i]) {
       case '--clip': opts.clip = argv[++i]; break;
       case '--deny-camera': opts.denyCamera = true; break;
+      case '--flash-beep': opts.flashBeep = true; break;
       default: throw new Error(`unknown argument ${argv[i]}`);
     }
   }
@@ -88,6 +94,7 @@ async function open(browser, opts, msg) {
     ? { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true }
     : { viewport: { width: 1100, height: 800 } });
   if (opts.denyCamera) await context.clearPermissions();
+  if (opts.flashBeep) await context.addInitScript(FLASH_BEEP_CAMERA);
   const page = await context.newPage();
   pages.set(msg.page, { context, page });
   page.on('console', (m) => out({ event: 'console', page: msg.page, type: m.type(), text: m.text() }));
@@ -133,6 +140,11 @@ async function handle(browser, opts, msg) {
     case 'click': await pageOf(msg).click(msg.selector, { timeout: 5000 }); return {};
     case 'snapshot': return snapshot(pageOf(msg), msg.selector || 'video');
     case 'screenshot': await pageOf(msg).screenshot({ path: msg.path, fullPage: true }); return { path: msg.path };
+    case 'av-onsets':
+      // Every listed page at once, so that both ends see the same flashes.
+      return Promise.all(msg.targets.map((t) => pages.get(t.page)
+        ? pageOf(t).evaluate(avOnsets, { selector: t.selector, seconds: msg.seconds })
+        : Promise.reject(new Error(`no page named ${JSON.stringify(t.page)}`))));
     case 'close': {
       // Like closing a tab: the page goes (pagehide runs), the browser and its network stay,
       // so requests the page made on its way out (keepalive) still complete.

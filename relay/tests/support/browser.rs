@@ -67,6 +67,8 @@ pub enum Camera {
     Clip(PathBuf),
     /// Every camera prompt is denied.
     Denied,
+    /// A camera and microphone that flash and beep together once a second (lip-sync tests).
+    FlashBeep,
 }
 
 /// One Chromium process; each named page lives in its own browser context.
@@ -87,6 +89,7 @@ impl Browser {
             Camera::Fake => {}
             Camera::Clip(path) => args.extend(["--clip".into(), path.clone().into_os_string()]),
             Camera::Denied => args.push("--deny-camera".into()),
+            Camera::FlashBeep => args.push("--flash-beep".into()),
         }
         let mut child = Command::new("node")
             .args(&args)
