@@ -33,11 +33,17 @@ pub fn parse(payload: &[u8]) -> Option<u64> {
 
 /// The id `sdp` negotiated for the extension in its first `m=video` section.
 pub fn extmap_id(sdp: &str) -> Option<u8> {
-    let mut in_video = false;
+    extmap_id_in(sdp, "video")
+}
+
+/// The id `sdp` negotiated for the extension in its first `m=<media>` section.
+pub fn extmap_id_in(sdp: &str, media: &str) -> Option<u8> {
+    let prefix = format!("m={media} ");
+    let mut in_media = false;
     for line in sdp.lines() {
         if line.starts_with("m=") {
-            in_video = line.starts_with("m=video");
-        } else if in_video
+            in_media = line.starts_with(&prefix);
+        } else if in_media
             && let Some(rest) = line.strip_prefix("a=extmap:")
             && let Some((id, uri)) = rest.split_once(' ')
             && uri.split_whitespace().next() == Some(URI)
@@ -46,6 +52,11 @@ pub fn extmap_id(sdp: &str) -> Option<u8> {
         }
     }
     None
+}
+
+/// `a - b` of two NTP timestamps, in microseconds.
+pub fn ntp_diff_micros(a: u64, b: u64) -> i64 {
+    ((i128::from(a) - i128::from(b)) * 1_000_000 >> 32) as i64
 }
 
 /// Extrapolates capture times along the RTP clock from the latest stamped packet.

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
+use crate::abs_capture::{self, CaptureClock};
 use crate::frame::FrameTimes;
 use crate::ingest::{DecodedFrame, IngestError, VideoIngestConfig, VideoIngestStats, run_video_track};
 use crate::latency::Stage;
@@ -16,6 +17,9 @@ use crate::publish::rtp::MediaTime;
 use crate::publish::{AudioPacket, PublisherHandle};
 use crate::rate::FpsMeter;
 use crate::slot::NewestSlot;
+
+/// The RTP clock of Opus (RFC 7587), whatever the sampling rate.
+const OPUS_CLOCK_RATE: u32 = 48_000;
 
 /// Where a session's media goes; shared by every session of the relay.
 #[derive(Clone)]
@@ -124,8 +128,16 @@ impl MediaSinks {
     }
 
     /// Forwards the session `epoch`'s Opus packets, untouched, to every publisher until the
-    /// track ends or `cancel`.
-    pub async fn run_audio(&self, track: Arc<dyn TrackRemote>, epoch: u64, cancel: CancellationToken) {
+    /// track ends or `cancel`. With `abs-capture-time` (extension `capture_time_id`), each
+    /// packet's capture-to-arrival lag feeds the publishers' lip sync.
+    pub async fn run_audio(
+        &self,
+        track: Arc<dyn TrackRemote>,
+        epoch: u64,
+        capture_time_id: Option<u8>,
+        cancel: CancellationToken,
+    ) {
+        let mut capture_clock = CaptureClock::new(OPUS_CLOCK_RATE);
         loop {
             let event = tokio::select! {
                 e = track.poll() => e,
@@ -133,6 +145,15 @@ impl MediaSinks {
             };
             match event {
                 Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
+                    if let Some(id) = capture_time_id {
+                        let timestamp = packet.header.timestamp;
+                        if let Some(ntp) = packet.header.get_extension(id).as_deref().and_then(abs_capture::parse) {
+                            capture_clock.observe(timestamp, ntp);
+                        }
+                        if let Some(captured) = capture_clock.estimate(timestamp) {
+                            self.metrics.latency.av.observe_audio(captured, abs_capture::ntp_now());
+                        }
+                    }
                     let audio = AudioPacket {
                         payload: packet.payload.clone(),
                         media_time: MediaTime {

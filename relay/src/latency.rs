@@ -2,11 +2,11 @@
 //! samples for the p50/p95/p99 that `/status` (and so the operator) reports.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, Registry};
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, Opts, Registry};
 
 /// Samples kept per stage (10 s at 30 fps).
 pub const WINDOW: usize = 300;
@@ -64,6 +64,104 @@ impl Stage {
     }
 }
 
+/// How long audio and video take from their capture in the browser to the relay's output:
+/// video from capture to leaving the encoder, audio from capture to arriving (it is forwarded
+/// untouched). Each is smoothed; both carry the same unknown offset between the browser's clock
+/// and the relay's, so their difference is exact: how long audio must wait to leave with the
+/// video of the same instant (lip sync).
+#[derive(Debug)]
+pub struct AvLag {
+    video_us: AtomicI64,
+    audio_us: AtomicI64,
+    /// `livefilter_capture_lag_seconds{track}`, where registered.
+    gauges: Option<GaugeVec>,
+}
+
+/// No sample yet.
+const NO_LAG: i64 = i64::MIN;
+
+impl Default for AvLag {
+    fn default() -> Self {
+        Self {
+            video_us: AtomicI64::new(NO_LAG),
+            audio_us: AtomicI64::new(NO_LAG),
+            gauges: None,
+        }
+    }
+}
+
+impl AvLag {
+    /// Lags exported as `livefilter_capture_lag_seconds{track="video"|"audio"}` in `registry`.
+    pub fn registered(registry: &Registry) -> Self {
+        let gauges = GaugeVec::new(
+            Opts::new(
+                "livefilter_capture_lag_seconds",
+                "Smoothed time from the browser's capture to the relay's output (video) or to its arrival (audio); the same clock offset is in both, their difference is what lip sync holds audio back by",
+            ),
+            &["track"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(gauges.clone()))
+            .expect("metric names are unique");
+        Self {
+            gauges: Some(gauges),
+            ..Self::default()
+        }
+    }
+
+    /// A video frame captured at `capture_ntp` leaves the encoder at `now_ntp`.
+    pub fn observe_video(&self, capture_ntp: u64, now_ntp: u64) {
+        let lag = Self::smooth(
+            &self.video_us,
+            crate::abs_capture::ntp_diff_micros(now_ntp, capture_ntp),
+        );
+        self.export("video", lag);
+    }
+
+    /// An audio packet captured at `capture_ntp` arrives at `now_ntp`.
+    pub fn observe_audio(&self, capture_ntp: u64, now_ntp: u64) {
+        let lag = Self::smooth(
+            &self.audio_us,
+            crate::abs_capture::ntp_diff_micros(now_ntp, capture_ntp),
+        );
+        self.export("audio", lag);
+    }
+
+    fn export(&self, track: &str, lag_us: i64) {
+        if let Some(g) = &self.gauges {
+            g.with_label_values(&[track]).set(lag_us as f64 / 1e6);
+        }
+    }
+
+    /// How much longer video takes than audio (zero when audio is the slower), once both are
+    /// known.
+    pub fn video_behind_audio(&self) -> Option<Duration> {
+        let (v, a) = (
+            self.video_us.load(Ordering::Relaxed),
+            self.audio_us.load(Ordering::Relaxed),
+        );
+        (v != NO_LAG && a != NO_LAG).then(|| Duration::from_micros(v.saturating_sub(a).max(0) as u64))
+    }
+
+    /// Forgets both (a new session, perhaps from another sender's clock).
+    pub fn reset(&self) {
+        self.video_us.store(NO_LAG, Ordering::Relaxed);
+        self.audio_us.store(NO_LAG, Ordering::Relaxed);
+    }
+
+    fn smooth(cell: &AtomicI64, sample: i64) -> i64 {
+        let old = cell.load(Ordering::Relaxed);
+        let new = if old == NO_LAG {
+            sample
+        } else {
+            old + ((sample - old) as f64 * SMOOTHING) as i64
+        };
+        cell.store(new, Ordering::Relaxed);
+        new
+    }
+}
+
 /// Percentiles of a window, in milliseconds (the `/status` contract's type).
 pub use livefilter_contract::status::Percentiles;
 
@@ -103,6 +201,8 @@ pub struct Latency {
     histogram: HistogramVec,
     windows: Arc<Mutex<Vec<VecDeque<f64>>>>,
     smoothed: Arc<Vec<AtomicU64>>,
+    /// Capture-to-output lags of the browser's audio and video (lip sync).
+    pub av: Arc<AvLag>,
 }
 
 impl Latency {
@@ -126,6 +226,7 @@ impl Latency {
             histogram,
             windows: Arc::new(Mutex::new(vec![VecDeque::with_capacity(WINDOW); Stage::ALL.len()])),
             smoothed: Arc::new(Stage::ALL.iter().map(|_| AtomicU64::new(NO_SAMPLE)).collect()),
+            av: Arc::new(AvLag::registered(registry)),
         }
     }
 
@@ -175,6 +276,7 @@ impl Latency {
         for s in self.smoothed.iter() {
             s.store(NO_SAMPLE, Ordering::Relaxed);
         }
+        self.av.reset();
     }
 }
 

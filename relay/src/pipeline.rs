@@ -138,6 +138,12 @@ impl EncodeStage {
                     beat.beat_at(done);
                 }
                 times.encoded = Some(done);
+                if let Some(captured) = capture_ntp {
+                    self.metrics
+                        .latency
+                        .av
+                        .observe_video(captured, crate::abs_capture::ntp_now());
+                }
                 if let Some(filter_end) = times.filter_end {
                     self.metrics
                         .latency

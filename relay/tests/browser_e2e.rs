@@ -919,13 +919,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// The camera flashes and beeps together; the same detector times both at the sender's own
 /// preview and at a preview viewer, so what the relay adds is the difference.
 ///
-/// Ignored in CI: the relay holds audio back by its own video latency only, so the browser's
-/// video encode and pacing lag (tens of ms idle, up to ~170 ms on a loaded 2-core machine)
-/// still reaches the viewer; measured runs range from -176 to +119 ms. Closing that needs
-/// capture times on both tracks (RTCP SR or abs-capture-time); see docs/architecture.md.
-/// Run: `cargo test -p livefilter-relay --test browser_e2e -- --ignored --nocapture lip_sync`.
+///
+/// Ignored in CI: the relay aligns audio on video by the capture times of both tracks
+/// (`livefilter_capture_lag_seconds` shows both leaving within a few ms, plus the 20 ms aim),
+/// but the offset a headless Chromium viewer shows still scatters with its own synchronisation
+/// (four runs on the 2-core machine: +38, +40, -50, -32 ms), so the early edge of the window is
+/// not yet held every time. Run:
+/// `cargo test -p livefilter-relay --test browser_e2e -- --ignored --nocapture lip_sync`.
 #[tokio::test]
-#[ignore = "the relay does not yet compensate the browser's own audio/video offset"]
+#[ignore = "the viewer-side offset still scatters past the early edge of the window now and then"]
 async fn audio_and_video_reach_the_preview_within_the_bt1359_lip_sync_window() {
     let _serial = serial().await;
     let relay = Relay::serve(&[]).await;
@@ -956,6 +958,12 @@ async fn audio_and_video_reach_the_preview_within_the_bt1359_lip_sync_window() {
     assert!(sent.len() >= 5, "flashes paired with beeps at the sender: {measured:#}");
     assert!(seen.len() >= 5, "flashes paired with beeps at the viewer: {measured:#}");
     let added = median(seen.clone()) - median(sent.clone());
+    let metrics = reqwest::get(relay.url("/metrics")).await.unwrap().text().await.unwrap();
+    let lags: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("livefilter_capture_lag_seconds"))
+        .collect();
+    eprintln!("capture lags at the relay: {lags:?}");
     eprintln!("lip sync: sender {sent:?}, viewer {seen:?}, relay adds {added:.1} ms (audio minus video)");
     assert!(
         (-45.0..=125.0).contains(&added),

@@ -4,11 +4,12 @@
 // latencies cancel out in the difference the test computes.
 
 // Replaces getUserMedia in every page of a context: a 640x360 canvas, dark, white for 100 ms
-// every second, and a 1 kHz tone gated to the same 100 ms. The audio clock is the master (the
+// every 1.01 s, and a 1 kHz tone gated to the same 100 ms. (Not a whole number of 30 fps frames,
+// so each flash starts at another phase of the frame clock and the median averages it out.) The audio clock is the master (the
 // tone's edges are scheduled on it; the canvas follows it), so both start together to within a
 // frame.
 export const FLASH_BEEP_CAMERA = `(() => {
-  const PERIOD = 1.0, FLASH = 0.1;
+  const PERIOD = 1.01, FLASH = 0.1;
   navigator.mediaDevices.getUserMedia = async (constraints) => {
     const w = 640, h = 360;
     const canvas = document.createElement('canvas');

@@ -1,8 +1,11 @@
 //! Lip sync: the browser's audio is forwarded as it arrives, while its video leaves only after
-//! decoding, filtering and encoding, so without help a viewer hears speech before the lips move
-//! by the relay's video latency. Each publisher holds audio back by the smoothed video latency
-//! (received -> sent, [`Stage::Total`]), bounded, in a small delay line, so audio and video leave
-//! the relay together (ITU-R BT.1359: audio at most 45 ms early, 125 ms late).
+//! decoding, filtering and encoding, and it already arrives later than the audio of the same
+//! instant (the browser's encoder and pacer). Viewers synchronise on the relay's send times, so
+//! without help they hear speech before the lips move. Each publisher holds audio back, bounded,
+//! in a small delay line, by how much longer video takes from capture to leaving the relay than
+//! audio from capture to arriving ([`AvLag`], from `abs-capture-time` on both tracks); without
+//! capture times, by the relay's own smoothed video latency ([`Stage::Total`]). So audio and
+//! video of one instant leave together (ITU-R BT.1359: audio at most 45 ms early, 125 ms late).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -10,20 +13,31 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::AudioPacket;
+#[cfg(doc)]
+use crate::latency::AvLag;
 use crate::latency::{Latency, Stage};
 
+/// Audio is aimed this much after its video. Viewers' own synchronisation and frame timing
+/// scatter the offset by a few tens of ms either way, and early audio is noticed much sooner
+/// (45 ms) than late audio (125 ms, ITU-R BT.1359): aiming inside the window keeps the scatter
+/// in it (also within EBU R37's 40 ms early / 60 ms late).
+pub const AUDIO_AFTER_VIDEO: Duration = Duration::from_millis(20);
 /// The longest audio is held back: beyond that, late video is a problem of its own.
 pub const MAX_AUDIO_DELAY: Duration = Duration::from_millis(500);
 /// Packets held at most: 500 ms of 10 ms Opus frames, with room to spare. When full, the oldest
 /// leaves early rather than being dropped.
 pub const MAX_HELD_PACKETS: usize = 64;
 
-/// How long audio is held now: the smoothed video latency, at most [`MAX_AUDIO_DELAY`].
+/// How long audio is held now: how far video is behind audio from capture to the relay's
+/// output (else the relay's smoothed video latency), plus [`AUDIO_AFTER_VIDEO`]; at most
+/// [`MAX_AUDIO_DELAY`].
 pub fn audio_delay(latency: &Latency) -> Duration {
-    latency
-        .smoothed(Stage::Total)
-        .unwrap_or(Duration::ZERO)
-        .min(MAX_AUDIO_DELAY)
+    let behind = latency
+        .av
+        .video_behind_audio()
+        .or_else(|| latency.smoothed(Stage::Total))
+        .unwrap_or(Duration::ZERO);
+    (behind + AUDIO_AFTER_VIDEO).min(MAX_AUDIO_DELAY)
 }
 
 /// A bounded, order-keeping delay line for audio packets; the caller owns the clock.
@@ -190,7 +204,34 @@ mod tests {
     }
 
     #[test]
-    fn without_a_video_latency_audio_is_not_held() {
-        assert_eq!(audio_delay(&Latency::new(&Registry::new())), Duration::ZERO);
+    fn without_a_video_latency_audio_is_held_only_by_its_aim_after_video() {
+        assert_eq!(audio_delay(&Latency::new(&Registry::new())), AUDIO_AFTER_VIDEO);
+    }
+
+    /// NTP of `ms` milliseconds after an arbitrary instant (the browser's or the relay's clock).
+    fn ntp_ms(ms: u64) -> u64 {
+        (3_900_000_000u64 << 32) + (ms << 32) / 1000
+    }
+
+    #[test]
+    fn capture_times_on_both_tracks_hold_audio_by_how_much_later_video_leaves() {
+        // Arrange: video leaves 130 ms after capture, audio arrives 30 ms after; the browser's
+        // clock runs 5 s behind the relay's, which must not matter.
+        let latency = Latency::new(&Registry::new());
+        let skew = 5_000;
+        // Act
+        latency.av.observe_video(ntp_ms(1_000), ntp_ms(1_000 + skew + 130));
+        latency.av.observe_audio(ntp_ms(1_000), ntp_ms(1_000 + skew + 30));
+        latency.observe(Stage::Total, ms(60));
+        // Assert: capture times win over the relay's own latency.
+        assert_eq!(audio_delay(&latency), ms(100) + AUDIO_AFTER_VIDEO);
+    }
+
+    #[test]
+    fn audio_slower_than_video_is_not_held_beyond_its_aim() {
+        let latency = Latency::new(&Registry::new());
+        latency.av.observe_video(ntp_ms(0), ntp_ms(20));
+        latency.av.observe_audio(ntp_ms(0), ntp_ms(80));
+        assert_eq!(audio_delay(&latency), AUDIO_AFTER_VIDEO);
     }
 }

@@ -52,7 +52,14 @@ pub(super) struct BrowserPeer {
     /// Counts completed ICE gatherings: an answer (first or after an ICE restart) waits for
     /// the count to move past what it was before the description was applied.
     pub gathered: watch::Receiver<u64>,
-    abs_capture_time_id: Arc<Mutex<Option<u8>>>,
+    capture_time_ids: Arc<Mutex<CaptureTimeIds>>,
+}
+
+/// The ids the answer agreed for `abs-capture-time`, per media kind (none: not offered).
+#[derive(Clone, Copy, Debug, Default)]
+struct CaptureTimeIds {
+    video: Option<u8>,
+    audio: Option<u8>,
 }
 
 /// Builds the peer for one session, bound to `udp_addrs`.
@@ -81,15 +88,26 @@ pub(super) async fn build(
             None,
         )
         .map_err(webrtc_err("registering abs-capture-time"))?;
+    // On audio too: with capture times on both tracks, publishers align audio on the video
+    // (lip sync, `publish::lipsync`).
+    media_engine
+        .register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: abs_capture::URI.to_owned(),
+            },
+            RtpCodecKind::Audio,
+            None,
+        )
+        .map_err(webrtc_err("registering abs-capture-time for audio"))?;
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)
         .map_err(webrtc_err("registering interceptors"))?;
     let settings = SettingEngineBuilder::new().with_include_loopback_candidate(ice::binds_loopback(&udp_addrs));
     let (gathered_tx, gathered) = watch::channel(0u64);
-    let abs_capture_time_id = Arc::new(Mutex::new(None));
+    let capture_time_ids = Arc::new(Mutex::new(CaptureTimeIds::default()));
     let handler = Arc::new(Handler {
         ctx,
         gathered: gathered_tx,
-        abs_capture_time_id: Arc::clone(&abs_capture_time_id),
+        capture_time_ids: Arc::clone(&capture_time_ids),
     });
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
@@ -104,7 +122,7 @@ pub(super) async fn build(
     Ok(BrowserPeer {
         pc: Arc::new(pc),
         gathered,
-        abs_capture_time_id,
+        capture_time_ids,
     })
 }
 
@@ -137,7 +155,10 @@ impl BrowserPeer {
         // The id the answer agreed for abs-capture-time (only when the browser offered it); set
         // before any media can arrive, as the ICE connection needs the answer first.
         let local = self.pc.local_description().await.map(|d| d.sdp).unwrap_or_default();
-        *self.abs_capture_time_id.lock().unwrap_or_else(PoisonError::into_inner) = abs_capture::extmap_id(&local);
+        *self.capture_time_ids.lock().unwrap_or_else(PoisonError::into_inner) = CaptureTimeIds {
+            video: abs_capture::extmap_id_in(&local, "video"),
+            audio: abs_capture::extmap_id_in(&local, "audio"),
+        };
         // The watch's guard must not live across the next await (it is not Send).
         let complete = tokio::time::timeout(gather_timeout, gathered.wait_for(|n| *n > before))
             .await
@@ -206,7 +227,7 @@ fn receive_codec_parameters(codec: VideoCodec) -> Vec<RTCRtpCodecParameters> {
 struct Handler {
     ctx: PeerContext,
     gathered: watch::Sender<u64>,
-    abs_capture_time_id: Arc<Mutex<Option<u8>>>,
+    capture_time_ids: Arc<Mutex<CaptureTimeIds>>,
 }
 
 impl Handler {
@@ -245,7 +266,11 @@ impl PeerConnectionEventHandler for Handler {
         match kind {
             RtpCodecKind::Video => {
                 let config = VideoIngestConfig {
-                    abs_capture_time_id: *self.abs_capture_time_id.lock().unwrap_or_else(PoisonError::into_inner),
+                    abs_capture_time_id: self
+                        .capture_time_ids
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .video,
                     ..self.ctx.video.clone()
                 };
                 tokio::spawn(
@@ -264,8 +289,13 @@ impl PeerConnectionEventHandler for Handler {
                 );
             }
             RtpCodecKind::Audio => {
+                let capture_time_id = self
+                    .capture_time_ids
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .audio;
                 tokio::spawn(
-                    async move { sinks.run_audio(track, epoch, cancel).await }
+                    async move { sinks.run_audio(track, epoch, capture_time_id, cancel).await }
                         .instrument(tracing::info_span!("browser-audio", epoch)),
                 );
             }
