@@ -56,7 +56,7 @@ pub fn extmap_id_in(sdp: &str, media: &str) -> Option<u8> {
 
 /// `a - b` of two NTP timestamps, in microseconds.
 pub fn ntp_diff_micros(a: u64, b: u64) -> i64 {
-    ((i128::from(a) - i128::from(b)) * 1_000_000 >> 32) as i64
+    (((i128::from(a) - i128::from(b)) * 1_000_000) >> 32) as i64
 }
 
 /// Extrapolates capture times along the RTP clock from the latest stamped packet.
