@@ -169,9 +169,51 @@ impl ApiDouble {
         }
     }
 
+    /// Serves this server over HTTP on `listener` until the task is dropped, so that it can run
+    /// in a process of its own (the bench measures the operator's memory alone that way).
+    /// Besides the API, `GET /_double/stats` answers `{"requests", "status_writes", "streaming"}`.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        let me = self.clone();
+        let app = axum::Router::new()
+            .route(
+                "/_double/stats",
+                axum::routing::get(move || {
+                    let me = me.clone();
+                    async move { axum::Json(me.stats()) }
+                }),
+            )
+            .fallback(move |req: axum::extract::Request| {
+                let me = self.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+                    me.answer(parts, body).await
+                }
+            });
+        axum::serve(listener, app).await
+    }
+
+    /// Requests served, status writes and Streaming sessions, as `/_double/stats` reports them.
+    pub fn stats(&self) -> Value {
+        let streaming = self
+            .list("livefiltersessions")
+            .iter()
+            .filter(|s| s.pointer("/status/phase").and_then(Value::as_str) == Some("Streaming"))
+            .count();
+        json!({
+            "requests": self.request_total(),
+            "status_writes": self.status_writes().values().sum::<u64>(),
+            "streaming": streaming,
+        })
+    }
+
     async fn handle(&self, req: Request<Body>) -> Response<axum::body::Body> {
         let (parts, body) = req.into_parts();
         let body = body.collect_bytes().await.unwrap_or_default();
+        self.answer(parts, body).await
+    }
+
+    async fn answer(&self, parts: http::request::Parts, body: Bytes) -> Response<axum::body::Body> {
         let route = Route::parse(parts.uri.path(), parts.uri.query().unwrap_or_default());
         let content_type = parts
             .headers

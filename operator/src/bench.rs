@@ -1,6 +1,7 @@
-//! `livefilter-operator bench`: the real controller loop against the in-memory API double with
-//! many streaming sessions (Sora output, so no ImageFlux calls), reporting reconcile latency,
-//! API requests per minute in steady state, status writes per session per minute and RSS.
+//! `livefilter-operator bench`: the real controller loop against the API double (in a process
+//! of its own, over loopback HTTP) with many streaming sessions (Sora output, so no ImageFlux
+//! calls), reporting reconcile latency, API requests per minute in steady state, status writes
+//! per session per minute and the operator's RSS.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use livefilter_operator::observer::{FilterPatchError, ObserverSettings, RelayApi
 use livefilter_operator::ports::PortRange;
 use livefilter_operator::runner::{self, RunConfig};
 use serde_json::json;
+use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 
 /// Bench settings.
@@ -80,8 +82,9 @@ fn session(i: usize) -> serde_json::Value {
     })
 }
 
-fn rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// The resident memory of process `pid`, from `/proc`.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))?
@@ -104,13 +107,71 @@ fn quantile(h: &prometheus::Histogram, q: f64) -> f64 {
         .map_or(f64::INFINITY, |b| b.upper_bound())
 }
 
+/// Settings of the API double's own process.
+#[derive(Args)]
+pub struct DoubleArgs {
+    /// Sessions it starts with.
+    #[arg(long, default_value_t = 1000)]
+    sessions: usize,
+}
+
+/// `livefilter-operator bench-api-double`: the API double with `sessions` sessions, served on a
+/// free loopback port (printed first on stdout) until killed. The bench runs it beside itself so
+/// that the operator's memory is measured without the double's.
+pub fn serve_double(args: &DoubleArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let api = ApiDouble::new();
+        for i in 0..args.sessions {
+            api.put("livefiltersessions", session(i));
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot bind the API double")?;
+        println!("{}", listener.local_addr()?.port());
+        api.serve(listener).await.context("the API double stopped")
+    })
+}
+
+/// The double's `/_double/stats`.
+async fn stats(url: &str) -> anyhow::Result<serde_json::Value> {
+    let stats = reqwest::get(format!("{url}/_double/stats"))
+        .await
+        .context("GET /_double/stats")?
+        .json()
+        .await
+        .context("/_double/stats is not JSON")?;
+    Ok(stats)
+}
+
+fn count(stats: &serde_json::Value, key: &str) -> u64 {
+    stats[key].as_u64().unwrap_or(0)
+}
+
 async fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let api = ApiDouble::new();
-    for i in 0..args.sessions {
-        api.put("livefiltersessions", session(i));
-    }
-    // What the API double holds before the operator starts, to tell the operator's own share.
-    let rss_double = rss_mib();
+    // The API double runs in a process of its own: this one's memory is the operator's.
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let mut double = tokio::process::Command::new(exe)
+        .args(["bench-api-double", "--sessions", &args.sessions.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the API double")?;
+    let stdout = double.stdout.take().context("the API double's stdout")?;
+    let port: u16 = tokio::io::BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await?
+        .context("the API double printed no port")?
+        .trim()
+        .parse()
+        .context("the API double printed no port")?;
+    let url = format!("http://127.0.0.1:{port}");
+    let mut kube_config = kube::Config::new(url.parse().context("API double URL")?);
+    kube_config.default_namespace = "bench".into();
+    let client = kube::Client::try_from(kube_config).context("API client")?;
+
+    let rss_before = rss_mib(std::process::id());
     let metrics = Metrics::new();
     let interval = Duration::from_secs(args.status_interval_secs.max(1));
     let config = RunConfig {
@@ -136,7 +197,7 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let started = tokio::time::Instant::now();
     let loop_task = tokio::spawn(runner::run(
-        api.client(),
+        client,
         imageflux,
         relays,
         metrics.clone(),
@@ -144,32 +205,28 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         token.clone(),
     ));
 
-    let streaming = |api: &ApiDouble| {
-        api.list("livefiltersessions")
-            .iter()
-            .filter(|s| s.pointer("/status/phase").and_then(|p| p.as_str()) == Some("Streaming"))
-            .count()
-    };
-    while streaming(&api) < args.sessions {
+    loop {
+        let streaming = count(&stats(&url).await?, "streaming");
+        if streaming >= args.sessions as u64 {
+            break;
+        }
         if started.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!(
-                "only {} of {} sessions streaming after 10 min",
-                streaming(&api),
-                args.sessions
-            );
+            anyhow::bail!("only {streaming} of {} sessions streaming after 10 min", args.sessions);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let converged = started.elapsed();
-    let requests_before = api.request_total();
-    let writes_before: u64 = api.status_writes().values().sum();
+    let before = stats(&url).await?;
     let steady = interval * args.intervals;
     tokio::time::sleep(steady).await;
-    let requests = api.request_total() - requests_before;
-    let writes: u64 = api.status_writes().values().sum::<u64>() - writes_before;
-    let rss = rss_mib();
+    let after = stats(&url).await?;
+    let requests = count(&after, "requests") - count(&before, "requests");
+    let writes = count(&after, "status_writes") - count(&before, "status_writes");
+    let rss = rss_mib(std::process::id());
+    let rss_double = double.id().and_then(rss_mib);
     token.cancel();
     loop_task.await.context("the controller task")??;
+    let _ = double.kill().await;
 
     let minutes = steady.as_secs_f64() / 60.0;
     println!("sessions:                         {}", args.sessions);
@@ -192,15 +249,15 @@ async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         writes as f64 / args.sessions as f64 / minutes,
         60.0 / interval.as_secs_f64()
     );
-    match (rss, rss_double) {
-        (Some(all), Some(double)) => {
-            println!("RSS:                              {all:.1} MiB (operator and API double together)");
-            println!(
-                "RSS of the operator:              <= {:.1} MiB (less the {double:.1} MiB held before it started; the double's later growth counts here)",
-                all - double
-            );
-        }
-        _ => println!("RSS:                              unknown (no /proc/self/status)"),
-    }
+    let mib = |v: Option<f64>| v.map_or_else(|| "unknown".to_owned(), |m| format!("{m:.1} MiB"));
+    println!(
+        "RSS of the operator:              {} (before it started: {})",
+        mib(rss),
+        mib(rss_before)
+    );
+    println!(
+        "RSS of the API double:            {} (its own process)",
+        mib(rss_double)
+    );
     Ok(())
 }

@@ -49,6 +49,9 @@ enum Command {
     /// Run the controller against the in-memory API double with many streaming sessions and
     /// print reconcile latency, API requests, status writes and memory.
     Bench(bench::BenchArgs),
+    /// The bench's API double, served on a free loopback port (printed on stdout).
+    #[command(hide = true)]
+    BenchApiDouble(bench::DoubleArgs),
 }
 
 #[derive(Args)]
@@ -143,6 +146,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Run(args)) => start(cli.log_format, *args),
         Some(Command::Bench(args)) => bench::main(&args),
+        Some(Command::BenchApiDouble(args)) => bench::serve_double(&args),
         None => start(cli.log_format, RunArgs::default()),
     }
 }

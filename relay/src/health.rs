@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio::sync::watch;
 
 /// Stage name of the decoder thread.
@@ -261,6 +262,14 @@ impl Health {
     }
 }
 
+/// Runs the async task of `stage` (a publisher); a panic is reported as the stage's death (so
+/// `/healthz` names it and the relay exits to be restarted) instead of vanishing with the task.
+pub async fn supervise(health: Health, stage: String, task: impl Future<Output = ()>) {
+    if let Err(payload) = AssertUnwindSafe(task).catch_unwind().await {
+        health.report_death(&stage, format!("task panicked: {}", panic_message(payload.as_ref())));
+    }
+}
+
 /// The text of a panic payload (`panic!("...")` gives a `&str` or a `String`).
 fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -314,6 +323,28 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    #[tokio::test]
+    async fn a_publisher_task_that_panics_is_a_dead_stage_named_after_it() {
+        let health = Health::default();
+
+        supervise(health.clone(), publisher_stage("sora"), async {
+            panic!("signaling state corrupt");
+        })
+        .await;
+
+        let death = health.check(Instant::now(), false).unwrap_err();
+        assert_eq!(death.stage, "publisher:sora");
+        assert!(death.why.contains("signaling state corrupt"), "{}", death.why);
+        assert_eq!(health.died().await, death);
+    }
+
+    #[tokio::test]
+    async fn a_publisher_task_that_ends_normally_is_no_death() {
+        let health = Health::default();
+        supervise(health.clone(), publisher_stage("whip"), async {}).await;
+        assert_eq!(health.check(Instant::now(), true), Ok(()));
     }
 
     #[test]

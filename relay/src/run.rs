@@ -13,7 +13,7 @@ use crate::codec;
 use crate::config::{ConfigError, RelayConfig};
 use crate::feed::MediaSinks;
 use crate::filter::live::LiveParams;
-use crate::health::{Health, Unhealthy};
+use crate::health::{Health, Unhealthy, publisher_stage, supervise};
 use crate::http::{self, AppState, RelayInfo, ServeState};
 use crate::ingest::VideoIngestConfig;
 use crate::metrics::Metrics;
@@ -74,6 +74,7 @@ fn start_publishers(
     metrics: &Metrics,
     keyframes: &KeyframeRequest,
     shutdown: &CancellationToken,
+    health: &Health,
 ) -> Result<Publishers, RunError> {
     let mut tasks = JoinSet::new();
     let mut handles = Vec::new();
@@ -81,8 +82,7 @@ fn start_publishers(
         let (handle, inputs) = PublisherHandle::new("sora", metrics.clone());
         let publisher = SoraPublisher::new(sora, metrics.clone(), keyframes.clone(), shutdown.clone())?;
         tasks.spawn(
-            publisher
-                .run(inputs)
+            supervise(health.clone(), publisher_stage("sora"), publisher.run(inputs))
                 .instrument(tracing::info_span!("publisher", name = "sora")),
         );
         handles.push(handle);
@@ -91,8 +91,7 @@ fn start_publishers(
         let (handle, inputs) = PublisherHandle::new("whip", metrics.clone());
         let publisher = WhipPublisher::new(whip, metrics.clone(), keyframes.clone(), shutdown.clone())?;
         tasks.spawn(
-            publisher
-                .run(inputs)
+            supervise(health.clone(), publisher_stage("whip"), publisher.run(inputs))
                 .instrument(tracing::info_span!("publisher", name = "whip")),
         );
         handles.push(handle);
@@ -123,7 +122,8 @@ async fn drain(mut publishers: JoinSet<()>) {
 pub async fn test_pattern(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     let metrics = Metrics::new();
     let keyframes = KeyframeRequest::default();
-    let Publishers { tasks, handles } = start_publishers(&cfg, false, &metrics, &keyframes, &shutdown)?;
+    let health = Health::default();
+    let Publishers { tasks, handles } = start_publishers(&cfg, false, &metrics, &keyframes, &shutdown, &health)?;
     if handles.is_empty() {
         return Err(RunError::NoOutput);
     }
@@ -148,7 +148,7 @@ pub async fn test_pattern(cfg: RelayConfig, shutdown: CancellationToken) -> Resu
         info: info.into(),
         metrics: metrics.clone(),
         serve: None,
-        health: Health::default(),
+        health: health.clone(),
     });
     let server = http::server::serve(listen(&cfg), app, metrics.clone(), shutdown.clone()).await?;
     let stage = EncodeStage::new(encoder, handles, keyframes, metrics)
@@ -157,7 +157,10 @@ pub async fn test_pattern(cfg: RelayConfig, shutdown: CancellationToken) -> Resu
         .spawn(shutdown.clone())
         .map_err(|e| RunError::Thread("test-pattern", e))?;
 
-    shutdown.cancelled().await;
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        death = health.died() => return Err(RunError::StageDied(death)),
+    }
     drain(tasks).await;
     if tokio::task::spawn_blocking(move || thread.join()).await.is_err() {
         tracing::warn!("test-pattern thread did not stop cleanly");
@@ -188,7 +191,8 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     }
     let (live_params, params_rx) = LiveParams::new(&cfg.filter, resolved, device);
     let keyframes = KeyframeRequest::default();
-    let Publishers { mut tasks, mut handles } = start_publishers(&cfg, true, &metrics, &keyframes, &shutdown)?;
+    let health = Health::default();
+    let Publishers { mut tasks, mut handles } = start_publishers(&cfg, true, &metrics, &keyframes, &shutdown, &health)?;
     let preview = if cfg.preview.enabled {
         let hub = PreviewHub::new(
             PreviewConfig {
@@ -203,9 +207,12 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
         );
         let (handle, inputs) = PublisherHandle::new(preview::PUBLISHER, metrics.clone());
         tasks.spawn(
-            Arc::clone(&hub)
-                .run(inputs)
-                .instrument(tracing::info_span!("publisher", name = "preview")),
+            supervise(
+                health.clone(),
+                publisher_stage(preview::PUBLISHER),
+                Arc::clone(&hub).run(inputs),
+            )
+            .instrument(tracing::info_span!("publisher", name = "preview")),
         );
         handles.push(handle);
         Some(hub)
@@ -218,7 +225,6 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     let filter_name = filter.name().to_owned();
     let encoder = codec::new_encoder(&cfg.encoder_config())?;
     let slot = Arc::new(NewestSlot::new());
-    let health = Health::default();
     let sinks = MediaSinks::new(Arc::clone(&slot), handles.clone(), metrics.clone());
     let (sessions, sessions_task) = Sessions::start(
         IngestConfig {
