@@ -326,6 +326,17 @@ fn token_secret() -> Value {
     .unwrap()
 }
 
+/// The channel request goes on record (`status.channelRequestedAt`, no channel yet) before
+/// ImageFlux is called.
+async fn expect_channel_request_on_record(api: &mut ApiServer, session: &LiveFilterSession) {
+    let (patch, send) = api
+        .expect(Method::PATCH, &format!("{SESSIONS}/demo/status{APPLY}"))
+        .await;
+    assert!(patch["status"]["channelRequestedAt"].is_string(), "{patch}");
+    assert_eq!(patch["status"]["channel"], Value::Null);
+    respond_with_status(send, session, &patch);
+}
+
 async fn expect_event(api: &mut ApiServer, reason: &str) -> Value {
     let (body, send) = api.expect(Method::POST, EVENTS).await;
     assert_eq!(body["reason"], reason, "event {body}");
@@ -523,13 +534,7 @@ async fn first_reconcile_creates_the_channel_records_it_at_once_then_applies_the
                 .await;
             respond(send, 200, &token_secret());
 
-            // The request goes on record before ImageFlux is called.
-            let (patch, send) = api
-                .expect(Method::PATCH, &format!("{SESSIONS}/demo/status{APPLY}"))
-                .await;
-            assert!(patch["status"]["channelRequestedAt"].is_string(), "{patch}");
-            assert_eq!(patch["status"]["channel"], Value::Null);
-            respond_with_status(send, &echo, &patch);
+            expect_channel_request_on_record(&mut api, &echo).await;
 
             // The channel goes into status before anything else happens.
             let (patch, send) = api
@@ -799,13 +804,7 @@ async fn an_imageflux_error_becomes_a_condition_with_status_and_body_and_no_chil
                 .await;
             respond(send, 200, &token_secret());
 
-            // The request goes on record before ImageFlux is called.
-            let (patch, send) = api
-                .expect(Method::PATCH, &format!("{SESSIONS}/demo/status{APPLY}"))
-                .await;
-            assert!(patch["status"]["channelRequestedAt"].is_string(), "{patch}");
-            assert_eq!(patch["status"]["channel"], Value::Null);
-            respond_with_status(send, &echo, &patch);
+            expect_channel_request_on_record(&mut api, &echo).await;
             let (patch, send) = api
                 .expect(Method::PATCH, &format!("{SESSIONS}/demo/status{APPLY}"))
                 .await;
@@ -866,13 +865,7 @@ async fn a_rejected_token_fails_the_session_until_someone_fixes_it() {
                 .await;
             respond(send, 200, &token_secret());
 
-            // The request goes on record before ImageFlux is called.
-            let (patch, send) = api
-                .expect(Method::PATCH, &format!("{SESSIONS}/demo/status{APPLY}"))
-                .await;
-            assert!(patch["status"]["channelRequestedAt"].is_string(), "{patch}");
-            assert_eq!(patch["status"]["channel"], Value::Null);
-            respond_with_status(send, &echo, &patch);
+            expect_channel_request_on_record(&mut api, &echo).await;
             let (patch, send) = api
                 .expect(Method::PATCH, &format!("{SESSIONS}/demo/status{APPLY}"))
                 .await;
