@@ -46,6 +46,36 @@ pub struct RelayConfig {
     /// Where viewers can watch over HLS, shown on the sender page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hls_url: Option<String>,
+    /// Bounds of the HTTP listener.
+    pub http: HttpSection,
+}
+
+/// Bounds of the HTTP listener against idle, slow or too many clients.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// Open connections at most; more are closed on accept.
+    pub max_connections: usize,
+    /// Open connections from one IP address at most.
+    pub max_connections_per_ip: usize,
+    /// Seconds a client may take to send a request's headers.
+    pub header_read_timeout_secs: f64,
+    /// Seconds a connection may stay without reading or writing a byte.
+    pub idle_timeout_secs: f64,
+    /// Seconds a request may take, body included; longer ones are answered 408.
+    pub request_timeout_secs: f64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            max_connections_per_ip: 32,
+            header_read_timeout_secs: 10.0,
+            idle_timeout_secs: 60.0,
+            request_timeout_secs: 15.0,
+        }
+    }
 }
 
 /// Access to `/offer`.
@@ -91,6 +121,11 @@ pub struct IngestSection {
     pub codecs: Vec<VideoCodec>,
     /// The bitrate the browser starts at (kbit/s; 0 leaves the browser's default).
     pub start_bitrate_kbps: u32,
+    /// Largest picture accepted from the browser (of a landscape picture; portrait pictures
+    /// are measured turned): larger keyframes are refused before decoding and counted.
+    pub max_width: u32,
+    /// See `max_width`.
+    pub max_height: u32,
 }
 
 impl Default for IngestSection {
@@ -98,6 +133,8 @@ impl Default for IngestSection {
         Self {
             codecs: vec![VideoCodec::Vp8, VideoCodec::H264],
             start_bitrate_kbps: 2000,
+            max_width: 1920,
+            max_height: 1080,
         }
     }
 }
@@ -131,6 +168,9 @@ pub struct VideoConfig {
     pub bitrate_kbps: u32,
     /// A keyframe at least this often, in seconds (0: only when a viewer asks).
     pub keyframe_interval_secs: f64,
+    /// Viewers' keyframe requests (PLI/FIR) are honoured at most once per this many
+    /// milliseconds; requests in between wait for the next keyframe.
+    pub keyframe_request_interval_ms: u32,
     /// Output width (test pattern size).
     pub width: u32,
     /// Output height.
@@ -148,6 +188,7 @@ impl Default for VideoConfig {
             codec: VideoCodec::Vp8,
             bitrate_kbps: 1000,
             keyframe_interval_secs: 2.0,
+            keyframe_request_interval_ms: 500,
             width: 1280,
             height: 720,
             fps: 30,
@@ -176,6 +217,9 @@ pub struct SoraOutput {
     /// Read `metadata` from this JSON file instead (a mounted Secret).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata_file: Option<PathBuf>,
+    /// Redirects followed in a row before they count as an error (and back off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_redirects: Option<u32>,
 }
 
 /// Where to publish over WHIP.
@@ -208,6 +252,11 @@ pub struct IceConfig {
     /// `udp_addrs` IPs, instead of their own ports.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub udp_port_range: Option<String>,
+    /// Seconds an ICE `disconnected` may last (browser session and publishers) before the
+    /// connection is given up, unless it comes back (or the page restarts ICE) first.
+    pub disconnected_grace_secs: f64,
+    /// Seconds the browser has to connect after its answer (or an ICE restart).
+    pub connect_timeout_secs: f64,
 }
 
 impl Default for IceConfig {
@@ -217,6 +266,8 @@ impl Default for IceConfig {
             public_ips: Vec::new(),
             public_ips_file: None,
             udp_port_range: None,
+            disconnected_grace_secs: 5.0,
+            connect_timeout_secs: 20.0,
         }
     }
 }
@@ -245,6 +296,41 @@ pub struct FilterConfig {
     /// The ONNX Runtime library; default `$ORT_DYLIB_PATH`, else `libonnxruntime.so`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub onnxruntime: Option<PathBuf>,
+    /// Where live changes (`PATCH /filter`) may take backdrop pictures from; none: they may
+    /// not name pictures. Relative paths in the startup parameters are inside it too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assets_dir: Option<PathBuf>,
+    /// How large a backdrop picture may be.
+    pub image_limits: ImageLimits,
+}
+
+/// How large a backdrop picture may be (`filter.image_limits`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageLimits {
+    /// Largest file, in bytes.
+    pub max_bytes: u64,
+    /// Widest picture, in pixels.
+    pub max_width: u32,
+    /// Tallest picture, in pixels.
+    pub max_height: u32,
+}
+
+impl ImageLimits {
+    /// The default largest file: a 4K PNG fits, a runaway file does not.
+    pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
+    /// The default widest and tallest picture.
+    pub const DEFAULT_MAX_EDGE: u32 = 4096;
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+            max_width: Self::DEFAULT_MAX_EDGE,
+            max_height: Self::DEFAULT_MAX_EDGE,
+        }
+    }
 }
 
 /// Which filter to run.

@@ -97,6 +97,7 @@ pub fn build(
                     .metadata_secret_ref
                     .as_ref()
                     .map(|_| format!("{}/{}", paths::SORA_METADATA_DIR, paths::SORA_METADATA_FILE).into()),
+                ..SoraOutput::default()
             };
             (Some(sora), None)
         }
@@ -143,7 +144,7 @@ pub fn build(
             udp_addrs: vec![format!("0.0.0.0:{}", ports.udp)],
             public_ips,
             public_ips_file,
-            udp_port_range: None,
+            ..IceConfig::default()
         },
         offer: OfferConfig {
             token_file: spec
@@ -245,6 +246,7 @@ video:
   codec: vp8
   bitrate_kbps: 1000
   keyframe_interval_secs: 2.0
+  keyframe_request_interval_ms: 500
   width: 1280
   height: 720
   fps: 30
@@ -257,6 +259,8 @@ ice:
   udp_addrs:
   - 0.0.0.0:40000
   public_ips: []
+  disconnected_grace_secs: 5.0
+  connect_timeout_secs: 20.0
 filter:
   kind: background-blur
   params:
@@ -264,6 +268,10 @@ filter:
   device: cpu
   device_fallback: fail
   threads: 0
+  image_limits:
+    max_bytes: 16777216
+    max_width: 4096
+    max_height: 4096
 offer:
   allowed_origins:
   - https://studio.example
@@ -273,9 +281,17 @@ ingest:
   - vp8
   - h264
   start_bitrate_kbps: 2000
+  max_width: 1920
+  max_height: 1080
 preview:
   enabled: false
   max_viewers: 4
+http:
+  max_connections: 256
+  max_connections_per_ip: 32
+  header_read_timeout_secs: 10.0
+  idle_timeout_secs: 60.0
+  request_timeout_secs: 15.0
 "
         );
     }

@@ -7,7 +7,7 @@ use livefilter_operator::crd::{
     ModelSource, OutputSpec, PortsStatus, SoraOutput, WhipOutput,
 };
 use livefilter_operator::relay_config::{build, to_yaml};
-use livefilter_relay::config::RelayConfig;
+use livefilter_relay::config::{RelayConfig, RelayConfigExt};
 use serde_json::Value;
 
 const PORTS: PortsStatus = PortsStatus {

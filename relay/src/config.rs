@@ -4,10 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use crate::codec::{EncoderConfig, VideoCodec};
-use crate::filter::FilterConfig;
+use crate::codec::EncoderConfig;
+use crate::filter::FilterConfigExt;
 use crate::publish::sora::SoraConfig;
 use crate::publish::sora::signaling::ConnectOptions;
 use crate::publish::whip::WhipConfig;
@@ -43,252 +41,41 @@ pub enum ConfigError {
     Filter(#[from] crate::filter::FilterError),
 }
 
-/// The whole relay configuration.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RelayConfig {
-    /// HTTP address for `/metrics`, `/healthz`, `/status` (and later `/offer`).
-    pub listen: Option<SocketAddr>,
-    /// Output video settings.
-    pub video: VideoConfig,
-    /// Publish into Sora (ImageFlux Live Streaming).
-    pub sora: Option<SoraOutput>,
-    /// Publish over WHIP.
-    pub whip: Option<WhipOutput>,
-    /// WebRTC network settings.
-    pub ice: IceConfig,
-    /// The test pattern's font (a TrueType/OpenType file).
-    pub font: Option<PathBuf>,
-    /// The filter (serve mode).
-    pub filter: FilterConfig,
-    /// Access to `/offer` (serve mode).
-    pub offer: OfferConfig,
-    /// What the relay accepts from the browser (serve mode).
-    pub ingest: IngestSection,
-    /// The built-in local preview (serve mode).
-    pub preview: PreviewSection,
-    /// Where viewers can watch over HLS, shown on the sender page.
-    pub hls_url: Option<String>,
-    /// Bounds of the HTTP listener.
-    pub http: HttpSection,
-}
+pub use livefilter_contract::config::{
+    DEFAULT_LISTEN, HttpSection, IceConfig, IngestSection, OfferConfig, PreviewSection, RelayConfig, SoraOutput,
+    VideoConfig, WhipOutput,
+};
 
-/// Bounds of the HTTP listener against idle, slow or too many clients.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpSection {
-    /// Open connections at most; more are closed on accept.
-    pub max_connections: usize,
-    /// Open connections from one IP address at most.
-    pub max_connections_per_ip: usize,
-    /// Seconds a client may take to send a request's headers.
-    pub header_read_timeout_secs: f64,
-    /// Seconds a connection may stay without reading or writing a byte.
-    pub idle_timeout_secs: f64,
-    /// Seconds a request may take, body included; longer ones are answered 408.
-    pub request_timeout_secs: f64,
-}
-
-impl Default for HttpSection {
-    fn default() -> Self {
-        let d = crate::http::server::ServerLimits::default();
-        Self {
-            max_connections: d.max_connections,
-            max_connections_per_ip: d.max_connections_per_ip,
-            header_read_timeout_secs: d.header_read_timeout.as_secs_f64(),
-            idle_timeout_secs: d.idle_timeout.as_secs_f64(),
-            request_timeout_secs: d.request_timeout.as_secs_f64(),
-        }
-    }
-}
-
-/// Access to `/offer`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OfferConfig {
-    /// Bearer token the sender must present.
-    pub token: Option<String>,
-    /// Read the token from this file instead (a mounted Secret).
-    pub token_file: Option<PathBuf>,
-    /// Origins allowed to call the API from other sites (CORS); empty: same origin only.
-    pub allowed_origins: Vec<String>,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
-    /// TLS certificate chain (PEM); with `tls_key`, the relay serves HTTPS.
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM).
-    pub tls_key: Option<PathBuf>,
-}
-
-impl Default for OfferConfig {
-    fn default() -> Self {
-        Self {
-            token: None,
-            token_file: None,
-            allowed_origins: Vec::new(),
-            max_body_bytes: 64 * 1024,
-            tls_cert: None,
-            tls_key: None,
-        }
-    }
-}
-
-/// What the relay accepts from the browser.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct IngestSection {
-    /// Video codecs, in preference order.
-    pub codecs: Vec<VideoCodec>,
-    /// The bitrate the browser starts at (kbit/s; 0 leaves the browser's default).
-    pub start_bitrate_kbps: u32,
-    /// Largest picture accepted from the browser (of a landscape picture; portrait pictures
-    /// are measured turned): larger keyframes are refused before decoding and counted.
-    pub max_width: u32,
-    /// See `max_width`.
-    pub max_height: u32,
-}
-
-impl Default for IngestSection {
-    fn default() -> Self {
-        Self {
-            codecs: vec![VideoCodec::Vp8, VideoCodec::H264],
-            start_bitrate_kbps: 2000,
-            max_width: 1920,
-            max_height: 1080,
-        }
-    }
-}
-
-/// The built-in local preview.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PreviewSection {
-    /// Serve `/view` and `/whep`.
-    pub enabled: bool,
-    /// At most this many viewers at once.
-    pub max_viewers: usize,
-}
-
-impl Default for PreviewSection {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_viewers: 4,
-        }
-    }
-}
-
-/// Video output settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct VideoConfig {
-    /// `vp8` or `h264`.
-    pub codec: VideoCodec,
-    /// Target bitrate in kbit/s.
-    pub bitrate_kbps: u32,
-    /// A keyframe at least this often, in seconds (0: only when a viewer asks).
-    pub keyframe_interval_secs: f64,
-    /// Viewers' keyframe requests (PLI/FIR) are honoured at most once per this many
-    /// milliseconds; requests in between wait for the next keyframe.
-    pub keyframe_request_interval_ms: u32,
-    /// Output width (test pattern size).
-    pub width: u32,
-    /// Output height.
-    pub height: u32,
-    /// Frames per second.
-    pub fps: u32,
-    /// Serve mode: encode at the browser's resolution as it changes (true), or scale every
-    /// frame to `width`x`height` (false).
-    pub follow_input: bool,
-}
-
-impl Default for VideoConfig {
-    fn default() -> Self {
-        Self {
-            codec: VideoCodec::Vp8,
-            bitrate_kbps: 1000,
-            keyframe_interval_secs: 2.0,
-            keyframe_request_interval_ms: 500,
-            width: 1280,
-            height: 720,
-            fps: 30,
-            follow_input: true,
-        }
-    }
-}
-
-/// Where and how to publish into Sora.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SoraOutput {
-    /// `wss://.../signaling` URLs, raced in parallel.
-    pub signaling_urls: Vec<String>,
-    /// The channel.
-    pub channel_id: String,
-    /// Optional client id.
-    pub client_id: Option<String>,
-    /// Optional bundle id.
-    pub bundle_id: Option<String>,
-    /// Sent as `metadata` (ImageFlux: `{"access_token": "..."}`).
-    pub metadata: Option<serde_json::Value>,
-    /// Read `metadata` from this JSON file instead (a mounted Secret).
-    pub metadata_file: Option<PathBuf>,
-    /// Redirects followed in a row before they count as an error (and back off).
-    pub max_redirects: Option<u32>,
-}
-
-/// Where to publish over WHIP.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WhipOutput {
-    /// The endpoint URL.
-    pub url: String,
-    /// Bearer token.
-    pub token: Option<String>,
-    /// Read the token from this file instead (a mounted Secret).
-    pub token_file: Option<PathBuf>,
-}
-
-/// WebRTC network settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct IceConfig {
-    /// Local UDP sockets (`0.0.0.0:0` = every interface, ephemeral ports).
-    pub udp_addrs: Vec<String>,
-    /// Addresses to advertise instead (1:1 NAT, Kubernetes node IP).
-    pub public_ips: Vec<String>,
-    /// A file holding the address(es) to advertise, filled in by the platform after start
-    /// (Kubernetes downward API); read for every browser offer.
-    pub public_ips_file: Option<PathBuf>,
-    /// The browser's session binds the first free port of this range (`40000-40100`) on the
-    /// `udp_addrs` IPs, instead of their own ports.
-    pub udp_port_range: Option<String>,
-    /// Seconds an ICE `disconnected` may last (browser session and publishers) before the
-    /// connection is given up, unless it comes back (or the page restarts ICE) first.
-    pub disconnected_grace_secs: f64,
-    /// Seconds the browser has to connect after its answer (or an ICE restart).
-    pub connect_timeout_secs: f64,
-}
-
-impl Default for IceConfig {
-    fn default() -> Self {
-        Self {
-            udp_addrs: vec!["0.0.0.0:0".to_owned()],
-            public_ips: Vec::new(),
-            public_ips_file: None,
-            udp_port_range: None,
-            disconnected_grace_secs: 5.0,
-            connect_timeout_secs: 20.0,
-        }
-    }
-}
-
-/// The default HTTP listen address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-
-impl RelayConfig {
+/// What the relay does with its configuration: read it, check it, and derive each part's
+/// settings from it. The types are the contract crate's, shared with the operator that writes
+/// the file.
+pub trait RelayConfigExt: Sized {
     /// Reads a YAML file.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+    fn from_file(path: &Path) -> Result<Self, ConfigError>;
+    /// Parses YAML text.
+    fn from_yaml(text: &str) -> Result<Self, String>;
+    /// The HTTP listen address.
+    fn listen_addr(&self) -> SocketAddr;
+    /// Checks every range; the first problem is returned.
+    fn validate(&self) -> Result<(), ConfigError>;
+    /// The HTTP listener's bounds.
+    fn server_limits(&self) -> crate::http::server::ServerLimits;
+    /// The browser session's timers.
+    fn session_timers(&self) -> crate::session::SessionTimers;
+    /// The encoder settings derived from `video`.
+    fn encoder_config(&self) -> EncoderConfig;
+    /// The `/offer` bearer token, reading the token file if one is given.
+    fn offer_token(&self) -> Result<Option<String>, ConfigError>;
+    /// The Sora publisher settings, reading the metadata file if one is given; `audio` when the
+    /// browser's audio is forwarded (serve mode).
+    fn sora_config(&self, audio: bool) -> Result<Option<SoraConfig>, ConfigError>;
+    /// The WHIP publisher settings, reading the token file if one is given; `audio` when the
+    /// browser's audio is forwarded (serve mode).
+    fn whip_config(&self, audio: bool) -> Result<Option<WhipConfig>, ConfigError>;
+}
+
+impl RelayConfigExt for RelayConfig {
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -299,19 +86,16 @@ impl RelayConfig {
         })
     }
 
-    /// Parses YAML text.
-    pub fn from_yaml(text: &str) -> Result<Self, String> {
+    fn from_yaml(text: &str) -> Result<Self, String> {
         serde_yaml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// The HTTP listen address.
-    pub fn listen_addr(&self) -> SocketAddr {
+    fn listen_addr(&self) -> SocketAddr {
         self.listen
             .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address"))
     }
 
-    /// Checks every range; the first problem is returned.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         self.filter.validate()?;
         let v = &self.video;
         range("video.width", v.width, 16, 4096, "16..=4096, even")?;
@@ -444,19 +228,11 @@ impl RelayConfig {
         Ok(())
     }
 
-    /// The HTTP listener's bounds.
-    pub fn server_limits(&self) -> crate::http::server::ServerLimits {
-        crate::http::server::ServerLimits {
-            max_connections: self.http.max_connections,
-            max_connections_per_ip: self.http.max_connections_per_ip,
-            header_read_timeout: Duration::from_secs_f64(self.http.header_read_timeout_secs),
-            idle_timeout: Duration::from_secs_f64(self.http.idle_timeout_secs),
-            request_timeout: Duration::from_secs_f64(self.http.request_timeout_secs),
-        }
+    fn server_limits(&self) -> crate::http::server::ServerLimits {
+        crate::http::server::ServerLimits::from(&self.http)
     }
 
-    /// The browser session's timers.
-    pub fn session_timers(&self) -> crate::session::SessionTimers {
+    fn session_timers(&self) -> crate::session::SessionTimers {
         crate::session::SessionTimers {
             connect: Duration::from_secs_f64(self.ice.connect_timeout_secs),
             disconnected_grace: Duration::from_secs_f64(self.ice.disconnected_grace_secs),
@@ -464,8 +240,7 @@ impl RelayConfig {
         }
     }
 
-    /// The encoder settings derived from `video`.
-    pub fn encoder_config(&self) -> EncoderConfig {
+    fn encoder_config(&self) -> EncoderConfig {
         let v = &self.video;
         EncoderConfig {
             codec: v.codec,
@@ -476,17 +251,14 @@ impl RelayConfig {
         }
     }
 
-    /// The `/offer` bearer token, reading the token file if one is given.
-    pub fn offer_token(&self) -> Result<Option<String>, ConfigError> {
+    fn offer_token(&self) -> Result<Option<String>, ConfigError> {
         match &self.offer.token_file {
             Some(path) => Ok(Some(read_secret(path)?)),
             None => Ok(self.offer.token.clone()),
         }
     }
 
-    /// The Sora publisher settings, reading the metadata file if one is given; `audio` when the
-    /// browser's audio is forwarded (serve mode).
-    pub fn sora_config(&self, audio: bool) -> Result<Option<SoraConfig>, ConfigError> {
+    fn sora_config(&self, audio: bool) -> Result<Option<SoraConfig>, ConfigError> {
         let Some(sora) = &self.sora else { return Ok(None) };
         let metadata = match &sora.metadata_file {
             Some(path) => {
@@ -523,9 +295,7 @@ impl RelayConfig {
         Ok(Some(config))
     }
 
-    /// The WHIP publisher settings, reading the token file if one is given; `audio` when the
-    /// browser's audio is forwarded (serve mode).
-    pub fn whip_config(&self, audio: bool) -> Result<Option<WhipConfig>, ConfigError> {
+    fn whip_config(&self, audio: bool) -> Result<Option<WhipConfig>, ConfigError> {
         let Some(whip) = &self.whip else { return Ok(None) };
         let token = match &whip.token_file {
             Some(path) => Some(read_secret(path)?),
@@ -571,6 +341,7 @@ fn range<T: PartialOrd + ToString>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::VideoCodec;
 
     #[test]
     fn yaml_file_with_sora_output_parses_and_validates() {
@@ -597,12 +368,6 @@ ice: {udp_addrs: ["0.0.0.0:40000"], public_ips: [203.0.113.7]}
         );
         assert_eq!(sora.public_ips, vec!["203.0.113.7".to_owned()]);
         assert_eq!(cfg.encoder_config().keyframe_interval, Duration::from_secs(2));
-    }
-
-    #[test]
-    fn unknown_keys_are_rejected_with_their_name() {
-        let err = RelayConfig::from_yaml("video: {codec: vp8, bitrat_kbps: 5}").unwrap_err();
-        assert!(err.contains("bitrat_kbps"), "{err}");
     }
 
     #[test]

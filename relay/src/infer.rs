@@ -5,7 +5,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use ort::environment::Environment;
@@ -13,73 +12,11 @@ use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, TensorRef, ValueType};
-use serde::{Deserialize, Serialize};
 
 /// The library name looked up on the loader's search path when nothing else is configured.
 pub const DEFAULT_LIBRARY: &str = "libonnxruntime.so";
 
-/// Where inference runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Device {
-    /// ONNX Runtime's CPU execution provider.
-    #[default]
-    Cpu,
-    /// The CUDA execution provider on GPU `N`.
-    Cuda(u32),
-}
-
-impl fmt::Display for Device {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Device::Cpu => f.write_str("cpu"),
-            Device::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
-/// A device string that is neither `cpu`, `cuda` nor `cuda:N`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("device {0:?} is not one of cpu, cuda, cuda:N")]
-pub struct DeviceParseError(String);
-
-impl FromStr for Device {
-    type Err = DeviceParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| DeviceParseError(s.to_owned())),
-        }
-    }
-}
-
-impl Serialize for Device {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Device {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// What to do when CUDA is asked for but cannot be used.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeviceFallback {
-    /// Refuse to start (the default: a GPU session silently on the CPU would miss its targets).
-    #[default]
-    Fail,
-    /// Run on the CPU and warn loudly (logs, `/status`, `livefilter_filter_device`).
-    Cpu,
-}
+pub use livefilter_contract::config::{Device, DeviceFallback, DeviceParseError};
 
 /// How models are run.
 #[derive(Clone, Debug, PartialEq, Eq)]

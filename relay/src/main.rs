@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use livefilter_relay::codec::{self, VideoCodec};
-use livefilter_relay::config::{RelayConfig, SoraOutput, WhipOutput};
-use livefilter_relay::filter::{FilterConfig, FilterKind};
+use livefilter_relay::config::{RelayConfig, RelayConfigExt, SoraOutput, WhipOutput};
+use livefilter_relay::filter::{FilterConfig, FilterConfigExt, FilterKind};
 use livefilter_relay::infer::{Device, DeviceFallback};
 use livefilter_relay::run;
 use livefilter_relay::testpattern::{self, TestPattern};

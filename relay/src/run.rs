@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::codec;
-use crate::config::{ConfigError, RelayConfig};
+use crate::config::{ConfigError, RelayConfig, RelayConfigExt};
 use crate::feed::MediaSinks;
+use crate::filter::FilterConfigExt;
 use crate::filter::live::LiveParams;
 use crate::health::{Health, Unhealthy, publisher_stage, supervise};
 use crate::http::{self, AppState, RelayInfo, ServeState};

@@ -11,7 +11,7 @@ use livefilter_relay::filter::live::LiveParams;
 use livefilter_relay::filter::pixels::Planes;
 use livefilter_relay::filter::pose::{NAMES, PoseEstimator};
 use livefilter_relay::filter::segment::Segmenter;
-use livefilter_relay::filter::{FilterConfig, FilterKind};
+use livefilter_relay::filter::{FilterConfig, FilterConfigExt, FilterKind};
 use livefilter_relay::frame::{I420Frame, rgb_to_yuv, yuv_to_rgb};
 use livefilter_relay::infer::{Device, DeviceFallback, RuntimeOptions};
 use serde_json::{Value, json};

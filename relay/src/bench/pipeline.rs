@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::codec::{CodecError, EncoderConfig, VideoCodec, new_decoder, new_encoder};
-use crate::filter::{FilterConfig, FilterError, Filtered};
+use crate::filter::{FilterConfig, FilterConfigExt, FilterError, Filtered};
 use crate::latency::{Percentiles, percentiles};
 use crate::y4m::{Reader, Y4mError};
 

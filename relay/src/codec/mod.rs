@@ -1,12 +1,9 @@
 //! Video encoders and decoders behind one abstraction; the codec is chosen by configuration.
 
 use std::collections::VecDeque;
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
 use crate::frame::I420Frame;
 
@@ -20,60 +17,11 @@ pub const FPS_RANGE: std::ops::RangeInclusive<u32> = 1..=120;
 /// Accepted encoder thread counts.
 pub const THREADS_RANGE: std::ops::RangeInclusive<u32> = 1..=16;
 
-/// A video codec the relay can encode and decode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VideoCodec {
-    /// VP8 via libvpx.
-    Vp8,
-    /// H.264 constrained baseline via OpenH264, packetization-mode 1.
-    H264,
-}
-
-impl VideoCodec {
-    /// The RTP MIME type (`video/VP8`, `video/H264`).
-    pub fn mime_type(self) -> &'static str {
-        match self {
-            VideoCodec::Vp8 => "video/VP8",
-            VideoCodec::H264 => "video/H264",
-        }
-    }
-
-    /// The name Sora's `connect` message uses in `video.codec_type`.
-    pub fn sora_name(self) -> &'static str {
-        match self {
-            VideoCodec::Vp8 => "VP8",
-            VideoCodec::H264 => "H264",
-        }
-    }
-}
-
-impl fmt::Display for VideoCodec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            VideoCodec::Vp8 => "vp8",
-            VideoCodec::H264 => "h264",
-        })
-    }
-}
-
-impl FromStr for VideoCodec {
-    type Err = CodecError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "vp8" | "video/vp8" => Ok(VideoCodec::Vp8),
-            "h264" | "video/h264" => Ok(VideoCodec::H264),
-            _ => Err(CodecError::UnknownCodec(s.to_owned())),
-        }
-    }
-}
+pub use livefilter_contract::config::VideoCodec;
 
 /// Errors from creating or running a codec.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
-    /// The name is not a supported codec.
-    #[error("unknown video codec {0:?} (expected vp8 or h264)")]
-    UnknownCodec(String),
     /// The encoder settings are out of range.
     #[error("invalid encoder setting: {0}")]
     InvalidConfig(String),
@@ -650,12 +598,5 @@ mod tests {
         assert_eq!(measured[29], Some(20.0));
         // A rebased clock starts the measurement over.
         assert_eq!(rate.observe(Duration::ZERO), None);
-    }
-
-    #[test]
-    fn codec_names_parse_case_insensitively() {
-        assert_eq!("VP8".parse::<VideoCodec>().unwrap(), VideoCodec::Vp8);
-        assert_eq!("video/H264".parse::<VideoCodec>().unwrap(), VideoCodec::H264);
-        assert!(matches!("av1".parse::<VideoCodec>(), Err(CodecError::UnknownCodec(s)) if s == "av1"));
     }
 }

@@ -17,34 +17,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
-/// Bytes a backdrop file may have by default (16 MiB).
-pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
-/// Pixels a backdrop may have along either edge by default.
-pub const DEFAULT_MAX_EDGE: u32 = 4096;
-
-/// How large a backdrop picture may be (`filter.image_limits`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ImageLimits {
-    /// Largest file, in bytes.
-    pub max_bytes: u64,
-    /// Widest picture, in pixels.
-    pub max_width: u32,
-    /// Tallest picture, in pixels.
-    pub max_height: u32,
-}
-
-impl Default for ImageLimits {
-    fn default() -> Self {
-        Self {
-            max_bytes: DEFAULT_MAX_BYTES,
-            max_width: DEFAULT_MAX_EDGE,
-            max_height: DEFAULT_MAX_EDGE,
-        }
-    }
-}
+pub use livefilter_contract::config::ImageLimits;
 
 /// Who names a picture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

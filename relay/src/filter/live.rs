@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::assets::{Assets, Origin};
 use super::params::FilterParams;
-use super::{FilterConfig, FilterError, FilterKind};
+use super::{FilterConfig, FilterConfigExt, FilterError, FilterKind};
 use crate::infer::Device;
 
 /// The running filter's parameters, shared by the HTTP handlers and the filter thread.

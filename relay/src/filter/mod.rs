@@ -16,12 +16,9 @@ pub mod segment;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-
 use crate::frame::I420Frame;
-use crate::infer::{Device, DeviceFallback, InferError, RuntimeOptions};
-use assets::{AssetError, Assets, ImageLimits, Origin};
+use crate::infer::{Device, InferError, RuntimeOptions};
+use assets::{AssetError, Assets, Origin};
 pub use params::{FilterParams, ParamsError};
 
 /// Errors of a filter.
@@ -109,104 +106,66 @@ impl Filter for Passthrough {
     }
 }
 
-/// Which filter to run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum FilterKind {
-    /// No change.
-    #[default]
-    Passthrough,
-    /// Person segmentation; the background is blurred.
-    BackgroundBlur,
-    /// Person segmentation; the background becomes a colour or a picture.
-    BackgroundReplace,
-    /// Face detection; faces are pixelated or blurred.
-    FaceBlur,
-    /// Pose keypoints drawn as a skeleton.
-    Pose,
-    /// A user's ONNX model (`filter.model`) with the contract in `filter.params`.
-    Onnx,
-}
+pub use livefilter_contract::config::{FilterConfig, FilterKind};
 
-impl FilterKind {
-    /// The configuration name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FilterKind::Passthrough => "passthrough",
-            FilterKind::BackgroundBlur => "background-blur",
-            FilterKind::BackgroundReplace => "background-replace",
-            FilterKind::FaceBlur => "face-blur",
-            FilterKind::Pose => "pose",
-            FilterKind::Onnx => "onnx",
-        }
-    }
-
-    /// The model file shipped in `models/` for the built-in filters.
-    pub fn default_model(self) -> Option<&'static str> {
-        match self {
-            FilterKind::BackgroundBlur | FilterKind::BackgroundReplace => Some(segment::DEFAULT_MODEL),
-            FilterKind::FaceBlur => Some(face::DEFAULT_MODEL),
-            FilterKind::Pose => Some(pose::DEFAULT_MODEL),
-            FilterKind::Passthrough | FilterKind::Onnx => None,
-        }
+/// The model file shipped in `models/` for a built-in filter.
+pub fn default_model(kind: FilterKind) -> Option<&'static str> {
+    match kind {
+        FilterKind::BackgroundBlur | FilterKind::BackgroundReplace => Some(segment::DEFAULT_MODEL),
+        FilterKind::FaceBlur => Some(face::DEFAULT_MODEL),
+        FilterKind::Pose => Some(pose::DEFAULT_MODEL),
+        FilterKind::Passthrough | FilterKind::Onnx => None,
     }
 }
 
 /// The environment variable naming the directory of the shipped models.
 pub const MODELS_DIR_ENV: &str = "LIVEFILTER_MODELS_DIR";
 
-/// The filter configuration (`filter:` in the relay's YAML).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FilterConfig {
-    /// Which filter.
-    pub kind: FilterKind,
-    /// Its parameters (camelCase keys; see docs/filters.md).
-    pub params: Map<String, Value>,
-    /// The model file; the built-in filters default to their model in `models_dir`.
-    pub model: Option<PathBuf>,
-    /// Where the shipped models are; default `$LIVEFILTER_MODELS_DIR`, else `models`.
-    pub models_dir: Option<PathBuf>,
-    /// `cpu`, `cuda` or `cuda:N`.
-    pub device: Device,
-    /// When CUDA is unusable: `fail` (default) or `cpu` (with a loud warning).
-    pub device_fallback: DeviceFallback,
-    /// Inference threads per model (0: one per core).
-    pub threads: usize,
-    /// The ONNX Runtime library; default `$ORT_DYLIB_PATH`, else `libonnxruntime.so`.
-    pub onnxruntime: Option<PathBuf>,
-    /// Where live changes (`PATCH /filter`) may take backdrop pictures from; none: they may
-    /// not name pictures. Relative paths in the startup parameters are inside it too.
-    pub assets_dir: Option<PathBuf>,
-    /// How large a backdrop picture may be.
-    pub image_limits: ImageLimits,
+/// What the relay does with its filter configuration: check it, resolve its model and
+/// pictures, and build the filter.
+pub trait FilterConfigExt {
+    /// The parsed parameters (a backdrop picture named but not loaded; see
+    /// [`FilterConfigExt::resolved_params`]).
+    fn parsed_params(&self) -> Result<FilterParams, ParamsError>;
+    /// The parsed parameters with their backdrop picture read and decoded (the startup
+    /// configuration's rules: see [`assets`]).
+    fn resolved_params(&self) -> Result<FilterParams, FilterError>;
+    /// Where backdrop pictures may come from.
+    fn assets(&self) -> Assets;
+    /// The model file this configuration runs, if the filter has one.
+    fn model_path(&self) -> Option<PathBuf>;
+    /// How models are run.
+    fn runtime_options(&self) -> RuntimeOptions;
+    /// Checks what can be checked without loading anything: the parameters, and that `onnx`
+    /// names a model.
+    fn validate(&self) -> Result<(), FilterError>;
+    /// Builds the configured filter: loads the runtime, the model and any backdrop picture and
+    /// checks the model's contract, so every error surfaces here, at startup.
+    fn build(&self) -> Result<Box<dyn Filter>, FilterError>;
+    /// Builds the configured filter with `params` already resolved (so that the backdrop picture
+    /// decoded for them is the one the filter uses and the live parameters start from).
+    fn build_with(&self, params: &FilterParams) -> Result<Box<dyn Filter>, FilterError>;
 }
 
-impl FilterConfig {
-    /// The parsed parameters (a backdrop picture named but not loaded; see
-    /// [`FilterConfig::resolved_params`]).
-    pub fn parsed_params(&self) -> Result<FilterParams, ParamsError> {
+impl FilterConfigExt for FilterConfig {
+    fn parsed_params(&self) -> Result<FilterParams, ParamsError> {
         FilterParams::parse(self.kind, &self.params)
     }
 
-    /// The parsed parameters with their backdrop picture read and decoded (the startup
-    /// configuration's rules: see [`assets`]).
-    pub fn resolved_params(&self) -> Result<FilterParams, FilterError> {
+    fn resolved_params(&self) -> Result<FilterParams, FilterError> {
         let params = self.parsed_params()?;
         params.with_backdrop(&self.assets(), Origin::Config, None)
     }
 
-    /// Where backdrop pictures may come from.
-    pub fn assets(&self) -> Assets {
+    fn assets(&self) -> Assets {
         Assets::new(self.assets_dir.clone(), self.image_limits)
     }
 
-    /// The model file this configuration runs, if the filter has one.
-    pub fn model_path(&self) -> Option<PathBuf> {
+    fn model_path(&self) -> Option<PathBuf> {
         if let Some(model) = &self.model {
             return Some(model.clone());
         }
-        let file = self.kind.default_model()?;
+        let file = default_model(self.kind)?;
         let dir = self
             .models_dir
             .clone()
@@ -219,8 +178,7 @@ impl FilterConfig {
         Some(dir.join(file))
     }
 
-    /// How models are run.
-    pub fn runtime_options(&self) -> RuntimeOptions {
+    fn runtime_options(&self) -> RuntimeOptions {
         RuntimeOptions {
             library: self.onnxruntime.clone(),
             device: self.device,
@@ -229,9 +187,7 @@ impl FilterConfig {
         }
     }
 
-    /// Checks what can be checked without loading anything: the parameters, and that `onnx`
-    /// names a model.
-    pub fn validate(&self) -> Result<(), FilterError> {
+    fn validate(&self) -> Result<(), FilterError> {
         self.parsed_params()?;
         if self.kind == FilterKind::Onnx && self.model.is_none() {
             return Err(FilterError::NoModel);
@@ -239,16 +195,12 @@ impl FilterConfig {
         Ok(())
     }
 
-    /// Builds the configured filter: loads the runtime, the model and any backdrop picture and
-    /// checks the model's contract, so every error surfaces here, at startup.
-    pub fn build(&self) -> Result<Box<dyn Filter>, FilterError> {
+    fn build(&self) -> Result<Box<dyn Filter>, FilterError> {
         let params = self.resolved_params()?;
         self.build_with(&params)
     }
 
-    /// Builds the configured filter with `params` already resolved (so that the backdrop picture
-    /// decoded for them is the one the filter uses and the live parameters start from).
-    pub fn build_with(&self, params: &FilterParams) -> Result<Box<dyn Filter>, FilterError> {
+    fn build_with(&self, params: &FilterParams) -> Result<Box<dyn Filter>, FilterError> {
         self.validate()?;
         let params = params.clone();
         let model = || self.model_path().ok_or(FilterError::NoModel);

@@ -673,6 +673,7 @@ async fn whep_delete(State(state): State<AppState>, headers: HeaderMap, Path(id)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter::FilterConfigExt;
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;

@@ -38,15 +38,21 @@ pub struct ServerLimits {
     pub request_timeout: Duration,
 }
 
+impl From<&livefilter_contract::config::HttpSection> for ServerLimits {
+    fn from(h: &livefilter_contract::config::HttpSection) -> Self {
+        Self {
+            max_connections: h.max_connections,
+            max_connections_per_ip: h.max_connections_per_ip,
+            header_read_timeout: Duration::from_secs_f64(h.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs_f64(h.idle_timeout_secs),
+            request_timeout: Duration::from_secs_f64(h.request_timeout_secs),
+        }
+    }
+}
+
 impl Default for ServerLimits {
     fn default() -> Self {
-        Self {
-            max_connections: 256,
-            max_connections_per_ip: 32,
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            request_timeout: Duration::from_secs(15),
-        }
+        Self::from(&livefilter_contract::config::HttpSection::default())
     }
 }
 
