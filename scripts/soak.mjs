@@ -70,6 +70,14 @@ function procSample(pid) {
   return { rssMb: field('VmRSS') / 1024, threads: field('Threads'), fds: fds.length, sockets, cpuSecs: cpuTicks / CLK_TCK };
 }
 
+// The browser's picture size: Chromium lowers it on its own when it judges the CPU overused,
+// which changes the work per frame without any change in the relay.
+async function inputSize(base) {
+  const status = await (await fetch(`${base}/status`)).json();
+  const input = status.input || {};
+  return `${input.width || 0}x${input.height || 0}`;
+}
+
 async function framesEncoded(base) {
   const text = await (await fetch(`${base}/metrics`)).text();
   let total = 0;
@@ -155,10 +163,11 @@ async function main() {
       await sleep(o.windowSecs * 1000);
       const b = await sample();
       windows[name] = windowFigures(a, b);
+      windows[name].input = await inputSize(base);
       if (relayExited !== null) throw new Error(`the relay exited (${relayExited}) during the soak`);
       const state = await driver.call({ cmd: 'state', page: 'sender' });
       if (state.phase !== 'live') throw new Error(`the sender is no longer live: ${JSON.stringify(state.error)}`);
-      console.log(`soak: ${name} window done at ${((Date.now() - t0) / 60000).toFixed(1)} min`);
+      console.log(`soak: ${name} window done at ${((Date.now() - t0) / 60000).toFixed(1)} min, input ${windows[name].input}`);
     };
     await measure('start');
     await sleep(Math.max(0, t0 + totalMs / 2 - o.windowSecs * 500 - Date.now()));

@@ -13,8 +13,10 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
+use crate::install;
+
 /// The library name looked up on the loader's search path when nothing else is configured.
-pub const DEFAULT_LIBRARY: &str = "libonnxruntime.so";
+pub const DEFAULT_LIBRARY: &str = install::ORT_LIBRARY_NAME;
 
 pub use livefilter_contract::config::{Device, DeviceFallback, DeviceParseError};
 
@@ -87,18 +89,14 @@ struct Runtime {
 static RUNTIME: OnceLock<Result<Runtime, InferError>> = OnceLock::new();
 static INIT: Mutex<()> = Mutex::new(());
 
-/// The library path `options` resolve to: the configured one, `ORT_DYLIB_PATH`, or the default
-/// name; relative paths are taken from the working directory.
+/// The library path `options` resolve to: the configured one, `ORT_DYLIB_PATH`, the first
+/// library found in the usual places ([`install::onnxruntime_candidates`]), or the bare name
+/// for the loader's search path; relative paths are taken from the working directory.
 pub fn library_path(options: &RuntimeOptions) -> PathBuf {
-    let chosen = options
-        .library
-        .clone()
-        .or_else(|| {
-            std::env::var_os("ORT_DYLIB_PATH")
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_LIBRARY));
+    let chosen = options.library.clone().unwrap_or_else(|| {
+        let candidates = install::onnxruntime_candidates();
+        install::first_existing(&candidates, Path::exists).unwrap_or_else(|| PathBuf::from(DEFAULT_LIBRARY))
+    });
     // A bare file name goes to the loader's search path; anything with a directory is resolved
     // here (ort would otherwise look next to the executable first).
     if chosen.is_relative() && chosen.components().count() > 1 {

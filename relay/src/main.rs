@@ -1,7 +1,9 @@
 //! `livefilter-relay`: the relay's command line.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -11,8 +13,8 @@ use livefilter_relay::codec::{self, VideoCodec};
 use livefilter_relay::config::{RelayConfig, RelayConfigExt, SoraOutput, WhipOutput};
 use livefilter_relay::filter::{FilterConfig, FilterConfigExt, FilterKind};
 use livefilter_relay::infer::{Device, DeviceFallback};
-use livefilter_relay::run;
 use livefilter_relay::testpattern::{self, TestPattern};
+use livefilter_relay::{logging, run};
 
 #[derive(Parser)]
 #[command(
@@ -153,7 +155,8 @@ struct FilterArgs {
     /// ONNX model file (required for --filter onnx; the others default to their shipped model).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Directory of the shipped models.
+    /// Directory of the shipped models (default: ./models, then next to the executable, then
+    /// /usr/local/share/livefilter/models and /usr/share/livefilter/models).
     #[arg(long, env = "LIVEFILTER_MODELS_DIR")]
     models_dir: Option<PathBuf>,
     /// Inference device: cpu, cuda or cuda:N.
@@ -165,7 +168,9 @@ struct FilterArgs {
     /// Inference threads per model (0: one per core).
     #[arg(long)]
     inference_threads: Option<usize>,
-    /// The ONNX Runtime shared library (default: $ORT_DYLIB_PATH, else libonnxruntime.so).
+    /// The ONNX Runtime shared library (default: $ORT_DYLIB_PATH, else the first
+    /// libonnxruntime.so in .cache/onnxruntime, next to the executable, or
+    /// /usr/local/lib/livefilter and /usr/lib/livefilter, else the loader's search path).
     #[arg(long)]
     onnxruntime: Option<PathBuf>,
     /// Directory live changes (PATCH /filter) may take backdrop pictures from (default: none,
@@ -430,17 +435,21 @@ impl OutputArgs {
     }
 }
 
-/// Our own logs at info; webrtc-rs's internals only when they are errors (their warnings fire
-/// on every normal session: "no candidate pairs yet", "empty server_config", ...).
-const DEFAULT_LOG_FILTER: &str =
-    "warn,livefilter_relay=info,webrtc=error,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,rtc_srtp=error";
-
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LIVEFILTER_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let relay = std::env::var("LIVEFILTER_LOG").ok();
+    let stack = std::env::var("LIVEFILTER_STACK_LOG").ok();
+    let directives = logging::directives(relay.as_deref(), stack.as_deref());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("warning: LIVEFILTER_LOG={directives:?} is not a log filter ({e}); logging at info");
+        tracing_subscriber::EnvFilter::new(logging::directives(None, None))
+    });
+    let ansi = logging::use_ansi(
+        std::io::stderr().is_terminal(),
+        std::env::var("NO_COLOR").ok().as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -448,11 +457,27 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let log_format = cli.log_format;
+    init_logging(log_format);
+    match run_command(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Once, in one line, with the fix where the error knows it (no "Caused by" repeats).
+            let line = logging::error_line(e.as_ref());
+            match log_format {
+                LogFormat::Text => eprintln!("error: {line}"),
+                LogFormat::Json => tracing::error!(error = %line, "the relay stopped"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(command: Command) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    match cli.command {
+    match command {
         Command::TestPattern(args) => {
             let cfg = args.into_config()?;
             runtime.block_on(until_terminated(|shutdown| run::test_pattern(cfg, shutdown)))

@@ -268,12 +268,16 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
         allowed_origins: cfg.offer.allowed_origins.clone(),
         filter: Some(live_params),
     };
-    let app = http::app(AppState {
+    let app_state = AppState {
         info: info.into(),
         metrics: metrics.clone(),
         serve: Some(serve_state),
         health: health.clone(),
-    });
+    };
+    tokio::spawn(
+        crate::stats_line::run(app_state.clone(), shutdown.clone()).instrument(tracing::info_span!("stats-line")),
+    );
+    let app = http::app(app_state);
     let server = http::server::serve(listen(&cfg), app, metrics.clone(), shutdown.clone()).await?;
     let output_size = (!cfg.video.follow_input).then_some((cfg.video.width, cfg.video.height));
     let stage = EncodeStage::new(encoder, handles, keyframes, metrics)

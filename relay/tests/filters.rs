@@ -408,10 +408,11 @@ fn a_missing_model_is_named_at_startup() {
         models_dir: Some("/nonexistent/models".into()),
         ..Default::default()
     });
-    assert_eq!(
-        err,
-        "filter pose: model file /nonexistent/models/movenet-lightning.onnx does not exist"
+    assert!(
+        err.starts_with("filter pose: its model movenet-lightning.onnx is in none of: /nonexistent/models;"),
+        "{err}"
     );
+    assert!(err.contains("LIVEFILTER_MODELS_DIR"), "the fix is named: {err}");
 }
 
 #[test]

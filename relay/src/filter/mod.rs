@@ -13,11 +13,12 @@ pub mod pixels;
 pub mod pose;
 pub mod segment;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::frame::I420Frame;
 use crate::infer::{Device, InferError, RuntimeOptions};
+use crate::install;
 use assets::{AssetError, Assets, Origin};
 pub use params::{FilterParams, ParamsError};
 
@@ -38,6 +39,16 @@ pub enum FilterError {
         filter: &'static str,
         #[source]
         source: InferError,
+    },
+    /// A built-in filter's shipped model is in none of the places looked at.
+    #[error(
+        "filter {filter}: its model {file} is in none of: {looked_in}; run `scripts/setup.sh` (or `make models`) in the checkout, or set {env} (or filter.models_dir) to the directory that holds it",
+        env = install::MODELS_DIR_ENV
+    )]
+    ModelNotFound {
+        filter: &'static str,
+        file: &'static str,
+        looked_in: String,
     },
     /// `onnx` without `filter.model`.
     #[error("filter onnx needs filter.model (the path of your .onnx file)")]
@@ -118,8 +129,7 @@ pub fn default_model(kind: FilterKind) -> Option<&'static str> {
     }
 }
 
-/// The environment variable naming the directory of the shipped models.
-pub const MODELS_DIR_ENV: &str = "LIVEFILTER_MODELS_DIR";
+pub use crate::install::MODELS_DIR_ENV;
 
 /// What the relay does with its filter configuration: check it, resolve its model and
 /// pictures, and build the filter.
@@ -132,8 +142,11 @@ pub trait FilterConfigExt {
     fn resolved_params(&self) -> Result<FilterParams, FilterError>;
     /// Where backdrop pictures may come from.
     fn assets(&self) -> Assets;
-    /// The model file this configuration runs, if the filter has one.
+    /// The model file this configuration runs, if the filter has one: the configured file, else
+    /// the filter's shipped model in the first models directory that has it.
     fn model_path(&self) -> Option<PathBuf>;
+    /// The error for a built-in filter whose shipped model is in none of the models directories.
+    fn missing_default_model(&self) -> Option<FilterError>;
     /// How models are run.
     fn runtime_options(&self) -> RuntimeOptions;
     /// Checks what can be checked without loading anything: the parameters, and that `onnx`
@@ -166,16 +179,31 @@ impl FilterConfigExt for FilterConfig {
             return Some(model.clone());
         }
         let file = default_model(self.kind)?;
-        let dir = self
-            .models_dir
-            .clone()
-            .or_else(|| {
-                std::env::var_os(MODELS_DIR_ENV)
-                    .filter(|s| !s.is_empty())
-                    .map(PathBuf::from)
+        let candidates: Vec<PathBuf> = match &self.models_dir {
+            Some(dir) => vec![dir.join(file)],
+            None => install::model_dirs().into_iter().map(|d| d.join(file)).collect(),
+        };
+        // When none exists the first place is named, and the build error lists them all.
+        install::first_existing(&candidates, Path::exists).or_else(|| candidates.into_iter().next())
+    }
+
+    fn missing_default_model(&self) -> Option<FilterError> {
+        if self.model.is_some() {
+            return None;
+        }
+        let file = default_model(self.kind)?;
+        let dirs = match &self.models_dir {
+            Some(dir) => vec![dir.clone()],
+            None => install::model_dirs(),
+        };
+        let candidates: Vec<PathBuf> = dirs.iter().map(|d| d.join(file)).collect();
+        install::first_existing(&candidates, Path::exists)
+            .is_none()
+            .then(|| FilterError::ModelNotFound {
+                filter: self.kind.as_str(),
+                file,
+                looked_in: install::looked_in(&dirs),
             })
-            .unwrap_or_else(|| PathBuf::from("models"));
-        Some(dir.join(file))
     }
 
     fn runtime_options(&self) -> RuntimeOptions {
@@ -202,6 +230,9 @@ impl FilterConfigExt for FilterConfig {
 
     fn build_with(&self, params: &FilterParams) -> Result<Box<dyn Filter>, FilterError> {
         self.validate()?;
+        if let Some(missing) = self.missing_default_model() {
+            return Err(missing);
+        }
         let params = params.clone();
         let model = || self.model_path().ok_or(FilterError::NoModel);
         let options = self.runtime_options();

@@ -234,6 +234,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn status(State(state): State<AppState>) -> Json<RelayStatus> {
+    Json(relay_status(&state))
+}
+
+/// The relay's state as `/status` reports it.
+pub fn relay_status(state: &AppState) -> RelayStatus {
     let m = &state.metrics;
     let publishers: BTreeMap<String, PublisherStatus> = state
         .info
@@ -281,7 +286,7 @@ async fn status(State(state): State<AppState>) -> Json<RelayStatus> {
             requested_device,
         }
     });
-    Json(RelayStatus {
+    RelayStatus {
         state: overall,
         mode: state.info.mode.to_string(),
         filter: state.info.filter.to_string(),
@@ -318,7 +323,7 @@ async fn status(State(state): State<AppState>) -> Json<RelayStatus> {
             stages,
         },
         publishers,
-    })
+    }
 }
 
 /// A refused `/filter` change: logged, counted by `result`, answered as JSON.

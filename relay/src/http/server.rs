@@ -60,7 +60,7 @@ impl Default for ServerLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The address.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{hint}", hint = listen_hint(source))]
     Listen {
         /// Where.
         addr: SocketAddr,
@@ -79,6 +79,20 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+}
+
+/// What to do about a listen error a person can fix.
+fn listen_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            " (another process holds this port: stop it, e.g. find it with `ss -ltnp`, or choose another address with --listen)"
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            " (no interface of this machine has this address: use 0.0.0.0 or one of `ip -br addr`)"
+        }
+        io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges: choose a port of 1024 or more)",
+        _ => "",
+    }
 }
 
 /// Where and how to listen.
