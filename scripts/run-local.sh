@@ -16,8 +16,13 @@ cat <<MSG
     preview       http://$RELAY_HTTP/view    (the filtered stream, over WebRTC)
     status        http://$RELAY_HTTP/status  metrics: http://$RELAY_HTTP/metrics
   filter        http://$RELAY_HTTP/filter  (PATCH a JSON object to change parameters live)
-  Ctrl-C stops it. Publish to Sora as well: EXTRA_ARGS="--sora-signaling-url wss://... --channel-id ..."
+  Ctrl-C stops it. Filter parameters: FILTER_PARAMS='{"radius": 20}' (docs/filters.md).
+  Publish to Sora as well: EXTRA_ARGS="--sora-signaling-url wss://... --channel-id ..."
 
 MSG
-# shellcheck disable=SC2086
-exec target/release/livefilter-relay serve --listen "$RELAY_HTTP" --filter "$FILTER" ${EXTRA_ARGS:-}
+args=(serve --listen "$RELAY_HTTP" --filter "$FILTER")
+# A JSON object may hold spaces: it travels as one argument, never word-split.
+if [[ -n ${FILTER_PARAMS:-} ]]; then args+=(--filter-params "$FILTER_PARAMS"); fi
+# EXTRA_ARGS is flags and plain values, split on spaces (use FILTER_PARAMS for JSON).
+read -r -a extra <<<"${EXTRA_ARGS:-}"
+exec target/release/livefilter-relay "${args[@]}" "${extra[@]}"
