@@ -54,7 +54,8 @@ struct OutputArgs {
     /// YAML config file (the flags below override it).
     #[arg(long, env = "LIVEFILTER_CONFIG")]
     config: Option<PathBuf>,
-    /// HTTP address for /metrics, /healthz, /status.
+    /// HTTP address (default 127.0.0.1:8080): /metrics, /healthz, /status, and in serve mode
+    /// the sender page, /offer, /filter and the preview.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
     /// Sora signaling URL (repeat for several; they are raced).
@@ -75,25 +76,26 @@ struct OutputArgs {
     /// WHIP bearer token.
     #[arg(long, env = "LIVEFILTER_WHIP_TOKEN")]
     whip_token: Option<String>,
-    /// Video codec.
+    /// Output video codec: vp8 (default) or h264.
     #[arg(long)]
     codec: Option<VideoCodec>,
-    /// Target bitrate in kbit/s.
+    /// Target bitrate in kbit/s (default 1000; 50..=50000).
     #[arg(long)]
     bitrate_kbps: Option<u32>,
-    /// Keyframe at least every N seconds (0: only on request).
+    /// Keyframe at least every N seconds (default 2; 0: only when a viewer asks).
     #[arg(long)]
     keyframe_interval_secs: Option<f64>,
-    /// Output width.
+    /// Output width (default 1280; serve mode follows the browser's size unless
+    /// --scale-to-output).
     #[arg(long)]
     width: Option<u32>,
-    /// Output height.
+    /// Output height (default 720).
     #[arg(long)]
     height: Option<u32>,
-    /// Frames per second.
+    /// Frames per second (default 30).
     #[arg(long)]
     fps: Option<u32>,
-    /// Font file for the clock.
+    /// Font file for the test pattern's clock (test-pattern only; default DejaVu Sans Bold).
     #[arg(long)]
     font: Option<PathBuf>,
     /// Local UDP address for WebRTC (repeatable; default 0.0.0.0:0).
@@ -121,10 +123,11 @@ struct ServeArgs {
     /// Disable the local preview (/view, /whep).
     #[arg(long)]
     no_preview: bool,
-    /// Most preview viewers at once.
+    /// Most preview viewers at once (default 4).
     #[arg(long)]
     max_viewers: Option<usize>,
-    /// Accept these browser codecs, in preference order (repeatable).
+    /// Accept these browser codecs, in preference order (repeatable; vp8, h264; default both,
+    /// VP8 first).
     #[arg(long = "input-codec")]
     input_codecs: Vec<VideoCodec>,
     /// Scale every frame to --width x --height instead of following the browser's size.
@@ -146,7 +149,7 @@ struct ServeArgs {
 /// Filter settings; each overrides the config file's `filter:` section.
 #[derive(Args, Default)]
 struct FilterArgs {
-    /// The filter.
+    /// The filter (default passthrough; `make run` starts background-blur).
     #[arg(long = "filter", value_enum)]
     kind: Option<FilterKind>,
     /// Filter parameters as a JSON object, e.g. '{"radius": 20}' (see docs/filters.md).
@@ -159,7 +162,7 @@ struct FilterArgs {
     /// /usr/local/share/livefilter/models and /usr/share/livefilter/models).
     #[arg(long, env = "LIVEFILTER_MODELS_DIR")]
     models_dir: Option<PathBuf>,
-    /// Inference device: cpu, cuda or cuda:N.
+    /// Inference device: cpu (default), cuda or cuda:N.
     #[arg(long)]
     device: Option<Device>,
     /// When CUDA is unusable: fail (default) or cpu (with a loud warning).
@@ -356,7 +359,7 @@ struct BenchArgs {
     /// Target bitrate in kbit/s.
     #[arg(long, default_value_t = 1000)]
     bitrate_kbps: u32,
-    /// Font file for the clock.
+    /// Font file for the test pattern's clock (test-pattern only; default DejaVu Sans Bold).
     #[arg(long)]
     font: Option<PathBuf>,
 }
