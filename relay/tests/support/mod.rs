@@ -201,8 +201,20 @@ impl Relay {
         relay
     }
 
+    /// Starts `livefilter-relay serve` on `http` (a relay coming back where another was), and
+    /// waits until it answers HTTP.
+    pub async fn serve_on(http: SocketAddr, args: &[&str]) -> Self {
+        let mut relay = Self::spawn_on(http, "serve", args);
+        relay.wait_until_listening().await;
+        relay
+    }
+
     fn spawn(subcommand: &str, args: &[&str]) -> Self {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        Self::spawn_on(http, subcommand, args)
+    }
+
+    fn spawn_on(http: SocketAddr, subcommand: &str, args: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("livefilter-relay-{}-{}.log", std::process::id(), http.port()));
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(relay_bin())
