@@ -394,6 +394,51 @@ async fn the_preview_reconnects_by_itself_when_the_relay_comes_back() {
 }
 
 #[tokio::test]
+async fn the_sender_page_shows_the_relays_own_figures_as_status_reports_them() {
+    let _serial = serial().await;
+    let relay = Relay::serve(&[]).await;
+    let mut browser = Browser::launch(Camera::Fake).await;
+    browser.open("streamer", &relay.url("/")).await;
+    assert_live(
+        &browser.start("streamer", json!({"width": 640, "height": 360})).await,
+        &relay,
+    );
+
+    // The relay's latency runs to a publisher's track: a viewer gives it one.
+    browser.open("viewer", &relay.url("/view")).await;
+
+    let shown = browser
+        .wait_state("streamer", "the relay's figures", |s| {
+            s["relay"]["output"]["width"].as_u64().unwrap_or(0) > 0 && s["relay"]["p50"].as_f64().unwrap_or(0.0) > 0.0
+        })
+        .await;
+    let status = relay.status().await;
+
+    let relay_fig = &shown["relay"];
+    assert_eq!(relay_fig["output"]["codec"], status["output"]["codec"], "{shown:#}");
+    assert_eq!(relay_fig["output"]["width"], status["output"]["width"], "{shown:#}");
+    assert_eq!(relay_fig["output"]["height"], status["output"]["height"], "{shown:#}");
+    assert_eq!(
+        relay_fig["publishers"]["preview"]["state"],
+        status["publishers"]["preview"]["state"]
+    );
+    let (out, _) = browser.text("streamer", "#relay-out").await;
+    assert!(out.starts_with("VP8 640 × 360"), "the page shows {out:?}");
+    let (latency, _) = browser.text("streamer", "#relay-latency").await;
+    assert!(
+        latency.starts_with("p50 ") && latency.contains("p95 "),
+        "the page shows {latency:?}"
+    );
+    let (publishing, _) = browser.text("streamer", "#relay-publishers").await;
+    assert!(
+        publishing.contains("preview connected (1 watching)"),
+        "the page shows {publishing:?}"
+    );
+    browser.screenshot("streamer", "sender-relay-figures").await;
+    browser.quit().await;
+}
+
+#[tokio::test]
 async fn resolution_changes_mid_stream_are_followed_and_frames_keep_arriving() {
     let _serial = serial().await;
     let ClipToSora {
