@@ -3,7 +3,9 @@
 //! an HTTP JSON API to inspect every connection. Not product code. See README.md.
 
 pub mod api;
+pub mod dtls_setup;
 pub mod framestats;
+pub mod ice_mode;
 pub mod ids;
 pub mod peer;
 pub mod record;
@@ -22,6 +24,7 @@ use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use ice_mode::IceMode;
 use record::Registry;
 
 /// Endpoint settings.
@@ -31,6 +34,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address the WebRTC UDP sockets bind to (and the only host candidate offered).
     pub ice_ip: IpAddr,
+    /// ICE-lite (Sora's way, the default) or full ICE.
+    pub ice_mode: IceMode,
     /// Interval between `ping`s; zero disables them.
     pub ping_interval: Duration,
     /// Ask for `stats` in pings.
@@ -52,6 +57,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             ice_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ice_mode: IceMode::Lite,
             ping_interval: Duration::from_secs(5),
             ping_stats: false,
             redirect_to: None,

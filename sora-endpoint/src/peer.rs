@@ -8,6 +8,7 @@ use std::time::Duration;
 use livefilter_relay::codec::VideoCodec;
 use livefilter_relay::ingest::{self, VideoIngestConfig};
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::mpsc;
@@ -19,6 +20,7 @@ use webrtc::peer_connection::{
     register_default_interceptors,
 };
 
+use crate::IceMode;
 use crate::record::Connection;
 
 /// Failures setting up or negotiating a peer connection.
@@ -181,9 +183,11 @@ impl PeerConnectionEventHandler for Handler {
 }
 
 /// Builds a receive-only peer connection bound to `ice_ip`, reporting to `events` and recording
-/// its media into `connection`.
+/// its media into `connection`. It is always the DTLS server, as Sora is: it offers
+/// `a=setup:actpass` and answers (WHIP) `a=setup:passive`.
 pub async fn new_peer(
     ice_ip: IpAddr,
+    ice_mode: IceMode,
     video: &[VideoCodec],
     connection: Arc<Connection>,
     events: mpsc::Sender<PeerEvent>,
@@ -195,6 +199,8 @@ pub async fn new_peer(
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_include_loopback_candidate(true)
+        .with_lite(ice_mode.is_lite())
+        .with_answering_dtls_role(RTCDtlsRole::Server)
         .build();
     let handler = Arc::new(Handler { events, connection });
     let pc = PeerConnectionBuilder::new()

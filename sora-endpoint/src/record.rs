@@ -102,6 +102,9 @@ pub struct SignalingInfo {
     pub candidates_browser: u64,
     /// Candidates webrtc-rs refused.
     pub candidate_errors: u64,
+    /// Answers (or WHIP offers) refused because they would not leave the endpoint the DTLS
+    /// server (e.g. `a=setup:passive`).
+    pub dtls_role_refusals: u64,
     /// `re-offer`s sent.
     pub re_offers_sent: u64,
     /// `re-answer`s applied.
