@@ -1,13 +1,19 @@
 //! A small Sora-compatible endpoint for livefilter's tests: Sora WebSocket signaling and WHIP
-//! ingest, receiving media with webrtc-rs and decoding it with `livefilter_relay::ingest`, with
+//! ingest, receiving media with webrtc-rs (its own depacketizers) and decoding it with libvpx
+//! and OpenH264 directly — no relay code, so that a relay bug cannot hide on both sides — with
 //! an HTTP JSON API to inspect every connection. Not product code. See README.md.
+#![deny(unsafe_code)]
 
 pub mod api;
+pub mod codec;
+pub mod decode;
 pub mod dtls_setup;
 pub mod framestats;
 pub mod ice_mode;
 pub mod ids;
 pub mod peer;
+pub mod picture;
+pub mod receive;
 pub mod record;
 pub mod session;
 pub mod signaling;

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use livefilter_relay::codec::VideoCodec;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCPeerConnectionState};
 
 use crate::AppState;
+use crate::codec::VideoCodec;
 use crate::dtls_setup::{self, DtlsRoleRefusal};
 use crate::ids::new_id;
 use crate::peer::{self, Peer, PeerEvent};
@@ -236,10 +236,7 @@ impl Session {
             s.bundle_id = Some(ids.bundle_id.clone());
             s.session_id = Some(ids.session_id.clone());
         });
-        let codec = match self.connect.video_codec_type.as_deref() {
-            Some("H264") => VideoCodec::H264,
-            _ => VideoCodec::Vp8,
-        };
+        let codec = VideoCodec::from_codec_type(self.connect.video_codec_type.as_deref());
         let (peer_tx, mut peer_rx) = mpsc::channel(32);
         let setup = async {
             let pc = peer::new_peer(

@@ -7,12 +7,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use livefilter_relay::codec::VideoCodec;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::AppState;
+use crate::codec::VideoCodec;
 use crate::dtls_setup;
 use crate::ids::new_id;
 use crate::peer::{self, PeerError, PeerEvent};
