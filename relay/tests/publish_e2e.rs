@@ -182,6 +182,34 @@ async fn sora_vp8_test_pattern_arrives_at_1280x720_with_hue_and_clock_advancing(
 }
 
 #[tokio::test]
+async fn the_relay_answers_an_ice_lite_offer_as_dtls_client() {
+    // The endpoint behaves like Sora by default: ICE-lite, `a=setup:actpass`, DTLS server only.
+    let endpoint = Endpoint::start(&[]);
+    let _relay = small_sora_relay(&endpoint, "ice-lite-room");
+
+    let conn = endpoint
+        .wait_for("channel_id=ice-lite-room&state=connected&min_frames=10")
+        .await;
+
+    let offer = conn["signaling"]["local_sdp"].as_str().expect("offer SDP");
+    assert!(offer.lines().any(|l| l.trim_end() == "a=ice-lite"), "{offer}");
+    assert!(offer.lines().any(|l| l.trim_end() == "a=setup:actpass"), "{offer}");
+    let answer = conn["signaling"]["remote_sdp"].as_str().expect("answer SDP");
+    println!("--- ICE-lite offer ---\n{offer}--- the relay's answer ---\n{answer}");
+    let setups: Vec<&str> = answer
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| l.starts_with("a=setup:"))
+        .collect();
+    assert!(
+        !setups.is_empty() && setups.iter().all(|l| *l == "a=setup:active"),
+        "{answer}"
+    );
+    assert_eq!(conn["signaling"]["dtls_role_refusals"], 0);
+    assert!(conn["video"]["frames_decoded"].as_u64().unwrap_or(0) >= 10, "{conn:#}");
+}
+
+#[tokio::test]
 async fn sora_h264_test_pattern_arrives_with_hue_and_clock_advancing() {
     let endpoint = Endpoint::start(&[]);
     let _relay = Relay::test_pattern(&[

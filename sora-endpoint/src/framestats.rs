@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use livefilter_relay::frame::{I420Frame, yuv_to_rgb};
+use crate::picture::{Picture, yuv_to_rgb};
 use serde::Serialize;
 
 /// Side of the square patch whose mean colour is reported.
@@ -38,20 +38,18 @@ pub struct FrameSummary {
 }
 
 /// Mean RGB of the `PATCH_SIZE` square at `PATCH_ORIGIN`, clipped to the picture.
-pub fn patch_mean_rgb(frame: &I420Frame) -> [u8; 3] {
+pub fn patch_mean_rgb(frame: &Picture) -> [u8; 3] {
     let (w, h) = (frame.width(), frame.height());
     let x0 = PATCH_ORIGIN.0.min(w - 1);
     let y0 = PATCH_ORIGIN.1.min(h - 1);
     let x1 = (x0 + PATCH_SIZE).min(w);
     let y1 = (y0 + PATCH_SIZE).min(h);
-    let (cw, _) = frame.chroma_size();
     let mut sum = [0u64; 3];
     let mut n = 0u64;
     for y in y0..y1 {
         for x in x0..x1 {
             let (x, y) = (x as usize, y as usize);
-            let ci = (y / 2) * cw + x / 2;
-            let rgb = yuv_to_rgb([frame.y()[y * w as usize + x], frame.u()[ci], frame.v()[ci]]);
+            let rgb = yuv_to_rgb(frame.yuv_at(x, y));
             for c in 0..3 {
                 sum[c] += u64::from(rgb[c]);
             }
@@ -63,7 +61,7 @@ pub fn patch_mean_rgb(frame: &I420Frame) -> [u8; 3] {
 }
 
 /// Mean luma and a coarse FNV-1a hash of the centre region (x and y in [3/8, 5/8) of the size).
-pub fn center_luma_and_hash(frame: &I420Frame) -> (f64, u64) {
+pub fn center_luma_and_hash(frame: &Picture) -> (f64, u64) {
     let (w, h) = (frame.width() as usize, frame.height() as usize);
     let (x0, x1) = (w * 3 / 8, (w * 5 / 8).max(w * 3 / 8 + 1).min(w));
     let (y0, y1) = (h * 3 / 8, (h * 5 / 8).max(h * 3 / 8 + 1).min(h));
@@ -123,7 +121,7 @@ impl FpsCounter {
 pub struct FrameLog {
     capacity: usize,
     ring: VecDeque<FrameSummary>,
-    latest: Option<Arc<I420Frame>>,
+    latest: Option<Arc<Picture>>,
     fps: FpsCounter,
 }
 
@@ -139,7 +137,7 @@ impl FrameLog {
     }
 
     /// Adds one decoded frame (`summary` computed by [`summarize`]), received at `now`.
-    pub fn push(&mut self, frame: Arc<I420Frame>, summary: FrameSummary, now: Instant) {
+    pub fn push(&mut self, frame: Arc<Picture>, summary: FrameSummary, now: Instant) {
         if self.ring.len() == self.capacity {
             self.ring.pop_front();
         }
@@ -149,7 +147,7 @@ impl FrameLog {
     }
 
     /// The newest picture.
-    pub fn latest(&self) -> Option<Arc<I420Frame>> {
+    pub fn latest(&self) -> Option<Arc<Picture>> {
         self.latest.clone()
     }
 
@@ -172,7 +170,7 @@ impl FrameLog {
 
 /// Computes the summary of one decoded frame.
 pub fn summarize(
-    frame: &I420Frame,
+    frame: &Picture,
     seq: u64,
     rtp_timestamp: u32,
     keyframe: bool,
@@ -197,10 +195,10 @@ pub fn summarize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use livefilter_relay::frame::rgb_to_yuv;
+    use crate::picture::rgb_to_yuv;
 
-    fn solid(w: u32, h: u32, rgb: [u8; 3]) -> I420Frame {
-        I420Frame::filled(w, h, rgb_to_yuv(rgb)).unwrap()
+    fn solid(w: u32, h: u32, rgb: [u8; 3]) -> Picture {
+        Picture::filled(w, h, rgb_to_yuv(rgb)).unwrap()
     }
 
     #[test]
@@ -215,7 +213,7 @@ mod tests {
     fn patch_reads_the_top_left_corner_not_the_centre() {
         let mut frame = solid(64, 64, [0, 0, 0]);
         // Paint the centre white: the patch at (8,8)..(24,24) must stay black.
-        let (y, _, _) = frame.planes_mut();
+        let y = frame.y_mut();
         for row in 24..40 {
             for col in 24..40 {
                 y[row * 64 + col] = 235;

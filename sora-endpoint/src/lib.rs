@@ -1,11 +1,19 @@
 //! A small Sora-compatible endpoint for livefilter's tests: Sora WebSocket signaling and WHIP
-//! ingest, receiving media with webrtc-rs and decoding it with `livefilter_relay::ingest`, with
+//! ingest, receiving media with webrtc-rs (its own depacketizers) and decoding it with libvpx
+//! and OpenH264 directly — no relay code, so that a relay bug cannot hide on both sides — with
 //! an HTTP JSON API to inspect every connection. Not product code. See README.md.
+#![deny(unsafe_code)]
 
 pub mod api;
+pub mod codec;
+pub mod decode;
+pub mod dtls_setup;
 pub mod framestats;
+pub mod ice_mode;
 pub mod ids;
 pub mod peer;
+pub mod picture;
+pub mod receive;
 pub mod record;
 pub mod session;
 pub mod signaling;
@@ -22,6 +30,7 @@ use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use ice_mode::IceMode;
 use record::Registry;
 
 /// Endpoint settings.
@@ -31,6 +40,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address the WebRTC UDP sockets bind to (and the only host candidate offered).
     pub ice_ip: IpAddr,
+    /// ICE-lite (Sora's way, the default) or full ICE.
+    pub ice_mode: IceMode,
     /// Interval between `ping`s; zero disables them.
     pub ping_interval: Duration,
     /// Ask for `stats` in pings.
@@ -52,6 +63,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             ice_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ice_mode: IceMode::Lite,
             ping_interval: Duration::from_secs(5),
             ping_stats: false,
             redirect_to: None,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use sora_endpoint::{AppState, Config};
+use sora_endpoint::{AppState, Config, IceMode};
 
 /// A local Sora-compatible endpoint (WebSocket signaling, WHIP) that decodes what it receives
 /// and reports it over an HTTP JSON API.
@@ -18,6 +18,11 @@ struct Args {
     /// Address the WebRTC UDP sockets bind to (the only ICE host candidate offered).
     #[arg(long, default_value = "127.0.0.1")]
     ice_ip: IpAddr,
+    /// `lite`: ICE-lite like Sora (`a=ice-lite`, host candidates only, the client controls).
+    /// `full`: full ICE (for comparing official SDK runs). Either way the endpoint is the DTLS
+    /// server and refuses an answer with `a=setup:passive`.
+    #[arg(long, default_value_t = IceMode::Lite, env = "SORA_ENDPOINT_ICE_MODE")]
+    ice_mode: IceMode,
     /// Seconds between signaling pings (0 disables them).
     #[arg(long, default_value_t = 5)]
     ping_interval_secs: u64,
@@ -81,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config {
         listen: args.listen,
         ice_ip: args.ice_ip,
+        ice_mode: args.ice_mode,
         ping_interval: Duration::from_secs(args.ping_interval_secs),
         ping_stats: args.ping_stats,
         redirect_to: args.redirect_to,
@@ -95,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr().context("listener has no local address")?;
     // Tests read this line to learn the port.
     println!("sora-endpoint listening on http://{addr} (signaling ws://{addr}/signaling)");
-    tracing::info!(%addr, ice_ip = %config.ice_ip, "sora-endpoint started");
+    tracing::info!(%addr, ice_ip = %config.ice_ip, ice_mode = %config.ice_mode, "sora-endpoint started");
     let state = AppState::new(config);
     sora_endpoint::serve(listener, state, shutdown_signal())
         .await

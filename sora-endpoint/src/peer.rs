@@ -1,13 +1,12 @@
 //! The endpoint's WebRTC side: a receive-only webrtc-rs peer connection per client, whose tracks
-//! feed `livefilter_relay::ingest` and the connection's record.
+//! feed [`crate::receive`] and the connection's record.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use livefilter_relay::codec::VideoCodec;
-use livefilter_relay::ingest::{self, VideoIngestConfig};
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::mpsc;
@@ -19,6 +18,9 @@ use webrtc::peer_connection::{
     register_default_interceptors,
 };
 
+use crate::IceMode;
+use crate::codec::VideoCodec;
+use crate::receive;
 use crate::record::Connection;
 
 /// Failures setting up or negotiating a peer connection.
@@ -152,7 +154,7 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let kind = track.kind().await;
         let connection = self.connection.clone();
-        let span = tracing::info_span!("ingest", connection_id = %connection.id, %kind);
+        let span = tracing::info_span!("receive", connection_id = %connection.id, %kind);
         match kind {
             RtpCodecKind::Video => {
                 tokio::spawn(
@@ -162,10 +164,8 @@ impl PeerConnectionEventHandler for Handler {
                             let connection = connection.clone();
                             move |frame| connection.record_frame(frame)
                         };
-                        if let Err(err) =
-                            ingest::run_video_track(track, VideoIngestConfig::default(), stats, sink).await
-                        {
-                            tracing::warn!(%err, "video ingest stopped");
+                        if let Err(err) = receive::run_video_track(track, stats, sink).await {
+                            tracing::warn!(%err, "video receive stopped");
                             connection.note_ingest_error(err.to_string());
                         }
                     }
@@ -173,7 +173,7 @@ impl PeerConnectionEventHandler for Handler {
                 );
             }
             RtpCodecKind::Audio => {
-                tokio::spawn(ingest::run_audio_track(track, connection.audio.clone()).instrument(span));
+                tokio::spawn(receive::run_audio_track(track, connection.audio.clone()).instrument(span));
             }
             _ => tracing::debug!("ignoring track of unknown kind"),
         }
@@ -181,9 +181,11 @@ impl PeerConnectionEventHandler for Handler {
 }
 
 /// Builds a receive-only peer connection bound to `ice_ip`, reporting to `events` and recording
-/// its media into `connection`.
+/// its media into `connection`. It is always the DTLS server, as Sora is: it offers
+/// `a=setup:actpass` and answers (WHIP) `a=setup:passive`.
 pub async fn new_peer(
     ice_ip: IpAddr,
+    ice_mode: IceMode,
     video: &[VideoCodec],
     connection: Arc<Connection>,
     events: mpsc::Sender<PeerEvent>,
@@ -195,6 +197,8 @@ pub async fn new_peer(
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_include_loopback_candidate(true)
+        .with_lite(ice_mode.is_lite())
+        .with_answering_dtls_role(RTCDtlsRole::Server)
         .build();
     let handler = Arc::new(Handler { events, connection });
     let pc = PeerConnectionBuilder::new()

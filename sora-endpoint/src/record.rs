@@ -4,13 +4,14 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use livefilter_relay::ingest::{AudioIngestStats, DecodedFrame, VideoIngestSnapshot, VideoIngestStats};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::framestats::{FrameLog, FrameSummary, summarize};
+use crate::picture::Picture;
+use crate::receive::{AudioSnapshot, AudioStats, DecodedPicture, VideoSnapshot, VideoStats};
 
 /// How a client reached the endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -102,6 +103,9 @@ pub struct SignalingInfo {
     pub candidates_browser: u64,
     /// Candidates webrtc-rs refused.
     pub candidate_errors: u64,
+    /// Answers (or WHIP offers) refused because they would not leave the endpoint the DTLS
+    /// server (e.g. `a=setup:passive`).
+    pub dtls_role_refusals: u64,
     /// `re-offer`s sent.
     pub re_offers_sent: u64,
     /// `re-answer`s applied.
@@ -133,9 +137,9 @@ pub struct Connection {
     /// Creation, milliseconds since the Unix epoch.
     pub created_at_ms: f64,
     /// Video receive counters.
-    pub video: Arc<VideoIngestStats>,
+    pub video: Arc<VideoStats>,
     /// Audio receive counters.
-    pub audio: Arc<AudioIngestStats>,
+    pub audio: Arc<AudioStats>,
     /// Cancelled to end the session (WHIP DELETE, control API for WHIP, shutdown).
     pub cancel: CancellationToken,
     control: Option<mpsc::Sender<Control>>,
@@ -247,7 +251,7 @@ impl Connection {
     }
 
     /// Stores one decoded frame (called on the ingest task).
-    pub fn record_frame(&self, decoded: DecodedFrame) {
+    pub fn record_frame(&self, decoded: DecodedPicture) {
         let now = Instant::now();
         let since_arrival = now.saturating_duration_since(decoded.arrival);
         let arrival_ms = unix_ms_now() - since_arrival.as_secs_f64() * 1000.0;
@@ -257,18 +261,18 @@ impl Connection {
             .as_secs_f64()
             * 1000.0;
         let summary = summarize(
-            &decoded.frame,
+            &decoded.picture,
             decoded.index,
             decoded.rtp_timestamp,
             decoded.keyframe,
             arrival_ms,
             decode_latency_ms,
         );
-        lock(&self.frames).push(Arc::new(decoded.frame), summary, now);
+        lock(&self.frames).push(Arc::new(decoded.picture), summary, now);
     }
 
     /// The newest decoded picture.
-    pub fn latest_frame(&self) -> Option<Arc<livefilter_relay::frame::I420Frame>> {
+    pub fn latest_frame(&self) -> Option<Arc<Picture>> {
         lock(&self.frames).latest()
     }
 
@@ -317,7 +321,7 @@ pub struct VideoView {
     /// Receive and decode counters (codec, frames_decoded, keyframes_decoded, decode_errors,
     /// plis_sent, ...).
     #[serde(flatten)]
-    pub ingest: VideoIngestSnapshot,
+    pub ingest: VideoSnapshot,
     /// Summary of the newest decoded frame.
     pub last_frame: Option<FrameSummary>,
 }
@@ -348,7 +352,7 @@ pub struct ConnectionView {
     /// Video counters and the newest frame's summary.
     pub video: VideoView,
     /// Audio counters.
-    pub audio: livefilter_relay::ingest::AudioIngestSnapshot,
+    pub audio: AudioSnapshot,
     /// Ingest failures (e.g. unsupported codec).
     pub ingest_errors: Vec<String>,
     /// Recent frame summaries, oldest first.

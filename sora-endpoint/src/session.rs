@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use livefilter_relay::codec::VideoCodec;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCPeerConnectionState};
 
 use crate::AppState;
+use crate::codec::VideoCodec;
+use crate::dtls_setup::{self, DtlsRoleRefusal};
 use crate::ids::new_id;
 use crate::peer::{self, Peer, PeerEvent};
 use crate::record::{CloseInfo, Closer, Connection, Control, Transport};
@@ -235,13 +236,17 @@ impl Session {
             s.bundle_id = Some(ids.bundle_id.clone());
             s.session_id = Some(ids.session_id.clone());
         });
-        let codec = match self.connect.video_codec_type.as_deref() {
-            Some("H264") => VideoCodec::H264,
-            _ => VideoCodec::Vp8,
-        };
+        let codec = VideoCodec::from_codec_type(self.connect.video_codec_type.as_deref());
         let (peer_tx, mut peer_rx) = mpsc::channel(32);
         let setup = async {
-            let pc = peer::new_peer(self.app.config.ice_ip, &[codec], self.record.clone(), peer_tx).await?;
+            let pc = peer::new_peer(
+                self.app.config.ice_ip,
+                self.app.config.ice_mode,
+                &[codec],
+                self.record.clone(),
+                peer_tx,
+            )
+            .await?;
             peer::add_recvonly_transceivers(&pc, self.connect.audio, self.connect.video).await?;
             let sdp = peer::create_offer(&pc, &mut peer_rx).await?;
             Ok::<_, peer::PeerError>((pc, sdp))
@@ -363,6 +368,9 @@ impl Session {
                     match message {
                         ClientMessage::Answer { sdp } if !answered => {
                             self.record.with_signaling(|s| s.remote_sdp = Some(sdp.clone()));
+                            if let Err(refusal) = dtls_setup::vet_answer(&sdp) {
+                                return self.refuse_dtls_role(&refusal).await;
+                            }
                             if let Err(err) = peer::apply_answer(pc, sdp).await {
                                 tracing::warn!(%err, "answer refused");
                                 let reason = format!("INVALID-ANSWER: {err}");
@@ -376,13 +384,18 @@ impl Session {
                             }
                         }
                         ClientMessage::Answer { .. } => tracing::warn!("second answer ignored"),
-                        ClientMessage::ReAnswer { sdp } => match peer::apply_answer(pc, sdp.clone()).await {
+                        ClientMessage::ReAnswer { sdp } => {
+                            if let Err(refusal) = dtls_setup::vet_answer(&sdp) {
+                                return self.refuse_dtls_role(&refusal).await;
+                            }
+                            match peer::apply_answer(pc, sdp.clone()).await {
                             Ok(()) => self.record.with_signaling(|s| {
                                 s.re_answers += 1;
                                 s.remote_sdp = Some(sdp);
                             }),
                             Err(err) => tracing::warn!(%err, "re-answer refused"),
-                        },
+                            }
+                        }
                         ClientMessage::Candidate(candidate) => {
                             if let Some(init) = self.accept_candidate(candidate) {
                                 if answered {
@@ -419,6 +432,22 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// Refuses an answer that would make the endpoint the DTLS client: Sora only ever is the
+    /// DTLS server, so a client answering `a=setup:passive` would wait for a ClientHello that
+    /// never comes. Logged, counted, and the session closed with the reason.
+    async fn refuse_dtls_role(&mut self, refusal: &DtlsRoleRefusal) -> CloseInfo {
+        tracing::warn!(%refusal, "answer refused: the endpoint is the DTLS server");
+        self.record.with_signaling(|s| s.dtls_role_refusals += 1);
+        let reason = format!("INVALID-ANSWER: {refusal}");
+        let reason = truncate(&reason, MAX_REASON_BYTES).to_owned();
+        close(&mut self.socket, CLOSE_INVALID_MESSAGE, &reason).await;
+        CloseInfo {
+            code: Some(CLOSE_INVALID_MESSAGE),
+            reason,
+            by: Closer::Server,
         }
     }
 

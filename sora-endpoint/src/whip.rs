@@ -7,12 +7,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use livefilter_relay::codec::VideoCodec;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::AppState;
+use crate::codec::VideoCodec;
+use crate::dtls_setup;
 use crate::ids::new_id;
 use crate::peer::{self, PeerError, PeerEvent};
 use crate::record::{CloseInfo, Closer, ConnState, Connection, Transport};
@@ -73,6 +74,29 @@ pub async fn post(
         );
     }
 
+    if let Err(refusal) = dtls_setup::vet_offer(&offer) {
+        // Sora is always the DTLS server; an offer that insists on being it cannot be answered.
+        tracing::warn!(%refusal, %channel_id, "WHIP offer refused: the endpoint is the DTLS server");
+        let record = Arc::new(Connection::new(
+            new_id(),
+            Transport::Whip,
+            channel_id.clone(),
+            app.config.frame_ring,
+            None,
+        ));
+        record.with_signaling(|s| {
+            s.remote_sdp = Some(offer.clone());
+            s.dtls_role_refusals += 1;
+        });
+        record.mark_closed(CloseInfo {
+            code: None,
+            reason: format!("INVALID-OFFER: {refusal}"),
+            by: Closer::Server,
+        });
+        app.registry.add(record);
+        return text(StatusCode::BAD_REQUEST, format!("cannot answer the offer: {refusal}"));
+    }
+
     let record = Arc::new(Connection::new(
         new_id(),
         Transport::Whip,
@@ -89,6 +113,7 @@ pub async fn post(
     let setup = async {
         let pc = peer::new_peer(
             app.config.ice_ip,
+            app.config.ice_mode,
             &[VideoCodec::Vp8, VideoCodec::H264],
             record.clone(),
             peer_tx,

@@ -98,14 +98,61 @@ fn assert_color_near(rgb: &Value, want: [i64; 3]) {
     }
 }
 
-/// Python SDK, VP8, one signaling URL: connect, publish 640x480, disconnect.
+/// The endpoint's two ICE modes (`--ice-mode`): ICE-lite like Sora (the default), full ICE.
+#[derive(Clone, Copy, Debug)]
+enum Ice {
+    Lite,
+    Full,
+}
+
+impl Ice {
+    fn flag(self) -> &'static str {
+        match self {
+            Ice::Lite => "lite",
+            Ice::Full => "full",
+        }
+    }
+}
+
+/// What libwebrtc (every official SDK) answers: always the DTLS client, whatever the ICE mode.
+fn assert_answer_is_dtls_client(c: &Value, ice: Ice) {
+    let offer = c["signaling"]["local_sdp"].as_str().unwrap_or("");
+    let answer = c["signaling"]["remote_sdp"].as_str().unwrap_or("");
+    println!("--- offer ({ice:?} ICE) ---\n{offer}--- answer of the official SDK ---\n{answer}");
+    assert_eq!(offer.contains("a=ice-lite"), matches!(ice, Ice::Lite), "{offer}");
+    let setups: Vec<&str> = answer
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| l.starts_with("a=setup:"))
+        .collect();
+    assert!(
+        !setups.is_empty() && setups.iter().all(|l| *l == "a=setup:active"),
+        "{answer}"
+    );
+    assert_eq!(c["signaling"]["dtls_role_refusals"], 0);
+}
+
+/// Python SDK, VP8, one signaling URL, against the ICE-lite (Sora-like) endpoint.
 #[tokio::test]
 async fn python_sdk_publishes_vp8_and_disconnects_cleanly() {
+    python_sdk_publishes_vp8(Ice::Lite, "py-vp8").await;
+}
+
+/// The same against the endpoint doing full ICE.
+#[tokio::test]
+async fn python_sdk_publishes_vp8_over_full_ice() {
+    python_sdk_publishes_vp8(Ice::Full, "py-vp8-full").await;
+}
+
+/// Connect, publish 640x480, disconnect.
+async fn python_sdk_publishes_vp8(ice: Ice, channel: &str) {
     let _media = MEDIA.lock().await;
-    let endpoint = Endpoint::start("py-vp8", &["--ping-interval-secs", "1"]).await;
-    let mut driver = python_publish("sora-sdk (python)", &[endpoint.ws_url()], "py-vp8", &[]);
+    let endpoint = Endpoint::start(channel, &["--ping-interval-secs", "1", "--ice-mode", ice.flag()]).await;
+    let mut driver = python_publish("sora-sdk (python)", &[endpoint.ws_url()], channel, &[]);
     let live = endpoint
-        .wait("channel_id=py-vp8&state=connected&min_frames=45&min_pongs=1")
+        .wait(&format!(
+            "channel_id={channel}&state=connected&min_frames=45&min_pongs=1"
+        ))
         .await;
     let id = live["connection_id"].as_str().expect("connection id").to_owned();
     assert!(
@@ -144,6 +191,7 @@ async fn python_sdk_publishes_vp8_and_disconnects_cleanly() {
         .wait(&format!("connection_id={id}&state=closed&frames=600"))
         .await;
     assert_clean_publish(&c, "vp8", 45, &output);
+    assert_answer_is_dtls_client(&c, ice);
     let connect = &c["signaling"]["connect"];
     assert_eq!(connect["video"]["codec_type"], "VP8");
     assert_eq!(connect["audio"], false);
@@ -317,13 +365,25 @@ async fn js_sdk_publishes_vp8_with_audio_and_renegotiates() {
     assert!(c["video"]["width"].as_u64().unwrap_or(0) > 0);
 }
 
-/// sora-js-sdk in headless Chromium with H.264 (Chromium's OpenH264 encoder).
+/// sora-js-sdk in headless Chromium with H.264 (Chromium's OpenH264 encoder), ICE-lite endpoint.
 #[tokio::test]
 async fn js_sdk_publishes_h264() {
+    js_sdk_publishes_h264_with(Ice::Lite, "js-h264").await;
+}
+
+/// The same against the endpoint doing full ICE.
+#[tokio::test]
+async fn js_sdk_publishes_h264_over_full_ice() {
+    js_sdk_publishes_h264_with(Ice::Full, "js-h264-full").await;
+}
+
+async fn js_sdk_publishes_h264_with(ice: Ice, channel: &str) {
     let _media = MEDIA.lock().await;
-    let endpoint = Endpoint::start("js-h264", &[]).await;
-    let mut driver = js_publish(&[endpoint.ws_url()], "js-h264", &["--codec", "H264", "--no-audio"]);
-    let live = endpoint.wait("channel_id=js-h264&state=connected&min_frames=30").await;
+    let endpoint = Endpoint::start(channel, &["--ice-mode", ice.flag()]).await;
+    let mut driver = js_publish(&[endpoint.ws_url()], channel, &["--codec", "H264", "--no-audio"]);
+    let live = endpoint
+        .wait(&format!("channel_id={channel}&state=connected&min_frames=30"))
+        .await;
     driver.stop().await;
     let (status, output, summary) = driver.finish().await;
     assert!(status.success(), "JS driver failed ({status}):\n{output}");
@@ -333,6 +393,7 @@ async fn js_sdk_publishes_h264() {
         .wait(&format!("connection_id={id}&state=closed&frames=600"))
         .await;
     assert_clean_publish(&c, "h264", 30, &output);
+    assert_answer_is_dtls_client(&c, ice);
     assert!(
         c["signaling"]["local_sdp"]
             .as_str()

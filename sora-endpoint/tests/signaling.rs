@@ -133,6 +133,12 @@ async fn offer_has_the_fields_the_official_sdks_need_and_disconnect_closes_1000(
         "only the requested codec: {sdp}"
     );
     assert!(sdp.contains("opus/48000"), "{sdp}");
+    // Like Sora: ICE-lite, and the client picks the DTLS role (it must take the client's).
+    assert!(sdp.contains("a=ice-lite"), "{sdp}");
+    assert!(
+        sdp.contains("a=setup:actpass") && !sdp.contains("a=setup:passive"),
+        "{sdp}"
+    );
 
     // Unknown types are ignored; the session stays open.
     send(&mut ws, json!({"type": "stats", "reports": []})).await;
@@ -216,6 +222,37 @@ async fn invalid_answer_closes_4400() {
     let (code, reason) = expect_close(&mut ws).await;
     assert_eq!(code, 4400);
     assert!(reason.starts_with("INVALID-ANSWER"), "{reason}");
+}
+
+#[tokio::test]
+async fn an_answer_with_setup_passive_is_refused_counted_and_closed_with_the_reason() {
+    let server = Server::start(Config::default()).await;
+    let mut ws = server.ws().await;
+    send(&mut ws, connect_msg("ch-passive")).await;
+    let offer = recv_json(&mut ws).await;
+    let id = offer["connection_id"].as_str().expect("connection_id").to_owned();
+    // What webrtc-rs (or Pion) answers to an ICE-lite offer unless told otherwise.
+    let passive_answer = offer["sdp"]
+        .as_str()
+        .expect("sdp")
+        .replace("a=ice-lite\r\n", "")
+        .replace("a=setup:actpass", "a=setup:passive")
+        .replace("a=recvonly", "a=sendonly");
+
+    send(&mut ws, json!({"type": "answer", "sdp": passive_answer})).await;
+
+    let (code, reason) = expect_close(&mut ws).await;
+    assert_eq!(code, 4400);
+    assert!(
+        reason.starts_with("INVALID-ANSWER: a=setup:passive refused"),
+        "{reason}"
+    );
+    let c = server.get(&format!("/api/connections/{id}")).await;
+    assert_eq!(c["state"], "closed");
+    assert_eq!(c["close"]["by"], "server");
+    assert_eq!(c["close"]["reason"], reason.as_str());
+    assert_eq!(c["signaling"]["dtls_role_refusals"], 1);
+    assert!(c["connected_at_ms"].is_null(), "{c:#}");
 }
 
 #[tokio::test]

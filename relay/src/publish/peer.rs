@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rtc::interceptor::Slot;
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
@@ -417,7 +418,13 @@ impl SendPeer {
             })
             .build();
 
+        // Answer like libwebrtc (every official Sora SDK): `a=setup:active`, the relay being the
+        // DTLS client, whether or not the offer is ICE-lite. webrtc-rs would otherwise answer an
+        // ICE-lite offer with `a=setup:passive`, and an SFU that is only ever the DTLS server
+        // (Sora) then waits forever for a ClientHello. Only used when answering (Sora): the WHIP
+        // offer stays `a=setup:actpass`.
         let settings = SettingEngineBuilder::new()
+            .with_answering_dtls_role(RTCDtlsRole::Client)
             .with_include_loopback_candidate(ice::binds_loopback(&options.udp_addrs))
             .with_ice_timeouts(
                 Some(options.link.ice_disconnected_timeout),
@@ -766,6 +773,56 @@ mod tests {
     use tokio::time::Instant;
 
     const GRACE: Duration = Duration::from_secs(5);
+
+    /// A Sora-style offer: ICE-lite, `a=setup:actpass`, one host candidate, recvonly VP8.
+    const ICE_LITE_OFFER: &str = "v=0\r\n\
+o=- 1 1 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=ice-lite\r\n\
+a=group:BUNDLE 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:sorasora\r\n\
+a=ice-pwd:sorasorasorasorasorasora\r\n\
+a=fingerprint:sha-256 AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89\r\n\
+a=setup:actpass\r\n\
+a=mid:0\r\n\
+a=recvonly\r\n\
+a=rtcp-mux\r\n\
+a=rtpmap:96 VP8/90000\r\n\
+a=rtcp-fb:96 nack\r\n\
+a=rtcp-fb:96 nack pli\r\n\
+a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\n\
+a=end-of-candidates\r\n";
+
+    #[tokio::test]
+    async fn an_ice_lite_offer_is_answered_setup_active_and_sendonly() {
+        let (events, _rx) = mpsc::channel(64);
+        let options = PeerOptions {
+            codec: VideoCodec::Vp8,
+            ice_servers: vec![],
+            relay_only: false,
+            udp_addrs: vec!["127.0.0.1:0".into()],
+            public_ips: vec![],
+            audio: false,
+            link: LinkTiming::default(),
+        };
+        let peer = SendPeer::new(&options, events, KeyframeRequest::default(), || {})
+            .await
+            .unwrap();
+
+        let answer = peer.answer(ICE_LITE_OFFER.to_owned()).await.unwrap();
+        peer.close().await;
+
+        let setups: Vec<&str> = answer.lines().filter(|l| l.starts_with("a=setup:")).collect();
+        assert_eq!(setups, ["a=setup:active"], "{answer}");
+        assert!(answer.lines().any(|l| l == "a=sendonly"), "{answer}");
+        assert!(
+            !answer.contains("a=ice-lite"),
+            "the relay itself does full ICE: {answer}"
+        );
+    }
 
     #[test]
     fn a_disconnected_link_that_comes_back_within_the_grace_is_recovered() {
