@@ -1229,6 +1229,7 @@ async fn apply(s: Arc<LiveFilterSession>, ctx: &Context) -> Result<Action, Error
 
     let service = ctx.stores.services.get(&ObjectRef::new(&names.service).within(&ns));
     st.offer_url = objects::offer_url(s, service.as_deref(), st.address.as_deref());
+    st.page_url = objects::page_url(s, service.as_deref(), st.address.as_deref());
 
     let was_ready = was_ready && old.relay_pod_uid == st.relay_pod_uid;
     let phase = status::phase(&PhaseInputs {

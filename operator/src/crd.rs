@@ -34,7 +34,7 @@ pub const MAX_NAME_LEN: usize = 47;
     doc = "One live stream: browser camera -> /offer -> AI filter on a GPU relay -> ImageFlux / Sora / WHIP.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Filter", type_ = "string", json_path = ".spec.filter.kind"),
-    printcolumn(name = "Offer URL", type_ = "string", json_path = ".status.offerUrl"),
+    printcolumn(name = "Page URL", type_ = "string", json_path = ".status.pageUrl"),
     printcolumn(name = "HLS URL", type_ = "string", json_path = ".status.channel.hlsUrl"),
     printcolumn(name = "p95 (ms)", type_ = "number", json_path = ".status.metrics.latencyMs.total.p95"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
@@ -732,6 +732,10 @@ pub struct LiveFilterSessionStatus {
     /// Where a browser sends its offer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offer_url: Option<String>,
+    /// Where a streamer opens the sender page (served by the relay next to `/offer`). Browsers
+    /// only open the camera on an `https://` page (or localhost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_url: Option<String>,
     /// The node running the relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,

@@ -466,7 +466,19 @@ pub fn offer_service(session: &LiveFilterSession, ports: PortsStatus) -> Result<
     }))
 }
 
-/// The `/offer` Ingress, when the spec asks for one.
+/// What the session's Ingress makes public: the sender page and what it calls (its info, the
+/// offer and its session, the live filter change, the relay's figures it shows). `/metrics`,
+/// `/healthz`, `/readyz` and the preview stay inside the cluster.
+pub const PUBLIC_PATHS: [(&str, &str); 6] = [
+    ("/", "Exact"),
+    ("/index.html", "Exact"),
+    ("/api/info", "Exact"),
+    ("/offer", "Prefix"),
+    ("/filter", "Exact"),
+    ("/status", "Exact"),
+];
+
+/// The session's Ingress (the sender page and `/offer`), when the spec asks for one.
 pub fn offer_ingress(session: &LiveFilterSession) -> Result<Option<Ingress>, BuildError> {
     let Some(ing) = &session.spec.access.ingress else {
         return Ok(None);
@@ -499,18 +511,25 @@ pub fn offer_ingress(session: &LiveFilterSession) -> Result<Option<Ingress>, Bui
             rules: Some(vec![IngressRule {
                 host: Some(ing.host.clone()),
                 http: Some(HTTPIngressRuleValue {
-                    // Only /offer is public; /status and /metrics stay inside the cluster.
-                    paths: vec![HTTPIngressPath {
-                        path: Some("/offer".into()),
-                        path_type: "Prefix".into(),
-                        backend,
-                    }],
+                    paths: PUBLIC_PATHS
+                        .iter()
+                        .map(|(path, path_type)| HTTPIngressPath {
+                            path: Some((*path).into()),
+                            path_type: (*path_type).into(),
+                            backend: backend.clone(),
+                        })
+                        .collect(),
                 }),
             }]),
             default_backend: None,
         }),
         status: None,
     }))
+}
+
+/// Where a streamer opens the sender page (the relay's base URL), when that is known.
+pub fn page_url(session: &LiveFilterSession, service: Option<&Service>, node_address: Option<&str>) -> Option<String> {
+    offer_url(session, service, node_address).and_then(|u| u.strip_suffix("offer").map(str::to_owned))
 }
 
 /// Where a browser posts its offer, when that is known: the Ingress, a load balancer's address,
@@ -1008,7 +1027,8 @@ mod tests {
         let ing = offer_ingress(&s).unwrap().unwrap();
         let is = ing.spec.unwrap();
         let rule = &is.rules.unwrap()[0];
-        let path = &rule.http.as_ref().unwrap().paths[0];
+        let paths = &rule.http.as_ref().unwrap().paths;
+        let path = paths.iter().find(|p| p.path.as_deref() == Some("/offer")).unwrap();
 
         assert_eq!(is.ingress_class_name.as_deref(), Some("nginx"));
         assert_eq!(is.tls.unwrap()[0].secret_name.as_deref(), Some("live-tls"));
@@ -1025,6 +1045,13 @@ mod tests {
         assert_eq!(
             offer_url(&s, None, None).as_deref(),
             Some("https://live.example.com/offer")
+        );
+        assert_eq!(page_url(&s, None, None).as_deref(), Some("https://live.example.com/"));
+        let public: Vec<&str> = paths.iter().filter_map(|p| p.path.as_deref()).collect();
+        assert_eq!(
+            public,
+            ["/", "/index.html", "/api/info", "/offer", "/filter", "/status"],
+            "the page and what it calls, never /metrics or the preview"
         );
     }
 

@@ -739,6 +739,47 @@ async fn with_an_offer_token_the_page_shows_401_until_the_right_token_is_entered
     browser.quit().await;
 }
 
+/// Serves the sender page from an origin of its own, as a site embedding it would.
+async fn host_the_sender_page_elsewhere() -> std::net::SocketAddr {
+    let page = std::fs::read_to_string(support::browser::repo_root().join("static/index.html")).expect("index.html");
+    let app = axum::Router::new().route(
+        "/studio/",
+        axum::routing::get(move || {
+            let page = page.clone();
+            async move { axum::response::Html(page) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn the_sender_page_hosted_on_another_site_streams_to_the_relay_and_token_in_its_fragment() {
+    let _serial = serial().await;
+    let site = host_the_sender_page_elsewhere().await;
+    let origin = format!("http://{site}");
+    let relay = Relay::serve(&["--offer-token", "s3cret", "--allowed-origin", &origin]).await;
+    let mut browser = Browser::launch(Camera::Fake).await;
+
+    browser
+        .open(
+            "streamer",
+            &format!("{origin}/studio/#relay={}&token=s3cret", relay.url("")),
+        )
+        .await;
+    let live = browser.start("streamer", json!({"width": 640, "height": 360})).await;
+
+    assert_live(&live, &relay);
+    let address_bar = browser.call(json!({"cmd": "url", "page": "streamer"})).await;
+    assert!(
+        !address_bar.to_string().contains("s3cret"),
+        "the token stays out of the address bar once read: {address_bar}"
+    );
+    browser.quit().await;
+}
+
 #[tokio::test]
 async fn the_page_says_relay_unreachable_when_the_relay_is_gone() {
     let _serial = serial().await;

@@ -126,6 +126,7 @@ async function handle(browser, opts, msg) {
     case 'connect': return pageOf(msg).evaluate(() => window.livefilterView.connect());
     case 'disconnect': return pageOf(msg).evaluate(() => window.livefilterView.disconnect());
     case 'state': return pageOf(msg).evaluate(() => (window.livefilter || window.livefilterView).state());
+    case 'url': return { url: pageOf(msg).url() };
     case 'text': {
       const el = pageOf(msg).locator(msg.selector);
       if ((await el.count()) === 0) return { text: '', visible: false };

@@ -109,6 +109,7 @@ fn streaming_status(hls_url: Option<&str>) -> LiveFilterSessionStatus {
             hls_url: hls_url.map(str::to_owned),
         }),
         offer_url: Some("http://demo-offer.default.svc:80/offer".into()),
+        page_url: Some("http://demo-offer.default.svc:80/".into()),
         node_name: Some("gpu-1".into()),
         address: Some("10.0.0.7".into()),
         ports: Some(PortsStatus {
