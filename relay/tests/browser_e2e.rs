@@ -439,6 +439,39 @@ async fn the_sender_page_shows_the_relays_own_figures_as_status_reports_them() {
 }
 
 #[tokio::test]
+async fn switching_camera_while_live_keeps_the_same_session_and_its_frames_flowing() {
+    let _serial = serial().await;
+    let relay = Relay::serve(&[]).await;
+    let mut browser = Browser::launch(Camera::Fake).await;
+    browser.open("streamer", &relay.url("/")).await;
+    assert_live(
+        &browser.start("streamer", json!({"width": 640, "height": 360})).await,
+        &relay,
+    );
+    let received = wait_for_frames_received(&relay, 10).await;
+    let age_before = relay.status().await["session"]["age_secs"].as_f64().unwrap_or(0.0);
+
+    let switched = browser
+        .call(json!({"cmd": "switch-camera", "page": "streamer", "camera": ""}))
+        .await;
+
+    assert_eq!(switched["cameraSwitches"], 1, "{switched:#}");
+    assert_eq!(switched["phase"], "live", "{switched:#}");
+    wait_for_frames_received(&relay, received + 30).await;
+    let status = relay.status().await;
+    assert_eq!(status["session"]["state"], "receiving", "{status:#}");
+    assert!(
+        status["session"]["age_secs"].as_f64().unwrap_or(0.0) > age_before,
+        "the same session carries on (a new one would start its age over): {status:#}"
+    );
+    assert!(
+        !relay.metrics().await.contains("livefilter_sessions_ended_total{"),
+        "no session ended"
+    );
+    browser.quit().await;
+}
+
+#[tokio::test]
 async fn resolution_changes_mid_stream_are_followed_and_frames_keep_arriving() {
     let _serial = serial().await;
     let ClipToSora {

@@ -123,6 +123,7 @@ async function handle(browser, opts, msg) {
     case 'stop': return pageOf(msg).evaluate(() => window.livefilter.stop());
     case 'scale': return pageOf(msg).evaluate((f) => window.livefilter.scaleDown(f), msg.factor);
     case 'restart-ice': return pageOf(msg).evaluate(() => window.livefilter.restartIce());
+    case 'switch-camera': return pageOf(msg).evaluate((c) => window.livefilter.switchCamera(c), msg.camera || '');
     case 'connect': return pageOf(msg).evaluate(() => window.livefilterView.connect());
     case 'disconnect': return pageOf(msg).evaluate(() => window.livefilterView.disconnect());
     case 'state': return pageOf(msg).evaluate(() => (window.livefilter || window.livefilterView).state());
