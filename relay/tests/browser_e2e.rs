@@ -472,6 +472,34 @@ async fn switching_camera_while_live_keeps_the_same_session_and_its_frames_flowi
 }
 
 #[tokio::test]
+async fn the_streamer_sees_the_relays_output_in_an_inset_when_asked() {
+    let _serial = serial().await;
+    let relay = Relay::serve(&[]).await;
+    let mut browser = Browser::launch(Camera::Fake).await;
+    browser.open("streamer", &relay.url("/")).await;
+
+    let live = browser
+        .start("streamer", json!({"width": 640, "height": 360, "inset": true}))
+        .await;
+
+    assert_live(&live, &relay);
+    let shown = browser
+        .wait_state("streamer", "the inset decoding the relay's output", |s| {
+            u64_of(&s["inset"]["framesDecoded"]) > 10
+        })
+        .await;
+    assert_eq!(shown["inset"]["width"], 640, "{shown:#}");
+    let (_, visible) = browser.text("streamer", "#filtered").await;
+    assert!(visible, "the inset is shown");
+    assert_eq!(relay.status().await["publishers"]["preview"]["viewers"], 1);
+    browser.screenshot("streamer", "sender-with-output-inset").await;
+
+    browser.stop("streamer").await;
+    relay.wait_for_log("preview viewer ended").await;
+    browser.quit().await;
+}
+
+#[tokio::test]
 async fn resolution_changes_mid_stream_are_followed_and_frames_keep_arriving() {
     let _serial = serial().await;
     let ClipToSora {
