@@ -293,6 +293,11 @@ pub struct FilterConfig {
     pub device_fallback: DeviceFallback,
     /// Inference threads per model (0: one per core).
     pub threads: usize,
+    /// The most GPU memory ONNX Runtime's CUDA arena may take per model, in MiB (none: as much as
+    /// it wants). Lets several relays share one GPU (time-slicing, MPS) without one starving the
+    /// others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_mem_limit_mb: Option<u64>,
     /// The ONNX Runtime library; default `$ORT_DYLIB_PATH`, else `libonnxruntime.so`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub onnxruntime: Option<PathBuf>,

@@ -514,6 +514,12 @@ pub struct GpuSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 8))]
     pub count: Option<u32>,
+    /// The most GPU memory the relay's model may take, in MiB (ONNX Runtime's CUDA
+    /// `gpu_mem_limit`), so several relays fit on one time-sliced GPU; none: unbounded. A MIG
+    /// slice bounds memory by itself.
+    #[serde(default, rename = "memoryLimitMiB", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 64, max = 1048576))]
+    pub memory_limit_mib: Option<u32>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -163,6 +163,7 @@ pub fn build(
                 crate::crd::Device::Cpu => Device::Cpu,
                 crate::crd::Device::Cuda => Device::Cuda(0),
             },
+            gpu_mem_limit_mb: spec.relay.gpu.memory_limit_mib.map(u64::from),
             ..FilterConfig::default()
         },
         preview: PreviewSection {

@@ -95,6 +95,7 @@ fn specs() -> Vec<(&'static str, LiveFilterSessionSpec)> {
     let mut cuda_blur = base();
     cuda_blur.filter.kind = FilterKind::BackgroundBlur;
     cuda_blur.filter.device = livefilter_operator::crd::Device::Cuda;
+    cuda_blur.relay.gpu.memory_limit_mib = Some(2048);
 
     let mut onnx = base();
     onnx.filter.kind = FilterKind::Onnx;
@@ -157,6 +158,11 @@ fn the_relay_parses_and_validates_every_config_the_operator_writes() {
         assert_eq!(parsed.ice.udp_addrs, vec!["0.0.0.0:40000".to_owned()], "{name}");
         assert_eq!(parsed.video.bitrate_kbps, spec.video.bitrate_kbps, "{name}");
         assert_eq!(parsed.filter.kind.as_str(), spec.filter.kind.as_str(), "{name}");
+        assert_eq!(
+            parsed.filter.gpu_mem_limit_mb,
+            spec.relay.gpu.memory_limit_mib.map(u64::from),
+            "{name}"
+        );
         assert_eq!(
             parsed.filter.params,
             spec.filter

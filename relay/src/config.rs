@@ -118,6 +118,9 @@ impl RelayConfigExt for RelayConfig {
         range("ingest.max_width", self.ingest.max_width, 16, 8192, "16..=8192")?;
         range("ingest.max_height", self.ingest.max_height, 16, 8192, "16..=8192")?;
         range("video.bitrate_kbps", v.bitrate_kbps, 50, 50_000, "50..=50000")?;
+        if let Some(mb) = self.filter.gpu_mem_limit_mb {
+            range("filter.gpu_mem_limit_mb", mb, 64, 1 << 20, "64..=1048576 (MiB)")?;
+        }
         if !(0.0..=3600.0).contains(&v.keyframe_interval_secs) {
             return Err(ConfigError::OutOfRange {
                 setting: "video.keyframe_interval_secs",
@@ -380,6 +383,22 @@ ice: {udp_addrs: ["0.0.0.0:40000"], public_ips: [203.0.113.7]}
         assert_eq!(
             cfg.validate().unwrap_err().to_string(),
             "video.fps = 0 is out of range (1..=120)"
+        );
+    }
+
+    #[test]
+    fn a_gpu_memory_cap_below_what_a_model_needs_is_out_of_range() {
+        let mut cfg = RelayConfig::default();
+        cfg.filter.gpu_mem_limit_mb = Some(16);
+
+        let err = cfg.validate().unwrap_err().to_string();
+
+        assert_eq!(err, "filter.gpu_mem_limit_mb = 16 is out of range (64..=1048576 (MiB))");
+        cfg.filter.gpu_mem_limit_mb = Some(2048);
+        cfg.validate().unwrap();
+        assert_eq!(
+            crate::filter::FilterConfigExt::runtime_options(&cfg.filter).gpu_mem_limit_bytes,
+            Some(2048 * 1024 * 1024)
         );
     }
 

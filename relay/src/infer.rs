@@ -31,6 +31,8 @@ pub struct RuntimeOptions {
     pub fallback: DeviceFallback,
     /// Intra-op threads per model (0: ONNX Runtime's default, one per core).
     pub threads: usize,
+    /// The CUDA arena's cap per model, in bytes (none: unbounded).
+    pub gpu_mem_limit_bytes: Option<usize>,
 }
 
 impl Default for RuntimeOptions {
@@ -40,6 +42,7 @@ impl Default for RuntimeOptions {
             device: Device::Cpu,
             fallback: DeviceFallback::Fail,
             threads: 0,
+            gpu_mem_limit_bytes: None,
         }
     }
 }
@@ -352,10 +355,11 @@ impl Model {
                 )));
             }
             let id = i32::try_from(n).map_err(|_| cuda_err(format!("GPU index {n} is out of range")))?;
-            ep::CUDA::default()
-                .with_device_id(id)
-                .register(&mut builder)
-                .map_err(|e| cuda_err(e.to_string()))?;
+            let mut cuda = ep::CUDA::default().with_device_id(id);
+            if let Some(bytes) = options.gpu_mem_limit_bytes {
+                cuda = cuda.with_memory_limit(bytes);
+            }
+            cuda.register(&mut builder).map_err(|e| cuda_err(e.to_string()))?;
         }
         let session = builder
             .commit_from_file(path)

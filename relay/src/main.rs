@@ -171,6 +171,10 @@ struct FilterArgs {
     /// Inference threads per model (0: one per core).
     #[arg(long)]
     inference_threads: Option<usize>,
+    /// Cap on the GPU memory ONNX Runtime's CUDA arena takes per model, in MiB (default: none),
+    /// so several relays can share one GPU.
+    #[arg(long)]
+    gpu_mem_limit_mb: Option<u64>,
     /// The ONNX Runtime shared library (default: $ORT_DYLIB_PATH, else the first
     /// libonnxruntime.so in .cache/onnxruntime, next to the executable, or
     /// /usr/local/lib/livefilter and /usr/lib/livefilter, else the loader's search path).
@@ -220,6 +224,9 @@ impl FilterArgs {
         }
         if let Some(t) = self.inference_threads {
             cfg.threads = t;
+        }
+        if self.gpu_mem_limit_mb.is_some() {
+            cfg.gpu_mem_limit_mb = self.gpu_mem_limit_mb;
         }
         if self.onnxruntime.is_some() {
             cfg.onnxruntime = self.onnxruntime;

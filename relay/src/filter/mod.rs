@@ -212,6 +212,9 @@ impl FilterConfigExt for FilterConfig {
             device: self.device,
             fallback: self.device_fallback,
             threads: self.threads,
+            gpu_mem_limit_bytes: self
+                .gpu_mem_limit_mb
+                .and_then(|mb| usize::try_from(mb.saturating_mul(1024 * 1024)).ok()),
         }
     }
 
