@@ -146,6 +146,8 @@ check "examples against the CRD schema (check-jsonschema)" \
   "$VENV/bin/check-jsonschema" --schemafile "$WORK/session.schema.json" examples/*.yaml
 
 # --- YAML and Dockerfile lint ------------------------------------------------------------------
+check "the docs' shell blocks (helm template, make -n, named files)" \
+  "$PY" "$CHECKS" doc-commands "$HELM" README.md docs/*.md
 check "yamllint" "$VENV/bin/yamllint" --strict -c scripts/chart-check/yamllint.yaml \
   "$CHART/Chart.yaml" "$CHART/values.yaml" "$CHART"/ci "$CHART/crds" examples crds
 check "values.schema.json against its metaschema" "$VENV/bin/check-jsonschema" --check-metaschema "$CHART/values.schema.json"

@@ -10,6 +10,9 @@
                                            names only metrics the code defines
   dashboard RENDERED DASHBOARD             the dashboard JSON is well-formed for Grafana and the
                                            rendered ConfigMap carries it unchanged
+  doc-commands HELM DOC...                 the shell blocks of the docs run where they can here:
+                                           `helm install` as `helm template`, `make T` as
+                                           `make -n T`, and every local file they name exists
 
 Exit status 1 with the problems on stderr, 0 and one line on stdout otherwise.
 """
@@ -18,6 +21,8 @@ import copy
 import json
 import pathlib
 import re
+import shlex
+import subprocess
 import sys
 
 import yaml
@@ -226,7 +231,63 @@ def dashboard(rendered, dashboard_file):
     print(f"dashboard {dash['uid']!r}: {len(ids)} panels, variables {sorted(var_names)}")
 
 
+def shell_blocks(text):
+    """The commands of every ```sh block: continuation lines joined, comments dropped."""
+    for block in re.findall(r"```(?:sh|bash|shell)\n(.*?)```", text, re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            # `a && b` are two commands; a trailing comment is not part of either.
+            for part in re.split(r"\s*&&\s*", line):
+                try:
+                    words = shlex.split(part, comments=True)
+                except ValueError as e:
+                    yield part, None, str(e)
+                    continue
+                if words:
+                    yield part, words, None
+
+
+def local_files(words):
+    """The repository paths a command names (examples/..., charts/..., crds/...)."""
+    for w in words:
+        value = w.split("=", 1)[-1]
+        if re.match(r"^(examples|charts|crds|docs|scripts|static)/", value):
+            yield value
+
+
+def doc_commands(helm, *files):
+    problems, ran = [], 0
+    for f in files:
+        for line, words, error in shell_blocks(pathlib.Path(f).read_text()):
+            where = f"{f}: {line}"
+            if error:
+                problems.append(f"{where}: cannot be parsed ({error})")
+                continue
+            for path in local_files(words):
+                if not pathlib.Path(path).exists():
+                    problems.append(f"{where}: names {path}, which does not exist")
+            if words[0] == "helm" and len(words) > 3 and words[1] in ("install", "upgrade"):
+                upgrade_only = ("--install", "--create-namespace", "--wait", "--atomic", "--reuse-values", "--reset-values")
+                args = [w for w in words[2:] if w not in upgrade_only]
+                cmd = [helm, "template", *args]
+            elif words[0] == "make" and len(words) > 1:
+                cmd = ["make", "-n", *words[1:]]
+            else:
+                continue
+            ran += 1
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                problems.append(f"{where}: `{' '.join(cmd)}` fails:\n{(done.stderr or done.stdout)[-600:]}")
+    if problems:
+        fail(problems)
+    print(f"{ran} commands of {len(files)} docs run (helm template, make -n); every named file exists")
+
+
 COMMANDS = {
+    "doc-commands": doc_commands,
     "split": split,
     "same-crd": same_crd,
     "crd-schema": crd_schema,
