@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nasm libvpx-dev pkg-config chromium fonts-dejavu-core python3-venv)
+# coturn: the real TURN server the browser tests stream through (relay/tests/support/turn.rs);
+# only its binary is used, the packaged service is not started.
+APT_PACKAGES=(nasm libvpx-dev pkg-config chromium fonts-dejavu-core python3-venv coturn)
 SORA_SDK_VERSION=2025.4.0
 
 log() { printf '[setup] %s\n' "$*"; }

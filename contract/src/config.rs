@@ -257,6 +257,39 @@ pub struct IceConfig {
     pub disconnected_grace_secs: f64,
     /// Seconds the browser has to connect after its answer (or an ICE restart).
     pub connect_timeout_secs: f64,
+    /// STUN/TURN servers handed to the sender page (`/api/info`), so that streamers whose
+    /// networks block UDP reach the relay through TURN.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<IceServerConfig>,
+}
+
+/// One STUN/TURN server entry for the browser, as `RTCIceServer` takes it: the credentials
+/// apply to every URL of the entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IceServerConfig {
+    /// `stun:host:port`, `turn:host:port?transport=udp|tcp` or `turns:host:port?transport=tcp`.
+    pub urls: Vec<String>,
+    /// Fixed TURN username; with an auth secret, the name after the expiry time instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Fixed TURN password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// Read the fixed TURN password from this file instead (a mounted Secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_file: Option<PathBuf>,
+    /// The TURN server's shared secret (coturn `use-auth-secret`, the TURN REST API): every
+    /// page gets its own time-limited username and password made from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_secret: Option<String>,
+    /// Read the shared secret from this file instead (a mounted Secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_secret_file: Option<PathBuf>,
+    /// How long time-limited credentials stay valid, in seconds (the TURN server refuses
+    /// refreshes after that, so it bounds a stream's length through TURN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_ttl_secs: Option<u64>,
 }
 
 impl Default for IceConfig {
@@ -268,6 +301,7 @@ impl Default for IceConfig {
             udp_port_range: None,
             disconnected_grace_secs: 5.0,
             connect_timeout_secs: 20.0,
+            servers: Vec::new(),
         }
     }
 }
@@ -527,6 +561,39 @@ mod tests {
         assert_eq!(back, cfg);
         assert!(yaml.contains("device: cuda:1"), "{yaml}");
         assert!(!yaml.contains("null"), "unset options are left out: {yaml}");
+    }
+
+    #[test]
+    fn ice_servers_parse_with_fixed_or_time_limited_credentials() {
+        let cfg: RelayConfig = serde_yaml::from_str(
+            r#"
+ice:
+  servers:
+    - urls: ["turn:turn.example:3478?transport=udp", "turn:turn.example:3478?transport=tcp"]
+      username: alice
+      credential_file: /secrets/turn/password
+    - urls: ["turns:turn.example:5349?transport=tcp"]
+      auth_secret_file: /secrets/turn/secret
+      credential_ttl_secs: 7200
+"#,
+        )
+        .unwrap();
+
+        let servers = &cfg.ice.servers;
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[0].urls[1], "turn:turn.example:3478?transport=tcp");
+        assert_eq!(servers[0].username.as_deref(), Some("alice"));
+        assert_eq!(
+            servers[0].credential_file,
+            Some(PathBuf::from("/secrets/turn/password"))
+        );
+        assert_eq!(servers[1].auth_secret_file, Some(PathBuf::from("/secrets/turn/secret")));
+        assert_eq!(servers[1].credential_ttl_secs, Some(7200));
+        let yaml = serde_yaml::to_string(&cfg).unwrap();
+        assert_eq!(serde_yaml::from_str::<RelayConfig>(&yaml).unwrap(), cfg);
+        assert!(!yaml.contains("null"), "{yaml}");
+        let default = serde_yaml::to_string(&RelayConfig::default()).unwrap();
+        assert!(!default.contains("servers"), "no servers, no key: {default}");
     }
 
     #[test]

@@ -535,6 +535,39 @@ pub struct NetworkSpec {
     /// The relay's HTTP and UDP ports on the node.
     #[serde(default)]
     pub ports: PortsSpec,
+    /// A TURN (or STUN) server handed to the sender page, for streamers whose networks block
+    /// UDP: the browser reaches the TURN server (over TCP or TLS if need be), which relays to
+    /// the relay's UDP port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<TurnSpec>,
+}
+
+/// A TURN server for the sender page, with fixed or time-limited credentials.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("!(has(self.credentialSecretRef) && has(self.authSecretRef))").message("network.turn.credentialSecretRef and authSecretRef exclude each other"))]
+#[x_kube(validation = Rule::new("!has(self.credentialSecretRef) || has(self.username)").message("network.turn.credentialSecretRef needs username"))]
+#[x_kube(validation = Rule::new("!has(self.credentialTtlSeconds) || has(self.authSecretRef)").message("network.turn.credentialTtlSeconds applies only with authSecretRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct TurnSpec {
+    /// `turn:host:3478?transport=udp`, `turn:host:3478?transport=tcp`,
+    /// `turns:host:5349?transport=tcp` (or `stun:` URLs); all share the credentials.
+    #[schemars(length(min = 1, max = 8))]
+    pub urls: Vec<String>,
+    /// The fixed TURN username; with `authSecretRef`, the name after the expiry time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub username: Option<String>,
+    /// A Secret key holding the fixed TURN password (key default `credential`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_secret_ref: Option<KeyRef>,
+    /// A Secret key holding the TURN server's shared secret (coturn `static-auth-secret`, key
+    /// default `auth-secret`): every page gets its own time-limited credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_secret_ref: Option<KeyRef>,
+    /// How long time-limited credentials last (default 86400); must outlast a stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 604800))]
+    pub credential_ttl_seconds: Option<u64>,
 }
 
 /// The advertised ICE address.

@@ -256,6 +256,14 @@ pub fn relay_pod(
     if let Some(s) = &spec.access.token_secret_ref {
         secret("offer-token", s, "token", paths::TOKEN_FILE, paths::OFFER_TOKEN_DIR);
     }
+    // The CRD lets only one of the two be set: one volume at the TURN directory.
+    if let Some(turn) = &spec.network.turn {
+        if let Some(s) = &turn.credential_secret_ref {
+            secret("turn", s, "credential", paths::TURN_CREDENTIAL_FILE, paths::TURN_DIR);
+        } else if let Some(s) = &turn.auth_secret_ref {
+            secret("turn", s, "auth-secret", paths::TURN_AUTH_SECRET_FILE, paths::TURN_DIR);
+        }
+    }
     if let Some(cm) = spec.filter.model.as_ref().and_then(|m| m.config_map.as_ref()) {
         let key = cm.key_or("model.onnx").to_owned();
         volumes.push(Volume {
@@ -912,6 +920,45 @@ mod tests {
             Some(("/var/run/secrets/livefilter/offer".into(), Some(true)))
         );
         assert_eq!(at("config"), Some(("/etc/livefilter".into(), Some(true))));
+    }
+
+    #[test]
+    fn a_turn_shared_secret_is_mounted_where_the_config_points() {
+        let mut sp = spec();
+        sp.network.turn = Some(crate::crd::TurnSpec {
+            urls: vec!["turn:turn.example:3478".into()],
+            auth_secret_ref: Some(KeyRef {
+                name: "coturn".into(),
+                key: Some("static-auth-secret".into()),
+            }),
+            ..Default::default()
+        });
+        let s = session(sp);
+        let config = relay_config::build(&s.spec, Some(&channel()), PORTS).unwrap();
+
+        let p = pod_of(&s);
+
+        let vols = p.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+        let turn = vols.iter().find(|v| v.name == "turn").unwrap().secret.clone().unwrap();
+        assert_eq!(turn.secret_name.as_deref(), Some("coturn"));
+        let item = &turn.items.unwrap()[0];
+        assert_eq!(
+            (item.key.as_str(), item.path.as_str()),
+            ("static-auth-secret", "auth-secret")
+        );
+        let mount = container(&p)
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "turn")
+            .unwrap()
+            .clone();
+        let mounted_file = format!("{}/{}", mount.mount_path, item.path);
+        assert_eq!(
+            config.ice.servers[0].auth_secret_file.as_deref(),
+            Some(std::path::Path::new(&mounted_file))
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! here: they are mounted as files and referenced by path.
 
 use livefilter_contract::config::{
-    Device, FilterConfig, FilterKind, IceConfig, OfferConfig, PreviewSection, RelayConfig, SoraOutput, VideoCodec,
-    VideoConfig, WhipOutput,
+    Device, FilterConfig, FilterKind, IceConfig, IceServerConfig, OfferConfig, PreviewSection, RelayConfig, SoraOutput,
+    VideoCodec, VideoConfig, WhipOutput,
 };
 
 use crate::crd::{AdvertiseFrom, ChannelStatus, LiveFilterSessionSpec, ModelSource, OutputKind, PortsStatus};
@@ -29,6 +29,12 @@ pub mod paths {
     pub const OFFER_TOKEN_DIR: &str = "/var/run/secrets/livefilter/offer";
     /// The file inside the token directories.
     pub const TOKEN_FILE: &str = "token";
+    /// The TURN password or shared secret (a Secret key).
+    pub const TURN_DIR: &str = "/var/run/secrets/livefilter/turn";
+    /// The fixed TURN password inside [`TURN_DIR`].
+    pub const TURN_CREDENTIAL_FILE: &str = "credential";
+    /// The TURN shared secret inside [`TURN_DIR`].
+    pub const TURN_AUTH_SECRET_FILE: &str = "auth-secret";
     /// A model from a ConfigMap.
     pub const MODEL_DIR: &str = "/etc/livefilter/models";
     /// Downward-API files about the Pod (the advertised address once the operator knows it).
@@ -144,6 +150,7 @@ pub fn build(
             udp_addrs: vec![format!("0.0.0.0:{}", ports.udp)],
             public_ips,
             public_ips_file,
+            servers: spec.network.turn.as_ref().map(ice_server).into_iter().collect(),
             ..IceConfig::default()
         },
         offer: OfferConfig {
@@ -172,6 +179,25 @@ pub fn build(
         },
         ..RelayConfig::default()
     })
+}
+
+/// The relay's `ice.servers` entry for the CRD's TURN server: its secrets are mounted files.
+pub fn ice_server(turn: &crate::crd::TurnSpec) -> IceServerConfig {
+    let file = |name: &str| Some(format!("{}/{name}", paths::TURN_DIR).into());
+    IceServerConfig {
+        urls: turn.urls.clone(),
+        username: turn.username.clone(),
+        credential_file: turn
+            .credential_secret_ref
+            .as_ref()
+            .and_then(|_| file(paths::TURN_CREDENTIAL_FILE)),
+        auth_secret_file: turn
+            .auth_secret_ref
+            .as_ref()
+            .and_then(|_| file(paths::TURN_AUTH_SECRET_FILE)),
+        credential_ttl_secs: turn.credential_ttl_seconds,
+        ..IceServerConfig::default()
+    }
 }
 
 /// The relay's name for the CRD's filter kind.
@@ -352,6 +378,38 @@ http:
             Some(Path::new("/var/run/secrets/livefilter/whip/token"))
         );
         assert_eq!(c.sora, None);
+    }
+
+    #[test]
+    fn a_turn_server_reaches_the_relay_with_its_secret_as_a_file() {
+        let mut spec = imageflux();
+        spec.network.turn = Some(crate::crd::TurnSpec {
+            urls: vec!["turn:turn.example:3478?transport=tcp".into()],
+            username: Some("studio".into()),
+            auth_secret_ref: Some(KeyRef {
+                name: "turn".into(),
+                key: Some("static-auth-secret".into()),
+            }),
+            credential_ttl_seconds: Some(7200),
+            ..Default::default()
+        });
+
+        let c = build(&spec, Some(&channel()), PORTS).unwrap();
+
+        assert_eq!(
+            c.ice.servers,
+            vec![IceServerConfig {
+                urls: vec!["turn:turn.example:3478?transport=tcp".into()],
+                username: Some("studio".into()),
+                auth_secret_file: Some("/var/run/secrets/livefilter/turn/auth-secret".into()),
+                credential_ttl_secs: Some(7200),
+                ..IceServerConfig::default()
+            }]
+        );
+        assert!(
+            !to_yaml(&c).contains("static-auth-secret"),
+            "only the file path is written"
+        );
     }
 
     #[test]

@@ -89,6 +89,24 @@ fn every_example_is_accepted_and_reads_as_a_session() {
 }
 
 #[test]
+fn a_turn_server_with_a_shared_secret_is_accepted_and_reads_as_a_session() {
+    let s = session(json!({"output": imageflux(), "network": {"turn": {
+        "urls": ["turn:turn.example:3478?transport=udp", "turns:turn.example:5349?transport=tcp"],
+        "authSecretRef": {"name": "turn", "key": "static-auth-secret"},
+        "credentialTtlSeconds": 43200,
+    }}}));
+
+    let problems = verdict(&s, None);
+    let typed: LiveFilterSession = serde_json::from_value(s).unwrap();
+
+    assert_eq!(problems, Vec::<String>::new());
+    let turn = typed.spec.network.turn.expect("network.turn");
+    assert_eq!(turn.urls.len(), 2);
+    assert_eq!(turn.auth_secret_ref.unwrap().key.as_deref(), Some("static-auth-secret"));
+    assert_eq!(turn.credential_ttl_seconds, Some(43200));
+}
+
+#[test]
 fn the_smallest_session_is_accepted() {
     assert_eq!(
         verdict(&session(json!({"output": imageflux()})), None),
@@ -148,6 +166,24 @@ fn mistakes_are_refused_with_a_message_naming_them() {
         (
             json!({"output": {"whip": {"url": "ftp://x"}}}),
             "the WHIP URL starts with",
+        ),
+        (
+            json!({"output": imageflux(), "network": {"turn": {"urls": ["turn:t:3478"], "username": "u",
+                "credentialSecretRef": {"name": "a"}, "authSecretRef": {"name": "b"}}}}),
+            "credentialSecretRef and authSecretRef exclude each other",
+        ),
+        (
+            json!({"output": imageflux(), "network": {"turn": {"urls": ["turn:t:3478"], "credentialSecretRef": {"name": "a"}}}}),
+            "credentialSecretRef needs username",
+        ),
+        (
+            json!({"output": imageflux(), "network": {"turn": {"urls": []}}}),
+            "/spec/network/turn/urls",
+        ),
+        (
+            json!({"output": imageflux(), "network": {"turn": {"urls": ["turn:t:3478"], "authSecretRef": {"name": "b"},
+                "credentialTtlSeconds": 5}}}),
+            "/spec/network/turn/credentialTtlSeconds",
         ),
         (
             json!({"output": imageflux(), "access": {"service": {"type": "ExternalName"}}}),

@@ -91,6 +91,29 @@ fn specs() -> Vec<(&'static str, LiveFilterSessionSpec)> {
     });
     whip.access.allowed_origins = vec!["https://studio.example".into()];
     whip.preview.enabled = true;
+    whip.network.turn = Some(livefilter_operator::crd::TurnSpec {
+        urls: vec!["turn:turn.example:3478?transport=tcp".into()],
+        username: Some("relay".into()),
+        credential_secret_ref: Some(KeyRef {
+            name: "turn".into(),
+            key: None,
+        }),
+        ..Default::default()
+    });
+
+    let mut turn_rest = base();
+    turn_rest.network.turn = Some(livefilter_operator::crd::TurnSpec {
+        urls: vec![
+            "turn:turn.example:3478?transport=udp".into(),
+            "turns:turn.example:5349?transport=tcp".into(),
+        ],
+        auth_secret_ref: Some(KeyRef {
+            name: "turn".into(),
+            key: Some("static-auth-secret".into()),
+        }),
+        credential_ttl_seconds: Some(43200),
+        ..Default::default()
+    });
 
     let mut cuda_blur = base();
     cuda_blur.filter.kind = FilterKind::BackgroundBlur;
@@ -118,6 +141,7 @@ fn specs() -> Vec<(&'static str, LiveFilterSessionSpec)> {
         ("whip", whip),
         ("cuda-blur", cuda_blur),
         ("onnx-external-ip", onnx),
+        ("turn-rest", turn_rest),
     ]
 }
 

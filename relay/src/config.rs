@@ -39,11 +39,14 @@ pub enum ConfigError {
     /// The filter section (parameters, a missing `onnx` model).
     #[error(transparent)]
     Filter(#[from] crate::filter::FilterError),
+    /// An `ice.servers` entry.
+    #[error(transparent)]
+    IceServer(#[from] crate::ice_servers::IceServerError),
 }
 
 pub use livefilter_contract::config::{
-    DEFAULT_LISTEN, HttpSection, IceConfig, IngestSection, OfferConfig, PreviewSection, RelayConfig, SoraOutput,
-    VideoConfig, WhipOutput,
+    DEFAULT_LISTEN, HttpSection, IceConfig, IceServerConfig, IngestSection, OfferConfig, PreviewSection, RelayConfig,
+    SoraOutput, VideoConfig, WhipOutput,
 };
 
 /// What the relay does with its configuration: read it, check it, and derive each part's
@@ -66,6 +69,8 @@ pub trait RelayConfigExt: Sized {
     fn encoder_config(&self) -> EncoderConfig;
     /// The `/offer` bearer token, reading the token file if one is given.
     fn offer_token(&self) -> Result<Option<String>, ConfigError>;
+    /// The STUN/TURN servers for the sender page, reading their secret files.
+    fn ice_servers(&self) -> Result<crate::ice_servers::IceServers, ConfigError>;
     /// The Sora publisher settings, reading the metadata file if one is given; `audio` when the
     /// browser's audio is forwarded (serve mode).
     fn sora_config(&self, audio: bool) -> Result<Option<SoraConfig>, ConfigError>;
@@ -170,6 +175,7 @@ impl RelayConfigExt for RelayConfig {
                     detail,
                 })?;
         }
+        crate::ice_servers::validate(&self.ice.servers)?;
         crate::ice::parse_public_ips(&self.ice.public_ips).map_err(|detail| ConfigError::Invalid {
             setting: "ice.public_ips",
             detail,
@@ -259,6 +265,10 @@ impl RelayConfigExt for RelayConfig {
             Some(path) => Ok(Some(read_secret(path)?)),
             None => Ok(self.offer.token.clone()),
         }
+    }
+
+    fn ice_servers(&self) -> Result<crate::ice_servers::IceServers, ConfigError> {
+        Ok(crate::ice_servers::IceServers::load(&self.ice.servers)?)
     }
 
     fn sora_config(&self, audio: bool) -> Result<Option<SoraConfig>, ConfigError> {
@@ -412,6 +422,21 @@ ice: {udp_addrs: ["0.0.0.0:40000"], public_ips: [203.0.113.7]}
             ..Default::default()
         };
         assert!(cfg.validate().unwrap_err().to_string().contains("signaling_urls"));
+    }
+
+    #[test]
+    fn a_turn_server_without_credentials_fails_validation_naming_the_entry() {
+        let cfg = RelayConfig::from_yaml(
+            "ice: {servers: [{urls: [\"stun:s:3478\"]}, {urls: [\"turn:t:3478?transport=udp\"]}]}",
+        )
+        .unwrap();
+
+        let err = cfg.validate().unwrap_err().to_string();
+
+        assert_eq!(
+            err,
+            "ice.servers[1]: turn: URLs need credentials (username with credential, or auth_secret)"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod frame;
 pub mod health;
 pub mod http;
 pub mod ice;
+pub mod ice_servers;
 pub mod infer;
 pub mod ingest;
 pub mod install;

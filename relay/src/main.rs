@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use livefilter_relay::codec::{self, VideoCodec};
-use livefilter_relay::config::{RelayConfig, RelayConfigExt, SoraOutput, WhipOutput};
+use livefilter_relay::config::{IceServerConfig, RelayConfig, RelayConfigExt, SoraOutput, WhipOutput};
 use livefilter_relay::filter::{FilterConfig, FilterConfigExt, FilterKind};
 use livefilter_relay::infer::{Device, DeviceFallback};
 use livefilter_relay::testpattern::{self, TestPattern};
@@ -143,7 +143,44 @@ struct ServeArgs {
     #[arg(long)]
     hls_url: Option<String>,
     #[command(flatten)]
+    ice_servers: IceServerArgs,
+    #[command(flatten)]
     filter: FilterArgs,
+}
+
+/// One STUN/TURN server entry for the sender page; replaces the config file's `ice.servers`.
+#[derive(Args, Default)]
+struct IceServerArgs {
+    /// STUN/TURN URL handed to the sender page, e.g. turn:turn.example:3478?transport=udp
+    /// (repeatable; all share the credentials below).
+    #[arg(long = "ice-server")]
+    urls: Vec<String>,
+    /// TURN username (with --ice-auth-secret: the name after the expiry time).
+    #[arg(long = "ice-username")]
+    username: Option<String>,
+    /// Fixed TURN password.
+    #[arg(long = "ice-credential", env = "LIVEFILTER_ICE_CREDENTIAL")]
+    credential: Option<String>,
+    /// TURN shared secret (coturn use-auth-secret): each page gets time-limited credentials.
+    #[arg(long = "ice-auth-secret", env = "LIVEFILTER_ICE_AUTH_SECRET")]
+    auth_secret: Option<String>,
+    /// Lifetime of time-limited credentials in seconds (default 86400).
+    #[arg(long = "ice-credential-ttl-secs")]
+    credential_ttl_secs: Option<u64>,
+}
+
+impl IceServerArgs {
+    /// The entry the flags describe, if any URL is given.
+    fn into_entry(self) -> Option<IceServerConfig> {
+        (!self.urls.is_empty()).then(|| IceServerConfig {
+            urls: self.urls,
+            username: self.username,
+            credential: self.credential,
+            auth_secret: self.auth_secret,
+            credential_ttl_secs: self.credential_ttl_secs,
+            ..IceServerConfig::default()
+        })
+    }
 }
 
 /// Filter settings; each overrides the config file's `filter:` section.
@@ -251,6 +288,7 @@ impl ServeArgs {
             tls_cert,
             tls_key,
             hls_url,
+            ice_servers,
             filter,
         } = self;
         let mut cfg = output.into_config_unvalidated()?;
@@ -281,6 +319,9 @@ impl ServeArgs {
         }
         if hls_url.is_some() {
             cfg.hls_url = hls_url;
+        }
+        if let Some(entry) = ice_servers.into_entry() {
+            cfg.ice.servers = vec![entry];
         }
         cfg.validate()?;
         Ok(cfg)
@@ -577,4 +618,52 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         println!("{report}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_config(args: &[&str]) -> anyhow::Result<RelayConfig> {
+        let cli = Cli::try_parse_from([&["livefilter-relay", "serve"], args].concat())?;
+        match cli.command {
+            Command::Serve(serve) => serve.into_config(),
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
+    #[test]
+    fn ice_server_flags_become_one_entry_with_shared_credentials() {
+        let cfg = serve_config(&[
+            "--ice-server",
+            "turn:turn.example:3478?transport=udp",
+            "--ice-server",
+            "turn:turn.example:3478?transport=tcp",
+            "--ice-username",
+            "alice",
+            "--ice-credential",
+            "pw",
+        ])
+        .unwrap();
+
+        assert_eq!(
+            cfg.ice.servers,
+            vec![IceServerConfig {
+                urls: vec![
+                    "turn:turn.example:3478?transport=udp".into(),
+                    "turn:turn.example:3478?transport=tcp".into()
+                ],
+                username: Some("alice".into()),
+                credential: Some("pw".into()),
+                ..IceServerConfig::default()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_turn_url_without_credentials_is_refused_at_startup() {
+        let err = serve_config(&["--ice-server", "turn:turn.example:3478"]).unwrap_err();
+
+        assert!(err.to_string().contains("turn: URLs need credentials"), "{err}");
+    }
 }

@@ -267,6 +267,7 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
         max_body_bytes: cfg.offer.max_body_bytes,
         allowed_origins: cfg.offer.allowed_origins.clone(),
         filter: Some(live_params),
+        ice_servers: Arc::new(cfg.ice_servers()?),
     };
     let app_state = AppState {
         info: info.into(),

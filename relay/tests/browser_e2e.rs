@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::browser::{Browser, Camera, Clip, artefact_dir, serial};
+use support::turn::TurnServer;
 use support::{Endpoint, Relay};
 
 /// The clip's size: Chromium sends it as is (no ramp-up from a smaller size at this size).
@@ -837,6 +838,77 @@ async fn the_sender_page_hosted_on_another_site_streams_to_the_relay_and_token_i
     assert!(
         !address_bar.to_string().contains("s3cret"),
         "the token stays out of the address bar once read: {address_bar}"
+    );
+    browser.quit().await;
+}
+
+/// A streamer whose network lets only TCP out (UDP blocked): the sender page shows the offer
+/// token, so `/api/info` gives it time-limited TURN credentials; it gathers relay candidates
+/// only, reaches a real TURN server (coturn) over TCP, and coturn relays its media over UDP to
+/// the relay, which publishes it into Sora.
+#[tokio::test]
+async fn a_streamer_limited_to_turn_over_tcp_reaches_the_sora_endpoint_through_coturn() {
+    let _serial = serial().await;
+    let turn = TurnServer::start("north-secret").await;
+    let turn_url = turn.url("tcp");
+    let ClipToSora {
+        endpoint,
+        relay,
+        clip,
+        mut browser,
+    } = ClipToSora::open(
+        "browser-turn",
+        "turn",
+        &[
+            "--offer-token",
+            "s3cret",
+            "--ice-server",
+            &turn_url,
+            "--ice-auth-secret",
+            &turn.secret,
+        ],
+    )
+    .await;
+
+    let started = browser
+        .start(
+            "streamer",
+            json!({
+                "width": CLIP_WIDTH, "height": CLIP_HEIGHT, "codec": "vp8",
+                "token": "s3cret", "iceTransportPolicy": "relay",
+            }),
+        )
+        .await;
+
+    assert_eq!(
+        started["phase"],
+        "live",
+        "the sender page did not go live through TURN: {started:#}\nrelay log:\n{}\ncoturn log:\n{}",
+        relay.log(),
+        turn.log()
+    );
+    let conn = endpoint
+        .wait_for("transport=sora&channel_id=browser-turn&state=connected&min_frames=40")
+        .await;
+    let id = conn["connection_id"].as_str().expect("connection_id");
+    assert_endpoint_shows_the_card(&endpoint, id, &clip, "turn-endpoint").await;
+    let sender = browser
+        .wait_state("streamer", "named its selected candidate pair", |s| {
+            s["path"]["local"].is_string()
+        })
+        .await;
+    assert_eq!(
+        (
+            sender["path"]["local"].as_str(),
+            sender["path"]["relayProtocol"].as_str()
+        ),
+        (Some("relay"), Some("tcp")),
+        "the media does not go through TURN over TCP: {:#}",
+        sender["path"]
+    );
+    assert!(
+        turn.tcp_clients() >= 1,
+        "no client holds a TCP connection to coturn while the page streams through it"
     );
     browser.quit().await;
 }

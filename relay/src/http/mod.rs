@@ -24,6 +24,7 @@ use crate::filter::FilterError;
 use crate::filter::live::LiveParams;
 use crate::filter::params::ParamsError;
 use crate::health::Health;
+use crate::ice_servers::IceServers;
 use crate::latency::Stage;
 use crate::metrics::Metrics;
 use crate::publish::PublisherState;
@@ -72,6 +73,8 @@ pub struct ServeState {
     pub allowed_origins: Vec<String>,
     /// The running filter's live parameters (`GET`/`PATCH /filter`).
     pub filter: Option<Arc<LiveParams>>,
+    /// STUN/TURN servers for the sender page (`/api/info`).
+    pub ice_servers: Arc<IceServers>,
 }
 
 /// Shared state of the HTTP handlers.
@@ -423,16 +426,29 @@ fn serve_state(state: &AppState) -> &ServeState {
     state.serve.as_ref().expect("serve routes imply serve state")
 }
 
-async fn info(State(state): State<AppState>) -> Json<Value> {
+/// What the sender page needs to know before it starts. TURN credentials only go to a caller
+/// that shows the offer token (when one is set): the page is public, and TURN credentials let
+/// anyone relay any traffic through the TURN server. Never cached: time-limited credentials
+/// are made for each answer.
+async fn info(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let serve = serve_state(&state);
-    Json(json!({
-        "token_required": serve.token.is_some(),
-        "preview": serve.preview.is_some(),
-        "hls_url": serve.hls_url,
-        "codecs": ["vp8", "h264"],
-        "output_codec": state.info.codec,
-        "filter": state.info.filter,
-    }))
+    let trusted = authorized(serve, &headers).is_ok();
+    let ice_servers = serve.ice_servers.for_page(std::time::SystemTime::now(), trusted);
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({
+            "token_required": serve.token.is_some(),
+            "preview": serve.preview.is_some(),
+            "hls_url": serve.hls_url,
+            "codecs": ["vp8", "h264"],
+            "output_codec": state.info.codec,
+            "filter": state.info.filter,
+            "ice_servers": ice_servers,
+            // The page asks again with its token when this is true.
+            "ice_servers_withheld": !trusted && serve.ice_servers.has_credentials(),
+        })),
+    )
+        .into_response()
 }
 
 fn authorized(serve: &ServeState, headers: &HeaderMap) -> Result<(), &'static str> {
@@ -942,8 +958,70 @@ mod tests {
                 max_body_bytes: 8 * 1024,
                 allowed_origins: vec!["https://studio.example".into()],
                 filter: Some(live_params(crate::filter::FilterKind::BackgroundBlur)),
+                ice_servers: Arc::new(turn_servers()),
             });
             (app(st), shutdown)
+        }
+
+        /// A public STUN server and a TURN server with time-limited credentials.
+        fn turn_servers() -> IceServers {
+            IceServers::load(&[
+                livefilter_contract::config::IceServerConfig {
+                    urls: vec!["stun:stun.example:3478".into()],
+                    ..Default::default()
+                },
+                livefilter_contract::config::IceServerConfig {
+                    urls: vec!["turn:turn.example:3478?transport=udp".into()],
+                    auth_secret: Some("north".into()),
+                    ..Default::default()
+                },
+            ])
+            .expect("valid servers")
+        }
+
+        async fn info_with(app: &Router, auth: Option<&str>) -> (HeaderMap, Value) {
+            let mut req = Request::get("/api/info");
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let response = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+            let headers = response.headers().clone();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            (headers, serde_json::from_slice(&bytes).unwrap())
+        }
+
+        #[tokio::test]
+        async fn api_info_gives_turn_credentials_only_to_a_caller_with_the_offer_token() {
+            let (app, _shutdown) = serve_app(Some("s3cret"));
+
+            let (_, anonymous) = info_with(&app, None).await;
+            let (_, wrong) = info_with(&app, Some("Bearer guess")).await;
+            let (headers, trusted) = info_with(&app, Some("Bearer s3cret")).await;
+
+            let stun_only = json!([{"urls": ["stun:stun.example:3478"]}]);
+            assert_eq!(anonymous["ice_servers"], stun_only);
+            assert_eq!(anonymous["ice_servers_withheld"], true);
+            assert_eq!(wrong["ice_servers"], stun_only);
+            assert!(!anonymous.to_string().contains("credential"), "{anonymous}");
+            let turn = &trusted["ice_servers"][1];
+            assert_eq!(turn["urls"], json!(["turn:turn.example:3478?transport=udp"]));
+            let username = turn["username"].as_str().expect("a username");
+            let (expiry, name) = username.split_once(':').expect("<expiry>:<name>");
+            assert_eq!(name, "livefilter");
+            let expected = crate::ice_servers::rest_credentials("north", name, expiry.parse().unwrap()).1;
+            assert_eq!(turn["credential"], expected);
+            assert_eq!(trusted["ice_servers_withheld"], false);
+            assert_eq!(headers.get("cache-control").unwrap(), "no-store");
+        }
+
+        #[tokio::test]
+        async fn without_an_offer_token_every_page_gets_the_turn_credentials() {
+            let (app, _shutdown) = serve_app(None);
+
+            let (_, info) = info_with(&app, None).await;
+
+            assert_eq!(info["ice_servers"].as_array().map(Vec::len), Some(2), "{info}");
+            assert_eq!(info["ice_servers_withheld"], false);
         }
 
         /// A real WebRTC offer (VP8, send-only) from webrtc-rs.
@@ -1193,6 +1271,7 @@ mod tests {
                 max_body_bytes: 8 * 1024,
                 allowed_origins: vec![],
                 filter: None,
+                ice_servers: Arc::default(),
             });
             (app(st), shutdown)
         }

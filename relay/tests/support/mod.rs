@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod turn;
 pub mod udp_proxy;
 
 use std::io::{BufRead, BufReader};
