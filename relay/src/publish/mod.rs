@@ -2,6 +2,7 @@
 //! buffer, so a slow or dead SFU drops (and counts) frames instead of backing up the encoder.
 
 pub mod backoff;
+pub mod congestion;
 pub mod keyframe;
 pub mod lipsync;
 pub mod peer;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod udp_mirror;
 pub mod udp_proxy;
 
 use std::io::{BufRead, BufReader};
