@@ -7,6 +7,7 @@ pub mod keyframe;
 pub mod lipsync;
 pub mod peer;
 pub mod preview;
+pub mod retransmit;
 pub mod rtp;
 pub mod sora;
 pub mod whip;

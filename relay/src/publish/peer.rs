@@ -22,12 +22,14 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, configure_rtcp_reports,
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
 use super::congestion::{BitrateEstimate, BitrateLimits, with_congestion_control};
 use super::keyframe::{KEYFRAME_REQUEST_SLOT, KeyframeRequestInterceptor};
+use super::retransmit::{BoundedNackResponder, RetransmitPolicy};
 use super::rtp::{SequenceRebase, TimestampRebase};
 use super::{AudioPacket, KeyframeRequest, OutgoingFrame};
 use crate::abs_capture::{self, AbsCaptureTime};
@@ -411,8 +413,16 @@ impl SendPeer {
                 .register_codec(opus_codec_parameters(), RtpCodecKind::Audio)
                 .map_err(webrtc_err("registering the audio codec"))?;
         }
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)
+        // webrtc-rs's defaults (`register_default_interceptors`) but for NACK: the relay only
+        // sends, so it generates none, and it answers them with the bounded responder (see
+        // `super::retransmit`) instead of one that resends without limit.
+        configure_simulcast_extension_headers(&mut media_engine).map_err(webrtc_err("registering interceptors"))?;
+        let registry = configure_twcc_receiver_only(Registry::new(), &mut media_engine)
             .map_err(webrtc_err("registering interceptors"))?;
+        let registry = configure_rtcp_reports(registry).with(
+            Slot::NackResponder,
+            BoundedNackResponder::new(RetransmitPolicy::default(), options.estimate.clone()),
+        );
         let registry = with_congestion_control(registry, options.bitrate, options.estimate.clone())
             .with(Slot::from(KEYFRAME_REQUEST_SLOT), KeyframeRequestInterceptor::default());
 
