@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use prometheus::Gauge;
 use rtc::interceptor::{
-    BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, PacketReport, Registry, Slot, TwccSenderBuilder,
+    BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, PacketReport, RateCalculator, Registry, Slot,
+    TwccSenderBuilder,
 };
 
 /// The bitrate range congestion control keeps an output within, in bit/s.
@@ -143,6 +144,67 @@ impl<E: BandwidthEstimator> BandwidthEstimator for ReportingEstimator<E> {
     }
 }
 
+/// Never lets the estimate fall below this fraction of what the path delivered in the last
+/// [`DELIVERED_WINDOW`] (GCC's own back-off factor from the received rate).
+pub const DELIVERED_FLOOR: f64 = 0.85;
+/// Over how long the delivered rate is measured.
+pub const DELIVERED_WINDOW: Duration = Duration::from_secs(1);
+
+/// Keeps an estimator's target at least [`DELIVERED_FLOOR`] of the rate the receiver reports as
+/// delivered. webrtc-rs's GCC lowers its loss half by `1 - loss/2` every 200 ms while its
+/// smoothed loss is above 10 %, and that average lags the encoder: on a path capped below the
+/// encoder the loss half fell from 1500 to the 150 kbit/s floor in about a second while the
+/// path kept delivering 600 (measured), and climbing back from the floor takes many seconds.
+/// Whatever the loss, a path that just delivered `R` carries about `R`; below `0.85 R` the
+/// loss is not the path's, and the estimate has nothing left to learn there.
+pub struct DeliveredFloor<E> {
+    inner: E,
+    delivered: RateCalculator,
+    floor_bps: f64,
+    max_bps: f64,
+}
+
+impl<E: BandwidthEstimator> DeliveredFloor<E> {
+    /// Floors `inner`'s target; never above `max_bps`.
+    pub fn new(inner: E, max_bps: f64) -> Self {
+        Self {
+            inner,
+            delivered: RateCalculator::new(DELIVERED_WINDOW),
+            floor_bps: 0.0,
+            max_bps,
+        }
+    }
+}
+
+impl<E: BandwidthEstimator> BandwidthEstimator for DeliveredFloor<E> {
+    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
+        for report in reports.iter().filter(|r| r.arrived) {
+            self.delivered.add(now, report.size);
+        }
+        self.floor_bps = self
+            .delivered
+            .rate_bits_per_second(now)
+            .map_or(0.0, |r| r * DELIVERED_FLOOR);
+        self.inner.on_reports(now, reports);
+    }
+
+    fn target_bitrate(&self) -> f64 {
+        self.inner.target_bitrate().max(self.floor_bps.min(self.max_bps))
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.inner.handle_timeout(now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.inner.poll_timeout()
+    }
+
+    fn stats(&self) -> EstimatorStats {
+        self.inner.stats()
+    }
+}
+
 /// Adds send-side congestion control to a registry that already has webrtc-rs's defaults
 /// (which register the `transport-cc` header extension and feedback, so the remote reports):
 /// TWCC numbering and the send history driving GCC.
@@ -150,7 +212,11 @@ pub fn with_congestion_control(registry: Registry, limits: BitrateLimits, estima
     let gcc = Gcc::new(limits.start_bps, limits.min_bps, limits.max_bps);
     registry.with(Slot::TwccSender, TwccSenderBuilder::new().build()).with(
         Slot::CongestionControl,
-        CongestionControlBuilder::new(ReportingEstimator::new(gcc, estimate)).build(),
+        CongestionControlBuilder::new(ReportingEstimator::new(
+            DeliveredFloor::new(gcc, limits.max_bps),
+            estimate,
+        ))
+        .build(),
     )
 }
 
@@ -254,6 +320,7 @@ impl EncoderBitrate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtc::interceptor::ConstantBitrate;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -372,6 +439,56 @@ mod tests {
         let published = estimate.get().expect("an estimate");
         assert!(published < 1_000_000.0, "{published}");
         assert_eq!(wrapped.target_bitrate(), published);
+    }
+
+    /// 10 packets of 1250 bytes every 100 ms (1 Mbit/s), every other one lost if `lossy`.
+    fn feed<E: BandwidthEstimator>(estimator: &mut E, t0: Instant, seconds: u64, lossy: bool) {
+        for batch in 0..seconds * 10 {
+            let at = t0 + Duration::from_millis(batch * 100);
+            let reports: Vec<PacketReport> = (0..10u64)
+                .map(|i| {
+                    let id = batch * 10 + i;
+                    let arrived = !lossy || i % 2 == 0;
+                    PacketReport {
+                        ssrc: 1,
+                        id,
+                        rtp_sequence_number: id as u16,
+                        is_twcc: true,
+                        twcc_sequence_number: id as u16,
+                        size: 1250,
+                        arrived,
+                        departure: at,
+                        arrival: arrived.then(|| Duration::from_millis(batch * 100 + 20)),
+                        ecn: Default::default(),
+                    }
+                })
+                .collect();
+            estimator.on_reports(at, &reports);
+        }
+    }
+
+    #[test]
+    fn the_estimate_never_falls_far_below_what_the_path_delivered() {
+        // GCC's loss half alone would keep halving under 50 % loss.
+        let mut floored = DeliveredFloor::new(Gcc::new(1_000_000.0, 100_000.0, 2_000_000.0), 2_000_000.0);
+
+        feed(&mut floored, Instant::now(), 5, true);
+
+        // Half of 1 Mbit/s arrived: the floor is about 85 % of that.
+        let target = floored.target_bitrate();
+        assert!((400_000.0..=500_000.0).contains(&target), "{target}");
+        assert!(floored.stats().loss_based_bitrate.expect("loss half") < 200_000.0);
+    }
+
+    #[test]
+    fn the_delivered_floor_never_lifts_above_the_maximum_or_lowers_the_inner_target() {
+        let mut capped = DeliveredFloor::new(ConstantBitrate::new(100_000.0), 500_000.0);
+        feed(&mut capped, Instant::now(), 2, false);
+        assert_eq!(capped.target_bitrate(), 500_000.0);
+
+        let mut higher = DeliveredFloor::new(ConstantBitrate::new(3_000_000.0), 5_000_000.0);
+        feed(&mut higher, Instant::now(), 2, false);
+        assert_eq!(higher.target_bitrate(), 3_000_000.0);
     }
 
     #[test]
