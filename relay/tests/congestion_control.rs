@@ -1,8 +1,10 @@
 //! Congestion control end to end: the path between the relay's Sora publisher and the
 //! Sora-compatible endpoint (which reports arrivals in transport-wide feedback, as Sora does)
 //! is capped below the relay's configured bitrate, then freed. The encoder's bitrate follows the
-//! publisher's estimate down to what the path carries — frames keep arriving and the delay
-//! stays bounded instead of queueing — and ramps back up once the cap is lifted.
+//! publisher's estimate down to what the path carries — it settles near the cap rather than at
+//! the floor, retransmissions do not flood the path, frames keep decoding — and ramps back up
+//! once the cap is lifted. Assertions hold over windows of seconds with tolerances; the delay
+//! column of the printed trace is for reading only (wall-clock timing on a shared machine).
 //!
 //! Every media packet goes through a UDP proxy in the test that acts as a bottleneck link with a
 //! drop-tail buffer ([`support::udp_mirror`]).
@@ -131,7 +133,6 @@ fn mean(samples: &[&Sample], f: impl Fn(&Sample) -> f64) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "unfinished: under the cap GCC falls to the floor and NACK retransmissions flood the path (see docs/congestion-control.md)"]
 async fn a_capped_path_lowers_the_bitrate_to_the_cap_and_lifting_it_ramps_back() {
     let endpoint = Endpoint::start(&[]);
     let mirror = Arc::new(UdpMirror::default());
@@ -175,8 +176,8 @@ async fn a_capped_path_lowers_the_bitrate_to_the_cap_and_lifting_it_ramps_back()
     let conn = endpoint.wait_for("state=connected&min_frames=10").await;
     let id = conn["connection_id"].as_str().expect("id").to_owned();
 
-    // Per second: 4 s free, 10 s capped at 600 kbit/s, 12 s free again.
-    let (free_before, capped, free_after) = (4, 10, 12);
+    // Per second: 4 s free, 10 s capped at 600 kbit/s, 15 s free again.
+    let (free_before, capped, free_after) = (4, 10, 15);
     let mut samples: Vec<Sample> = Vec::new();
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.tick().await;
@@ -221,8 +222,11 @@ async fn a_capped_path_lowers_the_bitrate_to_the_cap_and_lifting_it_ramps_back()
     let cap_kbps = CAP_BPS as f64 / 1000.0;
     let window = |from: usize, to: usize| -> Vec<&Sample> { samples[from..to].iter().collect() };
     let before = window(1, free_before);
-    // The cap's first seconds are the reaction; its last six are the steady state.
-    let cap_steady = window(free_before + capped - 6, free_before + capped);
+    let during = window(free_before, free_before + capped);
+    // The cap's first seconds are the reaction (a full link buffer is lost at once, the receiver
+    // waits for a keyframe); its second half is the steady state.
+    let cap_steady = window(free_before + capped / 2, free_before + capped);
+    let after = window(free_before + capped, samples.len());
     let after_tail = window(samples.len() - 4, samples.len());
 
     // Free path: the configured bitrate goes through.
@@ -230,28 +234,27 @@ async fn a_capped_path_lowers_the_bitrate_to_the_cap_and_lifting_it_ramps_back()
         mean(&before, |s| s.delivered_kbps) > cap_kbps * 1.3,
         "the uncapped path should carry well above the cap: {before:#?}"
     );
-    // Capped: the encoder follows the estimate below the cap, and what arrives fits it.
+    // Capped: what reaches the receiver fits the cap (retransmissions do not flood it)...
+    assert!(mean(&during, |s| s.delivered_kbps) <= cap_kbps * 1.3, "{during:#?}");
+    // ...the encoder settles near the cap, neither above it nor down at the floor...
     assert!(
-        cap_steady.iter().all(|s| s.encoder_kbps <= cap_kbps * 1.1),
-        "the encoder's bitrate must drop to the cap: {cap_steady:#?}"
+        cap_steady
+            .iter()
+            .all(|s| (cap_kbps * 0.3..=cap_kbps * 1.2).contains(&s.encoder_kbps)),
+        "the encoder's bitrate must settle near the cap: {cap_steady:#?}"
+    );
+    // ...and the picture keeps decoding.
+    assert!(
+        cap_steady.iter().all(|s| s.frames > 0) && mean(&cap_steady, |s| s.frames as f64) >= FPS as f64 / 2.0,
+        "frames must keep decoding under the cap: {cap_steady:#?}"
+    );
+    // Lifted: the bitrate ramps back well above the cap and the path carries it.
+    assert!(
+        after.iter().any(|s| s.encoder_kbps > cap_kbps * 1.5),
+        "the encoder's bitrate must recover above the old cap: {after:#?}"
     );
     assert!(
-        mean(&cap_steady, |s| s.delivered_kbps) <= cap_kbps * 1.2,
-        "{cap_steady:#?}"
+        mean(&after_tail, |s| s.delivered_kbps) > cap_kbps * 1.3,
+        "{after_tail:#?}"
     );
-    // Frames keep arriving and do not queue up behind the cap.
-    assert!(
-        samples.iter().skip(1).all(|s| s.frames > 0),
-        "frames stopped arriving: {samples:#?}"
-    );
-    assert!(
-        cap_steady.iter().chain(&after_tail).all(|s| s.delay_ms < 500.0),
-        "the delay built up instead of the bitrate dropping: {samples:#?}"
-    );
-    // Lifted: the bitrate ramps back above the cap.
-    assert!(
-        after_tail.iter().any(|s| s.encoder_kbps > cap_kbps * 1.2),
-        "the encoder's bitrate must recover above the old cap: {after_tail:#?}"
-    );
-    assert!(mean(&after_tail, |s| s.delivered_kbps) > cap_kbps, "{after_tail:#?}");
 }
