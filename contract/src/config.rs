@@ -158,14 +158,36 @@ impl Default for PreviewSection {
     }
 }
 
+/// The lowest bitrate congestion control goes to by default, in kbit/s.
+pub const DEFAULT_MIN_BITRATE_KBPS: u32 = 150;
+
+impl VideoConfig {
+    /// The congestion-control range `(min, start, max)` in kbit/s, defaults filled in.
+    pub fn bitrate_range_kbps(&self) -> (u32, u32, u32) {
+        let start = self.bitrate_kbps;
+        let min = self.min_bitrate_kbps.unwrap_or(DEFAULT_MIN_BITRATE_KBPS.min(start));
+        let max = self.max_bitrate_kbps.unwrap_or(start);
+        (min, start, max)
+    }
+}
+
 /// Video output settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VideoConfig {
     /// `vp8` or `h264`.
     pub codec: VideoCodec,
-    /// Target bitrate in kbit/s.
+    /// Target bitrate in kbit/s: where the encoder starts, and its ceiling unless
+    /// `max_bitrate_kbps` says otherwise.
     pub bitrate_kbps: u32,
+    /// Congestion control never lowers the bitrate below this, in kbit/s (default
+    /// [`DEFAULT_MIN_BITRATE_KBPS`], or `bitrate_kbps` if that is lower). Setting it to
+    /// `bitrate_kbps` (with no higher maximum) fixes the bitrate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_bitrate_kbps: Option<u32>,
+    /// Congestion control may raise the bitrate up to this, in kbit/s (default `bitrate_kbps`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bitrate_kbps: Option<u32>,
     /// A keyframe at least this often, in seconds (0: only when a viewer asks).
     pub keyframe_interval_secs: f64,
     /// Viewers' keyframe requests (PLI/FIR) are honoured at most once per this many
@@ -187,6 +209,8 @@ impl Default for VideoConfig {
         Self {
             codec: VideoCodec::Vp8,
             bitrate_kbps: 1000,
+            min_bitrate_kbps: None,
+            max_bitrate_kbps: None,
             keyframe_interval_secs: 2.0,
             keyframe_request_interval_ms: 500,
             width: 1280,

@@ -190,15 +190,27 @@ impl KeyRef {
 /// The published video.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.width % 2 == 0 && self.height % 2 == 0").message("video.width and video.height must be even (4:2:0 chroma)"))]
+#[x_kube(validation = Rule::new("(!has(self.minBitrateKbps) || self.minBitrateKbps <= self.bitrateKbps) && (!has(self.maxBitrateKbps) || self.maxBitrateKbps >= self.bitrateKbps)").message("video.minBitrateKbps <= video.bitrateKbps <= video.maxBitrateKbps"))]
 #[serde(rename_all = "camelCase")]
 pub struct VideoSpec {
     /// The codec published to the SFU.
     #[serde(default)]
     pub codec: Codec,
-    /// Target bitrate in kbit/s.
+    /// Target bitrate in kbit/s: where the encoder starts, and its ceiling unless
+    /// maxBitrateKbps says otherwise.
     #[serde(default = "default_bitrate_kbps")]
     #[schemars(range(min = 50, max = 50000))]
     pub bitrate_kbps: u32,
+    /// Congestion control never lowers the bitrate below this, in kbit/s (relay default: 150,
+    /// or bitrateKbps if lower; equal to bitrateKbps fixes the bitrate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 50, max = 50000))]
+    pub min_bitrate_kbps: Option<u32>,
+    /// Congestion control may raise the bitrate up to this, in kbit/s (relay default:
+    /// bitrateKbps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 50, max = 50000))]
+    pub max_bitrate_kbps: Option<u32>,
     /// Output width in pixels; input of another size is scaled.
     #[serde(default = "default_width")]
     #[schemars(range(min = 16, max = 4096))]
@@ -238,6 +250,8 @@ impl Default for VideoSpec {
         Self {
             codec: Codec::default(),
             bitrate_kbps: default_bitrate_kbps(),
+            min_bitrate_kbps: None,
+            max_bitrate_kbps: None,
             width: default_width(),
             height: default_height(),
             fps: default_fps(),

@@ -138,6 +138,8 @@ pub fn build(
                 crate::crd::Codec::H264 => VideoCodec::H264,
             },
             bitrate_kbps: v.bitrate_kbps,
+            min_bitrate_kbps: v.min_bitrate_kbps,
+            max_bitrate_kbps: v.max_bitrate_kbps,
             keyframe_interval_secs: f64::from(v.keyframe_interval_secs),
             width: v.width,
             height: v.height,

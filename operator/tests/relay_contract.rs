@@ -54,6 +54,18 @@ fn specs() -> Vec<(&'static str, LiveFilterSessionSpec)> {
     h264.video.width = 1920;
     h264.video.height = 1080;
     h264.video.keyframe_interval_secs = 0;
+    // Congestion control's range around the start.
+    h264.video.min_bitrate_kbps = Some(400);
+    h264.video.max_bitrate_kbps = Some(4000);
+
+    // Only a floor: the ceiling stays the relay's default (the start).
+    let mut floor_only = base();
+    floor_only.video.min_bitrate_kbps = Some(300);
+
+    // A fixed bitrate.
+    let mut fixed = base();
+    fixed.video.min_bitrate_kbps = Some(fixed.video.bitrate_kbps);
+    fixed.video.max_bitrate_kbps = Some(fixed.video.bitrate_kbps);
 
     let mut sora = base();
     sora.output = OutputSpec {
@@ -137,6 +149,8 @@ fn specs() -> Vec<(&'static str, LiveFilterSessionSpec)> {
     vec![
         ("imageflux", base()),
         ("h264-1080p", h264),
+        ("bitrate-floor-only", floor_only),
+        ("bitrate-fixed", fixed),
         ("sora", sora),
         ("whip", whip),
         ("cuda-blur", cuda_blur),
@@ -181,6 +195,8 @@ fn the_relay_parses_and_validates_every_config_the_operator_writes() {
         assert_eq!(parsed.listen_addr().port(), 38000, "{name}");
         assert_eq!(parsed.ice.udp_addrs, vec!["0.0.0.0:40000".to_owned()], "{name}");
         assert_eq!(parsed.video.bitrate_kbps, spec.video.bitrate_kbps, "{name}");
+        assert_eq!(parsed.video.min_bitrate_kbps, spec.video.min_bitrate_kbps, "{name}");
+        assert_eq!(parsed.video.max_bitrate_kbps, spec.video.max_bitrate_kbps, "{name}");
         assert_eq!(parsed.filter.kind.as_str(), spec.filter.kind.as_str(), "{name}");
         assert_eq!(
             parsed.filter.gpu_mem_limit_mb,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::codec::EncoderConfig;
 use crate::filter::FilterConfigExt;
+use crate::publish::congestion::BitrateLimits;
 use crate::publish::sora::SoraConfig;
 use crate::publish::sora::signaling::ConnectOptions;
 use crate::publish::whip::WhipConfig;
@@ -67,6 +68,8 @@ pub trait RelayConfigExt: Sized {
     fn session_timers(&self) -> crate::session::SessionTimers;
     /// The encoder settings derived from `video`.
     fn encoder_config(&self) -> EncoderConfig;
+    /// The range congestion control keeps every output's bitrate within.
+    fn bitrate_limits(&self) -> BitrateLimits;
     /// The `/offer` bearer token, reading the token file if one is given.
     fn offer_token(&self) -> Result<Option<String>, ConfigError>;
     /// The STUN/TURN servers for the sender page, reading their secret files.
@@ -126,6 +129,15 @@ impl RelayConfigExt for RelayConfig {
         if let Some(mb) = self.filter.gpu_mem_limit_mb {
             range("filter.gpu_mem_limit_mb", mb, 64, 1 << 20, "64..=1048576 (MiB)")?;
         }
+        let (min, start, max) = v.bitrate_range_kbps();
+        range("video.min_bitrate_kbps", min, 50, start, "50..=video.bitrate_kbps")?;
+        range(
+            "video.max_bitrate_kbps",
+            max,
+            start,
+            50_000,
+            "video.bitrate_kbps..=50000",
+        )?;
         if !(0.0..=3600.0).contains(&v.keyframe_interval_secs) {
             return Err(ConfigError::OutOfRange {
                 setting: "video.keyframe_interval_secs",
@@ -260,6 +272,11 @@ impl RelayConfigExt for RelayConfig {
         }
     }
 
+    fn bitrate_limits(&self) -> BitrateLimits {
+        let (min, start, max) = self.video.bitrate_range_kbps();
+        BitrateLimits::from_kbps(min, start, max)
+    }
+
     fn offer_token(&self) -> Result<Option<String>, ConfigError> {
         match &self.offer.token_file {
             Some(path) => Ok(Some(read_secret(path)?)),
@@ -302,6 +319,7 @@ impl RelayConfigExt for RelayConfig {
         config.udp_addrs = crate::ice::ephemeral(&self.ice.udp_addrs);
         config.public_ips = self.ice.public_ips.clone();
         config.link.disconnect_grace = Duration::from_secs_f64(self.ice.disconnected_grace_secs);
+        config.bitrate = self.bitrate_limits();
         if let Some(n) = sora.max_redirects {
             config.max_redirects = n;
         }
@@ -320,6 +338,7 @@ impl RelayConfigExt for RelayConfig {
         config.request_timeout = Duration::from_secs(10);
         config.audio = audio;
         config.link.disconnect_grace = Duration::from_secs_f64(self.ice.disconnected_grace_secs);
+        config.bitrate = self.bitrate_limits();
         Ok(Some(config))
     }
 }

@@ -1,8 +1,8 @@
 //! Prometheus metrics of one relay process, on its own registry (tests create their own).
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::latency::Latency;
@@ -98,6 +98,11 @@ pub struct Metrics {
     pub keyframe_requests_answered: IntCounterVec,
     /// Browser input refused before decoding, by `reason` (see `ingest::Refusal`).
     pub ingest_refused: IntCounterVec,
+    /// Each driving publisher's congestion-control estimate of its path, in bit/s (0 while it
+    /// has none), by publisher.
+    pub publisher_target_bitrate: GaugeVec,
+    /// The bitrate the shared encoder is set to, in bit/s.
+    pub encoder_target_bitrate: Gauge,
     /// Per-stage latency histograms and windows.
     pub latency: Latency,
     /// Each publisher's current state (the truth `/status` and `/readyz` read; the
@@ -232,6 +237,19 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            publisher_target_bitrate: GaugeVec::new(
+                Opts::new(
+                    "livefilter_publisher_target_bitrate_bps",
+                    "A publisher's congestion-control estimate of its path in bit/s (0: none)",
+                ),
+                &["publisher"],
+            )
+            .expect("valid metric"),
+            encoder_target_bitrate: Gauge::new(
+                "livefilter_encoder_target_bitrate_bps",
+                "The bitrate the shared encoder is set to, in bit/s",
+            )
+            .expect("valid metric"),
             latency: Latency::new(&registry),
             publisher_states: Default::default(),
             registry,
@@ -260,6 +278,8 @@ impl Metrics {
             Box::new(m.http_connections_refused.clone()),
             Box::new(m.keyframe_requests_answered.clone()),
             Box::new(m.ingest_refused.clone()),
+            Box::new(m.publisher_target_bitrate.clone()),
+            Box::new(m.encoder_target_bitrate.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

@@ -17,6 +17,7 @@ use crate::health::{self, Health, Heartbeat};
 use crate::latency::Stage;
 use crate::media_clock::MediaClock;
 use crate::metrics::{DropReason, Metrics};
+use crate::publish::congestion::EncoderBitrate;
 use crate::publish::keyframe::{DEFAULT_KEYFRAME_REQUEST_INTERVAL, KeyframeThrottle};
 use crate::publish::rtp::MediaTime;
 use crate::publish::{KeyframeRequest, OutgoingFrame, PublisherHandle};
@@ -71,6 +72,7 @@ pub struct EncodeStage {
     metrics: Metrics,
     output_fps: FpsMeter,
     heartbeat: Option<Heartbeat>,
+    bitrate: Option<EncoderBitrate>,
 }
 
 impl EncodeStage {
@@ -92,6 +94,31 @@ impl EncodeStage {
             metrics,
             output_fps: FpsMeter::default(),
             heartbeat: None,
+            bitrate: None,
+        }
+    }
+
+    /// Follows the publishers' congestion-control estimates (see [`EncoderBitrate`]); without
+    /// this the bitrate stays where the encoder was configured.
+    pub fn with_bitrate_control(mut self, bitrate: EncoderBitrate) -> Self {
+        self.metrics
+            .encoder_target_bitrate
+            .set(f64::from(bitrate.current_kbps()) * 1000.0);
+        self.bitrate = Some(bitrate);
+        self
+    }
+
+    /// Applies a changed congestion-control estimate before the next frame.
+    fn follow_estimate(&mut self) {
+        let Some(kbps) = self.bitrate.as_mut().and_then(|b| b.poll(Instant::now())) else {
+            return;
+        };
+        match self.encoder.set_bitrate_kbps(kbps) {
+            Ok(()) => {
+                tracing::debug!(kbps, "encoder bitrate follows the publishers' estimate");
+                self.metrics.encoder_target_bitrate.set(f64::from(kbps) * 1000.0);
+            }
+            Err(e) => tracing::warn!(error = %e, kbps, "the encoder refused a bitrate change"),
         }
     }
 
@@ -120,6 +147,7 @@ impl EncodeStage {
         media_time: MediaTime,
         capture_ntp: Option<u64>,
     ) {
+        self.follow_estimate();
         let pts = self.clock.pts(media_time);
         let force = self.throttle.force(self.keyframes.take(), pts);
         let start = Instant::now();

@@ -19,6 +19,7 @@ use crate::http::{self, AppState, RelayInfo, ServeState};
 use crate::ingest::VideoIngestConfig;
 use crate::metrics::Metrics;
 use crate::pipeline::{EncodeStage, FilterPipeline, TestPatternPipeline};
+use crate::publish::congestion::{BitrateEstimate, EncoderBitrate};
 use crate::publish::preview::{self, PreviewConfig, PreviewHub};
 use crate::publish::sora::{SoraError, SoraPublisher};
 use crate::publish::whip::{WhipError, WhipPublisher};
@@ -67,6 +68,8 @@ pub enum RunError {
 struct Publishers {
     tasks: JoinSet<()>,
     handles: Vec<PublisherHandle>,
+    /// The estimates of the publishers the encoder's bitrate follows (Sora, WHIP).
+    estimates: Vec<BitrateEstimate>,
 }
 
 fn start_publishers(
@@ -79,7 +82,11 @@ fn start_publishers(
 ) -> Result<Publishers, RunError> {
     let mut tasks = JoinSet::new();
     let mut handles = Vec::new();
-    if let Some(sora) = cfg.sora_config(audio)? {
+    let mut estimates = Vec::new();
+    let estimate = |name: &str| BitrateEstimate::exported(metrics.publisher_target_bitrate.with_label_values(&[name]));
+    if let Some(mut sora) = cfg.sora_config(audio)? {
+        sora.estimate = estimate("sora");
+        estimates.push(sora.estimate.clone());
         let (handle, inputs) = PublisherHandle::new("sora", metrics.clone());
         let publisher = SoraPublisher::new(sora, metrics.clone(), keyframes.clone(), shutdown.clone())?;
         tasks.spawn(
@@ -88,7 +95,9 @@ fn start_publishers(
         );
         handles.push(handle);
     }
-    if let Some(whip) = cfg.whip_config(audio)? {
+    if let Some(mut whip) = cfg.whip_config(audio)? {
+        whip.estimate = estimate("whip");
+        estimates.push(whip.estimate.clone());
         let (handle, inputs) = PublisherHandle::new("whip", metrics.clone());
         let publisher = WhipPublisher::new(whip, metrics.clone(), keyframes.clone(), shutdown.clone())?;
         tasks.spawn(
@@ -97,7 +106,11 @@ fn start_publishers(
         );
         handles.push(handle);
     }
-    Ok(Publishers { tasks, handles })
+    Ok(Publishers {
+        tasks,
+        handles,
+        estimates,
+    })
 }
 
 fn listen(cfg: &RelayConfig) -> http::server::Listen {
@@ -124,7 +137,11 @@ pub async fn test_pattern(cfg: RelayConfig, shutdown: CancellationToken) -> Resu
     let metrics = Metrics::new();
     let keyframes = KeyframeRequest::default();
     let health = Health::default();
-    let Publishers { tasks, handles } = start_publishers(&cfg, false, &metrics, &keyframes, &shutdown, &health)?;
+    let Publishers {
+        tasks,
+        handles,
+        estimates,
+    } = start_publishers(&cfg, false, &metrics, &keyframes, &shutdown, &health)?;
     if handles.is_empty() {
         return Err(RunError::NoOutput);
     }
@@ -153,7 +170,8 @@ pub async fn test_pattern(cfg: RelayConfig, shutdown: CancellationToken) -> Resu
     });
     let server = http::server::serve(listen(&cfg), app, metrics.clone(), shutdown.clone()).await?;
     let stage = EncodeStage::new(encoder, handles, keyframes, metrics)
-        .with_keyframe_request_interval(Duration::from_millis(u64::from(cfg.video.keyframe_request_interval_ms)));
+        .with_keyframe_request_interval(Duration::from_millis(u64::from(cfg.video.keyframe_request_interval_ms)))
+        .with_bitrate_control(EncoderBitrate::new(estimates, cfg.bitrate_limits()));
     let thread = TestPatternPipeline { pattern, stage }
         .spawn(shutdown.clone())
         .map_err(|e| RunError::Thread("test-pattern", e))?;
@@ -193,7 +211,11 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     let (live_params, params_rx) = LiveParams::new(&cfg.filter, resolved, device);
     let keyframes = KeyframeRequest::default();
     let health = Health::default();
-    let Publishers { mut tasks, mut handles } = start_publishers(&cfg, true, &metrics, &keyframes, &shutdown, &health)?;
+    let Publishers {
+        mut tasks,
+        mut handles,
+        estimates,
+    } = start_publishers(&cfg, true, &metrics, &keyframes, &shutdown, &health)?;
     let preview = if cfg.preview.enabled {
         let hub = PreviewHub::new(
             PreviewConfig {
@@ -201,6 +223,7 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
                 max_viewers: cfg.preview.max_viewers,
                 udp_addrs: crate::ice::ephemeral(&cfg.ice.udp_addrs),
                 public_ips: cfg.ice.public_ips.clone(),
+                bitrate: cfg.bitrate_limits(),
             },
             metrics.clone(),
             keyframes.clone(),
@@ -282,7 +305,8 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     let server = http::server::serve(listen(&cfg), app, metrics.clone(), shutdown.clone()).await?;
     let output_size = (!cfg.video.follow_input).then_some((cfg.video.width, cfg.video.height));
     let stage = EncodeStage::new(encoder, handles, keyframes, metrics)
-        .with_keyframe_request_interval(Duration::from_millis(u64::from(cfg.video.keyframe_request_interval_ms)));
+        .with_keyframe_request_interval(Duration::from_millis(u64::from(cfg.video.keyframe_request_interval_ms)))
+        .with_bitrate_control(EncoderBitrate::new(estimates, cfg.bitrate_limits()));
     let thread = FilterPipeline {
         slot: Arc::clone(&slot),
         filter,

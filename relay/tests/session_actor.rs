@@ -80,6 +80,8 @@ async fn an_offer_dropped_while_it_is_being_answered_leaves_the_relay_idle_with_
         public_ips: vec![],
         audio: false,
         link: Default::default(),
+        bitrate: Default::default(),
+        estimate: Default::default(),
     };
     let sender = SendPeer::new(&options, tx, KeyframeRequest::default(), || {})
         .await

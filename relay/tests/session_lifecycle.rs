@@ -35,6 +35,8 @@ impl Sender {
             public_ips: vec![],
             audio: false,
             link: Default::default(),
+            bitrate: Default::default(),
+            estimate: Default::default(),
         };
         let peer = SendPeer::new(&options, tx, KeyframeRequest::default(), || {})
             .await
@@ -270,6 +272,8 @@ async fn a_viewer_whose_request_is_dropped_mid_way_frees_its_place() {
             public_ips: vec![],
             audio: false,
             link: Default::default(),
+            bitrate: Default::default(),
+            estimate: Default::default(),
         };
         // A send-only offer is answered recvonly by nobody: build the viewer's recvonly offer
         // by flipping the direction, as the WHEP page's offer would read.

@@ -1035,6 +1035,8 @@ mod tests {
                 public_ips: vec![],
                 audio: false,
                 link: Default::default(),
+                bitrate: crate::publish::congestion::BitrateLimits::fixed_kbps(1000),
+                estimate: Default::default(),
             };
             let peer = SendPeer::new(&opts, tx, KeyframeRequest::default(), || {})
                 .await
@@ -1240,6 +1242,7 @@ mod tests {
                     max_viewers: 2,
                     udp_addrs: vec!["127.0.0.1:0".into()],
                     public_ips: vec![],
+                    bitrate: crate::publish::congestion::BitrateLimits::fixed_kbps(1000),
                 },
                 metrics.clone(),
                 KeyframeRequest::default(),

@@ -2,10 +2,12 @@
 //! buffer, so a slow or dead SFU drops (and counts) frames instead of backing up the encoder.
 
 pub mod backoff;
+pub mod congestion;
 pub mod keyframe;
 pub mod lipsync;
 pub mod peer;
 pub mod preview;
+pub mod retransmit;
 pub mod rtp;
 pub mod sora;
 pub mod whip;

@@ -22,11 +22,14 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, configure_rtcp_reports,
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
+use super::congestion::{BitrateEstimate, BitrateLimits, with_congestion_control};
 use super::keyframe::{KEYFRAME_REQUEST_SLOT, KeyframeRequestInterceptor};
+use super::retransmit::{BoundedNackResponder, RetransmitPolicy};
 use super::rtp::{SequenceRebase, TimestampRebase};
 use super::{AudioPacket, KeyframeRequest, OutgoingFrame};
 use crate::abs_capture::{self, AbsCaptureTime};
@@ -76,6 +79,10 @@ pub struct PeerOptions {
     pub audio: bool,
     /// How a lost path is noticed and how long it may take to come back.
     pub link: LinkTiming,
+    /// The range congestion control keeps this peer's estimate within.
+    pub bitrate: BitrateLimits,
+    /// Where this peer publishes its estimate of the path (cleared when it closes).
+    pub estimate: BitrateEstimate,
 }
 
 /// How the publisher's ICE notices a lost path, and how long the publisher waits for it to come
@@ -375,6 +382,7 @@ pub struct SendPeer {
     payload_type: Mutex<Option<PayloadType>>,
     public_ips: Vec<IpAddr>,
     capture_time_negotiated: AtomicBool,
+    estimate: BitrateEstimate,
 }
 
 impl SendPeer {
@@ -405,8 +413,17 @@ impl SendPeer {
                 .register_codec(opus_codec_parameters(), RtpCodecKind::Audio)
                 .map_err(webrtc_err("registering the audio codec"))?;
         }
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)
-            .map_err(webrtc_err("registering interceptors"))?
+        // webrtc-rs's defaults (`register_default_interceptors`) but for NACK: the relay only
+        // sends, so it generates none, and it answers them with the bounded responder (see
+        // `super::retransmit`) instead of one that resends without limit.
+        configure_simulcast_extension_headers(&mut media_engine).map_err(webrtc_err("registering interceptors"))?;
+        let registry = configure_twcc_receiver_only(Registry::new(), &mut media_engine)
+            .map_err(webrtc_err("registering interceptors"))?;
+        let registry = configure_rtcp_reports(registry).with(
+            Slot::NackResponder,
+            BoundedNackResponder::new(RetransmitPolicy::default(), options.estimate.clone()),
+        );
+        let registry = with_congestion_control(registry, options.bitrate, options.estimate.clone())
             .with(Slot::from(KEYFRAME_REQUEST_SLOT), KeyframeRequestInterceptor::default());
 
         let config = RTCConfigurationBuilder::new()
@@ -522,6 +539,7 @@ impl SendPeer {
             payload_type: Mutex::new(None),
             public_ips,
             capture_time_negotiated: AtomicBool::new(false),
+            estimate: options.estimate.clone(),
         })
     }
 
@@ -759,8 +777,9 @@ impl SendPeer {
         Ok(pt)
     }
 
-    /// Closes the connection (idempotent).
+    /// Closes the connection (idempotent); its estimate no longer counts.
     pub async fn close(&self) {
+        self.estimate.clear();
         if let Err(e) = self.pc.close().await {
             tracing::debug!(error = %e, "closing the peer connection");
         }
@@ -807,6 +826,8 @@ a=end-of-candidates\r\n";
             public_ips: vec![],
             audio: false,
             link: LinkTiming::default(),
+            bitrate: BitrateLimits::fixed_kbps(1000),
+            estimate: BitrateEstimate::default(),
         };
         let peer = SendPeer::new(&options, events, KeyframeRequest::default(), || {})
             .await

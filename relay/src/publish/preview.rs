@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::congestion::{BitrateEstimate, BitrateLimits};
 use super::lipsync::{AudioDelay, audio_delay};
 use super::peer::{PeerError, PeerEvent, PeerOptions, SendPeer, sleep_until_some};
 use super::{
@@ -55,6 +56,9 @@ pub struct PreviewConfig {
     pub udp_addrs: Vec<String>,
     /// Addresses to advertise.
     pub public_ips: Vec<String>,
+    /// The range each viewer's congestion control keeps its estimate within (viewers never
+    /// change the encoder's bitrate: see [`super::congestion`]).
+    pub bitrate: BitrateLimits,
 }
 
 struct Viewer {
@@ -235,6 +239,9 @@ impl ViewerTask {
             public_ips: hub.config.public_ips.clone(),
             audio: true,
             link: Default::default(),
+            bitrate: hub.config.bitrate,
+            // Each viewer's own: it paces that viewer, and drives nothing else.
+            estimate: BitrateEstimate::default(),
         };
         let peer = match SendPeer::new(&options, events_tx, hub.keyframes.clone(), move || {
             metrics.keyframe_requests.with_label_values(&[PUBLISHER]).inc()

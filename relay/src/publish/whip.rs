@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use webrtc::peer_connection::{RTCIceServer, RTCPeerConnectionState};
 
 use super::backoff::Backoff;
+use super::congestion::{BitrateEstimate, BitrateLimits};
 use super::lipsync::{AudioDelay, audio_delay};
 use super::peer::{
     LinkTiming, LinkWatch, PeerError, PeerEvent, PeerOptions, SendPeer, on_link_change, sleep_until_some,
@@ -44,6 +45,10 @@ pub struct WhipConfig {
     pub connect_timeout: Duration,
     /// ICE timers and the grace a `disconnected` media connection gets.
     pub link: LinkTiming,
+    /// The range congestion control keeps the bitrate within.
+    pub bitrate: BitrateLimits,
+    /// Where the connection's estimate of its path goes (the encoder follows it).
+    pub estimate: BitrateEstimate,
 }
 
 /// The largest SDP answer taken from an endpoint (a real one is a few KiB).
@@ -65,6 +70,8 @@ impl WhipConfig {
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(30),
             link: LinkTiming::default(),
+            bitrate: BitrateLimits::fixed_kbps(1000),
+            estimate: BitrateEstimate::default(),
         }
     }
 }
@@ -208,6 +215,8 @@ impl WhipPublisher {
                 public_ips: self.config.public_ips.clone(),
                 audio: self.config.audio,
                 link: self.config.link,
+                bitrate: self.config.bitrate,
+                estimate: self.config.estimate.clone(),
             },
             peer_tx,
             self.keyframes.clone(),

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod turn;
+pub mod udp_mirror;
 pub mod udp_proxy;
 
 use std::io::{BufRead, BufReader};

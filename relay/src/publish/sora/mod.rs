@@ -18,6 +18,7 @@ use webrtc::peer_connection::{RTCIceServer, RTCPeerConnectionState};
 
 use self::signaling::{CloseKind, ConnectOptions, ServerMessage, SignalingError};
 use super::backoff::Backoff;
+use super::congestion::{BitrateEstimate, BitrateLimits};
 use super::lipsync::{AudioDelay, audio_delay};
 use super::peer::{
     LinkTiming, LinkWatch, PeerError, PeerEvent, PeerOptions, SendPeer, on_link_change, sleep_until_some,
@@ -54,12 +55,18 @@ pub struct SoraConfig {
     pub max_redirects: u32,
     /// ICE timers and the grace a `disconnected` media connection gets.
     pub link: LinkTiming,
+    /// The range congestion control keeps the bitrate within (default: fixed at
+    /// `connect.bitrate_kbps`).
+    pub bitrate: BitrateLimits,
+    /// Where the connection's estimate of its path goes (the encoder follows it).
+    pub estimate: BitrateEstimate,
 }
 
 impl SoraConfig {
     /// Defaults as in the official SDKs: 3 s per URL, 30 s to connect, a few seconds to say
     /// goodbye.
     pub fn new(signaling_urls: Vec<String>, connect: ConnectOptions) -> Self {
+        let bitrate = BitrateLimits::fixed_kbps(connect.bitrate_kbps);
         Self {
             signaling_urls,
             connect,
@@ -70,6 +77,8 @@ impl SoraConfig {
             disconnect_timeout: Duration::from_secs(3),
             max_redirects: DEFAULT_MAX_REDIRECTS,
             link: LinkTiming::default(),
+            bitrate,
+            estimate: BitrateEstimate::default(),
         }
     }
 }
@@ -359,6 +368,8 @@ impl SoraPublisher {
                 public_ips: self.config.public_ips.clone(),
                 audio: self.config.connect.audio,
                 link: self.config.link,
+                bitrate: self.config.bitrate,
+                estimate: self.config.estimate.clone(),
             },
             peer_tx,
             self.keyframes.clone(),

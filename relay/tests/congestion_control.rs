@@ -1,0 +1,260 @@
+//! Congestion control end to end: the path between the relay's Sora publisher and the
+//! Sora-compatible endpoint (which reports arrivals in transport-wide feedback, as Sora does)
+//! is capped below the relay's configured bitrate, then freed. The encoder's bitrate follows the
+//! publisher's estimate down to what the path carries — it settles near the cap rather than at
+//! the floor, retransmissions do not flood the path, frames keep decoding — and ramps back up
+//! once the cap is lifted. Assertions hold over windows of seconds with tolerances; the delay
+//! column of the printed trace is for reading only (wall-clock timing on a shared machine).
+//!
+//! Every media packet goes through a UDP proxy in the test that acts as a bottleneck link with a
+//! drop-tail buffer ([`support::udp_mirror`]).
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use livefilter_relay::codec::{self, EncoderConfig, VideoCodec};
+use livefilter_relay::frame::{FrameTimes, I420Frame};
+use livefilter_relay::metrics::Metrics;
+use livefilter_relay::pipeline::EncodeStage;
+use livefilter_relay::publish::congestion::{BitrateEstimate, BitrateLimits, EncoderBitrate};
+use livefilter_relay::publish::rtp::MediaTime;
+use livefilter_relay::publish::sora::signaling::ConnectOptions;
+use livefilter_relay::publish::sora::{SoraConfig, SoraPublisher};
+use livefilter_relay::publish::{KeyframeRequest, PublisherHandle};
+use serde_json::Value;
+use support::udp_mirror::{UdpMirror, signaling_proxy};
+use support::{Endpoint, WAIT};
+use tokio_util::sync::CancellationToken;
+
+const START_KBPS: u32 = 1500;
+const CAP_BPS: u64 = 600_000;
+const WIDTH: u32 = 320;
+const HEIGHT: u32 = 240;
+const FPS: u64 = 30;
+
+/// Pictures that cost as many bits as the encoder is given: a texture scrolling under fresh
+/// noise, so a lower bitrate is a coarser picture rather than an undershoot.
+fn picture(index: u64, texture: &[u8]) -> I420Frame {
+    let (w, h) = (WIDTH as usize, HEIGHT as usize);
+    let mut seed = index.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let shift = (index as usize * 3) % w;
+    let mut y = vec![0u8; w * h];
+    for row in 0..h {
+        for col in 0..w {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let noise = (seed % 5) as i16 - 2;
+            let base = i16::from(texture[row * w + (col + shift) % w]);
+            y[row * w + col] = (base + noise).clamp(16, 235) as u8;
+        }
+    }
+    let chroma = (w / 2) * (h / 2);
+    I420Frame::from_planes(WIDTH, HEIGHT, y, vec![128; chroma], vec![128; chroma]).expect("planes")
+}
+
+/// Blurs a random texture (a 4x4 box) so that motion search can follow it.
+fn smooth(texture: &[u8]) -> Vec<u8> {
+    let (w, h) = (WIDTH as usize, HEIGHT as usize);
+    (0..w * h)
+        .map(|i| {
+            let (row, col) = (i / w, i % w);
+            let mut sum = 0u32;
+            for dy in 0..4 {
+                for dx in 0..4 {
+                    sum += u32::from(texture[((row + dy) % h) * w + (col + dx) % w]);
+                }
+            }
+            (sum / 16) as u8
+        })
+        .collect()
+}
+
+/// Encodes a picture every 1/30 s on its own thread until `stop`.
+fn spawn_source(mut stage: EncodeStage, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let texture: Vec<u8> = (0..WIDTH * HEIGHT)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (40 + seed % 180) as u8
+            })
+            .collect();
+        let texture = smooth(&texture);
+        let start = Instant::now();
+        let mut index = 0u64;
+        while !stop.load(Ordering::Acquire) {
+            let due = start + Duration::from_millis(index * 1000 / FPS);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let frame = picture(index, &texture);
+            let media_time = MediaTime {
+                epoch: 1,
+                rtp_timestamp: (index * 90_000 / FPS) as u32,
+            };
+            stage.encode(&frame, FrameTimes::new(Instant::now()), media_time, None);
+            index += 1;
+        }
+    })
+}
+
+/// One second of the run as the test saw it.
+#[derive(Debug)]
+struct Sample {
+    second: usize,
+    capped: bool,
+    estimate_kbps: f64,
+    encoder_kbps: f64,
+    delivered_kbps: f64,
+    frames: u64,
+    /// How much later the newest frame arrived than its media time says, relative to the first
+    /// sample: the queueing delay the path built up.
+    delay_ms: f64,
+}
+
+fn last_frame(connection: &Value) -> (u64, f64, f64) {
+    let video = &connection["video"];
+    let frames = video["frames_decoded"].as_u64().unwrap_or(0);
+    let last = &video["last_frame"];
+    let rtp = last["rtp_timestamp"].as_f64().unwrap_or(0.0);
+    let arrival = last["arrival_ms"].as_f64().unwrap_or(0.0);
+    (frames, rtp, arrival)
+}
+
+fn mean(samples: &[&Sample], f: impl Fn(&Sample) -> f64) -> f64 {
+    samples.iter().map(|s| f(s)).sum::<f64>() / samples.len().max(1) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_path_lowers_the_bitrate_to_the_cap_and_lifting_it_ramps_back() {
+    let endpoint = Endpoint::start(&[]);
+    let mirror = Arc::new(UdpMirror::default());
+    let url = signaling_proxy(endpoint.signaling_url(), Arc::clone(&mirror)).await;
+    let limits = BitrateLimits::from_kbps(150, START_KBPS, START_KBPS);
+    let estimate = BitrateEstimate::default();
+    let mut config = SoraConfig::new(
+        vec![url],
+        ConnectOptions {
+            channel_id: "congestion".into(),
+            client_id: None,
+            bundle_id: None,
+            metadata: None,
+            signaling_notify_metadata: None,
+            codec: VideoCodec::Vp8,
+            bitrate_kbps: START_KBPS,
+            audio: false,
+        },
+    );
+    config.udp_addrs = vec!["127.0.0.1:0".into()];
+    config.bitrate = limits;
+    config.estimate = estimate.clone();
+    let metrics = Metrics::new();
+    let keyframes = KeyframeRequest::default();
+    let shutdown = CancellationToken::new();
+    let (handle, inputs) = PublisherHandle::new("sora", metrics.clone());
+    let publisher = SoraPublisher::new(config, metrics.clone(), keyframes.clone(), shutdown.clone()).expect("config");
+    let publisher = tokio::spawn(publisher.run(inputs));
+    let encoder = codec::new_encoder(&EncoderConfig {
+        codec: VideoCodec::Vp8,
+        fps: FPS as u32,
+        bitrate_kbps: START_KBPS,
+        ..EncoderConfig::default()
+    })
+    .expect("encoder");
+    let stage = EncodeStage::new(encoder, vec![handle], keyframes, metrics.clone())
+        .with_bitrate_control(EncoderBitrate::new(vec![estimate.clone()], limits));
+    let stop = Arc::new(AtomicBool::new(false));
+    let source = spawn_source(stage, Arc::clone(&stop));
+
+    let conn = endpoint.wait_for("state=connected&min_frames=10").await;
+    let id = conn["connection_id"].as_str().expect("id").to_owned();
+
+    // Per second: 4 s free, 10 s capped at 600 kbit/s, 15 s free again.
+    let (free_before, capped, free_after) = (4, 10, 15);
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.tick().await;
+    let mut bytes = mirror.media_bytes_delivered();
+    let mut baseline: Option<(f64, f64)> = None;
+    let mut frames_before = 0;
+    for second in 0..free_before + capped + free_after {
+        let capped_now = (free_before..free_before + capped).contains(&second);
+        mirror.cap(if capped_now { CAP_BPS } else { 0 });
+        ticks.tick().await;
+        let now_bytes = mirror.media_bytes_delivered();
+        let (frames, rtp, arrival) = last_frame(&endpoint.connection(&id, 0).await);
+        let (rtp0, arrival0) = *baseline.get_or_insert((rtp, arrival));
+        let delay_ms = (arrival - arrival0) - (rtp - rtp0) / 90.0;
+        samples.push(Sample {
+            second,
+            capped: capped_now,
+            estimate_kbps: estimate.get().unwrap_or(0.0) / 1000.0,
+            encoder_kbps: metrics.encoder_target_bitrate.get() / 1000.0,
+            delivered_kbps: (now_bytes - bytes) as f64 * 8.0 / 1000.0,
+            frames: frames - frames_before,
+            delay_ms,
+        });
+        bytes = now_bytes;
+        frames_before = frames;
+    }
+    stop.store(true, Ordering::Release);
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, publisher)
+        .await
+        .expect("publisher stops")
+        .expect("no panic");
+    let _ = tokio::task::spawn_blocking(move || source.join()).await;
+
+    eprintln!("second  capped  estimate_kbps  encoder_kbps  delivered_kbps  frames  delay_ms");
+    for s in &samples {
+        eprintln!(
+            "{:>6}  {:>6}  {:>13.0}  {:>12.0}  {:>14.0}  {:>6}  {:>8.0}",
+            s.second, s.capped, s.estimate_kbps, s.encoder_kbps, s.delivered_kbps, s.frames, s.delay_ms
+        );
+    }
+    let cap_kbps = CAP_BPS as f64 / 1000.0;
+    let window = |from: usize, to: usize| -> Vec<&Sample> { samples[from..to].iter().collect() };
+    let before = window(1, free_before);
+    let during = window(free_before, free_before + capped);
+    // The cap's first seconds are the reaction (a full link buffer is lost at once, the receiver
+    // waits for a keyframe); its second half is the steady state.
+    let cap_steady = window(free_before + capped / 2, free_before + capped);
+    let after = window(free_before + capped, samples.len());
+    let after_tail = window(samples.len() - 4, samples.len());
+
+    // Free path: the configured bitrate goes through.
+    assert!(
+        mean(&before, |s| s.delivered_kbps) > cap_kbps * 1.3,
+        "the uncapped path should carry well above the cap: {before:#?}"
+    );
+    // Capped: what reaches the receiver fits the cap (retransmissions do not flood it)...
+    assert!(mean(&during, |s| s.delivered_kbps) <= cap_kbps * 1.3, "{during:#?}");
+    // ...the encoder settles near the cap, neither above it nor down at the floor...
+    assert!(
+        cap_steady
+            .iter()
+            .all(|s| (cap_kbps * 0.3..=cap_kbps * 1.2).contains(&s.encoder_kbps)),
+        "the encoder's bitrate must settle near the cap: {cap_steady:#?}"
+    );
+    // ...and the picture keeps decoding.
+    assert!(
+        cap_steady.iter().all(|s| s.frames > 0) && mean(&cap_steady, |s| s.frames as f64) >= FPS as f64 / 2.0,
+        "frames must keep decoding under the cap: {cap_steady:#?}"
+    );
+    // Lifted: the bitrate ramps back well above the cap and the path carries it.
+    assert!(
+        after.iter().any(|s| s.encoder_kbps > cap_kbps * 1.5),
+        "the encoder's bitrate must recover above the old cap: {after:#?}"
+    );
+    assert!(
+        mean(&after_tail, |s| s.delivered_kbps) > cap_kbps * 1.3,
+        "{after_tail:#?}"
+    );
+}
