@@ -101,6 +101,36 @@ async fn wait_for_frames_received(relay: &Relay, min: u64) -> u64 {
     }
 }
 
+/// Where a live session stood: its frames and its age.
+struct SessionMark {
+    received: u64,
+    age_secs: f64,
+}
+
+impl SessionMark {
+    async fn take(relay: &Relay) -> Self {
+        let received = wait_for_frames_received(relay, 10).await;
+        let age_secs = relay.status().await["session"]["age_secs"].as_f64().unwrap_or(0.0);
+        Self { received, age_secs }
+    }
+
+    /// The session that was live at the mark is still the one receiving: 30 more frames came,
+    /// its age went on (a new session would start over) and no session ended.
+    async fn assert_the_same_session_went_on(&self, relay: &Relay) {
+        wait_for_frames_received(relay, self.received + 30).await;
+        let status = relay.status().await;
+        assert_eq!(status["session"]["state"], "receiving", "{status:#}");
+        assert!(
+            status["session"]["age_secs"].as_f64().unwrap_or(0.0) > self.age_secs,
+            "the same session went on (a new one would start its age over): {status:#}"
+        );
+        assert!(
+            !relay.metrics().await.contains("livefilter_sessions_ended_total{"),
+            "no session ended"
+        );
+    }
+}
+
 fn assert_live(state: &Value, relay: &Relay) {
     assert_eq!(
         state["phase"],
@@ -449,8 +479,7 @@ async fn switching_camera_while_live_keeps_the_same_session_and_its_frames_flowi
         &browser.start("streamer", json!({"width": 640, "height": 360})).await,
         &relay,
     );
-    let received = wait_for_frames_received(&relay, 10).await;
-    let age_before = relay.status().await["session"]["age_secs"].as_f64().unwrap_or(0.0);
+    let before = SessionMark::take(&relay).await;
 
     let switched = browser
         .call(json!({"cmd": "switch-camera", "page": "streamer", "camera": ""}))
@@ -458,17 +487,7 @@ async fn switching_camera_while_live_keeps_the_same_session_and_its_frames_flowi
 
     assert_eq!(switched["cameraSwitches"], 1, "{switched:#}");
     assert_eq!(switched["phase"], "live", "{switched:#}");
-    wait_for_frames_received(&relay, received + 30).await;
-    let status = relay.status().await;
-    assert_eq!(status["session"]["state"], "receiving", "{status:#}");
-    assert!(
-        status["session"]["age_secs"].as_f64().unwrap_or(0.0) > age_before,
-        "the same session carries on (a new one would start its age over): {status:#}"
-    );
-    assert!(
-        !relay.metrics().await.contains("livefilter_sessions_ended_total{"),
-        "no session ended"
-    );
+    before.assert_the_same_session_went_on(&relay).await;
     browser.quit().await;
 }
 
@@ -1132,8 +1151,7 @@ async fn an_ice_restart_from_the_page_continues_the_same_session() {
         &browser.start("streamer", json!({"width": 640, "height": 360})).await,
         &relay,
     );
-    let age_before = relay.status().await["session"]["age_secs"].as_f64().unwrap_or(0.0);
-    let received = wait_for_frames_received(&relay, 10).await;
+    let before = SessionMark::take(&relay).await;
 
     let restarted = browser.restart_ice("streamer").await;
 
@@ -1145,17 +1163,7 @@ async fn an_ice_restart_from_the_page_continues_the_same_session() {
         })
         .await;
     assert_eq!(live["phase"], "live");
-    wait_for_frames_received(&relay, received + 30).await;
-    let status = relay.status().await;
-    assert_eq!(status["session"]["state"], "receiving", "{status:#}");
-    assert!(
-        status["session"]["age_secs"].as_f64().unwrap_or(0.0) > age_before,
-        "the same session went on: {status:#}"
-    );
-    assert!(
-        !relay.metrics().await.contains("livefilter_sessions_ended_total{"),
-        "no session ended during the restart"
-    );
+    before.assert_the_same_session_went_on(&relay).await;
     browser.quit().await;
 }
 
