@@ -5,12 +5,14 @@
 // start, the middle and the end, with each figure's drift from the start window.
 //
 //   node scripts/soak.mjs [--minutes 30] [--filter passthrough] [--window-secs 60]
-//                         [--warmup-secs 120] [--max-drift-pct 5]
+//                         [--warmup-secs 300] [--max-drift-pct 5]
 //                         [--relay target/release/livefilter-relay]
 //
-// The start window begins after the warm-up: the browser's bandwidth estimate ramps the
-// bitrate (and so the decode cost per frame) up over the first minute or two. A 30-minute run
-// measured from 10 s showed CPU per frame 11.7 ms in the first minute, then 9.5 and 9.7 ms.
+// The start window begins after the warm-up (at most a fifth of the run): CPU per frame settles
+// over the first minutes (the browser's bandwidth estimate, the codecs' state). Measured from
+// 2 min, 30-minute runs showed CPU per frame 11.7 ms then 9.5 and 9.7 ms (-19 %); from 5 min,
+// on a quiet machine, 8.72, 8.39 and 8.54 ms (-3.8 %). Other load on the machine (a build)
+// raises CPU per frame too: soak on a quiet machine.
 //
 // Exits 1 when a figure drifts more than --max-drift-pct (or the stream stops), 0 otherwise.
 // `make soak` runs it (SOAK_MINUTES, SOAK_FILTER).
@@ -25,7 +27,7 @@ import path from 'node:path';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 function parseArgs(argv) {
-  const o = { minutes: 30, filter: 'passthrough', windowSecs: 60, warmupSecs: 120, maxDriftPct: 5, relay: path.join(root, 'target/release/livefilter-relay') };
+  const o = { minutes: 30, filter: 'passthrough', windowSecs: 60, warmupSecs: 300, maxDriftPct: 5, relay: path.join(root, 'target/release/livefilter-relay') };
   for (let i = 0; i < argv.length; i++) {
     const next = () => argv[++i];
     switch (argv[i]) {
