@@ -101,6 +101,19 @@ async fn wait_for_frames_received(relay: &Relay, min: u64) -> u64 {
     }
 }
 
+/// A relay with its defaults, and Chromium's fake camera live on its sender page ("streamer")
+/// at 640x360.
+async fn live_streamer() -> (Relay, Browser) {
+    let relay = Relay::serve(&[]).await;
+    let mut browser = Browser::launch(Camera::Fake).await;
+    browser.open("streamer", &relay.url("/")).await;
+    assert_live(
+        &browser.start("streamer", json!({"width": 640, "height": 360})).await,
+        &relay,
+    );
+    (relay, browser)
+}
+
 /// Where a live session stood: its frames and its age.
 struct SessionMark {
     received: u64,
@@ -290,13 +303,7 @@ async fn browser_clip_reaches_the_sora_endpoint_through_the_relay_with_its_pixel
 #[tokio::test]
 async fn preview_viewer_plays_the_live_stream_of_the_default_fake_camera() {
     let _serial = serial().await;
-    let relay = Relay::serve(&[]).await;
-    let mut browser = Browser::launch(Camera::Fake).await;
-    browser.open("streamer", &relay.url("/")).await;
-    assert_live(
-        &browser.start("streamer", json!({"width": 640, "height": 360})).await,
-        &relay,
-    );
+    let (relay, mut browser) = live_streamer().await;
 
     browser.open("viewer", &relay.url("/view")).await;
 
@@ -343,13 +350,7 @@ async fn preview_viewer_plays_the_live_stream_of_the_default_fake_camera() {
 #[tokio::test]
 async fn the_preview_says_the_stream_ended_when_the_sender_stops_and_plays_again_when_it_returns() {
     let _serial = serial().await;
-    let relay = Relay::serve(&[]).await;
-    let mut browser = Browser::launch(Camera::Fake).await;
-    browser.open("streamer", &relay.url("/")).await;
-    assert_live(
-        &browser.start("streamer", json!({"width": 640, "height": 360})).await,
-        &relay,
-    );
+    let (relay, mut browser) = live_streamer().await;
     browser.open("viewer", &relay.url("/view")).await;
     browser
         .wait_state("viewer", "playing", |s| s["phase"] == "playing")
@@ -385,13 +386,7 @@ async fn the_preview_says_the_stream_ended_when_the_sender_stops_and_plays_again
 #[tokio::test]
 async fn the_preview_reconnects_by_itself_when_the_relay_comes_back() {
     let _serial = serial().await;
-    let mut relay = Relay::serve(&[]).await;
-    let mut browser = Browser::launch(Camera::Fake).await;
-    browser.open("streamer", &relay.url("/")).await;
-    assert_live(
-        &browser.start("streamer", json!({"width": 640, "height": 360})).await,
-        &relay,
-    );
+    let (mut relay, mut browser) = live_streamer().await;
     browser.open("viewer", &relay.url("/view")).await;
     browser
         .wait_state("viewer", "playing", |s| s["phase"] == "playing")
@@ -427,13 +422,7 @@ async fn the_preview_reconnects_by_itself_when_the_relay_comes_back() {
 #[tokio::test]
 async fn the_sender_page_shows_the_relays_own_figures_as_status_reports_them() {
     let _serial = serial().await;
-    let relay = Relay::serve(&[]).await;
-    let mut browser = Browser::launch(Camera::Fake).await;
-    browser.open("streamer", &relay.url("/")).await;
-    assert_live(
-        &browser.start("streamer", json!({"width": 640, "height": 360})).await,
-        &relay,
-    );
+    let (relay, mut browser) = live_streamer().await;
 
     // The relay's latency runs to a publisher's track: a viewer gives it one.
     browser.open("viewer", &relay.url("/view")).await;
@@ -472,13 +461,7 @@ async fn the_sender_page_shows_the_relays_own_figures_as_status_reports_them() {
 #[tokio::test]
 async fn switching_camera_while_live_keeps_the_same_session_and_its_frames_flowing() {
     let _serial = serial().await;
-    let relay = Relay::serve(&[]).await;
-    let mut browser = Browser::launch(Camera::Fake).await;
-    browser.open("streamer", &relay.url("/")).await;
-    assert_live(
-        &browser.start("streamer", json!({"width": 640, "height": 360})).await,
-        &relay,
-    );
+    let (relay, mut browser) = live_streamer().await;
     let before = SessionMark::take(&relay).await;
 
     let switched = browser
@@ -981,13 +964,7 @@ async fn the_page_says_camera_denied_and_posts_no_offer() {
 #[tokio::test]
 async fn the_browsers_capture_time_reaches_the_preview_viewer_for_glass_to_glass_latency() {
     let _serial = serial().await;
-    let relay = Relay::serve(&[]).await;
-    let mut browser = Browser::launch(Camera::Fake).await;
-    browser.open("streamer", &relay.url("/")).await;
-    assert_live(
-        &browser.start("streamer", json!({"width": 640, "height": 360})).await,
-        &relay,
-    );
+    let (relay, mut browser) = live_streamer().await;
 
     browser.open("viewer", &relay.url("/view")).await;
     let stamped = browser
@@ -1144,13 +1121,7 @@ async fn background_blur_reaches_the_sora_endpoint_with_the_person_sharp_and_the
 #[tokio::test]
 async fn an_ice_restart_from_the_page_continues_the_same_session() {
     let _serial = serial().await;
-    let relay = Relay::serve(&[]).await;
-    let mut browser = Browser::launch(Camera::Fake).await;
-    browser.open("streamer", &relay.url("/")).await;
-    assert_live(
-        &browser.start("streamer", json!({"width": 640, "height": 360})).await,
-        &relay,
-    );
+    let (relay, mut browser) = live_streamer().await;
     let before = SessionMark::take(&relay).await;
 
     let restarted = browser.restart_ice("streamer").await;

@@ -72,17 +72,7 @@ async fn an_offer_dropped_while_it_is_being_answered_leaves_the_relay_idle_with_
         shutdown.clone(),
     );
     let (tx, mut events) = mpsc::channel(64);
-    let options = PeerOptions {
-        codec: VideoCodec::Vp8,
-        ice_servers: vec![],
-        relay_only: false,
-        udp_addrs: vec!["127.0.0.1:0".into()],
-        public_ips: vec![],
-        audio: false,
-        link: Default::default(),
-        bitrate: Default::default(),
-        estimate: Default::default(),
-    };
+    let options = PeerOptions::loopback(VideoCodec::Vp8);
     let sender = SendPeer::new(&options, tx, KeyframeRequest::default(), || {})
         .await
         .expect("sender");

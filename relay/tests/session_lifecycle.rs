@@ -27,17 +27,7 @@ struct Sender {
 impl Sender {
     async fn new() -> Self {
         let (tx, events) = mpsc::channel(64);
-        let options = PeerOptions {
-            codec: VideoCodec::Vp8,
-            ice_servers: vec![],
-            relay_only: false,
-            udp_addrs: vec!["127.0.0.1:0".into()],
-            public_ips: vec![],
-            audio: false,
-            link: Default::default(),
-            bitrate: Default::default(),
-            estimate: Default::default(),
-        };
+        let options = PeerOptions::loopback(VideoCodec::Vp8);
         let peer = SendPeer::new(&options, tx, KeyframeRequest::default(), || {})
             .await
             .expect("sender peer");
@@ -264,17 +254,7 @@ async fn a_viewer_whose_request_is_dropped_mid_way_frees_its_place() {
     let relay = Relay::serve(&["--max-viewers", "1"]).await;
     let viewer_offer = || async {
         let (tx, mut events) = mpsc::channel(64);
-        let options = PeerOptions {
-            codec: VideoCodec::Vp8,
-            ice_servers: vec![],
-            relay_only: false,
-            udp_addrs: vec!["127.0.0.1:0".into()],
-            public_ips: vec![],
-            audio: false,
-            link: Default::default(),
-            bitrate: Default::default(),
-            estimate: Default::default(),
-        };
+        let options = PeerOptions::loopback(VideoCodec::Vp8);
         // A send-only offer is answered recvonly by nobody: build the viewer's recvonly offer
         // by flipping the direction, as the WHEP page's offer would read.
         let peer = SendPeer::new(&options, tx, KeyframeRequest::default(), || {})

@@ -1027,17 +1027,7 @@ mod tests {
         /// A real WebRTC offer (VP8, send-only) from webrtc-rs.
         async fn real_offer() -> String {
             let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-            let opts = PeerOptions {
-                codec: VideoCodec::Vp8,
-                ice_servers: vec![],
-                relay_only: false,
-                udp_addrs: vec!["127.0.0.1:0".into()],
-                public_ips: vec![],
-                audio: false,
-                link: Default::default(),
-                bitrate: crate::publish::congestion::BitrateLimits::fixed_kbps(1000),
-                estimate: Default::default(),
-            };
+            let opts = PeerOptions::loopback(VideoCodec::Vp8);
             let peer = SendPeer::new(&opts, tx, KeyframeRequest::default(), || {})
                 .await
                 .unwrap();

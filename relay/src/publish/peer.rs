@@ -85,6 +85,24 @@ pub struct PeerOptions {
     pub estimate: BitrateEstimate,
 }
 
+impl PeerOptions {
+    /// A video-only peer on loopback (one ephemeral UDP port on 127.0.0.1, no STUN/TURN, the
+    /// default link timing and bitrate range): what local tools and tests offer from.
+    pub fn loopback(codec: VideoCodec) -> Self {
+        Self {
+            codec,
+            ice_servers: Vec::new(),
+            relay_only: false,
+            udp_addrs: vec!["127.0.0.1:0".into()],
+            public_ips: Vec::new(),
+            audio: false,
+            link: LinkTiming::default(),
+            bitrate: BitrateLimits::default(),
+            estimate: BitrateEstimate::default(),
+        }
+    }
+}
+
 /// How the publisher's ICE notices a lost path, and how long the publisher waits for it to come
 /// back before it gives the connection up and signals a new one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -818,17 +836,7 @@ a=end-of-candidates\r\n";
     #[tokio::test]
     async fn an_ice_lite_offer_is_answered_setup_active_and_sendonly() {
         let (events, _rx) = mpsc::channel(64);
-        let options = PeerOptions {
-            codec: VideoCodec::Vp8,
-            ice_servers: vec![],
-            relay_only: false,
-            udp_addrs: vec!["127.0.0.1:0".into()],
-            public_ips: vec![],
-            audio: false,
-            link: LinkTiming::default(),
-            bitrate: BitrateLimits::fixed_kbps(1000),
-            estimate: BitrateEstimate::default(),
-        };
+        let options = PeerOptions::loopback(VideoCodec::Vp8);
         let peer = SendPeer::new(&options, events, KeyframeRequest::default(), || {})
             .await
             .unwrap();

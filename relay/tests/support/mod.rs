@@ -181,6 +181,21 @@ impl Drop for Endpoint {
     }
 }
 
+/// The inodes of the sockets process `pid` holds (its descriptors that link to `socket:[N]`),
+/// to match against the kernel's tables in `/proc/<pid>/net/*`.
+pub fn socket_inodes(pid: u32) -> std::collections::HashSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    l.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A running `livefilter-relay test-pattern`, logging to a file the test can read.
 pub struct Relay {
     child: Child,
@@ -252,16 +267,7 @@ impl Relay {
     /// UDP sockets the relay process holds (its descriptors that `/proc/net/udp{,6}` lists).
     pub fn udp_sockets(&self) -> usize {
         let pid = self.child.id();
-        let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| {
-                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                    .filter_map(|l| {
-                        let l = l.to_string_lossy().into_owned();
-                        l.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let inodes = socket_inodes(pid);
         ["udp", "udp6"]
             .iter()
             .flat_map(|t| {

@@ -101,16 +101,7 @@ impl TurnServer {
     /// descriptors and the kernel's table: coturn does not log every session it relays).
     pub fn tcp_clients(&self) -> usize {
         let pid = self.child.id();
-        let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| {
-                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                    .filter_map(|l| {
-                        let l = l.to_string_lossy().into_owned();
-                        l.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let inodes = super::socket_inodes(pid);
         let local = format!("0100007F:{:04X}", self.addr.port());
         std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))
             .unwrap_or_default()
