@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -43,7 +44,7 @@ enum Command {
     /// Receive a browser's camera at /offer, filter it, publish it (and preview it at /view).
     Serve(Box<ServeArgs>),
     /// Measure encode time per frame (VP8, H.264), or with --input the whole per-frame path.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Make a y4m test clip from a still picture (PNG/JPEG), panned slowly.
     MakeClip(MakeClipArgs),
 }
@@ -410,6 +411,16 @@ struct BenchArgs {
     /// Font file for the test pattern's clock (test-pattern only; default DejaVu Sans Bold).
     #[arg(long)]
     font: Option<PathBuf>,
+    /// With --input: VP8 `cpu-used`, -16 (fastest) ..= 16 (default: the relay's).
+    #[arg(long, allow_hyphen_values = true)]
+    vp8_cpu_used: Option<i32>,
+    /// With --input: a periodic keyframe every this many seconds of media time (0: only the
+    /// first; default: the relay's `video.keyframe_interval_secs`).
+    #[arg(long)]
+    keyframe_interval_secs: Option<f64>,
+    /// With --input: decode the output and print its luma PSNR (then CPU is not measured).
+    #[arg(long)]
+    quality: bool,
 }
 
 impl OutputArgs {
@@ -537,7 +548,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             let cfg = args.into_config()?;
             runtime.block_on(until_terminated(|shutdown| run::serve(cfg, shutdown)))
         }
-        Command::Bench(args) => bench(args),
+        Command::Bench(args) => bench(*args),
         Command::MakeClip(args) => make_clip(args),
     }
 }
@@ -587,12 +598,20 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let mut filter = FilterConfig::default();
         args.filter.apply(&mut filter)?;
         filter.validate()?;
+        let defaults = livefilter_relay::bench::pipeline::PipelineBenchOptions::new(filter, args.codec);
+        let keyframe_interval = match args.keyframe_interval_secs {
+            Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
+            Some(s) => anyhow::bail!("--keyframe-interval-secs must be 0 or more, got {s}"),
+            None => defaults.keyframe_interval,
+        };
         let options = livefilter_relay::bench::pipeline::PipelineBenchOptions {
-            filter,
-            codec: args.codec,
             bitrate_kbps: args.bitrate_kbps,
             frames: args.frames,
             warmup: args.warmup,
+            vp8_cpu_used: args.vp8_cpu_used,
+            keyframe_interval,
+            quality: args.quality,
+            ..defaults
         };
         let report = livefilter_relay::bench::pipeline::pipeline_bench(input, &options)?;
         println!("{report}");

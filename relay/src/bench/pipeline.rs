@@ -9,7 +9,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::codec::{CodecError, EncoderConfig, VideoCodec, new_decoder, new_encoder};
+use crate::codec::vpx::Vp8Encoder;
+use crate::codec::{CodecError, EncoderConfig, VideoCodec, VideoEncoder, new_decoder, new_encoder};
 use crate::filter::{FilterConfig, FilterConfigExt, FilterError, Filtered};
 use crate::latency::{Percentiles, percentiles};
 use crate::y4m::{Reader, Y4mError};
@@ -55,6 +56,29 @@ pub struct PipelineBenchOptions {
     pub frames: Option<u64>,
     /// Frames run first and not measured (model warm-up).
     pub warmup: u64,
+    /// VP8 `cpu-used` (speed against quality); `None`: the relay's default.
+    pub vp8_cpu_used: Option<i32>,
+    /// Periodic keyframes in media time (zero: only the first).
+    pub keyframe_interval: Duration,
+    /// Decode every output frame and report its luma PSNR against the filtered frame. The
+    /// check's decode costs CPU, so the CPU figure is then not reported.
+    pub quality: bool,
+}
+
+impl PipelineBenchOptions {
+    /// The relay's defaults for `filter` and `codec`.
+    pub fn new(filter: FilterConfig, codec: VideoCodec) -> Self {
+        Self {
+            filter,
+            codec,
+            bitrate_kbps: EncoderConfig::default().bitrate_kbps,
+            frames: None,
+            warmup: 10,
+            vp8_cpu_used: None,
+            keyframe_interval: EncoderConfig::default().keyframe_interval,
+            quality: false,
+        }
+    }
 }
 
 /// Figures of one run.
@@ -78,6 +102,15 @@ pub struct PipelineBenchReport {
     pub stages: Vec<(&'static str, Percentiles)>,
     /// Arrival → encoded (what the relay adds before sending).
     pub total: Percentiles,
+    /// Encode time of the keyframes alone, and how many there were.
+    pub keyframes: (u64, Percentiles),
+    /// Output bitrate in kbit/s over the measured span.
+    pub kbps: f64,
+    /// CPU time of the whole process (every thread) per measured frame, in ms; `None` where
+    /// the OS does not tell or `quality` was on.
+    pub cpu_ms_per_frame: Option<f64>,
+    /// Mean luma PSNR of the output against the filtered frames, in dB (with `quality`).
+    pub psnr_y: Option<f64>,
     /// Peak resident memory of the process in MiB, where the OS tells.
     pub peak_rss_mib: Option<f64>,
 }
@@ -96,8 +129,23 @@ impl fmt::Display for PipelineBenchReport {
             self.dropped
         )?;
         writeln!(f, "{:<12}{:>9}{:>9}{:>9}", "stage", "p50 ms", "p95 ms", "p99 ms")?;
-        for (name, p) in self.stages.iter().chain(std::iter::once(&("total", self.total))) {
+        let (keyframes, kf) = &self.keyframes;
+        for (name, p) in self.stages.iter().chain([&("total", self.total), &("keyframe", *kf)]) {
             writeln!(f, "{:<12}{:>9.2}{:>9.2}{:>9.2}", name, p.p50, p.p95, p.p99)?;
+        }
+        write!(f, "output {:.0} kbit/s, {keyframes} keyframes", self.kbps)?;
+        if let Some(psnr) = self.psnr_y {
+            write!(f, ", luma PSNR {psnr:.2} dB")?;
+        }
+        writeln!(f)?;
+        match self.cpu_ms_per_frame {
+            Some(ms) => writeln!(
+                f,
+                "CPU {ms:.2} ms per frame = {:.3} cores at {:.0} fps",
+                ms * self.fps / 1000.0,
+                self.fps
+            )?,
+            None => writeln!(f, "CPU not measured")?,
         }
         match self.peak_rss_mib {
             Some(m) => write!(f, "peak RSS {m:.0} MiB"),
@@ -118,6 +166,21 @@ pub fn peak_rss_mib() -> Option<f64> {
         .parse()
         .ok()?;
     Some(kib / 1024.0)
+}
+
+/// Linux reports process times in these ticks per second whatever the kernel's own tick rate
+/// (`USER_HZ`, fixed by the ABI).
+const USER_HZ: f64 = 100.0;
+
+/// CPU time of this process so far (every thread, user + system) in seconds, on Linux.
+pub fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name, which may itself contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ').skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
 }
 
 /// Runs the benchmark on `clip`.
@@ -158,7 +221,21 @@ pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<Pip
 
     let mut filter = options.filter.build()?;
     let mut decoder = new_decoder(options.codec)?;
-    let mut encoder = new_encoder(&enc_config)?;
+    let out_config = EncoderConfig {
+        keyframe_interval: options.keyframe_interval,
+        ..enc_config.clone()
+    };
+    let mut encoder: Box<dyn VideoEncoder> = match (options.codec, options.vp8_cpu_used) {
+        (VideoCodec::Vp8, Some(cpu_used)) => Box::new(Vp8Encoder::with_cpu_used(&out_config, cpu_used)?),
+        _ => new_encoder(&out_config)?,
+    };
+    let mut check = if options.quality {
+        Some(new_decoder(options.codec)?)
+    } else {
+        None
+    };
+    let (mut keyframe_ms, mut bytes, mut psnr_sum, mut psnr_n) = (Vec::new(), 0u64, 0.0, 0u32);
+    let mut cpu_start = None;
     let total_frames = options.frames.unwrap_or(packets.len() as u64) + options.warmup;
     let interval = Duration::from_secs_f64(1.0 / fps.max(1.0));
     let names = ["decode", "preprocess", "infer", "postprocess", "encode"];
@@ -186,12 +263,30 @@ pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<Pip
             }
             continue;
         }
+        if measured && cpu_start.is_none() {
+            cpu_start = Some((process_cpu_secs(), t0));
+        }
         let Filtered { frame, times } = filter.apply(picture)?;
         let t2 = Instant::now();
-        encoder.encode(&frame, interval.mul_f64(i as f64), false)?;
+        let out = encoder.encode(&frame, interval.mul_f64(i as f64), false)?;
         let t3 = Instant::now();
+        // The check decoder sees every output from the first keyframe on, warm-up included.
+        let checked = match (&out, check.as_mut()) {
+            (Some(out), Some(decoder)) => decoder.decode(&out.data)?,
+            _ => None,
+        };
         if !measured {
             continue;
+        }
+        if let Some(out) = &out {
+            bytes += out.data.len() as u64;
+            if out.keyframe {
+                keyframe_ms.push(ms(t3 - t2));
+            }
+        }
+        if let Some(psnr) = checked.and_then(|picture| picture.luma_psnr(&frame)) {
+            psnr_sum += psnr.min(99.0);
+            psnr_n += 1;
         }
         let parts = times.unwrap_or_default();
         // Without a model the whole filter counts as postprocessing.
@@ -204,6 +299,15 @@ pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<Pip
         }
         totals.push(ms(t3.saturating_duration_since(arrival.min(t0))));
     }
+    let measured = totals.len() as u64;
+    let cpu_ms_per_frame = match cpu_start {
+        Some((Some(before), _)) if !options.quality && measured > 0 => {
+            process_cpu_secs().map(|after| (after - before) * 1000.0 / measured as f64)
+        }
+        _ => None,
+    };
+    // The measured span, dropped frames included.
+    let seconds = (measured + dropped) as f64 / fps.max(1.0);
     Ok(PipelineBenchReport {
         filter: filter.name(),
         device: filter.device().map(|d| d.to_string()),
@@ -218,6 +322,14 @@ pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<Pip
             .zip(samples.iter().map(|s| percentiles(s)))
             .collect(),
         total: percentiles(&totals),
+        keyframes: (keyframe_ms.len() as u64, percentiles(&keyframe_ms)),
+        kbps: if seconds > 0.0 {
+            bytes as f64 * 8.0 / seconds / 1000.0
+        } else {
+            0.0
+        },
+        cpu_ms_per_frame,
+        psnr_y: (psnr_n > 0).then(|| psnr_sum / f64::from(psnr_n)),
         peak_rss_mib: peak_rss_mib(),
     })
 }
@@ -257,11 +369,10 @@ mod tests {
     fn passthrough_runs_every_frame_of_the_clip_and_reports_each_stage() {
         let clip = clip(6);
         let options = PipelineBenchOptions {
-            filter: FilterConfig::default(),
-            codec: VideoCodec::Vp8,
             bitrate_kbps: 300,
-            frames: None,
             warmup: 0,
+            quality: true,
+            ..PipelineBenchOptions::new(FilterConfig::default(), VideoCodec::Vp8)
         };
 
         let report = pipeline_bench(&clip.0, &options).unwrap();
@@ -276,17 +387,28 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\ntotal "), "{text}");
+        assert_eq!(report.keyframes.0, 1, "only the first frame is a keyframe in 6 frames");
+        let psnr = report.psnr_y.expect("quality was asked for");
+        assert!(psnr > 30.0, "a flat clip survives VP8 at 300 kbit/s: {psnr:.1} dB");
+        assert!(report.kbps > 0.0);
+        assert_eq!(report.cpu_ms_per_frame, None, "the quality check's decode would count");
+    }
+
+    #[test]
+    fn process_cpu_time_grows_with_work() {
+        let before = process_cpu_secs().expect("Linux reports process times");
+        let mut x = 0u64;
+        let start = Instant::now();
+        while process_cpu_secs().unwrap() <= before {
+            x = x.wrapping_add(std::hint::black_box(1));
+            assert!(start.elapsed() < Duration::from_secs(60), "CPU time never moved");
+        }
+        assert!(x > 0);
     }
 
     #[test]
     fn a_missing_clip_is_named() {
-        let options = PipelineBenchOptions {
-            filter: FilterConfig::default(),
-            codec: VideoCodec::Vp8,
-            bitrate_kbps: 300,
-            frames: None,
-            warmup: 0,
-        };
+        let options = PipelineBenchOptions::new(FilterConfig::default(), VideoCodec::Vp8);
         let err = pipeline_bench(Path::new("/nonexistent/clip.y4m"), &options).unwrap_err();
         assert!(
             err.to_string().starts_with("cannot open clip /nonexistent/clip.y4m:"),

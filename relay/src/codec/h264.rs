@@ -391,6 +391,11 @@ mod tests {
     }
 
     #[test]
+    fn h264_bitrate_with_jittered_and_dropped_frames_stays_within_15_percent_of_the_target() {
+        scenario::bitrate_with_jittered_and_dropped_frames_stays_within_15_percent_of_the_target(VideoCodec::H264);
+    }
+
+    #[test]
     fn h264_bitrate_at_20_fps_actual_stays_within_15_percent_of_the_target() {
         scenario::bitrate_at_20_fps_actual_stays_within_15_percent_of_the_target(VideoCodec::H264);
     }

@@ -45,7 +45,7 @@ struct EncoderSession {
     cfg: Box<ffi::vpx_codec_enc_cfg_t>,
     width: u32,
     height: u32,
-    /// The previous frame's time (90 kHz ticks): each frame lasts until the next one.
+    /// The previous frame's time (90 kHz ticks), so stamps stay strictly increasing.
     last_pts: Option<i64>,
     nominal_ticks: i64,
 }
@@ -224,14 +224,13 @@ impl EncoderSession {
         let (width, height) = (frame.width(), frame.height());
         let (cw, _) = frame.chroma_size();
         let ticks = i64::try_from(pts.as_nanos() * u128::from(TIMEBASE_HZ) / 1_000_000_000).unwrap_or(i64::MAX);
-        // Strictly increasing, and each frame's duration is the gap since the previous one.
-        let (ticks, duration) = match self.last_pts {
-            Some(last) => {
-                let ticks = ticks.max(last.saturating_add(1));
-                (ticks, ticks - last)
-            }
-            None => (ticks, self.nominal_ticks),
-        };
+        // Strictly increasing. The duration is the nominal one on every frame: libvpx takes a
+        // frame's share of the bitrate from the gap between consecutive end stamps (pts +
+        // duration), which is then exactly the gap between the frames. (Passing that gap as the
+        // duration too made libvpx see 2·gap − previous gap: jitter and drops doubled into its
+        // frame-rate estimate, and the bitrate overshot.)
+        let ticks = self.last_pts.map_or(ticks, |last| ticks.max(last.saturating_add(1)));
+        let duration = self.nominal_ticks;
         let fail = |detail: String| CodecError::Encode {
             codec: VideoCodec::Vp8,
             width,
@@ -559,6 +558,11 @@ mod tests {
     #[test]
     fn vp8_keyframe_interval_is_kept_in_media_time_when_frames_are_dropped() {
         scenario::keyframe_interval_is_kept_in_media_time_when_frames_are_dropped(VideoCodec::Vp8);
+    }
+
+    #[test]
+    fn vp8_bitrate_with_jittered_and_dropped_frames_stays_within_15_percent_of_the_target() {
+        scenario::bitrate_with_jittered_and_dropped_frames_stays_within_15_percent_of_the_target(VideoCodec::Vp8);
     }
 
     #[test]
