@@ -161,6 +161,10 @@ impl Default for PreviewSection {
 /// The lowest bitrate congestion control goes to by default, in kbit/s.
 pub const DEFAULT_MIN_BITRATE_KBPS: u32 = 150;
 
+/// The periodic keyframe's default interval, in seconds (see
+/// [`VideoConfig::keyframe_interval_secs`]).
+pub const DEFAULT_KEYFRAME_INTERVAL_SECS: f64 = 10.0;
+
 impl VideoConfig {
     /// The congestion-control range `(min, start, max)` in kbit/s, defaults filled in.
     pub fn bitrate_range_kbps(&self) -> (u32, u32, u32) {
@@ -188,7 +192,10 @@ pub struct VideoConfig {
     /// Congestion control may raise the bitrate up to this, in kbit/s (default `bitrate_kbps`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_bitrate_kbps: Option<u32>,
-    /// A keyframe at least this often, in seconds (0: only when a viewer asks).
+    /// A keyframe at least this often, in seconds (0: only when a viewer asks). Viewers and
+    /// SFUs ask (PLI/FIR) when they join or lose packets, so the periodic one is only a safety
+    /// net: long, because every keyframe costs about two frames' encode time and several
+    /// frames' bits at once (the official SDKs send none unasked).
     pub keyframe_interval_secs: f64,
     /// Viewers' keyframe requests (PLI/FIR) are honoured at most once per this many
     /// milliseconds; requests in between wait for the next keyframe.
@@ -211,7 +218,7 @@ impl Default for VideoConfig {
             bitrate_kbps: 1000,
             min_bitrate_kbps: None,
             max_bitrate_kbps: None,
-            keyframe_interval_secs: 2.0,
+            keyframe_interval_secs: DEFAULT_KEYFRAME_INTERVAL_SECS,
             keyframe_request_interval_ms: 500,
             width: 1280,
             height: 720,

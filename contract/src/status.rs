@@ -72,6 +72,10 @@ pub struct SessionView {
     pub age_secs: Option<f64>,
     /// The negotiated input codec.
     pub codec: Option<String>,
+    /// Milliseconds from the offer to the session's first filtered frame handed to the
+    /// publishers (`None` until one went out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_frame_ms: Option<f64>,
 }
 
 /// The browser session's state.

@@ -223,7 +223,8 @@ pub struct VideoSpec {
     #[serde(default = "default_fps")]
     #[schemars(range(min = 1, max = 120))]
     pub fps: u32,
-    /// A keyframe at least this often, in seconds (0: only when a viewer asks).
+    /// A keyframe at least this often, in seconds (0: only when a viewer asks; viewers ask
+    /// when they join or lose packets, so this is only a safety net).
     #[serde(default = "default_keyframe_interval")]
     #[schemars(range(min = 0, max = 3600))]
     pub keyframe_interval_secs: u32,
@@ -242,7 +243,7 @@ fn default_fps() -> u32 {
     30
 }
 fn default_keyframe_interval() -> u32 {
-    2
+    livefilter_contract::config::DEFAULT_KEYFRAME_INTERVAL_SECS as u32
 }
 
 impl Default for VideoSpec {

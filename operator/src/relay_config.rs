@@ -274,7 +274,7 @@ listen: 0.0.0.0:38000
 video:
   codec: vp8
   bitrate_kbps: 1000
-  keyframe_interval_secs: 2.0
+  keyframe_interval_secs: 10.0
   keyframe_request_interval_ms: 500
   width: 1280
   height: 720

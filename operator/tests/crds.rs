@@ -225,7 +225,7 @@ fn defaults_fill_what_the_user_left_out() {
 
     assert_eq!(
         spec["video"],
-        json!({"codec": "vp8", "bitrateKbps": 1000, "width": 1280, "height": 720, "fps": 30, "keyframeIntervalSecs": 2})
+        json!({"codec": "vp8", "bitrateKbps": 1000, "width": 1280, "height": 720, "fps": 30, "keyframeIntervalSecs": 10})
     );
     assert_eq!(spec["filter"], json!({"kind": "passthrough", "device": "cpu"}));
     assert_eq!(spec["network"]["advertise"]["from"], "NodeInternalIP");

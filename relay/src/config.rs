@@ -399,7 +399,7 @@ ice: {udp_addrs: ["0.0.0.0:40000"], public_ips: [203.0.113.7]}
             Some(serde_json::json!({"access_token": "secret"}))
         );
         assert_eq!(sora.public_ips, vec!["203.0.113.7".to_owned()]);
-        assert_eq!(cfg.encoder_config().keyframe_interval, Duration::from_secs(2));
+        assert_eq!(cfg.encoder_config().keyframe_interval, Duration::from_secs(10));
     }
 
     #[test]

@@ -105,9 +105,20 @@ pub struct Metrics {
     pub encoder_target_bitrate: Gauge,
     /// Per-stage latency histograms and windows.
     pub latency: Latency,
+    /// From a browser's offer to its session's first filtered frame handed to the publishers.
+    pub first_frame_seconds: Histogram,
+    /// The current browser session's start and first output (see [`Metrics::first_frame_ms`]).
+    first_frame: std::sync::Arc<std::sync::Mutex<FirstFrame>>,
     /// Each publisher's current state (the truth `/status` and `/readyz` read; the
     /// `publisher_state` gauge exports it).
     publisher_states: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, PublisherState>>>,
+}
+
+/// When the current browser session began and when its first filtered frame went out.
+#[derive(Clone, Copy, Debug, Default)]
+struct FirstFrame {
+    began: Option<std::time::Instant>,
+    sent: Option<std::time::Instant>,
 }
 
 impl Metrics {
@@ -132,6 +143,15 @@ impl Metrics {
                 &["publisher", "reason"],
             )
             .expect("valid metric"),
+            first_frame_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "livefilter_session_first_frame_seconds",
+                    "From a browser's offer to its first filtered frame handed to the publishers",
+                )
+                .buckets(vec![0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0]),
+            )
+            .expect("valid metric"),
+            first_frame: Default::default(),
             encode_seconds: Histogram::with_opts(
                 HistogramOpts::new("livefilter_encode_seconds", "Encode time per frame").buckets(vec![
                     0.001, 0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.033, 0.050, 0.100,
@@ -260,6 +280,7 @@ impl Metrics {
             Box::new(m.frames_sent.clone()),
             Box::new(m.frames_dropped.clone()),
             Box::new(m.encode_seconds.clone()),
+            Box::new(m.first_frame_seconds.clone()),
             Box::new(m.publisher_state.clone()),
             Box::new(m.publisher_reconnects.clone()),
             Box::new(m.publisher_errors.clone()),
@@ -284,6 +305,40 @@ impl Metrics {
             m.registry.register(c).expect("metric names are unique");
         }
         m
+    }
+
+    /// A browser session began at `at` (its offer was accepted): the first-frame clock restarts.
+    pub fn session_began(&self, at: std::time::Instant) {
+        *self
+            .first_frame
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = FirstFrame {
+            began: Some(at),
+            sent: None,
+        };
+    }
+
+    /// A filtered frame went to the publishers at `at`; the session's first is timed.
+    pub fn frame_out(&self, at: std::time::Instant) {
+        let mut f = self
+            .first_frame
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (Some(began), None) = (f.began, f.sent) {
+            f.sent = Some(at);
+            self.first_frame_seconds
+                .observe(at.saturating_duration_since(began).as_secs_f64());
+        }
+    }
+
+    /// Milliseconds from the current (or last) browser session's offer to its first filtered
+    /// frame; `None` before one went out.
+    pub fn first_frame_ms(&self) -> Option<f64> {
+        let f = *self
+            .first_frame
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(f.sent?.saturating_duration_since(f.began?).as_secs_f64() * 1000.0)
     }
 
     /// Counts one dropped frame.

@@ -192,6 +192,7 @@ impl EncodeStage {
                 for p in &self.publishers {
                     p.offer(out.clone());
                 }
+                self.metrics.frame_out(Instant::now());
             }
             Ok(None) => self.metrics.drop_frame("pipeline", DropReason::EncoderSkipped),
             Err(e) => {

@@ -288,6 +288,16 @@ async fn browser_clip_reaches_the_sora_endpoint_through_the_relay_with_its_pixel
     let status = relay.status().await;
     assert_eq!(status["session"]["codec"], "vp8", "{status:#}");
     assert!(u64_of(&status["publishers"]["sora"]["frames_sent"]) >= 40, "{status:#}");
+    let first_frame_ms = status["session"]["first_frame_ms"].as_f64();
+    assert!(
+        first_frame_ms.is_some_and(|ms| ms > 0.0),
+        "offer to first frame: {status:#}"
+    );
+    let metrics = relay.metrics().await;
+    assert!(
+        metrics.contains("livefilter_session_first_frame_seconds_count 1\n"),
+        "one session, one first frame timed"
+    );
     let sender = browser
         .wait_state("streamer", "answered two DataChannel pings", |s| {
             u64_of(&s["pongs"]) >= 2

@@ -70,7 +70,7 @@ impl Default for EncoderConfig {
             codec: VideoCodec::Vp8,
             fps: 30,
             bitrate_kbps: 1000,
-            keyframe_interval: Duration::from_secs(2),
+            keyframe_interval: Duration::from_secs_f64(livefilter_contract::config::DEFAULT_KEYFRAME_INTERVAL_SECS),
             threads: 1,
         }
     }

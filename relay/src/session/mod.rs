@@ -288,18 +288,19 @@ impl Sessions {
         match *self.published.borrow() {
             Published::Idle => SessionView {
                 state: SessionState::Idle,
-                age_secs: None,
-                codec: None,
+                ..SessionView::default()
             },
             Published::Connecting { started } => SessionView {
                 state: SessionState::Connecting,
                 age_secs: Some(started.elapsed().as_secs_f64()),
                 codec: self.sinks.input_codec(),
+                first_frame_ms: None,
             },
             Published::Receiving { started } => SessionView {
                 state: SessionState::Receiving,
                 age_secs: Some(started.elapsed().as_secs_f64()),
                 codec: self.sinks.input_codec(),
+                first_frame_ms: self.sinks.metrics.first_frame_ms(),
             },
         }
     }
@@ -500,6 +501,7 @@ impl Actor {
 
     /// Builds the session's peer and starts answering; the answer comes back as an event.
     async fn begin(&mut self, sdp: String, reply: Reply) -> Result<(), &'static str> {
+        let started = Instant::now();
         let public_ips = match self.public_ips() {
             Ok(ips) => ips,
             Err(e) => {
@@ -538,11 +540,12 @@ impl Actor {
         };
         let id = format!("{:016x}", rand::random::<u64>());
         tracing::info!(epoch, session = %id, "browser offer accepted; answering");
+        self.sinks.metrics.session_began(started);
         self.spawn_answer(&peer, epoch, sdp, &cancel);
         self.live = Some(Live {
             id,
             epoch,
-            started: Instant::now(),
+            started,
             peer,
             public_ips,
             cancel,
