@@ -421,6 +421,11 @@ struct BenchArgs {
     /// With --input: decode the output and print its luma PSNR (then CPU is not measured).
     #[arg(long)]
     quality: bool,
+    /// With --input: sleep this many ms in every filter call, standing in for a filter slower
+    /// than the frame rate (the newest-frame slot then drops frames; the figures show what
+    /// that does to latency).
+    #[arg(long, default_value_t = 0)]
+    filter_delay_ms: u64,
 }
 
 impl OutputArgs {
@@ -611,6 +616,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             vp8_cpu_used: args.vp8_cpu_used,
             keyframe_interval,
             quality: args.quality,
+            filter_delay: Duration::from_millis(args.filter_delay_ms),
             ..defaults
         };
         let report = livefilter_relay::bench::pipeline::pipeline_bench(input, &options)?;

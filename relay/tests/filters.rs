@@ -487,3 +487,103 @@ fn cuda_without_a_cuda_runtime_fails_clearly_or_falls_back_when_told() {
     let filter = cfg.build().unwrap();
     assert_eq!(filter.device(), Some(Device::Cpu));
 }
+
+/// The frame mirrored left to right (the person moves to the other side).
+fn mirrored(frame: &I420Frame) -> I420Frame {
+    let flip = |plane: &[u8], w: usize| -> Vec<u8> {
+        plane
+            .chunks(w)
+            .flat_map(|row| row.iter().rev().copied().collect::<Vec<_>>())
+            .collect()
+    };
+    let (w, cw) = (frame.width() as usize, frame.chroma_size().0);
+    I420Frame::from_planes(
+        frame.width(),
+        frame.height(),
+        flip(frame.y(), w),
+        flip(frame.u(), cw),
+        flip(frame.v(), cw),
+    )
+    .unwrap()
+}
+
+fn green_screen(mask_from: &str) -> Box<dyn livefilter_relay::filter::Filter> {
+    FilterConfig {
+        kind: FilterKind::BackgroundReplace,
+        params: json!({"color": "#00b140", "smoothing": 0, "maskFrom": mask_from})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        models_dir: Some(root().join("models")),
+        ..Default::default()
+    }
+    .build()
+    .unwrap()
+}
+
+#[test]
+fn with_the_previous_frames_mask_the_first_frame_waits_for_its_own_and_the_next_uses_the_one_before() {
+    let (_, _, _, first) = astronaut();
+    let second = mirrored(&first);
+    let green = rgb_to_yuv([0x00, 0xb1, 0x40])[0];
+    let mut ahead = green_screen("previous");
+
+    let out1 = ahead.apply(first.clone()).unwrap().frame;
+    let out2 = ahead.apply(second.clone()).unwrap().frame;
+
+    assert_eq!(
+        out1.y(),
+        green_screen("current").apply(first.clone()).unwrap().frame.y(),
+        "the first frame is composited with its own mask"
+    );
+    // Where the first frame's mask said background (green, and not green before), the second
+    // frame is green too; where it said person (unchanged), the second frame shows through.
+    // (A sliver of alpha can round to either colour at the mask's edge: 1 % is allowed.)
+    let (mut background, mut person, mut off) = (0, 0, 0);
+    for (i, &o1) in out1.y().iter().enumerate() {
+        if o1 == green && first.y()[i].abs_diff(green) > 8 {
+            background += 1;
+            off += usize::from(out2.y()[i].abs_diff(green) > 2);
+        } else if o1 == first.y()[i] && o1.abs_diff(green) > 8 {
+            person += 1;
+            off += usize::from(out2.y()[i].abs_diff(second.y()[i]) > 2);
+        }
+    }
+    assert!(
+        background > 10_000 && person > 10_000,
+        "{background} background, {person} person pixels"
+    );
+    assert!(
+        off * 100 <= background + person,
+        "{off} of {} pixels do not follow the first frame's mask",
+        background + person
+    );
+    assert_ne!(
+        out2.y(),
+        green_screen("current").apply(second.clone()).unwrap().frame.y(),
+        "the mirrored person's own mask would differ"
+    );
+}
+
+#[test]
+fn switching_back_to_the_current_frames_mask_live_composites_each_frame_with_its_own_again() {
+    let (_, _, _, first) = astronaut();
+    let second = mirrored(&first);
+    let mut filter = green_screen("previous");
+    filter.apply(first.clone()).unwrap();
+
+    let params = FilterConfig {
+        kind: FilterKind::BackgroundReplace,
+        params: json!({"color": "#00b140", "smoothing": 0, "maskFrom": "current"})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        ..Default::default()
+    }
+    .resolved_params()
+    .unwrap();
+    filter.set_params(&params).unwrap();
+    let out = filter.apply(second.clone()).unwrap().frame;
+
+    assert_eq!(out.y(), green_screen("current").apply(second).unwrap().frame.y());
+}

@@ -63,6 +63,8 @@ pub struct PipelineBenchOptions {
     /// Decode every output frame and report its luma PSNR against the filtered frame. The
     /// check's decode costs CPU, so the CPU figure is then not reported.
     pub quality: bool,
+    /// Added to every filter call (a sleep): stands in for a filter slower than the frame rate.
+    pub filter_delay: Duration,
 }
 
 impl PipelineBenchOptions {
@@ -77,6 +79,7 @@ impl PipelineBenchOptions {
             vp8_cpu_used: None,
             keyframe_interval: EncoderConfig::default().keyframe_interval,
             quality: false,
+            filter_delay: Duration::ZERO,
         }
     }
 }
@@ -111,6 +114,8 @@ pub struct PipelineBenchReport {
     pub cpu_ms_per_frame: Option<f64>,
     /// Mean luma PSNR of the output against the filtered frames, in dB (with `quality`).
     pub psnr_y: Option<f64>,
+    /// The total's p99 in each minute of the run (runs of two minutes or more).
+    pub p99_by_minute: Vec<f64>,
     /// Peak resident memory of the process in MiB, where the OS tells.
     pub peak_rss_mib: Option<f64>,
 }
@@ -138,6 +143,10 @@ impl fmt::Display for PipelineBenchReport {
             write!(f, ", luma PSNR {psnr:.2} dB")?;
         }
         writeln!(f)?;
+        if !self.p99_by_minute.is_empty() {
+            let minutes: Vec<String> = self.p99_by_minute.iter().map(|v| format!("{v:.1}")).collect();
+            writeln!(f, "total p99 by minute (ms): {}", minutes.join(" "))?;
+        }
         match self.cpu_ms_per_frame {
             Some(ms) => writeln!(
                 f,
@@ -236,6 +245,7 @@ pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<Pip
     };
     let (mut keyframe_ms, mut bytes, mut psnr_sum, mut psnr_n) = (Vec::new(), 0u64, 0.0, 0u32);
     let mut cpu_start = None;
+    let mut minute_of = Vec::new();
     let total_frames = options.frames.unwrap_or(packets.len() as u64) + options.warmup;
     let interval = Duration::from_secs_f64(1.0 / fps.max(1.0));
     let names = ["decode", "preprocess", "infer", "postprocess", "encode"];
@@ -267,6 +277,9 @@ pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<Pip
             cpu_start = Some((process_cpu_secs(), t0));
         }
         let Filtered { frame, times } = filter.apply(picture)?;
+        if !options.filter_delay.is_zero() {
+            std::thread::sleep(options.filter_delay);
+        }
         let t2 = Instant::now();
         let out = encoder.encode(&frame, interval.mul_f64(i as f64), false)?;
         let t3 = Instant::now();
@@ -298,6 +311,7 @@ pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<Pip
             s.push(ms(v));
         }
         totals.push(ms(t3.saturating_duration_since(arrival.min(t0))));
+        minute_of.push(((i - options.warmup) as f64 / fps.max(1.0) / 60.0) as usize);
     }
     let measured = totals.len() as u64;
     let cpu_ms_per_frame = match cpu_start {
@@ -305,6 +319,22 @@ pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<Pip
             process_cpu_secs().map(|after| (after - before) * 1000.0 / measured as f64)
         }
         _ => None,
+    };
+    let minutes = minute_of.last().map_or(0, |m| m + 1);
+    let p99_by_minute = if minutes >= 2 {
+        (0..minutes)
+            .map(|m| {
+                let window: Vec<f64> = totals
+                    .iter()
+                    .zip(&minute_of)
+                    .filter(|(_, of)| **of == m)
+                    .map(|(t, _)| *t)
+                    .collect();
+                percentiles(&window).p99
+            })
+            .collect()
+    } else {
+        Vec::new()
     };
     // The measured span, dropped frames included.
     let seconds = (measured + dropped) as f64 / fps.max(1.0);
@@ -330,6 +360,7 @@ pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<Pip
         },
         cpu_ms_per_frame,
         psnr_y: (psnr_n > 0).then(|| psnr_sum / f64::from(psnr_n)),
+        p99_by_minute,
         peak_rss_mib: peak_rss_mib(),
     })
 }

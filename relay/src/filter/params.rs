@@ -59,6 +59,8 @@ pub struct BlurParams {
     pub feather: u32,
     /// Person probability at which the foreground starts (0.05..=0.95).
     pub threshold: f32,
+    /// Which frame's person mask a frame is composited with.
+    pub mask_from: MaskFrom,
 }
 
 impl Default for BlurParams {
@@ -68,8 +70,22 @@ impl Default for BlurParams {
             smoothing: 0.5,
             feather: 2,
             threshold: 0.5,
+            mask_from: MaskFrom::Current,
         }
     }
+}
+
+/// Which frame's person mask a frame is composited with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskFrom {
+    /// Its own: inference is on the frame's path (the mask fits the frame exactly).
+    #[default]
+    Current,
+    /// The newest mask already inferred (normally the previous frame's) while this frame's
+    /// inference runs beside it on another thread: the inference time leaves the frame's
+    /// latency, and the mask trails movement by about one frame.
+    Previous,
 }
 
 /// `background-replace`.
@@ -89,6 +105,8 @@ pub struct ReplaceParams {
     pub feather: u32,
     /// As for `background-blur`.
     pub threshold: f32,
+    /// As for `background-blur`.
+    pub mask_from: MaskFrom,
 }
 
 impl Default for ReplaceParams {
@@ -101,6 +119,7 @@ impl Default for ReplaceParams {
             smoothing: blur.smoothing,
             feather: blur.feather,
             threshold: blur.threshold,
+            mask_from: blur.mask_from,
         }
     }
 }

@@ -3,10 +3,12 @@
 //! feathered at the edges, and composited in YUV at the frame's size.
 
 use std::path::Path;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::assets::Backdrop as Picture;
-use super::params::{FilterParams, MaskBackground, ParamsError};
+use super::params::{FilterParams, MaskBackground, MaskFrom, ParamsError};
 use super::pixels::{Backdrop, Fit, Mask, Planes, blurred_background, composite};
 use super::{Filter, FilterError, Filtered, StageTimes, frame_error, mismatch};
 use crate::frame::{I420Frame, rgb_to_yuv};
@@ -82,6 +84,134 @@ impl Segmenter {
             prepared - start,
             inferred - prepared,
         ))
+    }
+}
+
+/// A mask with the time its preprocessing and inference took.
+type Inferred = (Mask, Duration, Duration);
+
+/// Where a frame's person mask comes from (see [`MaskFrom`]).
+enum MaskSource {
+    /// Inferred on the frame, on the frame's path.
+    Inline(Segmenter),
+    /// Inferred on a worker thread one frame ahead.
+    Ahead(AheadSegmenter),
+    /// Between the two while switching (never seen by a frame).
+    Switching,
+}
+
+impl MaskSource {
+    fn new(segmenter: Segmenter, from: MaskFrom) -> Result<Self, String> {
+        match from {
+            MaskFrom::Current => Ok(Self::Inline(segmenter)),
+            MaskFrom::Previous => AheadSegmenter::start(segmenter).map(Self::Ahead),
+        }
+    }
+
+    fn device(&self) -> Option<Device> {
+        match self {
+            Self::Inline(s) => Some(s.device()),
+            Self::Ahead(a) => Some(a.device),
+            Self::Switching => None,
+        }
+    }
+
+    fn mask(&mut self, frame: &I420Frame) -> Result<Inferred, String> {
+        match self {
+            Self::Inline(s) => s.person_mask(frame),
+            Self::Ahead(a) => a.mask(frame),
+            Self::Switching => Err("the mask source is being switched".into()),
+        }
+    }
+
+    /// Switches to `from`, keeping the model.
+    fn switch(&mut self, from: MaskFrom) -> Result<(), String> {
+        let segmenter = match (std::mem::replace(self, Self::Switching), from) {
+            (Self::Inline(s), MaskFrom::Previous) => s,
+            (Self::Ahead(a), MaskFrom::Current) => a.stop()?,
+            (same, _) => {
+                *self = same;
+                return Ok(());
+            }
+        };
+        *self = Self::new(segmenter, from)?;
+        Ok(())
+    }
+}
+
+/// A [`Segmenter`] on its own thread: each frame is handed over (a copy) and composited with
+/// the newest mask already back, so inference overlaps the rest of the path instead of adding
+/// to it. Only the first frame waits for its own mask. A frame that arrives while the worker is
+/// still busy is not queued (the next one will be newer).
+struct AheadSegmenter {
+    frames: Option<mpsc::SyncSender<I420Frame>>,
+    masks: mpsc::Receiver<Result<Inferred, String>>,
+    latest: Option<Inferred>,
+    worker: Option<JoinHandle<Segmenter>>,
+    device: Device,
+}
+
+impl AheadSegmenter {
+    fn start(mut segmenter: Segmenter) -> Result<Self, String> {
+        let device = segmenter.device();
+        let (frames, inbox) = mpsc::sync_channel::<I420Frame>(1);
+        let (results, masks) = mpsc::channel();
+        let worker = std::thread::Builder::new()
+            .name("segment-ahead".into())
+            .spawn(move || {
+                // Ends when the filter drops its sender (a switch back, or the filter's end).
+                for frame in inbox {
+                    if results.send(segmenter.person_mask(&frame)).is_err() {
+                        break;
+                    }
+                }
+                segmenter
+            })
+            .map_err(|e| format!("cannot start the segmentation thread: {e}"))?;
+        Ok(Self {
+            frames: Some(frames),
+            masks,
+            latest: None,
+            worker: Some(worker),
+            device,
+        })
+    }
+
+    fn mask(&mut self, frame: &I420Frame) -> Result<Inferred, String> {
+        let gone = || "the segmentation thread stopped".to_owned();
+        while let Ok(result) = self.masks.try_recv() {
+            self.latest = Some(result?);
+        }
+        let frames = self.frames.as_ref().ok_or_else(gone)?;
+        match frames.try_send(frame.clone()) {
+            Ok(()) | Err(mpsc::TrySendError::Full(_)) => {}
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
+        }
+        if self.latest.is_none() {
+            // The first frame: nothing earlier to use, so wait for its own.
+            self.latest = Some(self.masks.recv().map_err(|_| gone())??);
+        }
+        self.latest.clone().ok_or_else(gone)
+    }
+
+    /// Stops the worker and takes the model back.
+    fn stop(mut self) -> Result<Segmenter, String> {
+        self.frames = None;
+        self.worker
+            .take()
+            .ok_or("the segmentation thread is gone")?
+            .join()
+            .map_err(|_| "the segmentation thread panicked".to_owned())
+    }
+}
+
+impl Drop for AheadSegmenter {
+    fn drop(&mut self) {
+        // Closing the channel ends the worker after at most the frame in hand.
+        self.frames = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
     }
 }
 
@@ -192,7 +322,7 @@ impl MaskCompositor {
 /// `background-blur` and `background-replace`.
 pub struct BackgroundFilter {
     name: &'static str,
-    segmenter: Segmenter,
+    masks: MaskSource,
     compositor: MaskCompositor,
 }
 
@@ -204,16 +334,18 @@ impl BackgroundFilter {
             _ => "background-blur",
         };
         let segmenter = Segmenter::open(path, options).map_err(|source| FilterError::Setup { filter: name, source })?;
-        let (look, shape) = look_of(name, params)?;
+        let (look, shape, from) = look_of(name, params)?;
+        let masks = MaskSource::new(segmenter, from)
+            .map_err(|detail| FilterError::Params(ParamsError::Invalid { filter: name, detail }))?;
         Ok(Self {
             name,
-            segmenter,
+            masks,
             compositor: MaskCompositor::new(look, shape),
         })
     }
 }
 
-fn look_of(name: &'static str, params: &FilterParams) -> Result<(Look, MaskShape), FilterError> {
+fn look_of(name: &'static str, params: &FilterParams) -> Result<(Look, MaskShape, MaskFrom), FilterError> {
     match params {
         FilterParams::BackgroundBlur(p) => Ok((
             Look::Blur { radius: p.radius },
@@ -222,6 +354,7 @@ fn look_of(name: &'static str, params: &FilterParams) -> Result<(Look, MaskShape
                 feather: p.feather,
                 threshold: p.threshold,
             },
+            p.mask_from,
         )),
         FilterParams::BackgroundReplace(p) => {
             let look = match (&p.image, &p.backdrop) {
@@ -241,6 +374,7 @@ fn look_of(name: &'static str, params: &FilterParams) -> Result<(Look, MaskShape
                     feather: p.feather,
                     threshold: p.threshold,
                 },
+                p.mask_from,
             ))
         }
         other => Err(mismatch(name, other)),
@@ -253,10 +387,7 @@ impl Filter for BackgroundFilter {
     }
 
     fn apply(&mut self, mut frame: I420Frame) -> Result<Filtered, FilterError> {
-        let (mask, preprocess, infer) = self
-            .segmenter
-            .person_mask(&frame)
-            .map_err(|d| frame_error(self.name, &frame, d))?;
+        let (mask, preprocess, infer) = self.masks.mask(&frame).map_err(|d| frame_error(self.name, &frame, d))?;
         let start = Instant::now();
         self.compositor
             .apply(&mut frame, mask)
@@ -272,24 +403,26 @@ impl Filter for BackgroundFilter {
     }
 
     fn set_params(&mut self, params: &FilterParams) -> Result<(), FilterError> {
+        let (look, shape, from) = look_of(self.name, params)?;
+        self.masks.switch(from).map_err(|detail| {
+            FilterError::Params(ParamsError::Invalid {
+                filter: self.name,
+                detail,
+            })
+        })?;
         // The same decoded picture: keep the backdrop already scaled to the frame.
         if let (FilterParams::BackgroundReplace(p), Look::Image(current)) = (params, &self.compositor.look)
             && p.backdrop.as_ref() == Some(current)
         {
-            self.compositor.shape = MaskShape {
-                smoothing: p.smoothing,
-                feather: p.feather,
-                threshold: p.threshold,
-            };
+            self.compositor.shape = shape;
             return Ok(());
         }
-        let (look, shape) = look_of(self.name, params)?;
         self.compositor.set_look(look, shape);
         Ok(())
     }
 
     fn device(&self) -> Option<Device> {
-        Some(self.segmenter.device())
+        self.masks.device()
     }
 }
 
