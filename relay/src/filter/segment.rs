@@ -93,7 +93,7 @@ type Inferred = (Mask, Duration, Duration);
 /// Where a frame's person mask comes from (see [`MaskFrom`]).
 enum MaskSource {
     /// Inferred on the frame, on the frame's path.
-    Inline(Segmenter),
+    Inline(Box<Segmenter>),
     /// Inferred on a worker thread one frame ahead.
     Ahead(AheadSegmenter),
     /// Between the two while switching (never seen by a frame).
@@ -103,7 +103,7 @@ enum MaskSource {
 impl MaskSource {
     fn new(segmenter: Segmenter, from: MaskFrom) -> Result<Self, String> {
         match from {
-            MaskFrom::Current => Ok(Self::Inline(segmenter)),
+            MaskFrom::Current => Ok(Self::Inline(Box::new(segmenter))),
             MaskFrom::Previous => AheadSegmenter::start(segmenter).map(Self::Ahead),
         }
     }
@@ -127,7 +127,7 @@ impl MaskSource {
     /// Switches to `from`, keeping the model.
     fn switch(&mut self, from: MaskFrom) -> Result<(), String> {
         let segmenter = match (std::mem::replace(self, Self::Switching), from) {
-            (Self::Inline(s), MaskFrom::Previous) => s,
+            (Self::Inline(s), MaskFrom::Previous) => *s,
             (Self::Ahead(a), MaskFrom::Current) => a.stop()?,
             (same, _) => {
                 *self = same;
