@@ -328,9 +328,15 @@ fn blur_line(src: &[f32], radius: usize, mut put: impl FnMut(usize, f32)) {
     let r = radius as isize;
     let norm = 1.0 / (2 * radius + 1) as f32;
     let mut sum: f32 = (-r..=r).map(at).sum();
-    for i in 0..n as isize {
-        put(i as usize, sum * norm);
-        sum += at(i + r + 1) - at(i - r);
+    // Only the ends need clamped reads; the middle reads straight (same sums, same order).
+    let body = radius..n.saturating_sub(radius + 1);
+    for i in 0..n {
+        put(i, sum * norm);
+        sum += if body.contains(&i) {
+            src[i + radius + 1] - src[i - radius]
+        } else {
+            at(i as isize + r + 1) - at(i as isize - r)
+        };
     }
 }
 
@@ -1032,6 +1038,32 @@ mod sampling_tests {
 #[cfg(test)]
 mod composite_oracle {
     use super::*;
+
+    #[test]
+    fn a_box_blur_pass_is_the_mean_of_the_clamped_window_around_each_sample() {
+        for (w, h, r) in [(9usize, 4usize, 2usize), (5, 7, 3), (40, 3, 1), (3, 3, 5)] {
+            let src: Vec<f32> = noise(w * h, 9).into_iter().map(f32::from).collect();
+            let mut blurred = src.clone();
+
+            box_blur(&mut blurred, w, h, r, 1);
+
+            let at =
+                |x: isize, y: isize| src[y.clamp(0, h as isize - 1) as usize * w + x.clamp(0, w as isize - 1) as usize];
+            let r = r as isize;
+            for y in 0..h as isize {
+                for x in 0..w as isize {
+                    // Horizontal mean, then vertical mean of those: the separable box.
+                    let row_mean = |yy: isize| (-r..=r).map(|d| at(x + d, yy)).sum::<f32>() / (2 * r + 1) as f32;
+                    let want = (-r..=r)
+                        .map(|d| row_mean((y + d).clamp(0, h as isize - 1)))
+                        .sum::<f32>()
+                        / (2 * r + 1) as f32;
+                    let got = blurred[y as usize * w + x as usize];
+                    assert!((got - want).abs() < 1e-3, "{w}x{h} r={r} at ({x},{y}): {got} vs {want}");
+                }
+            }
+        }
+    }
 
     /// Bilinear sample of `src` (`sw`x`sh`) at destination pixel (`x`, `y`) of a `dw`x`dh`
     /// grid, pixel centres aligned, in floating point: written from the definition, not from
