@@ -66,9 +66,12 @@ impl BitrateLimits {
 
 /// One output's current estimate of its path, in bit/s; zero while it has none (not
 /// connected). Written by the peer's estimator, read by the encoder and exported as a gauge.
+/// A cap the remote side asked for (`b=TIAS` / `b=AS` in its SDP) bounds it, as libwebrtc
+/// bounds its own.
 #[derive(Clone, Debug, Default)]
 pub struct BitrateEstimate {
     bits: Arc<AtomicU64>,
+    cap: Arc<AtomicU64>,
     gauge: Option<Gauge>,
 }
 
@@ -76,16 +79,27 @@ impl BitrateEstimate {
     /// An estimate exported on `gauge` as well.
     pub fn exported(gauge: Gauge) -> Self {
         Self {
-            bits: Arc::default(),
             gauge: Some(gauge),
+            ..Self::default()
         }
     }
 
     /// Records a new estimate.
     pub fn set(&self, bps: f64) {
         self.bits.store(bps.max(0.0).to_bits(), Ordering::Relaxed);
+        self.export();
+    }
+
+    /// The remote side's cap in bit/s (`None`: it set none).
+    pub fn set_cap(&self, bps: Option<f64>) {
+        let bps = bps.filter(|b| b.is_finite() && *b > 0.0).unwrap_or(0.0);
+        self.cap.store(bps.to_bits(), Ordering::Relaxed);
+        self.export();
+    }
+
+    fn export(&self) {
         if let Some(g) = &self.gauge {
-            g.set(bps.max(0.0));
+            g.set(self.get().unwrap_or(0.0));
         }
     }
 
@@ -94,11 +108,40 @@ impl BitrateEstimate {
         self.set(0.0);
     }
 
-    /// The estimate in bit/s, if there is one.
+    /// The estimate in bit/s, within the remote side's cap, if there is one.
     pub fn get(&self) -> Option<f64> {
         let bps = f64::from_bits(self.bits.load(Ordering::Relaxed));
+        let cap = f64::from_bits(self.cap.load(Ordering::Relaxed));
+        let bps = if cap > 0.0 { bps.min(cap) } else { bps };
         (bps > 0.0).then_some(bps)
     }
+}
+
+/// The video bitrate cap a remote SDP sets, in bit/s: `b=TIAS` (bit/s) or else `b=AS` (kbit/s)
+/// in the first video media section, as libwebrtc reads them. `None` without one (or with a
+/// value that is not a positive number).
+pub fn remote_video_cap_bps(sdp: &str) -> Option<f64> {
+    let mut in_video = false;
+    let (mut tias, mut as_kbps) = (None, None);
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(media) = line.strip_prefix("m=") {
+            if in_video {
+                break;
+            }
+            in_video = media.starts_with("video ");
+            continue;
+        }
+        if !in_video {
+            continue;
+        }
+        let number = |v: &str| v.trim().parse::<u64>().ok().filter(|&n| n > 0);
+        if let Some(v) = line.strip_prefix("b=TIAS:") {
+            tias = number(v).map(|n| n as f64);
+        } else if let Some(v) = line.strip_prefix("b=AS:") {
+            as_kbps = number(v).map(|n| n as f64 * 1000.0);
+        }
+    }
+    tias.or(as_kbps)
 }
 
 /// Wraps the estimator the congestion control interceptor drives and publishes its target to a
@@ -320,6 +363,50 @@ impl EncoderBitrate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SORA_LIKE_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nb=AS:9000\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nb=AS:64\r\na=mid:0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\nb=AS:1000\r\nb=TIAS:950000\r\na=mid:1\r\n\
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nb=AS:30\r\n";
+
+    #[test]
+    fn the_video_sections_tias_caps_the_bitrate_before_its_as_and_other_sections_do_not_count() {
+        assert_eq!(remote_video_cap_bps(SORA_LIKE_OFFER), Some(950_000.0));
+        let without_tias = SORA_LIKE_OFFER.replace("b=TIAS:950000\r\n", "");
+        assert_eq!(remote_video_cap_bps(&without_tias), Some(1_000_000.0));
+        let without_video_cap = without_tias.replace("b=AS:1000\r\n", "");
+        assert_eq!(
+            remote_video_cap_bps(&without_video_cap),
+            None,
+            "session and audio lines are not video's"
+        );
+        assert_eq!(remote_video_cap_bps("m=video 9 RTP/AVP 96\nb=AS:0\nb=AS:-5\n"), None);
+    }
+
+    #[test]
+    fn the_remote_cap_bounds_the_estimate_and_lifting_it_restores_the_estimate() {
+        let estimate = BitrateEstimate::default();
+        estimate.set(2_000_000.0);
+
+        estimate.set_cap(remote_video_cap_bps(SORA_LIKE_OFFER));
+        assert_eq!(estimate.get(), Some(950_000.0));
+        estimate.set(500_000.0);
+        assert_eq!(estimate.get(), Some(500_000.0), "below the cap the estimate rules");
+        estimate.set_cap(None);
+        estimate.set(2_000_000.0);
+        assert_eq!(estimate.get(), Some(2_000_000.0));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_sdp_text_gives_a_positive_cap_or_none(sdp in ".{0,400}", lines in proptest::collection::vec("(m=video 9 X 1|m=audio 9 X 1|b=AS:[0-9]{0,12}|b=TIAS:[0-9-]{0,14}|a=[a-z:]{0,10})", 0..12)) {
+            for text in [sdp, lines.join("\r\n")] {
+                if let Some(cap) = remote_video_cap_bps(&text) {
+                    proptest::prop_assert!(cap > 0.0 && cap.is_finite());
+                }
+            }
+        }
+    }
     use rtc::interceptor::ConstantBitrate;
 
     const MS: Duration = Duration::from_millis(1);

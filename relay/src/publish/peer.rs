@@ -27,7 +27,7 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
-use super::congestion::{BitrateEstimate, BitrateLimits, with_congestion_control};
+use super::congestion::{BitrateEstimate, BitrateLimits, remote_video_cap_bps, with_congestion_control};
 use super::keyframe::{KEYFRAME_REQUEST_SLOT, KeyframeRequestInterceptor};
 use super::retransmit::{BoundedNackResponder, RetransmitPolicy};
 use super::rtp::{SequenceRebase, TimestampRebase};
@@ -565,6 +565,7 @@ impl SendPeer {
     pub async fn answer(&self, offer_sdp: String) -> Result<String, PeerError> {
         self.capture_time_negotiated
             .store(abs_capture::extmap_id(&offer_sdp).is_some(), Ordering::Release);
+        self.estimate.set_cap(remote_video_cap_bps(&offer_sdp));
         let offer = RTCSessionDescription::offer(offer_sdp).map_err(webrtc_err("parsing the offer"))?;
         self.pc
             .set_remote_description(offer)
@@ -600,6 +601,7 @@ impl SendPeer {
     pub async fn reanswer(&self, offer_sdp: String) -> Result<String, PeerError> {
         self.capture_time_negotiated
             .store(abs_capture::extmap_id(&offer_sdp).is_some(), Ordering::Release);
+        self.estimate.set_cap(remote_video_cap_bps(&offer_sdp));
         let offer = RTCSessionDescription::offer(offer_sdp).map_err(webrtc_err("parsing the re-offer"))?;
         self.pc
             .set_remote_description(offer)
@@ -685,6 +687,7 @@ impl SendPeer {
     pub async fn set_answer(&self, answer_sdp: String) -> Result<(), PeerError> {
         self.capture_time_negotiated
             .store(abs_capture::extmap_id(&answer_sdp).is_some(), Ordering::Release);
+        self.estimate.set_cap(remote_video_cap_bps(&answer_sdp));
         let answer = RTCSessionDescription::answer(answer_sdp).map_err(webrtc_err("parsing the answer"))?;
         self.pc
             .set_remote_description(answer)
