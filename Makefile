@@ -44,6 +44,14 @@ bench: build
 	    target/release/livefilter-relay bench --input $(BENCH_CLIP) --filter $$f $(BENCH_ARGS) || exit 1; \
 	done
 
+# A CPU profile of the per-frame path (perf + an inferno flamegraph) under target/profile/;
+# PROFILE_FILTER (background-blur) and PROFILE_ARGS pass through to `bench`.
+PROFILE_FILTER ?= background-blur
+PROFILE_ARGS ?=
+.PHONY: profile
+profile: build
+	scripts/profile.sh $(PROFILE_FILTER) $(PROFILE_ARGS)
+
 # The operator's controller loop against the in-memory API double: 1000 streaming sessions;
 # prints reconcile p50/p99, API requests/min, status writes per session per minute and RSS.
 .PHONY: bench-operator

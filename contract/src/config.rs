@@ -338,7 +338,7 @@ impl Default for IceConfig {
 }
 
 /// The filter configuration (`filter:`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FilterConfig {
     /// Which filter.
@@ -356,7 +356,10 @@ pub struct FilterConfig {
     pub device: Device,
     /// When CUDA is unusable: `fail` (default) or `cpu` (with a loud warning).
     pub device_fallback: DeviceFallback,
-    /// Inference threads per model (0: one per core).
+    /// Inference threads per model (0: one per core). One by default: a session's other work
+    /// (decode, compositing, encode) keeps the cores busy, extra inference threads measured
+    /// more CPU per frame and no lower latency on two cores, and "one per core" counts the
+    /// node's cores, not the pod's CPU limit.
     pub threads: usize,
     /// The most GPU memory ONNX Runtime's CUDA arena may take per model, in MiB (none: as much as
     /// it wants). Lets several relays share one GPU (time-slicing, MPS) without one starving the
@@ -372,6 +375,24 @@ pub struct FilterConfig {
     pub assets_dir: Option<PathBuf>,
     /// How large a backdrop picture may be.
     pub image_limits: ImageLimits,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        Self {
+            kind: FilterKind::default(),
+            params: Map::new(),
+            model: None,
+            models_dir: None,
+            device: Device::default(),
+            device_fallback: DeviceFallback::default(),
+            threads: 1,
+            gpu_mem_limit_mb: None,
+            onnxruntime: None,
+            assets_dir: None,
+            image_limits: ImageLimits::default(),
+        }
+    }
 }
 
 /// How large a backdrop picture may be (`filter.image_limits`).

@@ -296,7 +296,7 @@ filter:
     radius: 12
   device: cpu
   device_fallback: fail
-  threads: 0
+  threads: 1
   image_limits:
     max_bytes: 16777216
     max_width: 4096

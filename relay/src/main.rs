@@ -206,7 +206,7 @@ struct FilterArgs {
     /// When CUDA is unusable: fail (default) or cpu (with a loud warning).
     #[arg(long, value_parser = parse_fallback)]
     device_fallback: Option<DeviceFallback>,
-    /// Inference threads per model (0: one per core).
+    /// Inference threads per model (default 1; 0: one per core).
     #[arg(long)]
     inference_threads: Option<usize>,
     /// Cap on the GPU memory ONNX Runtime's CUDA arena takes per model, in MiB (default: none),
