@@ -37,9 +37,9 @@ log "perf record: bench --filter $FILTER $*"
 perf record -q -e cpu-clock -F 999 -g -o "$OUT/$FILTER.perf.data" \
   target/release/livefilter-relay bench --input "$CLIP" --filter "$FILTER" --frames 450 "$@"
 perf report -i "$OUT/$FILTER.perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null \
-  | grep '%' | head -60 > "$OUT/$FILTER.txt"
+  | grep '%' | sed -n '1,60p' > "$OUT/$FILTER.txt"
 perf script -i "$OUT/$FILTER.perf.data" 2>/dev/null \
   | "$TOOLS/bin/inferno-collapse-perf" | "$TOOLS/bin/inferno-flamegraph" > "$OUT/$FILTER.svg"
 log "top of the profile ($OUT/$FILTER.txt):"
-head -15 "$OUT/$FILTER.txt"
+sed -n 1,15p "$OUT/$FILTER.txt"
 log "flamegraph: $OUT/$FILTER.svg"
