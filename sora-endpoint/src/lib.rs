@@ -8,6 +8,7 @@ pub mod api;
 pub mod codec;
 pub mod decode;
 pub mod dtls_setup;
+pub mod frameid;
 pub mod framestats;
 pub mod ice_mode;
 pub mod ids;
