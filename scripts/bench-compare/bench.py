@@ -12,7 +12,8 @@ into each decoded picture. For each round, for each filter, it runs livefilter
   over the window, divided by its length;
 - peak RSS: the largest sum of the tree's resident sizes, sampled every 0.5 s from start to the
   end of the window (PSS, which counts shared pages once, is in the JSON);
-- fps at sink: frames the endpoint decoded in the window per second, and its received bitrate;
+- fps at sink: new frames (distinct ids) the endpoint decoded in the window per second, and
+  its received bitrate (frames repeated or without a readable id are counted in the JSON);
 - sender->sink latency: arrival of a frame's first packet at the endpoint minus the moment the
   sender handed that frame (by its id) to its packetizer; p50/p95/p99 over all runs' frames;
 - the machine's other load: busy cores (from /proc/stat) minus the system, sender and
@@ -283,7 +284,8 @@ def run_once(args, endpoint, endpoint_proc, system, filter_name, index, work):
         "peak_rss_mb": round(memory.peak_rss / 1e6, 1),
         "peak_pss_mb": round(memory.peak_pss / 1e6, 1),
         "processes": memory.peak_processes,
-        "sink_fps": round(len(frames) / window, 2),
+        "sink_fps": round(len(seen) / window, 2),
+        "sink_decoded_fps": round(len(frames) / window, 2),
         "sink_kbps": round((conn["video"]["bytes"] - bytes0) * 8 / window / 1000, 1),
         "sink_sizes": sizes,
         "frames_sent_in_run": len(sent),
@@ -293,6 +295,7 @@ def run_once(args, endpoint, endpoint_proc, system, filter_name, index, work):
         "latency_ms": {f"p{q}": round(percentile(sorted(latencies), q), 1) if latencies else None
                        for q in (50, 95, 99)},
         "latencies_ms": [round(x, 2) for x in latencies],
+        "sink_frames": [[round(fr["arrival_ms"] - t0 * 1000, 1), fr["frame_id"], int(fr["keyframe"])] for fr in frames],
         "status": status,
     }
     return run
@@ -376,6 +379,18 @@ def machine_info():
             "loadavg_at_start": os.getloadavg()}
 
 
+def binary_info(path):
+    """Where a binary is, when it was built and its SHA-256 (which build was measured)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    built = datetime.datetime.fromtimestamp(os.stat(path).st_mtime, datetime.timezone.utc)
+    return {"path": os.path.abspath(path), "built": built.isoformat(timespec="seconds"), "sha256": digest.hexdigest()}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--relay", default="target/release/livefilter-relay")
@@ -441,6 +456,7 @@ def main():
     summary.sort(key=lambda s: (filters.index(s["filter"]), systems.index(s["system"])))
     result = {
         "started": stamp,
+        "binaries": {name: binary_info(path) for name, path in (("relay", args.relay), ("endpoint", args.endpoint))},
         "machine": {**info, "loadavg_at_end": os.getloadavg()},
         "settings": {k: v for k, v in vars(args).items()},
         "summary": summary,
