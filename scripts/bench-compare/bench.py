@@ -12,6 +12,7 @@ into each decoded picture. For each round, for each filter, it runs livefilter
   over the window, divided by its length;
 - peak RSS: the largest sum of the tree's resident sizes, sampled every 0.5 s from start to the
   end of the window (PSS, which counts shared pages once, is in the JSON);
+- CPU per frame at sink: cores / fps at sink, comparable when a starved system delivers fewer;
 - fps at sink: new frames (distinct ids) the endpoint decoded in the window per second, and
   its received bitrate (frames repeated or without a readable id are counted in the JSON);
 - sender->sink latency: arrival of a frame's first packet at the endpoint minus the moment the
@@ -331,17 +332,23 @@ def summarise(runs, max_other):
     return summary
 
 
+def per_frame(s):
+    """CPU milliseconds per frame delivered to the sink (cores / fps): comparable even when a
+    starved system delivers fewer frames."""
+    return f"{s['cores'] * 1000 / s['sink_fps']:.0f} ms" if s["sink_fps"] else "–"
+
+
 def table(summary):
     names = {"livefilter": "livefilter", "original": "original design (aiortc + mp queue + sora-sdk)"}
-    lines = ["| system | filter | cores used | peak RSS | fps at sink | kbit/s at sink "
+    lines = ["| system | filter | cores used | peak RSS | fps at sink | CPU per frame at sink | kbit/s at sink "
              "| sender→sink latency p50 / p95 / p99 | runs (kept) | other load |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         lat = s["latency_ms"]
         fmt = lambda v: "–" if v is None else f"{v:.0f}"  # noqa: E731
         lines.append(
             f"| {names[s['system']]} | {s['filter']} | {s['cores']:.2f} | {s['peak_rss_mb']:.0f} MB "
-            f"| {s['sink_fps']:.1f} | {s['sink_kbps']:.0f} | {fmt(lat['p50'])} / {fmt(lat['p95'])} / "
+            f"| {s['sink_fps']:.1f} | {per_frame(s)} | {s['sink_kbps']:.0f} | {fmt(lat['p50'])} / {fmt(lat['p95'])} / "
             f"{fmt(lat['p99'])} ms | {s['runs']} ({s['runs_kept']}{', all loaded' if s['all_runs_loaded'] else ''}) "
             f"| {s['other_load_cores']:.2f} |")
     return "\n".join(lines)
@@ -358,6 +365,8 @@ def ratios(summary):
         div = lambda a, b: round(a / b, 2) if a is not None and b else None  # noqa: E731
         out[filter_name] = {
             "cores": div(og["cores"], lf["cores"]),
+            "cpu_per_frame": div(og["cores"] / og["sink_fps"] if og["sink_fps"] else None,
+                                 lf["cores"] / lf["sink_fps"] if lf["sink_fps"] else None),
             "peak_rss": div(og["peak_rss_mb"], lf["peak_rss_mb"]),
             **{f"latency_{q}": div(og["latency_ms"][q], lf["latency_ms"][q]) for q in ("p50", "p95", "p99")},
             "fps_livefilter_over_original": div(lf["sink_fps"], og["sink_fps"]),
@@ -474,8 +483,8 @@ def main():
     print(md)
     print()
     for filter_name, r in result["ratios_original_over_livefilter"].items():
-        print(f"{filter_name}: the original uses {r['cores']}x the cores and {r['peak_rss']}x the memory of "
-              f"livefilter; its latency is {r['latency_p50']}x / {r['latency_p95']}x / {r['latency_p99']}x "
+        print(f"{filter_name}: the original uses {r['cores']}x the cores ({r['cpu_per_frame']}x the CPU per frame "
+              f"at the sink) and {r['peak_rss']}x the memory of livefilter; its latency is {r['latency_p50']}x / {r['latency_p95']}x / {r['latency_p99']}x "
               f"(p50 / p95 / p99); livefilter's fps at sink is {r['fps_livefilter_over_original']}x")
     print(f"\nresult: {path}")
     return 0 if len(good) == len(runs) else 1
