@@ -25,7 +25,6 @@ output pixels; alpha-blended at full size with OpenCV).
 
 import argparse
 import asyncio
-import json
 import logging
 import math
 import multiprocessing as mp
