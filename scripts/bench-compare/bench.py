@@ -19,7 +19,8 @@ into each decoded picture. For each round, for each filter, it runs livefilter
   sender handed that frame (by its id) to its packetizer; p50/p95/p99 over all runs' frames;
 - the machine's other load: busy cores (from /proc/stat) minus the system, sender and
   endpoint. Runs above --max-other-load cores are reported but left out of the summary
-  (unless every run of a cell is; then all are kept, marked).
+  (unless every run of a cell is; then all are kept, marked). A run whose stream stopped
+  reaching the sink before the end of the window is left out too, and counted.
 
 Prints a table and the ratios, and writes the whole result (every run, every figure) to
 --out-dir/result-<UTC time>.json and latest.json, and the table to latest.md.
@@ -42,6 +43,8 @@ import urllib.request
 
 SYSTEMS = ("livefilter", "original")
 TICKS = os.sysconf("SC_CLK_TCK")
+# A run whose sink saw no frame in the last STALL_S seconds of the window lost its stream.
+STALL_S = 2.0
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -270,6 +273,7 @@ def run_once(args, endpoint, endpoint_proc, system, filter_name, index, work):
         else:
             seen.add(fid)
             latencies.append(fr["arrival_ms"] - sent[fid])
+    last_arrival_s = (frames[-1]["arrival_ms"] / 1000 - t0) if frames else 0.0
     machine = (busy1 - busy0) / TICKS / window
     other = machine - sum(cores.values())
     sizes = sorted({f"{fr['width']}x{fr['height']}" for fr in frames})
@@ -289,6 +293,8 @@ def run_once(args, endpoint, endpoint_proc, system, filter_name, index, work):
         "sink_decoded_fps": round(len(frames) / window, 2),
         "sink_kbps": round((conn["video"]["bytes"] - bytes0) * 8 / window / 1000, 1),
         "sink_sizes": sizes,
+        "last_frame_at_s": round(last_arrival_s, 2),
+        "complete": last_arrival_s >= window - STALL_S,
         "frames_sent_in_run": len(sent),
         "frames_at_sink": len(frames),
         "frames_without_id": unreadable,
@@ -305,14 +311,23 @@ def run_once(args, endpoint, endpoint_proc, system, filter_name, index, work):
 # --- summary ----------------------------------------------------------------------------------
 
 
+def is_complete(run):
+    """Whether frames reached the sink until the end of the window (older results: from their frames)."""
+    if "complete" in run:
+        return run["complete"]
+    frames = run.get("sink_frames") or []
+    return bool(frames) and frames[-1][0] / 1000 >= run["window_s"] - STALL_S
+
+
 def summarise(runs, max_other):
     cells = {}
     for run in runs:
         cells.setdefault((run["filter"], run["system"]), []).append(run)
     summary = []
     for (filter_name, system), group in cells.items():
-        quiet = [r for r in group if r.get("other_load_cores", 0) <= max_other]
-        kept = quiet or group
+        whole = [r for r in group if is_complete(r)] or group
+        quiet = [r for r in whole if r.get("other_load_cores", 0) <= max_other]
+        kept = quiet or whole
         lat = sorted(x for r in kept for x in r["latencies_ms"])
         mean = lambda key: round(sum(r[key] for r in kept) / len(kept), 3)  # noqa: E731
         summary.append({
@@ -320,6 +335,7 @@ def summarise(runs, max_other):
             "filter": filter_name,
             "runs": len(group),
             "runs_kept": len(kept),
+            "runs_incomplete": sum(not is_complete(r) for r in group),
             "all_runs_loaded": not quiet,
             "cores": mean("cores"),
             "peak_rss_mb": mean("peak_rss_mb"),
@@ -349,7 +365,8 @@ def table(summary):
         lines.append(
             f"| {names[s['system']]} | {s['filter']} | {s['cores']:.2f} | {s['peak_rss_mb']:.0f} MB "
             f"| {s['sink_fps']:.1f} | {per_frame(s)} | {s['sink_kbps']:.0f} | {fmt(lat['p50'])} / {fmt(lat['p95'])} / "
-            f"{fmt(lat['p99'])} ms | {s['runs']} ({s['runs_kept']}{', all loaded' if s['all_runs_loaded'] else ''}) "
+            f"{fmt(lat['p99'])} ms | {s['runs']} ({s['runs_kept']}{', all loaded' if s['all_runs_loaded'] else ''}"
+            f"{', %d stream lost' % s['runs_incomplete'] if s.get('runs_incomplete') else ''}) "
             f"| {s['other_load_cores']:.2f} |")
     return "\n".join(lines)
 
