@@ -52,6 +52,15 @@ PROFILE_ARGS ?=
 profile: build
 	scripts/profile.sh $(PROFILE_FILTER) $(PROFILE_ARGS)
 
+# livefilter and the original Python design (aiortc + multiprocessing queue + sora-sdk) side by
+# side: one sender, the Sora-compatible endpoint as the sink (same bitrate for both), passthrough
+# and background-blur, alternating runs; prints cores, peak RSS, fps and sender->sink latency per
+# system and the ratios (scripts/bench-compare/; results in target/bench-compare/). Not part of
+# `make test`. BENCH_COMPARE_RUNS=2 BENCH_COMPARE_SECONDS=60 ... (see scripts/bench-compare/run.sh).
+.PHONY: bench-compare
+bench-compare: build
+	scripts/bench-compare/run.sh
+
 # The operator's controller loop against the in-memory API double: 1000 streaming sessions;
 # prints reconcile p50/p99, API requests/min, status writes per session per minute and RSS.
 .PHONY: bench-operator

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::frameid;
 use crate::picture::{Picture, yuv_to_rgb};
 use serde::Serialize;
 
@@ -35,6 +36,8 @@ pub struct FrameSummary {
     pub center_luma: f64,
     /// FNV-1a hash of the centre region's coarsely quantised luma, hex (changes when content does).
     pub center_hash: String,
+    /// The frame id a benchmark sender painted into the picture ([`crate::frameid`]), if any.
+    pub frame_id: Option<u32>,
 }
 
 /// Mean RGB of the `PATCH_SIZE` square at `PATCH_ORIGIN`, clipped to the picture.
@@ -189,6 +192,7 @@ pub fn summarize(
         patch_rgb: patch_mean_rgb(frame),
         center_luma,
         center_hash: format!("{hash:016x}"),
+        frame_id: frameid::read(frame),
     }
 }
 
@@ -231,6 +235,14 @@ mod tests {
         center_luma_and_hash(&f);
         let f = solid(3, 7, [10, 20, 30]);
         summarize(&f, 0, 0, true, 0.0, 0.0);
+    }
+
+    #[test]
+    fn summary_carries_the_painted_frame_id() {
+        let mut frame = solid(320, 180, [90, 90, 90]);
+        assert_eq!(summarize(&frame, 0, 0, true, 0.0, 0.0).frame_id, None);
+        crate::frameid::paint(&mut frame, 321);
+        assert_eq!(summarize(&frame, 1, 0, false, 0.0, 0.0).frame_id, Some(321));
     }
 
     #[test]

@@ -5,9 +5,11 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod bandwidth;
 pub mod codec;
 pub mod decode;
 pub mod dtls_setup;
+pub mod frameid;
 pub mod framestats;
 pub mod ice_mode;
 pub mod ids;
@@ -56,6 +58,9 @@ pub struct Config {
     pub max_closed: usize,
     /// Frame summaries kept per connection.
     pub frame_ring: usize,
+    /// Video bitrate publishers are asked to keep to (kbit/s; `b=AS`/`b=TIAS` in the SDP the
+    /// endpoint sends), as Sora holds them to the channel's bitrate. `None`: no limit.
+    pub max_video_bitrate_kbps: Option<u32>,
 }
 
 impl Default for Config {
@@ -71,6 +76,7 @@ impl Default for Config {
             whip_token: None,
             max_closed: 256,
             frame_ring: 600,
+            max_video_bitrate_kbps: None,
         }
     }
 }

@@ -44,6 +44,11 @@ struct Args {
     /// Per-frame summaries kept per connection.
     #[arg(long, default_value_t = 600)]
     frame_ring: usize,
+    /// Ask publishers to keep video within this many kbit/s (`b=AS` and `b=TIAS` in every video
+    /// m-section of the offer, re-offer and WHIP answer), as Sora holds them to the channel's
+    /// bitrate. Without it the SDP carries no limit.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(30..=100_000))]
+    max_bitrate_kbps: Option<u32>,
 }
 
 async fn shutdown_signal() {
@@ -94,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         whip_token: args.whip_token,
         max_closed: args.max_closed,
         frame_ring: args.frame_ring,
+        max_video_bitrate_kbps: args.max_bitrate_kbps,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

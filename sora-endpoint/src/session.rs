@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCPeerConnectionState};
 
 use crate::AppState;
+use crate::bandwidth;
 use crate::codec::VideoCodec;
 use crate::dtls_setup::{self, DtlsRoleRefusal};
 use crate::ids::new_id;
@@ -252,7 +253,7 @@ impl Session {
             Ok::<_, peer::PeerError>((pc, sdp))
         };
         let (pc, sdp) = match setup.await {
-            Ok(ok) => ok,
+            Ok((pc, sdp)) => (pc, bandwidth::apply(sdp, self.app.config.max_video_bitrate_kbps)),
             Err(err) => {
                 tracing::error!(%err, "peer connection setup failed");
                 let reason = format!("INTERNAL-ERROR: {err}");
@@ -482,6 +483,7 @@ impl Session {
         };
         match result.await {
             Ok(Some(sdp)) => {
+                let sdp = bandwidth::apply(sdp, self.app.config.max_video_bitrate_kbps);
                 if send_json(&mut self.socket, &signaling::re_offer_message(&sdp)).await {
                     self.record.with_signaling(|s| {
                         s.re_offers_sent += 1;

@@ -12,6 +12,7 @@ use tracing::Instrument;
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::AppState;
+use crate::bandwidth;
 use crate::codec::VideoCodec;
 use crate::dtls_setup;
 use crate::ids::new_id;
@@ -128,7 +129,7 @@ pub async fn post(
         }
     };
     let (pc, answer) = match setup.await {
-        Ok(ok) => ok,
+        Ok((pc, answer)) => (pc, bandwidth::apply(answer, app.config.max_video_bitrate_kbps)),
         Err(err) => {
             let status = match err {
                 PeerError::WebRtc {

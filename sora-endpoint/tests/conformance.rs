@@ -227,6 +227,52 @@ async fn python_sdk_publishes_vp8(ice: Ice, channel: &str) {
     assert_eq!(s["pongs_with_stats"], 0);
 }
 
+/// Video kbit/s the Python SDK sends to an endpoint started with `endpoint_args`, publishing
+/// noise with `video_bit_rate` 2500, measured at the endpoint over 5 s once it has settled.
+async fn python_sdk_kbps(channel: &str, endpoint_args: &[&str]) -> f64 {
+    let endpoint = Endpoint::start(channel, endpoint_args).await;
+    let mut driver = python_publish(
+        "sora-sdk (python)",
+        &[endpoint.ws_url()],
+        channel,
+        &["--pattern", "noise", "--bitrate", "2500"],
+    );
+    let live = endpoint
+        .wait(&format!("channel_id={channel}&state=connected&min_frames=1"))
+        .await;
+    let id = live["connection_id"].as_str().expect("connection id").to_owned();
+    // Noise squeezed into a cap decodes at a few fps: the rate is measured in bytes, not frames.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let bytes = |c: Value| c["video"]["bytes"].as_f64().expect("video bytes");
+    let before = bytes(endpoint.get(&format!("/api/connections/{id}?frames=0")).await);
+    let start = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let after = bytes(endpoint.get(&format!("/api/connections/{id}?frames=0")).await);
+    let kbps = (after - before) * 8.0 / start.elapsed().as_secs_f64() / 1000.0;
+    driver.stop().await;
+    let (status, output, _) = driver.finish().await;
+    assert!(status.success(), "python driver failed ({status}):\n{output}");
+    kbps
+}
+
+/// `--max-bitrate-kbps` holds the official Python SDK to the cap (b=AS/b=TIAS in the offer), as
+/// Sora holds a publisher to its channel's bitrate: without it the SDK sends well over the cap.
+#[tokio::test]
+async fn python_sdk_keeps_to_the_endpoint_bitrate_cap() {
+    let _media = MEDIA.lock().await;
+    const CAP: f64 = 500.0;
+    let uncapped = python_sdk_kbps("py-uncapped", &[]).await;
+    let capped = python_sdk_kbps("py-capped", &["--max-bitrate-kbps", "500"]).await;
+    println!(
+        "sora-sdk (python), noise at video_bit_rate 2500: {uncapped:.0} kbit/s uncapped, {capped:.0} capped at {CAP}"
+    );
+    assert!(capped <= CAP * 1.2, "capped at {CAP} kbit/s, the SDK sent {capped:.0}");
+    assert!(
+        uncapped >= CAP * 1.5,
+        "uncapped, the SDK sent only {uncapped:.0} kbit/s: the test proves nothing"
+    );
+}
+
 /// Python SDK given a dead signaling URL first and a live one second: it connects to the live one.
 #[tokio::test]
 async fn python_sdk_skips_a_dead_signaling_url() {

@@ -157,6 +157,31 @@ async fn offer_has_the_fields_the_official_sdks_need_and_disconnect_closes_1000(
 }
 
 #[tokio::test]
+async fn a_bitrate_cap_is_offered_in_the_video_section_only() {
+    let server = Server::start(Config {
+        max_video_bitrate_kbps: Some(1000),
+        ..Config::default()
+    })
+    .await;
+    let mut ws = server.ws().await;
+    send(&mut ws, connect_msg("ch-cap")).await;
+    let offer = recv_json(&mut ws).await;
+    let sdp = offer["sdp"].as_str().expect("sdp");
+    let (audio, video) = sdp.split_once("m=video").expect("a video m-line");
+    assert!(!audio.contains("b="), "no cap on audio or the session: {sdp}");
+    assert!(video.contains("\r\nb=AS:1000\r\nb=TIAS:1000000\r\n"), "{sdp}");
+    let id = offer["connection_id"].as_str().expect("connection_id");
+    let c = server.get(&format!("/api/connections/{id}")).await;
+    assert_eq!(c["signaling"]["local_sdp"], sdp, "the API shows the offer as sent");
+
+    let uncapped = Server::start(Config::default()).await;
+    let mut ws = uncapped.ws().await;
+    send(&mut ws, connect_msg("ch-nocap")).await;
+    let offer = recv_json(&mut ws).await;
+    assert!(!offer["sdp"].as_str().expect("sdp").contains("b=AS"), "{offer:#}");
+}
+
+#[tokio::test]
 async fn h264_connect_gets_an_h264_only_offer() {
     let server = Server::start(Config::default()).await;
     let mut ws = server.ws().await;

@@ -25,10 +25,16 @@ const TOKEN: &str = "whip-secret";
 const STEP: Duration = Duration::from_secs(20);
 
 async fn start() -> String {
+    start_with_cap(None).await
+}
+
+/// An endpoint asking publishers for at most `max_video_bitrate_kbps`.
+async fn start_with_cap(max_video_bitrate_kbps: Option<u32>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let state = AppState::new(Config {
         whip_token: Some(TOKEN.into()),
+        max_video_bitrate_kbps,
         ..Config::default()
     });
     tokio::spawn(sora_endpoint::serve(listener, state, std::future::pending()));
@@ -123,8 +129,9 @@ async fn wait_json(base: &str, query: &str) -> Value {
 }
 
 #[tokio::test]
-async fn webrtc_rs_client_publishes_vp8_over_whip() {
-    let base = start().await;
+async fn webrtc_rs_client_publishes_vp8_over_whip_within_the_offered_bitrate_cap() {
+    // A cap far above what the test sends: the answer carries it, the publish is unaffected.
+    let base = start_with_cap(Some(5000)).await;
 
     // A sendonly webrtc-rs client with one VP8 track.
     let vp8 = RTCRtpCodec {
@@ -196,6 +203,11 @@ async fn webrtc_rs_client_publishes_vp8_over_whip() {
     assert!(
         answer.contains("a=candidate") && answer.contains("127.0.0.1"),
         "non-trickle answer: {answer}"
+    );
+    let video = answer.split_once("m=video").expect("a video m-line").1;
+    assert!(
+        video.contains("\r\nb=AS:5000\r\nb=TIAS:5000000\r\n"),
+        "the cap: {answer}"
     );
     pc.set_remote_description(RTCSessionDescription::answer(answer).expect("answer sdp"))
         .await

@@ -8,7 +8,8 @@ usable by hand:
         --signaling-url ws://127.0.0.1:7000/signaling --channel-id test --seconds 3
 
 Frames: a solid background of --color (so a receiver can check the colour it decodes in the
-top-left corner) with a white bar moving through the centre (so consecutive frames differ).
+top-left corner) with a white bar moving through the centre (so consecutive frames differ), or
+with --pattern noise, random pixels (as many bits as the encoder is allowed: for bitrate caps).
 
 Publishing lasts --seconds, or ends earlier when a line "stop" arrives on stdin. Prints one JSON
 line per event on stdout and a final line {"summary": {...}}; exits 0 when the SDK reported
@@ -21,6 +22,7 @@ degradation_preference=MAINTAIN_RESOLUTION the encoder starts at a quarter of th
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -55,6 +57,11 @@ def make_frames(width, height, rgb, count):
     return frames
 
 
+def make_noise_frames(width, height, count):
+    """`count` HxWx3 frames of random pixels: the encoder needs every bit it may use."""
+    return [memoryview(bytearray(os.urandom(width * height * 3))).cast("B", (height, width, 3)) for _ in range(count)]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--signaling-url", action="append", required=True, help="repeatable; all are tried at once")
@@ -69,6 +76,7 @@ def main():
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--color", default="200,60,30", help="R,G,B of the background")
     p.add_argument("--bitrate", type=int, default=1000, help="kbit/s")
+    p.add_argument("--pattern", default="bar", choices=["bar", "noise"], help="what the frames show")
     p.add_argument("--connect-timeout", type=float, default=20.0)
     args = p.parse_args()
 
@@ -166,7 +174,10 @@ def main():
     conn.on_ws_close = on_ws_close
     conn.on_signaling_message = on_signaling_message
 
-    frames = make_frames(args.width, args.height, color, 64)
+    if args.pattern == "noise":
+        frames = make_noise_frames(args.width, args.height, 32)
+    else:
+        frames = make_frames(args.width, args.height, color, 64)
     conn.connect()
     if not connected.wait(args.connect_timeout) or not state["connected"]:
         emit("error", message="not connected within timeout")
