@@ -261,7 +261,12 @@ def run_once(args, endpoint, endpoint_proc, system, filter_name, index, work):
         memory.join()
         stop(proc)
     with open(sent_path) as f:
-        sent = json.load(f)["sent_ms"]
+        sent_run = json.load(f)
+    sent = sent_run["sent_ms"]
+    # From POST /offer to the sink's first decoded frame of the session (warm model: both
+    # systems load theirs at startup, before the offer).
+    first = [fr["arrival_ms"] for fr in conn["frames"] if fr.get("seq") == 0]
+    first_frame_ms = round(first[0] - sent_run["offer_posted_ms"], 1) if first and "offer_posted_ms" in sent_run else None
     frames = [fr for fr in conn["frames"] if t0 * 1000 <= fr["arrival_ms"] <= t1 * 1000]
     seen, latencies, unreadable, repeats = set(), [], 0, 0
     for fr in frames:
@@ -293,6 +298,7 @@ def run_once(args, endpoint, endpoint_proc, system, filter_name, index, work):
         "sink_decoded_fps": round(len(frames) / window, 2),
         "sink_kbps": round((conn["video"]["bytes"] - bytes0) * 8 / window / 1000, 1),
         "sink_sizes": sizes,
+        "first_frame_ms": first_frame_ms,
         "last_frame_at_s": round(last_arrival_s, 2),
         "complete": last_arrival_s >= window - STALL_S,
         "frames_sent_in_run": len(sent),
@@ -343,9 +349,15 @@ def summarise(runs, max_other):
             "sink_fps": mean("sink_fps"),
             "sink_kbps": mean("sink_kbps"),
             "other_load_cores": mean("other_load_cores"),
+            "first_frame_ms": median([r["first_frame_ms"] for r in kept if r.get("first_frame_ms") is not None]),
             "latency_ms": {f"p{q}": round(percentile(lat, q), 1) if lat else None for q in (50, 95, 99)},
         })
     return summary
+
+
+def median(values):
+    """The median, or None for no values."""
+    return round(percentile(sorted(values), 50), 1) if values else None
 
 
 def per_frame(s):
@@ -357,15 +369,15 @@ def per_frame(s):
 def table(summary):
     names = {"livefilter": "livefilter", "original": "original design (aiortc + mp queue + sora-sdk)"}
     lines = ["| system | filter | cores used | peak RSS | fps at sink | CPU per frame at sink | kbit/s at sink "
-             "| sender→sink latency p50 / p95 / p99 | runs (kept) | other load |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| sender→sink latency p50 / p95 / p99 | offer→first frame at sink (median) | runs (kept) | other load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         lat = s["latency_ms"]
         fmt = lambda v: "–" if v is None else f"{v:.0f}"  # noqa: E731
         lines.append(
             f"| {names[s['system']]} | {s['filter']} | {s['cores']:.2f} | {s['peak_rss_mb']:.0f} MB "
             f"| {s['sink_fps']:.1f} | {per_frame(s)} | {s['sink_kbps']:.0f} | {fmt(lat['p50'])} / {fmt(lat['p95'])} / "
-            f"{fmt(lat['p99'])} ms | {s['runs']} ({s['runs_kept']}{', all loaded' if s['all_runs_loaded'] else ''}"
+            f"{fmt(lat['p99'])} ms | {fmt(s.get('first_frame_ms'))} ms | {s['runs']} ({s['runs_kept']}{', all loaded' if s['all_runs_loaded'] else ''}"
             f"{', %d stream lost' % s['runs_incomplete'] if s.get('runs_incomplete') else ''}) "
             f"| {s['other_load_cores']:.2f} |")
     return "\n".join(lines)

@@ -180,6 +180,7 @@ async def send(args):
 
     await pc.setLocalDescription(await pc.createOffer())
     body = {"sdp": pc.localDescription.sdp, "type": "offer"}
+    offer_posted_ms = time.time() * 1000.0
     async with aiohttp.ClientSession() as http:
         async with http.post(args.offer_url, json=body) as resp:
             if resp.status >= 300:
@@ -207,6 +208,7 @@ async def send(args):
             "failed": failed.is_set(),
             "exhausted": track.exhausted.is_set(),
             "id_modulus": ID_MODULUS,
+            "offer_posted_ms": offer_posted_ms,
             "sent_ms": track.sent_ms,
         }
         with open(args.out, "w") as f:
