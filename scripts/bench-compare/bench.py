@@ -271,7 +271,7 @@ def run_once(args, endpoint, endpoint_proc, system, filter_name, index, work):
     seen, latencies, unreadable, repeats = set(), [], 0, 0
     for fr in frames:
         fid = fr["frame_id"]
-        if fid is None or fid >= len(sent):
+        if fid is None or fid >= len(sent) or sent[fid] is None:
             unreadable += 1
         elif fid in seen:
             repeats += 1
@@ -301,7 +301,8 @@ def run_once(args, endpoint, endpoint_proc, system, filter_name, index, work):
         "first_frame_ms": first_frame_ms,
         "last_frame_at_s": round(last_arrival_s, 2),
         "complete": last_arrival_s >= window - STALL_S,
-        "frames_sent_in_run": len(sent),
+        "frames_sent_in_run": sum(t is not None for t in sent),
+        "keyframe_requests_answered": sent_run.get("keyframe_requests"),
         "frames_at_sink": len(frames),
         "frames_without_id": unreadable,
         "frames_repeated": repeats,

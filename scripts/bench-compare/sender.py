@@ -130,17 +130,33 @@ def prepare(args):
 
 
 class ReplayTrack(VideoStreamTrack):
-    """Pre-encoded VP8 frames, in order, at the clip's rate; notes when each one left."""
+    """Pre-encoded VP8 frames, in order, at the clip's rate; notes when each one left.
+
+    A keyframe request (PLI/FIR) is answered as a browser would, with a keyframe at once: the
+    replay jumps to the next pre-encoded keyframe (the ids in between are never sent, and are
+    recorded as None).
+    """
 
     def __init__(self, packets):
         super().__init__()
         self.packets = packets
         self.sent_ms = []
         self.exhausted = asyncio.Event()
+        self.keyframe_wanted = False
+        self.keyframe_requests = 0
+
+    def request_keyframe(self):
+        self.keyframe_wanted = True
+        self.keyframe_requests += 1
 
     async def recv(self):
         pts, time_base = await self.next_timestamp()
         n = len(self.sent_ms)
+        if self.keyframe_wanted:
+            self.keyframe_wanted = False
+            ahead = next((i for i in range(n, len(self.packets)) if self.packets[i].is_keyframe), n)
+            self.sent_ms.extend([None] * (ahead - n))
+            n = ahead
         if n >= len(self.packets):
             self.exhausted.set()
             self.stop()
@@ -167,6 +183,15 @@ async def send(args):
     transceiver = pc.addTransceiver(track, direction="sendonly")
     vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/VP8"]
     transceiver.setCodecPreferences(vp8)
+    # aiortc asks its encoder for a keyframe on PLI/FIR; there is none here, so the request goes
+    # to the replay instead.
+    ask_encoder = transceiver.sender._send_keyframe
+
+    def send_keyframe():
+        track.request_keyframe()
+        ask_encoder()
+
+    transceiver.sender._send_keyframe = send_keyframe
     connected = asyncio.Event()
     failed = asyncio.Event()
 
@@ -210,6 +235,7 @@ async def send(args):
             "id_modulus": ID_MODULUS,
             "offer_posted_ms": offer_posted_ms,
             "sent_ms": track.sent_ms,
+            "keyframe_requests": track.keyframe_requests,
         }
         with open(args.out, "w") as f:
             json.dump(result, f)
