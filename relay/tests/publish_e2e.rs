@@ -510,3 +510,45 @@ async fn frames_are_dropped_and_counted_while_the_sfu_is_unreachable() {
         )
         .await;
 }
+
+#[tokio::test]
+async fn the_relay_keeps_to_the_video_cap_the_sfus_offer_sets() {
+    let endpoint = Endpoint::start(&["--max-bitrate-kbps", "400"]);
+    let relay = Relay::test_pattern(&[
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        "capped",
+        "--bitrate-kbps",
+        "1500",
+        "--width",
+        "640",
+        "--height",
+        "360",
+    ]);
+    let conn = endpoint
+        .wait_for("transport=sora&channel_id=capped&state=connected&min_frames=30")
+        .await;
+    let id = conn["connection_id"].as_str().expect("connection_id").to_owned();
+
+    // The encoder follows the publisher's estimate, which the offer's b=TIAS bounds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let target = loop {
+        let target = relay.metric("livefilter_encoder_target_bitrate_bps").await;
+        if target <= 400_000.0 || std::time::Instant::now() > deadline {
+            break target;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(
+        target <= 400_000.0,
+        "the encoder targets {target} bit/s under a 400 kbit/s cap"
+    );
+    // What arrives over the next 5 s of media keeps to it too (CBR may overshoot a little).
+    let bytes = |c: &Value| c["video"]["bytes"].as_f64().expect("video bytes");
+    let before = bytes(&endpoint.connection(&id, 0).await);
+    let start = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let kbps = (bytes(&endpoint.connection(&id, 0).await) - before) * 8.0 / start.elapsed().as_secs_f64() / 1000.0;
+    assert!(kbps <= 480.0, "{kbps:.0} kbit/s arrived under a 400 kbit/s cap");
+}
