@@ -178,20 +178,33 @@ impl AheadSegmenter {
     }
 
     fn mask(&mut self, frame: &I420Frame) -> Result<Inferred, String> {
-        let gone = || "the segmentation thread stopped".to_owned();
         while let Ok(result) = self.masks.try_recv() {
             self.latest = Some(result?);
         }
-        let frames = self.frames.as_ref().ok_or_else(gone)?;
-        match frames.try_send(frame.clone()) {
-            Ok(()) | Err(mpsc::TrySendError::Full(_)) => {}
-            Err(mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
+        let sent = match self.frames.as_ref() {
+            Some(frames) => frames.try_send(frame.clone()),
+            None => return Err(self.gone()),
+        };
+        if let Err(mpsc::TrySendError::Disconnected(_)) = sent {
+            return Err(self.gone());
         }
         if self.latest.is_none() {
             // The first frame: nothing earlier to use, so wait for its own.
-            self.latest = Some(self.masks.recv().map_err(|_| gone())??);
+            match self.masks.recv() {
+                Ok(result) => self.latest = Some(result?),
+                Err(_) => return Err(self.gone()),
+            }
         }
-        self.latest.clone().ok_or_else(gone)
+        self.latest.clone().ok_or_else(|| self.gone())
+    }
+
+    /// The worker ended: a panic there is re-raised here, on the filter thread, whose
+    /// supervision ends the relay as it would for a panic in the filter itself.
+    fn gone(&mut self) -> String {
+        if let Some(Err(panic)) = self.worker.take().map(JoinHandle::join) {
+            std::panic::resume_unwind(panic);
+        }
+        "the segmentation thread stopped".to_owned()
     }
 
     /// Stops the worker and takes the model back.
