@@ -44,6 +44,20 @@ bench: build
 	    target/release/livefilter-relay bench --input $(BENCH_CLIP) --filter $$f $(BENCH_ARGS) || exit 1; \
 	done
 
+# How steady the filters are from frame to frame on a still 720p clip with camera noise (where
+# every change is the filter's): background-blur's mask flicker (1 - mean IoU of consecutive
+# masks) and pose's keypoint jitter, with the temporal stabilisation, edge refinement and
+# keypoint smoothing off ("before") and on (the defaults). Not part of `make test`.
+QUALITY_CLIP ?= .cache/bench/astronaut-still-720p.y4m
+.PHONY: bench-quality
+bench-quality: build
+	@mkdir -p $(dir $(QUALITY_CLIP))
+	@[ -s $(QUALITY_CLIP) ] || target/release/livefilter-relay make-clip --image .cache/testdata/astronaut.png --out $(QUALITY_CLIP) --width 1280 --height 720 --frames 150 --still --noise 3
+	@export ORT_DYLIB_PATH=$${ORT_DYLIB_PATH:-$(CURDIR)/.cache/onnxruntime/libonnxruntime.so} LIVEFILTER_MODELS_DIR=$(CURDIR)/models; \
+	run() { echo "== $$1 $$3"; target/release/livefilter-relay bench --input $(QUALITY_CLIP) --quality --filter $$1 --filter-params "$$2" | grep -E 'flicker|jitter|PSNR' || exit 1; }; \
+	run background-blur '{"stabilize": false, "refineEdges": false}' before && run background-blur '{}' after && \
+	run pose '{"smoothing": false, "hysteresis": 0}' before && run pose '{}' after
+
 # A CPU profile of the per-frame path (perf + an inferno flamegraph) under target/profile/;
 # PROFILE_FILTER (background-blur) and PROFILE_ARGS pass through to `bench`.
 PROFILE_FILTER ?= background-blur

@@ -562,6 +562,8 @@ pub struct NetworkSpec {
 #[x_kube(validation = Rule::new("!(has(self.credentialSecretRef) && has(self.authSecretRef))").message("network.turn.credentialSecretRef and authSecretRef exclude each other"))]
 #[x_kube(validation = Rule::new("!has(self.credentialSecretRef) || has(self.username)").message("network.turn.credentialSecretRef needs username"))]
 #[x_kube(validation = Rule::new("!has(self.credentialTtlSeconds) || has(self.authSecretRef)").message("network.turn.credentialTtlSeconds applies only with authSecretRef"))]
+#[x_kube(validation = Rule::new("!self.urls.exists(u, u.startsWith('turn:') || u.startsWith('turns:')) || has(self.credentialSecretRef) || has(self.authSecretRef)").message("network.turn: turn: and turns: URLs need credentials: username with credentialSecretRef, or authSecretRef"))]
+#[x_kube(validation = Rule::new("self.urls.all(u, u.startsWith('stun:') || u.startsWith('stuns:') || u.startsWith('turn:') || u.startsWith('turns:'))").message("network.turn.urls must start with stun:, stuns:, turn: or turns:"))]
 #[serde(rename_all = "camelCase")]
 pub struct TurnSpec {
     /// `turn:host:3478?transport=udp`, `turn:host:3478?transport=tcp`,

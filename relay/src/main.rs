@@ -349,6 +349,12 @@ struct MakeClipArgs {
     /// Frames per second.
     #[arg(long, default_value_t = 30)]
     fps: u32,
+    /// Hold the picture still instead of panning over it (a camera on a tripod).
+    #[arg(long)]
+    still: bool,
+    /// With --still: sensor noise, the standard deviation in 8-bit levels (e.g. 2.5).
+    #[arg(long, default_value_t = 0.0)]
+    noise: f32,
 }
 
 fn make_clip(args: MakeClipArgs) -> anyhow::Result<()> {
@@ -359,14 +365,14 @@ fn make_clip(args: MakeClipArgs) -> anyhow::Result<()> {
     use livefilter_relay::filter::assets::{Assets, ImageLimits, Origin};
     let picture = Assets::new(None, ImageLimits::default()).load(&args.image, Origin::Config)?;
     let rgb = picture.rgb();
-    let frames = livefilter_relay::bench::clip::panned(
-        rgb.as_raw(),
-        rgb.width(),
-        rgb.height(),
-        args.width,
-        args.height,
-        args.frames,
-    )?;
+    anyhow::ensure!((0.0..=64.0).contains(&args.noise), "--noise must be 0..=64 levels");
+    anyhow::ensure!(args.still || args.noise == 0.0, "--noise needs --still");
+    let (w, h) = (rgb.width(), rgb.height());
+    let frames = if args.still {
+        livefilter_relay::bench::clip::still(rgb.as_raw(), w, h, args.width, args.height, args.frames, args.noise)?
+    } else {
+        livefilter_relay::bench::clip::panned(rgb.as_raw(), w, h, args.width, args.height, args.frames)?
+    };
     let tmp = args.out.with_extension("y4m.tmp");
     let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     livefilter_relay::y4m::write(std::io::BufWriter::new(file), args.fps, frames)?;
@@ -418,7 +424,8 @@ struct BenchArgs {
     /// first; default: the relay's `video.keyframe_interval_secs`).
     #[arg(long)]
     keyframe_interval_secs: Option<f64>,
-    /// With --input: decode the output and print its luma PSNR (then CPU is not measured).
+    /// With --input: decode the output and print its luma PSNR, and the filter's mask flicker or
+    /// keypoint jitter from frame to frame (then CPU is not measured).
     #[arg(long)]
     quality: bool,
     /// With --input: sleep this many ms in every filter call, standing in for a filter slower

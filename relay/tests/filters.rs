@@ -510,7 +510,8 @@ fn mirrored(frame: &I420Frame) -> I420Frame {
 fn green_screen(mask_from: &str) -> Box<dyn livefilter_relay::filter::Filter> {
     FilterConfig {
         kind: FilterKind::BackgroundReplace,
-        params: json!({"color": "#00b140", "smoothing": 0, "maskFrom": mask_from})
+        // Refinement follows each frame's own edges; these tests are about which mask is used.
+        params: json!({"color": "#00b140", "smoothing": 0, "refineEdges": false, "maskFrom": mask_from})
             .as_object()
             .cloned()
             .unwrap(),
@@ -586,4 +587,108 @@ fn switching_back_to_the_current_frames_mask_live_composites_each_frame_with_its
     let out = filter.apply(second.clone()).unwrap().frame;
 
     assert_eq!(out.y(), green_screen("current").apply(second).unwrap().frame.y());
+}
+
+/// A still 640x360 view of the astronaut with a camera's sensor noise on every frame.
+fn still_noisy_clip(frames: u32) -> Vec<I420Frame> {
+    let (rgb, w, h, _) = astronaut();
+    livefilter_relay::bench::clip::still(&rgb, w, h, 640, 360, frames, 3.0).unwrap()
+}
+
+fn built(kind: FilterKind, params: Value) -> Box<dyn livefilter_relay::filter::Filter> {
+    FilterConfig {
+        kind,
+        params: params.as_object().cloned().unwrap(),
+        models_dir: Some(root().join("models")),
+        ..Default::default()
+    }
+    .build()
+    .unwrap()
+}
+
+/// 1 − the mean IoU of the consecutive binary masks (alpha ≥ 128) the filter composited with.
+fn mask_flicker(filter: &mut dyn livefilter_relay::filter::Filter, clip: &[I420Frame]) -> f64 {
+    use livefilter_relay::filter::Probe;
+    let mut masks: Vec<Vec<bool>> = Vec::new();
+    for frame in clip {
+        filter.apply(frame.clone()).unwrap();
+        match filter.probe() {
+            Some(Probe::Mask { alpha, .. }) => masks.push(alpha.iter().map(|&a| a >= 128).collect()),
+            other => panic!("a segmentation filter shows its mask, got {other:?}"),
+        }
+    }
+    let ious: Vec<f64> = masks
+        .windows(2)
+        .map(|p| {
+            let inter = p[0].iter().zip(&p[1]).filter(|(a, b)| **a && **b).count();
+            let union = p[0].iter().zip(&p[1]).filter(|(a, b)| **a || **b).count();
+            inter as f64 / union.max(1) as f64
+        })
+        .collect();
+    1.0 - ious.iter().sum::<f64>() / ious.len() as f64
+}
+
+#[test]
+fn on_a_still_noisy_clip_the_stabilised_refined_mask_flickers_less() {
+    let clip = still_noisy_clip(12);
+    let mut before = built(
+        FilterKind::BackgroundBlur,
+        json!({"stabilize": false, "refineEdges": false}),
+    );
+    let mut after = built(FilterKind::BackgroundBlur, json!({}));
+
+    let (flicker_before, flicker_after) = (mask_flicker(&mut *before, &clip), mask_flicker(&mut *after, &clip));
+
+    println!("mask flicker {flicker_before:.4} -> {flicker_after:.4}");
+    assert!(flicker_before > 0.0, "the noise moves the raw mask");
+    assert!(
+        flicker_after < flicker_before,
+        "flicker {flicker_before:.4} -> {flicker_after:.4}"
+    );
+}
+
+/// Median displacement (frame pixels) of keypoints drawn in consecutive frames, and how many
+/// keypoints appeared or disappeared.
+fn keypoint_jitter(filter: &mut dyn livefilter_relay::filter::Filter, clip: &[I420Frame]) -> (f64, usize) {
+    use livefilter_relay::filter::Probe;
+    let mut drawn: Vec<Vec<Option<(f32, f32)>>> = Vec::new();
+    for frame in clip {
+        filter.apply(frame.clone()).unwrap();
+        match filter.probe() {
+            Some(Probe::Keypoints(points)) => drawn.push(points),
+            other => panic!("pose shows its keypoints, got {other:?}"),
+        }
+    }
+    let (mut moves, mut flips) = (Vec::new(), 0);
+    for pair in drawn.windows(2) {
+        for (a, b) in pair[0].iter().zip(&pair[1]) {
+            match (a, b) {
+                (Some(a), Some(b)) => moves.push(f64::from((a.0 - b.0).hypot(a.1 - b.1))),
+                (None, None) => {}
+                _ => flips += 1,
+            }
+        }
+    }
+    moves.sort_by(f64::total_cmp);
+    (moves.get(moves.len() / 2).copied().unwrap_or(0.0), flips)
+}
+
+#[test]
+fn on_a_still_noisy_clip_smoothed_keypoints_jitter_less_and_do_not_blink_more() {
+    let clip = still_noisy_clip(20);
+    let mut before = built(FilterKind::Pose, json!({"smoothing": false, "hysteresis": 0}));
+    let mut after = built(FilterKind::Pose, json!({}));
+
+    let ((jitter_before, flips_before), (jitter_after, flips_after)) = (
+        keypoint_jitter(&mut *before, &clip),
+        keypoint_jitter(&mut *after, &clip),
+    );
+
+    println!("keypoint jitter {jitter_before:.2} px -> {jitter_after:.2} px; blinks {flips_before} -> {flips_after}");
+    assert!(jitter_before > 0.0, "the noise moves the raw keypoints");
+    assert!(
+        jitter_after < jitter_before,
+        "jitter {jitter_before:.2} -> {jitter_after:.2} px"
+    );
+    assert!(flips_after <= flips_before, "blinks {flips_before} -> {flips_after}");
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::codec::vpx::Vp8Encoder;
 use crate::codec::{CodecError, EncoderConfig, VideoCodec, VideoEncoder, new_decoder, new_encoder};
-use crate::filter::{FilterConfig, FilterConfigExt, FilterError, Filtered};
+use crate::filter::{FilterConfig, FilterConfigExt, FilterError, Filtered, Probe};
 use crate::latency::{Percentiles, percentiles};
 use crate::y4m::{Reader, Y4mError};
 
@@ -60,8 +60,9 @@ pub struct PipelineBenchOptions {
     pub vp8_cpu_used: Option<i32>,
     /// Periodic keyframes in media time (zero: only the first).
     pub keyframe_interval: Duration,
-    /// Decode every output frame and report its luma PSNR against the filtered frame. The
-    /// check's decode costs CPU, so the CPU figure is then not reported.
+    /// Decode every output frame and report its luma PSNR against the filtered frame, and the
+    /// filter's steadiness (mask flicker, keypoint jitter). These checks cost CPU, so the CPU
+    /// figure is then not reported.
     pub quality: bool,
     /// Added to every filter call (a sleep): stands in for a filter slower than the frame rate.
     pub filter_delay: Duration,
@@ -114,6 +115,8 @@ pub struct PipelineBenchReport {
     pub cpu_ms_per_frame: Option<f64>,
     /// Mean luma PSNR of the output against the filtered frames, in dB (with `quality`).
     pub psnr_y: Option<f64>,
+    /// The filter's steadiness from frame to frame (with `quality`, for filters that show it).
+    pub steadiness: Option<Steadiness>,
     /// The total's p99 in each minute of the run (runs of two minutes or more).
     pub p99_by_minute: Vec<f64>,
     /// Peak resident memory of the process in MiB, where the OS tells.
@@ -143,6 +146,19 @@ impl fmt::Display for PipelineBenchReport {
             write!(f, ", luma PSNR {psnr:.2} dB")?;
         }
         writeln!(f)?;
+        match self.steadiness {
+            Some(Steadiness::Mask { flicker }) => {
+                writeln!(f, "mask flicker (1 - mean IoU of consecutive masks) {flicker:.4}")?
+            }
+            Some(Steadiness::Keypoints {
+                jitter_px,
+                flips_per_frame,
+            }) => writeln!(
+                f,
+                "keypoint jitter (median displacement between frames) {jitter_px:.2} px, {flips_per_frame:.3} shown/hidden changes per frame"
+            )?,
+            None => {}
+        }
         if !self.p99_by_minute.is_empty() {
             let minutes: Vec<String> = self.p99_by_minute.iter().map(|v| format!("{v:.1}")).collect();
             writeln!(f, "total p99 by minute (ms): {}", minutes.join(" "))?;
@@ -160,6 +176,81 @@ impl fmt::Display for PipelineBenchReport {
             Some(m) => write!(f, "peak RSS {m:.0} MiB"),
             None => write!(f, "peak RSS unknown"),
         }
+    }
+}
+
+/// How steady a filter's output is between consecutive frames (on a still clip, every change
+/// is the filter's own).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Steadiness {
+    /// Segmentation filters.
+    Mask {
+        /// 1 − the mean intersection-over-union of consecutive binary masks (alpha ≥ 128).
+        flicker: f64,
+    },
+    /// Keypoint filters.
+    Keypoints {
+        /// Median displacement, in frame pixels, of keypoints drawn in both frames.
+        jitter_px: f64,
+        /// Mean number of keypoints that appear or disappear per frame.
+        flips_per_frame: f64,
+    },
+}
+
+/// Collects [`Steadiness`] from each frame's [`Probe`].
+#[derive(Default)]
+struct SteadinessMeter {
+    mask: Option<(Vec<bool>, u32, u32)>,
+    ious: Vec<f64>,
+    points: Option<Vec<Option<(f32, f32)>>>,
+    moves: Vec<f64>,
+    flips: u64,
+    pairs: u64,
+}
+
+impl SteadinessMeter {
+    fn add(&mut self, probe: Probe<'_>) {
+        match probe {
+            Probe::Mask { alpha, width, height } => {
+                let now: Vec<bool> = alpha.iter().map(|&a| a >= 128).collect();
+                if let Some((before, w, h)) = &self.mask
+                    && (*w, *h) == (width, height)
+                {
+                    let (inter, union) = now.iter().zip(before).fold((0u64, 0u64), |(i, u), (&a, &b)| {
+                        (i + u64::from(a && b), u + u64::from(a || b))
+                    });
+                    self.ious
+                        .push(if union == 0 { 1.0 } else { inter as f64 / union as f64 });
+                }
+                self.mask = Some((now, width, height));
+            }
+            Probe::Keypoints(now) => {
+                if let Some(before) = &self.points
+                    && before.len() == now.len()
+                {
+                    for (a, b) in now.iter().zip(before) {
+                        match (a, b) {
+                            (Some(a), Some(b)) => self.moves.push(f64::from((a.0 - b.0).hypot(a.1 - b.1))),
+                            (Some(_), None) | (None, Some(_)) => self.flips += 1,
+                            (None, None) => {}
+                        }
+                    }
+                    self.pairs += 1;
+                }
+                self.points = Some(now);
+            }
+        }
+    }
+
+    fn result(&self) -> Option<Steadiness> {
+        if !self.ious.is_empty() {
+            let mean = self.ious.iter().sum::<f64>() / self.ious.len() as f64;
+            return Some(Steadiness::Mask { flicker: 1.0 - mean });
+        }
+        (self.pairs > 0).then(|| Steadiness::Keypoints {
+            jitter_px: percentiles(&self.moves).p50,
+            flips_per_frame: self.flips as f64 / self.pairs as f64,
+        })
     }
 }
 
@@ -244,6 +335,7 @@ pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<Pip
         None
     };
     let (mut keyframe_ms, mut bytes, mut psnr_sum, mut psnr_n) = (Vec::new(), 0u64, 0.0, 0u32);
+    let mut steadiness = SteadinessMeter::default();
     let mut cpu_start = None;
     let mut minute_of = Vec::new();
     let total_frames = options.frames.unwrap_or(packets.len() as u64) + options.warmup;
@@ -290,6 +382,11 @@ pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<Pip
         };
         if !measured {
             continue;
+        }
+        if options.quality
+            && let Some(probe) = filter.probe()
+        {
+            steadiness.add(probe);
         }
         if let Some(out) = &out {
             bytes += out.data.len() as u64;
@@ -360,6 +457,7 @@ pub fn pipeline_bench(clip: &Path, options: &PipelineBenchOptions) -> Result<Pip
         },
         cpu_ms_per_frame,
         psnr_y: (psnr_n > 0).then(|| psnr_sum / f64::from(psnr_n)),
+        steadiness: steadiness.result(),
         p99_by_minute,
         peak_rss_mib: peak_rss_mib(),
     })

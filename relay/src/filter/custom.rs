@@ -307,6 +307,8 @@ fn compositor_of(p: &OnnxParams) -> MaskCompositor {
             smoothing: p.smoothing,
             feather: p.feather,
             threshold: p.threshold,
+            stabilize: p.stabilize,
+            refine_edges: p.refine_edges,
         },
     )
 }

@@ -13,6 +13,23 @@ use super::params::FilterParams;
 use super::{FilterConfig, FilterConfigExt, FilterError, FilterKind};
 use crate::infer::Device;
 
+/// `value` with every fractional number shown as its parameter was written: the parameters are
+/// `f32`, and JSON carries them widened to `f64`, where 0.6 reads 0.6000000238418579.
+fn as_written(value: Value) -> Value {
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            let shortest = n.as_f64().map(|v| (v as f32).to_string());
+            match shortest.and_then(|s| s.parse::<serde_json::Number>().ok()) {
+                Some(tidy) => Value::Number(tidy),
+                None => Value::Number(n),
+            }
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(as_written).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, as_written(v))).collect()),
+        other => other,
+    }
+}
+
 /// The running filter's parameters, shared by the HTTP handlers and the filter thread.
 pub struct LiveParams {
     kind: FilterKind,
@@ -59,6 +76,7 @@ impl LiveParams {
             FilterParams::Pose(p) => json!(p),
             FilterParams::Onnx(p) => json!(p),
         };
+        let params = as_written(params);
         let (requested_device, device) = self.devices();
         json!({
             "kind": self.kind.as_str(),
@@ -142,6 +160,22 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    #[test]
+    fn parameters_are_shown_as_written_without_float_noise() {
+        let config = FilterConfig {
+            kind: FilterKind::BackgroundBlur,
+            params: map(json!({"threshold": 0.6, "smoothing": 0.35})),
+            ..FilterConfig::default()
+        };
+        let (live, _rx) = live(&config);
+
+        let params = live.snapshot()["params"].clone();
+
+        assert_eq!(params["threshold"].to_string(), "0.6", "{params}");
+        assert_eq!(params["smoothing"].to_string(), "0.35", "{params}");
+        assert_eq!(params["radius"].to_string(), "12", "integers stay integers: {params}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod live;
 pub mod params;
 pub mod pixels;
 pub mod pose;
+pub mod refine;
 pub mod segment;
 
 use std::path::{Path, PathBuf};
@@ -97,6 +98,20 @@ pub trait Filter: Send {
     fn device(&self) -> Option<Device> {
         None
     }
+    /// What the filter made of the last frame, for quality figures (`bench`); `None` where it
+    /// has nothing to show.
+    fn probe(&self) -> Option<Probe<'_>> {
+        None
+    }
+}
+
+/// What a filter made of the last frame.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Probe<'a> {
+    /// The alpha the frame was composited with (255 = person), `width`x`height`.
+    Mask { alpha: &'a [u8], width: u32, height: u32 },
+    /// Each keypoint as drawn, in frame pixels; `None` where it was not drawn.
+    Keypoints(Vec<Option<(f32, f32)>>),
 }
 
 /// Leaves frames as they are.

@@ -61,6 +61,12 @@ pub struct BlurParams {
     pub threshold: f32,
     /// Which frame's person mask a frame is composited with.
     pub mask_from: MaskFrom,
+    /// Take the median of the last three masks, so a blob or hole seen in one frame never
+    /// shows (a real change shows one frame later).
+    pub stabilize: bool,
+    /// Refine the mask's edge at full resolution against the picture's own edges (a guided
+    /// filter on the luma).
+    pub refine_edges: bool,
 }
 
 impl Default for BlurParams {
@@ -71,6 +77,8 @@ impl Default for BlurParams {
             feather: 2,
             threshold: 0.5,
             mask_from: MaskFrom::Current,
+            stabilize: true,
+            refine_edges: true,
         }
     }
 }
@@ -107,6 +115,10 @@ pub struct ReplaceParams {
     pub threshold: f32,
     /// As for `background-blur`.
     pub mask_from: MaskFrom,
+    /// As for `background-blur`.
+    pub stabilize: bool,
+    /// As for `background-blur`.
+    pub refine_edges: bool,
 }
 
 impl Default for ReplaceParams {
@@ -120,6 +132,8 @@ impl Default for ReplaceParams {
             feather: blur.feather,
             threshold: blur.threshold,
             mask_from: blur.mask_from,
+            stabilize: blur.stabilize,
+            refine_edges: blur.refine_edges,
         }
     }
 }
@@ -174,6 +188,13 @@ pub struct PoseParams {
     pub color: Color,
     /// Joint colour.
     pub point_color: Color,
+    /// Smooth keypoint positions over time (a One Euro filter: steady when still, little lag
+    /// when moving).
+    pub smoothing: bool,
+    /// Half-width of the score band around `minScore`: a hidden keypoint shows once its score
+    /// reaches `minScore + hysteresis`, a shown one hides below `minScore - hysteresis`
+    /// (0..=0.3), so a limb whose score hovers at the threshold does not blink.
+    pub hysteresis: f32,
 }
 
 impl Default for PoseParams {
@@ -183,6 +204,8 @@ impl Default for PoseParams {
             line_width: 4,
             color: Color([0x00, 0xff, 0x66]),
             point_color: Color([0xff, 0x33, 0x66]),
+            smoothing: true,
+            hysteresis: 0.1,
         }
     }
 }
@@ -267,6 +290,10 @@ pub struct OnnxParams {
     pub feather: u32,
     /// For `mask`.
     pub threshold: f32,
+    /// For `mask`: as for `background-blur`.
+    pub stabilize: bool,
+    /// For `mask`: as for `background-blur`.
+    pub refine_edges: bool,
     /// For `keypoints`: score needed to draw one.
     pub min_score: f32,
     /// For `keypoints`: dot and limb size in pixels.
@@ -294,6 +321,8 @@ impl Default for OnnxParams {
             smoothing: blur.smoothing,
             feather: blur.feather,
             threshold: blur.threshold,
+            stabilize: blur.stabilize,
+            refine_edges: blur.refine_edges,
             min_score: 0.3,
             line_width: 4,
         }
@@ -389,6 +418,7 @@ impl FilterParams {
                 let p: PoseParams = typed(params).map_err(invalid)?;
                 range("minScore", p.min_score, 0.0, 1.0)
                     .and_then(|()| range("lineWidth", p.line_width, 1, 32))
+                    .and_then(|()| range("hysteresis", p.hysteresis, 0.0, 0.3))
                     .map_err(invalid)?;
                 FilterParams::Pose(p)
             }

@@ -470,6 +470,8 @@ struct Sampler<'a> {
     width: usize,
     xs: Axis,
     ys: Axis,
+    /// Same size: rows are copied (a full-size refined alpha).
+    identity: bool,
 }
 
 /// The two horizontally resampled source rows a destination row blends (`value * 256`).
@@ -486,6 +488,7 @@ impl<'a> Sampler<'a> {
             width: sw as usize,
             xs: Axis::new(sw, dw),
             ys: Axis::new(sh, dh),
+            identity: (sw, sh) == (dw, dh),
         }
     }
 
@@ -517,6 +520,10 @@ impl<'a> Sampler<'a> {
 
     /// Destination row `y` into `out`.
     fn row(&self, y: usize, window: &mut RowWindow, out: &mut [u8]) {
+        if self.identity {
+            out.copy_from_slice(&self.src[y * self.width..(y + 1) * self.width]);
+            return;
+        }
         let (i0, i1, wy) = self.ys.taps[y];
         let held1 = window.tags.iter().position(|&t| t == Some(i1));
         let s0 = self.ensure(i0, held1, window);

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use super::assets::Backdrop as Picture;
 use super::params::{FilterParams, MaskBackground, MaskFrom, ParamsError};
 use super::pixels::{Backdrop, Fit, Mask, Planes, blurred_background, composite};
-use super::{Filter, FilterError, Filtered, StageTimes, frame_error, mismatch};
+use super::refine::{EdgeRefiner, Stabilizer};
+use super::{Filter, FilterError, Filtered, Probe, StageTimes, frame_error, mismatch};
 use crate::frame::{I420Frame, rgb_to_yuv};
 use crate::infer::{Device, ElementType, Expect, InferError, InputData, Model, RuntimeOptions};
 
@@ -247,6 +248,10 @@ pub struct MaskShape {
     pub feather: u32,
     /// Foreground threshold.
     pub threshold: f32,
+    /// Median of the last three masks against one-frame blobs.
+    pub stabilize: bool,
+    /// Guided-filter edge refinement at full resolution.
+    pub refine_edges: bool,
 }
 
 /// A mask's temporal smoothing and compositing over a backdrop; shared with the `onnx` filter's
@@ -254,7 +259,11 @@ pub struct MaskShape {
 pub struct MaskCompositor {
     look: Look,
     shape: MaskShape,
+    stabilizer: Stabilizer,
     previous: Option<Mask>,
+    refiner: EdgeRefiner,
+    /// The alpha the last frame was composited with, and its size.
+    alpha: (Vec<u8>, u32, u32),
     planes: Planes,
     /// The backdrop picture at the last frame size.
     backdrop: Option<I420Frame>,
@@ -265,10 +274,23 @@ impl MaskCompositor {
         Self {
             look,
             shape,
+            stabilizer: Stabilizer::default(),
             previous: None,
+            refiner: EdgeRefiner::default(),
+            alpha: (Vec::new(), 0, 0),
             planes: Planes::default(),
             backdrop: None,
         }
+    }
+
+    /// The alpha the last frame was composited with.
+    pub fn probe(&self) -> Option<Probe<'_>> {
+        let (alpha, width, height) = &self.alpha;
+        (!alpha.is_empty()).then_some(Probe::Mask {
+            alpha,
+            width: *width,
+            height: *height,
+        })
     }
 
     /// A compositor that blurs the background by `radius` pixels.
@@ -287,26 +309,52 @@ impl MaskCompositor {
         self.backdrop = None;
     }
 
-    /// Smooths `mask` against the previous one and composites `frame` over the backdrop.
+    /// Stabilises and smooths `mask` against the earlier ones, refines its edges against the
+    /// frame and composites `frame` over the backdrop.
     pub fn apply(&mut self, frame: &mut I420Frame, mask: Mask) -> Result<(), String> {
+        let mask = if self.shape.stabilize {
+            self.stabilizer.apply(mask)
+        } else {
+            self.stabilizer.reset();
+            mask
+        };
         let mask = mask.smoothed(self.previous.as_ref(), self.shape.smoothing);
-        let alpha = mask.to_alpha(self.shape.threshold, self.shape.feather, SOFTNESS);
-        let (aw, ah) = (mask.width, mask.height);
+        let small = mask.to_alpha(self.shape.threshold, self.shape.feather, SOFTNESS);
+        let (mw, mh) = (mask.width, mask.height);
         self.previous = Some(mask);
         let e = |e: super::pixels::ResizeError| e.to_string();
-        match &self.look {
+        // The background blur's weights come from the model-size alpha: blur is low frequency.
+        let blurred = match &self.look {
             Look::Blur { radius } => {
                 let weight = Mask {
-                    width: aw,
-                    height: ah,
-                    data: alpha.iter().map(|&a| f32::from(a) / 255.0).collect(),
+                    width: mw,
+                    height: mh,
+                    data: small.iter().map(|&a| f32::from(a) / 255.0).collect(),
                 };
-                let bg = blurred_background(&mut self.planes, frame, Some(&weight), *radius).map_err(e)?;
-                composite(frame, &alpha, aw, ah, &Backdrop::Small(&bg));
+                Some(blurred_background(&mut self.planes, frame, Some(&weight), *radius).map_err(e)?)
+            }
+            _ => None,
+        };
+        if self.shape.refine_edges {
+            let (fw, fh) = (frame.width(), frame.height());
+            self.refiner
+                .refine(frame.y(), fw, fh, &small, mw, mh, &mut self.alpha.0)
+                .map_err(e)?;
+            (self.alpha.1, self.alpha.2) = (fw, fh);
+        } else {
+            self.alpha = (small, mw, mh);
+        }
+        let (alpha, aw, ah) = (&self.alpha.0, self.alpha.1, self.alpha.2);
+        match &self.look {
+            Look::Blur { .. } => {
+                let Some(bg) = blurred.as_ref() else {
+                    return Err("blurred background missing".into());
+                };
+                composite(frame, alpha, aw, ah, &Backdrop::Small(bg));
                 Ok(())
             }
             Look::Color(yuv) => {
-                composite(frame, &alpha, aw, ah, &Backdrop::Color(*yuv));
+                composite(frame, alpha, aw, ah, &Backdrop::Color(*yuv));
                 Ok(())
             }
             Look::Image(picture) => {
@@ -325,7 +373,7 @@ impl MaskCompositor {
                 let Some(bg) = self.backdrop.as_ref() else {
                     return Err("backdrop missing".into());
                 };
-                composite(frame, &alpha, aw, ah, &Backdrop::Frame(bg));
+                composite(frame, alpha, aw, ah, &Backdrop::Frame(bg));
                 Ok(())
             }
         }
@@ -366,6 +414,8 @@ fn look_of(name: &'static str, params: &FilterParams) -> Result<(Look, MaskShape
                 smoothing: p.smoothing,
                 feather: p.feather,
                 threshold: p.threshold,
+                stabilize: p.stabilize,
+                refine_edges: p.refine_edges,
             },
             p.mask_from,
         )),
@@ -386,6 +436,8 @@ fn look_of(name: &'static str, params: &FilterParams) -> Result<(Look, MaskShape
                     smoothing: p.smoothing,
                     feather: p.feather,
                     threshold: p.threshold,
+                    stabilize: p.stabilize,
+                    refine_edges: p.refine_edges,
                 },
                 p.mask_from,
             ))
@@ -436,6 +488,10 @@ impl Filter for BackgroundFilter {
 
     fn device(&self) -> Option<Device> {
         self.masks.device()
+    }
+
+    fn probe(&self) -> Option<Probe<'_>> {
+        self.compositor.probe()
     }
 }
 
