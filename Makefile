@@ -54,7 +54,7 @@ bench-quality: build
 	@mkdir -p $(dir $(QUALITY_CLIP))
 	@[ -s $(QUALITY_CLIP) ] || target/release/livefilter-relay make-clip --image .cache/testdata/astronaut.png --out $(QUALITY_CLIP) --width 1280 --height 720 --frames 150 --still --noise 3
 	@export ORT_DYLIB_PATH=$${ORT_DYLIB_PATH:-$(CURDIR)/.cache/onnxruntime/libonnxruntime.so} LIVEFILTER_MODELS_DIR=$(CURDIR)/models; \
-	run() { echo "== $$1 $$3"; target/release/livefilter-relay bench --input $(QUALITY_CLIP) --quality --filter $$1 --filter-params "$$2" | grep -E 'flicker|jitter|PSNR' || exit 1; }; \
+	run() { echo "== $$1 $$3"; LIVEFILTER_LOG=warn target/release/livefilter-relay bench --input $(QUALITY_CLIP) --quality --filter $$1 --filter-params "$$2" | grep -E 'flicker|jitter|PSNR' || exit 1; }; \
 	run background-blur '{"stabilize": false, "refineEdges": false}' before && run background-blur '{}' after && \
 	run pose '{"smoothing": false, "hysteresis": 0}' before && run pose '{}' after
 

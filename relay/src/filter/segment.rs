@@ -337,10 +337,10 @@ impl MaskCompositor {
         };
         if self.shape.refine_edges {
             let (fw, fh) = (frame.width(), frame.height());
-            self.refiner
+            (self.alpha.1, self.alpha.2) = self
+                .refiner
                 .refine(frame.y(), fw, fh, &small, mw, mh, &mut self.alpha.0)
                 .map_err(e)?;
-            (self.alpha.1, self.alpha.2) = (fw, fh);
         } else {
             self.alpha = (small, mw, mh);
         }
