@@ -12,8 +12,14 @@
 #   checks.py promql / dashboard            alert and dashboard PromQL parses, names real metrics
 #   cmp                                     charts/livefilter/crds/ is crds/ byte for byte
 #   check-jsonschema                        examples/ against the CRD's openAPIV3Schema (strict)
+#   cel_rules.py                            every x-kubernetes-validations CEL rule of the CRD, run
+#                                           offline with cel-python as the apiserver would (defaults
+#                                           applied, transition rules on updates): examples/ and
+#                                           tests/crd-rules/accepted/ pass, each file of
+#                                           tests/crd-rules/refused/ fails exactly the rule its header
+#                                           names, every rule has such a file, every rule compiles
 #   check-jsonschema --check-metaschema     values.schema.json is a valid JSON Schema
-#   yamllint                                chart (non-template) YAML, examples/, crds/
+#   yamllint                                chart (non-template) YAML, examples/, tests/crd-rules/, crds/
 #   hadolint                                the Dockerfiles
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +38,7 @@ log() { printf '[chart-check] %s\n' "$*"; }
 
 missing=()
 for tool in "$HELM" "$PY" "$VENV/bin/kubernetes-validate" "$VENV/bin/check-jsonschema" "$VENV/bin/yamllint" \
-  "$VENV/bin/hadolint" "$TOOLS/node/node_modules/@kubernetes-models/prometheus-operator/package.json"; do
+  "$VENV/bin/hadolint" "$VENV/bin/cel-python" "$TOOLS/node/node_modules/@kubernetes-models/prometheus-operator/package.json"; do
   [ -e "$tool" ] || missing+=("${tool#"$PWD"/}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -144,12 +150,15 @@ check "CRD schema (strict JSON Schema)" "$PY" "$CHECKS" crd-schema "crds/$CRD" "
 check "examples: one session per file" "$PY" "$CHECKS" single-doc examples/*.yaml
 check "examples against the CRD schema (check-jsonschema)" \
   "$VENV/bin/check-jsonschema" --schemafile "$WORK/session.schema.json" examples/*.yaml
+check "the CRD's CEL rules: examples/, tests/crd-rules/ (cel_rules.py)" \
+  "$PY" scripts/chart-check/cel_rules.py "crds/$CRD" --schema "$WORK/session.schema.json" \
+  --accept examples/*.yaml tests/crd-rules/accepted/*.yaml --refuse tests/crd-rules/refused/*.yaml
 
 # --- YAML and Dockerfile lint ------------------------------------------------------------------
 check "the docs' shell blocks (helm template, make -n, named files)" \
   "$PY" "$CHECKS" doc-commands "$HELM" README.md docs/*.md
 check "yamllint" "$VENV/bin/yamllint" --strict -c scripts/chart-check/yamllint.yaml \
-  "$CHART/Chart.yaml" "$CHART/values.yaml" "$CHART"/ci "$CHART/crds" examples crds
+  "$CHART/Chart.yaml" "$CHART/values.yaml" "$CHART"/ci "$CHART/crds" examples tests/crd-rules crds
 check "values.schema.json against its metaschema" "$VENV/bin/check-jsonschema" --check-metaschema "$CHART/values.schema.json"
 check "hadolint ${DOCKERFILES[*]}" "$VENV/bin/hadolint" --config .hadolint.yaml "${DOCKERFILES[@]}"
 

