@@ -253,7 +253,11 @@ PY
 
 # Root: mmdebstrap's root mode (no user namespaces needed) and umoci recording the files as owned
 # by uid 0, as in a docker build.
-[ "$(id -u)" -eq 0 ] || die "run as root (sudo $0): mmdebstrap and umoci need it to write root-owned images"
+if [ "$(id -u)" -ne 0 ]; then
+  # Through sudo when it needs no password (as scripts/setup.sh installs packages).
+  sudo -n true 2>/dev/null && exec sudo -n --preserve-env "$PWD/scripts/images-oci.sh" "$@"
+  die "run as root (sudo scripts/images-oci.sh): mmdebstrap and umoci need it to write root-owned images"
+fi
 install_tools
 WORKDIRS=()
 trap 'rm -rf "${WORKDIRS[@]}"' EXIT
