@@ -16,11 +16,11 @@
 #     SIGTERM must stop it with exit status 0;
 #   - operator: `<entrypoint> --help` and `<entrypoint> crd` run in its root filesystem.
 #
-# Variables: IMAGES_OCI_PROFILE (debug | release), IMAGE_TAG, IMAGES_OCI_OUT (as images-oci.sh),
-# IMAGES_OCI_CHECK_BUILD=0 (check existing archives, build nothing), IMAGES_OCI_CHECK_TIMEOUT
-# (seconds for the relay to answer /healthz; 60), IMAGES_OCI_CHECK_REMOVE (paths deleted from the
-# unpacked root filesystems before checking: shows what a broken image looks like here, e.g.
-# "/usr/lib/x86_64-linux-gnu/libvpx.so.7").
+# Variables: IMAGES_OCI_PROFILE (debug | release), IMAGE_TAG, IMAGES_OCI_OUT, IMAGES_OCI_IMAGES
+# (as images-oci.sh), IMAGES_OCI_CHECK_BUILD=0 (check existing archives, build nothing),
+# IMAGES_OCI_CHECK_TIMEOUT (seconds for the relay to answer /healthz; 60), IMAGES_OCI_CHECK_REMOVE
+# (paths deleted from the unpacked root filesystems before checking: shows what a broken image
+# looks like here, e.g. "/usr/lib/x86_64-linux-gnu/libvpx.so.7").
 set -euo pipefail
 
 log() { printf '[images-oci-check] %s\n' "$*"; }
@@ -56,6 +56,7 @@ case "$PROFILE" in
   *) die "IMAGES_OCI_PROFILE must be release or debug, not '$PROFILE'" ;;
 esac
 TIMEOUT=${IMAGES_OCI_CHECK_TIMEOUT:-60}
+read -ra IMAGES <<<"${IMAGES_OCI_IMAGES:-relay operator}"
 FONT=$(sed -n 's/^pub const DEFAULT_FONT_PATH: &str = "\(.*\)";/\1/p' relay/src/testpattern.rs)
 [ -n "$FONT" ] || die "no DEFAULT_FONT_PATH in relay/src/testpattern.rs"
 
@@ -66,7 +67,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 start=$SECONDS
 if [ "${IMAGES_OCI_CHECK_BUILD:-1}" != 0 ]; then
-  IMAGES_OCI_PROFILE=$PROFILE IMAGES_OCI_OUT=$OUT IMAGE_TAG=$TAG scripts/images-oci.sh
+  IMAGES_OCI_PROFILE=$PROFILE IMAGES_OCI_OUT=$OUT IMAGE_TAG=$TAG IMAGES_OCI_IMAGES="${IMAGES[*]}" scripts/images-oci.sh
 fi
 
 SCRATCH=${IMAGES_OCI_SCRATCH:-${TMPDIR:-/tmp}}
@@ -309,6 +310,11 @@ check_operator() {
   log "ok    $name: crd runs in the image"
 }
 
-check_relay
-check_operator
-log "ok: the relay and operator images ($PROFILE binaries) run, in $((SECONDS - start))s"
+for image in "${IMAGES[@]}"; do
+  case "$image" in
+    relay) check_relay ;;
+    operator) check_operator ;;
+    *) die "no check for the image '$image'" ;;
+  esac
+done
+log "ok: the ${IMAGES[*]} image(s) ($PROFILE binaries) run, in $((SECONDS - start))s"

@@ -109,7 +109,10 @@ base_tarball() {
     --dpkgopt='path-exclude=/usr/share/locale/*')
   key=$(printf '%s\n' "$suite" "$packages" "${sources[@]}" "${opts[@]}" | sha256sum | cut -c1-16)
   tarball=$CACHE/rootfs-$suite-$key.tar
+  # Tarballs of recipes no image used for two weeks go (the time is refreshed on each use).
+  find "$CACHE" -maxdepth 1 -name "rootfs-*.tar" -mtime +14 -delete 2>/dev/null || true
   if [ -s "$tarball" ] && [ -z "${IMAGES_OCI_REFRESH:-}" ]; then
+    touch "$tarball"
     log "base: $tarball (cached; packages: ${packages:-none beyond minbase})" >&2
   else
     log "base: mmdebstrap $suite minbase + ${packages:-nothing} -> $tarball" >&2
