@@ -101,14 +101,15 @@ unpack() {
       rm -rf "${ROOTFS:?}$p"
     fi
   done
-  eval "$(python3 - "$WORK/$1.layout" "$TAG" "$ROOTFS" <<'PY'
+  local config
+  config=$(python3 - "$WORK/$1.layout" "$TAG" "$ROOTFS" <<'PY'
 import json, os, shlex, sys
 layout, tag, rootfs = sys.argv[1:]
 def blob(digest):
     algo, h = digest.split(":", 1)
     with open(os.path.join(layout, "blobs", algo, h)) as f:
         return json.load(f)
-index = blob_index = json.load(open(os.path.join(layout, "index.json")))
+index = json.load(open(os.path.join(layout, "index.json")))
 desc = [m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag]
 if len(desc) != 1:
     sys.exit(f"no single manifest tagged {tag} in {layout}/index.json")
@@ -130,7 +131,8 @@ print(f"IMG_UID={uid} IMG_GID={gid} IMG_CWD={shlex.quote(config.get('WorkingDir'
 arr("IMG_ENV", config.get("Env") or [])
 arr("IMG_ENTRYPOINT", config.get("Entrypoint") or [])
 PY
-)"
+) || die "$name: cannot read the image config in $archive (above)"
+  eval "$config"
   [ ${#IMG_ENTRYPOINT[@]} -gt 0 ] || die "$name: the image has no entrypoint"
   log "$name: unpacked $archive (user $IMG_UID:$IMG_GID, cwd $IMG_CWD, entrypoint ${IMG_ENTRYPOINT[*]})"
 }
@@ -317,4 +319,4 @@ for image in "${IMAGES[@]}"; do
     *) die "no check for the image '$image'" ;;
   esac
 done
-log "ok: the ${IMAGES[*]} image(s) ($PROFILE binaries) run, in $((SECONDS - start))s"
+log "ok: images ${IMAGES[*]} ($PROFILE binaries) built and run, in $((SECONDS - start))s"

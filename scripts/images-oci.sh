@@ -185,7 +185,9 @@ build() {
   [ -f "$dockerfile" ] || die "no $dockerfile"
   local DF_FROM DF_PACKAGES DF_COPY_FROM DF_COPY_SRC DF_COPY_DST DF_ENV DF_USER DF_WORKDIR
   local DF_EXPOSE DF_ENTRYPOINT DF_CMD DF_UNHANDLED
-  eval "$(python3 scripts/images-oci/dockerfile.py "$dockerfile")"
+  local parsed
+  parsed=$(python3 scripts/images-oci/dockerfile.py "$dockerfile") || die "cannot read $dockerfile (above)"
+  eval "$parsed"
   if [ ${#DF_UNHANDLED[@]} -gt 0 ]; then
     die "$dockerfile: its final stage has instructions this script does not reproduce: $(printf '[%s] ' "${DF_UNHANDLED[@]}")"
   fi
