@@ -13,7 +13,8 @@
 #     the image's UID/GID and env, host network), /healthz must answer "ok" before a deadline,
 #     /status must show mode serve, filter background-blur with its model on the CPU, /readyz
 #     ready, /metrics livefilter_filter_device; the process must run as the image's UID/GID;
-#     SIGTERM must stop it with exit status 0;
+#     SIGTERM must stop it with exit status 0; then `make-clip` and `bench --filter background-blur`
+#     run frames through the filter in the image;
 #   - operator: `<entrypoint> --help` and `<entrypoint> crd` run in its root filesystem.
 #
 # Variables: IMAGES_OCI_PROFILE (debug | release), IMAGE_TAG, IMAGES_OCI_OUT, IMAGES_OCI_IMAGES
@@ -27,14 +28,16 @@ log() { printf '[images-oci-check] %s\n' "$*"; }
 die() { printf '[images-oci-check] FAIL: %s\n' "$*" >&2; exit 1; }
 
 # Inside the new mount and PID namespaces: the root filesystem read-only with /proc, a tmpfs /tmp
-# and a minimal /dev over it, then the command chrooted as UID:GID in CWD (the environment is the
-# image's, set by the caller).
+# and a minimal /dev over it (and HOSTDIR at /mnt/check when given: the bench's clip), then the
+# command chrooted as UID:GID in CWD (the environment is the image's, set by the caller).
 if [ "${1:-}" = __in-rootfs ]; then
-  root=$2 uid=$3 gid=$4 cwd=$5
-  shift 5
+  root=$2 uid=$3 gid=$4 cwd=$5 hostdir=$6
+  shift 6
   mkdir -p "$root/proc" "$root/tmp" "$root/dev" # as a runtime does for its mount points
+  [ -z "$hostdir" ] || mkdir -p "$root/mnt/check"
   mount --bind "$root" "$root"
   mount -o remount,bind,ro "$root"
+  [ -z "$hostdir" ] || mount --bind "$hostdir" "$root/mnt/check"
   mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
   mount -t tmpfs -o mode=1777,nosuid,nodev,size=512m tmpfs "$root/tmp"
   mount -t tmpfs -o mode=0755,nosuid tmpfs "$root/dev"
@@ -165,12 +168,13 @@ $missing"
 }
 
 # start_in_image LOG ARG...: runs the image's entrypoint with ARGs in the background (OUTER_PID).
+# HOSTDIR (a variable), when set, is mounted at /mnt/check.
 start_in_image() {
   local logfile=$1
   shift
   env -i "${IMG_ENV[@]}" unshare --mount --pid --fork --kill-child -- \
-    "$BASH" "$SELF" __in-rootfs "$ROOTFS" "$IMG_UID" "$IMG_GID" "$IMG_CWD" "${IMG_ENTRYPOINT[@]}" "$@" \
-    >"$logfile" 2>&1 &
+    "$BASH" "$SELF" __in-rootfs "$ROOTFS" "$IMG_UID" "$IMG_GID" "$IMG_CWD" "${HOSTDIR:-}" \
+    "${IMG_ENTRYPOINT[@]}" "$@" >"$logfile" 2>&1 &
   OUTER_PID=$!
 }
 
@@ -179,8 +183,8 @@ run_in_image() {
   local logfile=$1
   shift
   env -i "${IMG_ENV[@]}" unshare --mount --pid --fork --kill-child -- \
-    "$BASH" "$SELF" __in-rootfs "$ROOTFS" "$IMG_UID" "$IMG_GID" "$IMG_CWD" "${IMG_ENTRYPOINT[@]}" "$@" \
-    >"$logfile" 2>&1
+    "$BASH" "$SELF" __in-rootfs "$ROOTFS" "$IMG_UID" "$IMG_GID" "$IMG_CWD" "${HOSTDIR:-}" \
+    "${IMG_ENTRYPOINT[@]}" "$@" >"$logfile" 2>&1
 }
 
 show_log() {
@@ -297,6 +301,23 @@ $(grep '^livefilter_filter_device' <<<"$metrics" || echo '(no livefilter_filter_
     line=$(grep -F -- "$want" "$relay_log" | head -n1) || { show_log "$relay_log"; die "$name: the relay's log has no '$want'"; }
     log "ok    $name: log: ${line#*livefilter_relay::}"
   done
+
+  # Frames through the filter: a small clip of the astronaut photo (make setup) made in the image,
+  # then `bench` runs decode, background-blur on ONNX Runtime and encode on it, in the image.
+  local photo=.cache/testdata/astronaut.png bench_log=$WORK/bench.log
+  [ -s "$photo" ] || die "$name: $photo is missing (make setup)"
+  HOSTDIR=$WORK/check
+  mkdir -p "$HOSTDIR"
+  cp "$photo" "$HOSTDIR/photo.png"
+  chown -R "$IMG_UID:$IMG_GID" "$HOSTDIR"
+  run_in_image "$bench_log" make-clip --image /mnt/check/photo.png --out /mnt/check/clip.y4m \
+    --width 320 --height 240 --frames 20 || { show_log "$bench_log"; die "$name: make-clip failed in the image"; }
+  run_in_image "$bench_log" bench --input /mnt/check/clip.y4m --filter background-blur --warmup 0 ||
+    { show_log "$bench_log"; die "$name: bench --filter background-blur failed in the image"; }
+  HOSTDIR=
+  line=$(grep -E '^bench background-blur .*device cpu: [1-9][0-9]* frames measured' "$bench_log") ||
+    { show_log "$bench_log"; die "$name: bench measured no background-blur frames on the CPU"; }
+  log "ok    $name: $line"
 }
 
 check_operator() {
