@@ -83,7 +83,7 @@ struct OutputArgs {
     /// Target bitrate in kbit/s (default 1000; 50..=50000).
     #[arg(long)]
     bitrate_kbps: Option<u32>,
-    /// Keyframe at least every N seconds (default 2; 0: only when a viewer asks).
+    /// Keyframe at least every N seconds (default 10; 0: only when a viewer asks).
     #[arg(long)]
     keyframe_interval_secs: Option<f64>,
     /// Output width (default 1280; serve mode follows the browser's size unless

@@ -14,6 +14,7 @@
 //!   output's bitrate.
 
 use super::pixels::{Mask, Planes, ResizeError, box_blur};
+use crate::frame::I420Frame;
 
 /// Temporal median of three consecutive masks.
 #[derive(Default)]
@@ -94,18 +95,17 @@ pub struct EdgeRefiner {
 }
 
 impl EdgeRefiner {
-    /// Refines `alpha` (`aw`x`ah`, 255 = person) against `luma` (`fw`x`fh`) into `out`;
-    /// returns `out`'s size (half the frame's each way, rounded up; the frame's own when small).
+    /// Refines `alpha` (`aw`x`ah`, 255 = person) against `frame`'s luma into `out`; returns
+    /// `out`'s size (half the frame's each way, rounded up; the frame's own when small).
     pub fn refine(
         &mut self,
-        luma: &[u8],
-        fw: u32,
-        fh: u32,
+        frame: &I420Frame,
         alpha: &[u8],
         aw: u32,
         ah: u32,
         out: &mut Vec<u8>,
     ) -> Result<(u32, u32), ResizeError> {
+        let (luma, fw, fh) = (frame.y(), frame.width(), frame.height());
         let half = fw >= 128 && fh >= 128;
         let (ow, oh) = if half {
             (fw.div_ceil(2), fh.div_ceil(2))
@@ -227,12 +227,12 @@ fn apply_full(guide: &[u8], fw: usize, fh: usize, c: &Coefficients<'_>, wide: &m
                 let ca = a0[x] + (a1[x] - a0[x]) * wy;
                 let cb = b0[x] + (b1[x] - b0[x]) * wy;
                 let cp = p0[x] + (p1[x] - p0[x]) * wy;
-                // max/min, not clamp: clamp's check that its bounds are ordered would stop the
-                // loop from vectorising.
+                // max/min, not clamp: clamp's check that these bounds are ordered would stop
+                // the loop from vectorising.
                 let q = (ca * (f32::from(guide[x]) * (1.0 / 255.0)) + cb)
                     .max(cp - MAX_CHANGE)
                     .min(cp + MAX_CHANGE);
-                row[x] = (((q - 0.5) * GAIN + 0.5) * 255.0 + 0.5).max(0.0).min(255.0) as u8;
+                row[x] = (((q - 0.5) * GAIN + 0.5) * 255.0 + 0.5).clamp(0.0, 255.0) as u8;
             }
         }
     });
@@ -244,6 +244,11 @@ mod tests {
 
     fn mask(width: u32, height: u32, data: Vec<f32>) -> Mask {
         Mask { width, height, data }
+    }
+
+    fn gray_frame(w: usize, h: usize, luma: Vec<u8>) -> I420Frame {
+        let chroma = w.div_ceil(2) * h.div_ceil(2);
+        I420Frame::from_planes(w as u32, h as u32, luma, vec![128; chroma], vec![128; chroma]).unwrap()
     }
 
     #[test]
@@ -299,14 +304,14 @@ mod tests {
     /// refined; the refined alpha is 320x180.
     fn refined_of(luma: impl Fn(usize) -> u8, alpha: impl Fn(f32) -> f32) -> Vec<u8> {
         let (fw, fh) = (640usize, 360usize);
-        let frame: Vec<u8> = (0..fw * fh).map(|i| luma(i % fw)).collect();
+        let frame = gray_frame(fw, fh, (0..fw * fh).map(|i| luma(i % fw)).collect());
         let (aw, ah) = (64usize, 36usize);
         let mask: Vec<u8> = (0..aw * ah)
             .map(|i| (alpha((i % aw) as f32 * (fw / aw) as f32).clamp(0.0, 1.0) * 255.0) as u8)
             .collect();
         let mut refined = Vec::new();
         let size = EdgeRefiner::default()
-            .refine(&frame, fw as u32, fh as u32, &mask, aw as u32, ah as u32, &mut refined)
+            .refine(&frame, &mask, aw as u32, ah as u32, &mut refined)
             .unwrap();
         assert_eq!(size, (320, 180), "half the frame each way");
         assert_eq!(refined.len(), 320 * 180);
@@ -375,12 +380,12 @@ mod tests {
     #[test]
     fn on_a_flat_picture_the_refined_alpha_is_the_mask_smoothed() {
         let (fw, fh) = (128usize, 72usize);
-        let luma = vec![120u8; fw * fh];
+        let frame = gray_frame(fw, fh, vec![120u8; fw * fh]);
         let alpha: Vec<u8> = (0..32 * 18).map(|i| if i % 32 < 16 { 0 } else { 255 }).collect();
         let mut refined = Vec::new();
 
         EdgeRefiner::default()
-            .refine(&luma, fw as u32, fh as u32, &alpha, 32, 18, &mut refined)
+            .refine(&frame, &alpha, 32, 18, &mut refined)
             .unwrap();
 
         let y = fh / 2;

@@ -336,10 +336,9 @@ impl MaskCompositor {
             _ => None,
         };
         if self.shape.refine_edges {
-            let (fw, fh) = (frame.width(), frame.height());
             (self.alpha.1, self.alpha.2) = self
                 .refiner
-                .refine(frame.y(), fw, fh, &small, mw, mh, &mut self.alpha.0)
+                .refine(frame, &small, mw, mh, &mut self.alpha.0)
                 .map_err(e)?;
         } else {
             self.alpha = (small, mw, mh);
