@@ -310,6 +310,31 @@ async fn browser_clip_reaches_the_sora_endpoint_through_the_relay_with_its_pixel
     browser.quit().await;
 }
 
+/// The screenshot is `target/tmp/browser-e2e/phone-sender-live.png`.
+#[tokio::test]
+async fn on_a_phone_the_sender_page_goes_live_and_fits_the_screen_width() {
+    let _serial = serial().await;
+    let relay = Relay::serve(&[]).await;
+    let mut browser = Browser::launch(Camera::Fake).await;
+    browser.open_mobile("phone", &relay.url("/")).await;
+
+    let state = browser.start("phone", json!({"width": 640, "height": 360})).await;
+
+    assert_live(&state, &relay);
+    let layout = browser.layout("phone").await;
+    assert_eq!(
+        layout["overflowing"],
+        json!([]),
+        "nothing reaches past the screen: {layout}"
+    );
+    assert!(
+        u64_of(&layout["scrollWidth"]) <= u64_of(&layout["innerWidth"]),
+        "no sideways scrolling: {layout}"
+    );
+    browser.screenshot("phone", "phone-sender-live").await;
+    browser.quit().await;
+}
+
 #[tokio::test]
 async fn preview_viewer_plays_the_live_stream_of_the_default_fake_camera() {
     let _serial = serial().await;
@@ -1102,6 +1127,12 @@ async fn background_blur_reaches_the_sora_endpoint_with_the_person_sharp_and_the
     let detail = endpoint.connection(id, 0).await;
     assert_eq!(detail["video"]["decode_errors"], 0, "{:#}", detail["video"]);
 
+    // The panel shows each key's range, and the values as they were written.
+    let (ranges, _) = browser.text("streamer", "#filter-ranges").await;
+    assert!(
+        ranges == "feather 0–16 · radius 1–100 · smoothing 0–0.95 · threshold 0.05–0.95",
+        "{ranges:?}"
+    );
     // A live change from the page: applied without reconnecting, a bad one refused by name.
     browser.fill("streamer", "#filter-params", r#"{"radius": 40}"#).await;
     browser.click("streamer", "#filter-apply").await;

@@ -575,7 +575,7 @@ fn switching_back_to_the_current_frames_mask_live_composites_each_frame_with_its
 
     let params = FilterConfig {
         kind: FilterKind::BackgroundReplace,
-        params: json!({"color": "#00b140", "smoothing": 0, "maskFrom": "current"})
+        params: json!({"color": "#00b140", "smoothing": 0, "refineEdges": false, "maskFrom": "current"})
             .as_object()
             .cloned()
             .unwrap(),

@@ -28,6 +28,7 @@
 //   fill {selector, value}, select {selector, value}, click {selector}
 //   snapshot {selector}         the current picture of a <video> as PNG (base64) with its size
 //   screenshot {path}           full-page PNG screenshot to path
+//   layout                      viewport width, page scroll width, elements wider than the viewport
 //   close                       closes the page like closing its tab (pagehide runs)
 //   av-onsets {targets: [{page, selector}], seconds}
 //                               on every target at once, the times of each flash and beep its
@@ -128,6 +129,14 @@ async function handle(browser, opts, msg) {
     case 'disconnect': return pageOf(msg).evaluate(() => window.livefilterView.disconnect());
     case 'state': return pageOf(msg).evaluate(() => (window.livefilter || window.livefilterView).state());
     case 'url': return { url: pageOf(msg).url() };
+    case 'layout': return pageOf(msg).evaluate(() => ({
+      innerWidth: window.innerWidth,
+      scrollWidth: document.documentElement.scrollWidth,
+      // Visible elements reaching past the right edge of the viewport (sideways scrolling).
+      overflowing: [...document.querySelectorAll('body *')]
+        .filter((el) => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0 && r.right > window.innerWidth + 1; })
+        .map((el) => el.tagName.toLowerCase() + (el.id ? `#${el.id}` : '')),
+    }));
     case 'text': {
       const el = pageOf(msg).locator(msg.selector);
       if ((await el.count()) === 0) return { text: '', visible: false };

@@ -78,9 +78,14 @@ impl LiveParams {
         };
         let params = as_written(params);
         let (requested_device, device) = self.devices();
+        let ranges: Map<String, Value> = FilterParams::ranges(self.kind)
+            .iter()
+            .map(|r| (r.key.to_owned(), json!([r.min, r.max])))
+            .collect();
         json!({
             "kind": self.kind.as_str(),
             "params": params,
+            "ranges": as_written(Value::Object(ranges)),
             "requested_device": requested_device,
             "device": device,
         })
@@ -163,7 +168,7 @@ mod tests {
     }
 
     #[test]
-    fn parameters_are_shown_as_written_without_float_noise() {
+    fn parameters_and_their_ranges_are_shown_as_written_without_float_noise() {
         let config = FilterConfig {
             kind: FilterKind::BackgroundBlur,
             params: map(json!({"threshold": 0.6, "smoothing": 0.35})),
@@ -176,6 +181,9 @@ mod tests {
         assert_eq!(params["threshold"].to_string(), "0.6", "{params}");
         assert_eq!(params["smoothing"].to_string(), "0.35", "{params}");
         assert_eq!(params["radius"].to_string(), "12", "integers stay integers: {params}");
+        let ranges = live.snapshot()["ranges"].clone();
+        assert_eq!(ranges["radius"].to_string(), "[1,100]", "{ranges}");
+        assert_eq!(ranges["smoothing"].to_string(), "[0,0.95]", "{ranges}");
     }
 
     #[test]

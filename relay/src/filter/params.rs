@@ -363,20 +363,70 @@ pub enum FilterParams {
     Onnx(OnnxParams),
 }
 
-fn range<T: PartialOrd + std::fmt::Display>(key: &str, v: T, lo: T, hi: T) -> Result<(), String> {
-    if v < lo || v > hi {
-        return Err(format!("{key} {v} is outside {lo}..={hi}"));
+/// A numeric key's accepted values: checked when parameters are set, and shown with them
+/// (`GET /filter`'s `ranges`, the sender page's filter panel), so the two cannot disagree.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KeyRange {
+    /// The key.
+    pub key: &'static str,
+    /// Smallest accepted value.
+    pub min: f64,
+    /// Largest accepted value.
+    pub max: f64,
+}
+
+const fn key_range(key: &'static str, min: f64, max: f64) -> KeyRange {
+    KeyRange { key, min, max }
+}
+
+const RADIUS: KeyRange = key_range("radius", 1.0, 100.0);
+const SMOOTHING: KeyRange = key_range("smoothing", 0.0, 0.95);
+const FEATHER: KeyRange = key_range("feather", 0.0, 16.0);
+const THRESHOLD: KeyRange = key_range("threshold", 0.05, 0.95);
+const STRENGTH: KeyRange = key_range("strength", 2.0, 128.0);
+const PADDING: KeyRange = key_range("padding", 0.0, 1.0);
+const FACE_MIN_SCORE: KeyRange = key_range("minScore", 0.05, 0.99);
+const HOLD_FRAMES: KeyRange = key_range("holdFrames", 0.0, 120.0);
+const MIN_SCORE: KeyRange = key_range("minScore", 0.0, 1.0);
+const LINE_WIDTH: KeyRange = key_range("lineWidth", 1.0, 32.0);
+const HYSTERESIS: KeyRange = key_range("hysteresis", 0.0, 0.3);
+const WIDTH: KeyRange = key_range("width", 1.0, 4096.0);
+const HEIGHT: KeyRange = key_range("height", 1.0, 4096.0);
+
+impl KeyRange {
+    /// `v` within the range, or the message naming the key, the value and the range.
+    fn check<T: Into<f64> + std::fmt::Display + Copy>(&self, v: T) -> Result<(), String> {
+        // The bounds at f32 precision: a value written as the bound (0.3 as f32) is accepted.
+        let (lo, hi) = (f64::from(self.min as f32), f64::from(self.max as f32));
+        let x: f64 = v.into();
+        if x < lo || x > hi {
+            return Err(format!("{} {v} is outside {}..={}", self.key, self.min, self.max));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn mask_ranges(smoothing: f32, feather: u32, threshold: f32) -> Result<(), String> {
-    range("smoothing", smoothing, 0.0, 0.95)?;
-    range("feather", feather, 0, 16)?;
-    range("threshold", threshold, 0.05, 0.95)
+    SMOOTHING.check(smoothing)?;
+    FEATHER.check(feather)?;
+    THRESHOLD.check(threshold)
 }
 
 impl FilterParams {
+    /// The numeric keys of `kind` and the values each accepts.
+    pub fn ranges(kind: FilterKind) -> &'static [KeyRange] {
+        match kind {
+            FilterKind::Passthrough => &[],
+            FilterKind::BackgroundBlur => &[RADIUS, SMOOTHING, FEATHER, THRESHOLD],
+            FilterKind::BackgroundReplace => &[SMOOTHING, FEATHER, THRESHOLD],
+            FilterKind::FaceBlur => &[STRENGTH, PADDING, FACE_MIN_SCORE, HOLD_FRAMES],
+            FilterKind::Pose => &[MIN_SCORE, LINE_WIDTH, HYSTERESIS],
+            FilterKind::Onnx => &[
+                WIDTH, HEIGHT, RADIUS, SMOOTHING, FEATHER, THRESHOLD, MIN_SCORE, LINE_WIDTH,
+            ],
+        }
+    }
+
     /// Parses and range-checks `params` for `kind`.
     pub fn parse(kind: FilterKind, params: &Map<String, Value>) -> Result<Self, ParamsError> {
         let filter = kind.as_str();
@@ -395,7 +445,8 @@ impl FilterParams {
             }
             FilterKind::BackgroundBlur => {
                 let p: BlurParams = typed(params).map_err(invalid)?;
-                range("radius", p.radius, 1, 100)
+                RADIUS
+                    .check(p.radius)
                     .and_then(|()| mask_ranges(p.smoothing, p.feather, p.threshold))
                     .map_err(invalid)?;
                 FilterParams::BackgroundBlur(p)
@@ -407,26 +458,28 @@ impl FilterParams {
             }
             FilterKind::FaceBlur => {
                 let p: FaceBlurParams = typed(params).map_err(invalid)?;
-                range("strength", p.strength, 2, 128)
-                    .and_then(|()| range("padding", p.padding, 0.0, 1.0))
-                    .and_then(|()| range("minScore", p.min_score, 0.05, 0.99))
-                    .and_then(|()| range("holdFrames", p.hold_frames, 0, 120))
+                STRENGTH
+                    .check(p.strength)
+                    .and_then(|()| PADDING.check(p.padding))
+                    .and_then(|()| FACE_MIN_SCORE.check(p.min_score))
+                    .and_then(|()| HOLD_FRAMES.check(p.hold_frames))
                     .map_err(invalid)?;
                 FilterParams::FaceBlur(p)
             }
             FilterKind::Pose => {
                 let p: PoseParams = typed(params).map_err(invalid)?;
-                range("minScore", p.min_score, 0.0, 1.0)
-                    .and_then(|()| range("lineWidth", p.line_width, 1, 32))
-                    .and_then(|()| range("hysteresis", p.hysteresis, 0.0, 0.3))
+                MIN_SCORE
+                    .check(p.min_score)
+                    .and_then(|()| LINE_WIDTH.check(p.line_width))
+                    .and_then(|()| HYSTERESIS.check(p.hysteresis))
                     .map_err(invalid)?;
                 FilterParams::Pose(p)
             }
             FilterKind::Onnx => {
                 let p: OnnxParams = typed(params).map_err(invalid)?;
-                let positive = |key: &str, v: Option<u32>| match v {
-                    Some(0) => Err(format!("{key} must be positive")),
-                    Some(v) => range(key, v, 1, 4096),
+                let positive = |size: KeyRange, v: Option<u32>| match v {
+                    Some(0) => Err(format!("{} must be positive", size.key)),
+                    Some(v) => size.check(v),
                     None => Ok(()),
                 };
                 let span = |key: &str, r: [f32; 2]| {
@@ -439,8 +492,8 @@ impl FilterParams {
                         Ok(())
                     }
                 };
-                positive("width", p.width)
-                    .and_then(|()| positive("height", p.height))
+                positive(WIDTH, p.width)
+                    .and_then(|()| positive(HEIGHT, p.height))
                     .and_then(|()| span("inputRange", p.input_range))
                     .and_then(|()| span("outputRange", p.output_range))
                     .and_then(|()| match p.std {
@@ -449,10 +502,10 @@ impl FilterParams {
                         }
                         _ => Ok(()),
                     })
-                    .and_then(|()| range("radius", p.radius, 1, 100))
+                    .and_then(|()| RADIUS.check(p.radius))
                     .and_then(|()| mask_ranges(p.smoothing, p.feather, p.threshold))
-                    .and_then(|()| range("minScore", p.min_score, 0.0, 1.0))
-                    .and_then(|()| range("lineWidth", p.line_width, 1, 32))
+                    .and_then(|()| MIN_SCORE.check(p.min_score))
+                    .and_then(|()| LINE_WIDTH.check(p.line_width))
                     .map_err(invalid)?;
                 FilterParams::Onnx(p)
             }
@@ -547,6 +600,36 @@ mod tests {
 
     fn map(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn every_range_shown_is_the_range_enforced() {
+        let kinds = [
+            FilterKind::BackgroundBlur,
+            FilterKind::BackgroundReplace,
+            FilterKind::FaceBlur,
+            FilterKind::Pose,
+            FilterKind::Onnx,
+        ];
+        for kind in kinds {
+            for r in FilterParams::ranges(kind) {
+                let integer = !matches!(r.key, "smoothing" | "threshold" | "padding" | "minScore" | "hysteresis");
+                let step = if integer { 1.0 } else { 0.01 };
+                let parse = |v: f64| {
+                    let value = if integer { json!(v as i64) } else { json!(v) };
+                    FilterParams::parse(kind, &map(json!({ r.key: value })))
+                };
+
+                for v in [r.min, r.max] {
+                    assert!(parse(v).is_ok(), "{kind:?} {} = {v} is in {r:?}: {:?}", r.key, parse(v));
+                }
+                let outside = [r.min - step, r.max + step].into_iter().filter(|v| *v >= 0.0);
+                for v in outside {
+                    let err = parse(v).expect_err("outside the range").to_string();
+                    assert!(err.contains(r.key), "{kind:?} {} = {v}: {err}", r.key);
+                }
+            }
+        }
     }
 
     #[test]

@@ -194,6 +194,20 @@ impl Browser {
         result
     }
 
+    /// Loads `url` in a new page named `page` in a phone's viewport (390x844, touch, 2x).
+    pub async fn open_mobile(&mut self, page: &str, url: &str) -> Value {
+        let result = self
+            .call(json!({"cmd": "open", "page": page, "url": url, "mobile": true}))
+            .await;
+        assert_eq!(result["status"], 200, "GET {url}: {result}");
+        result
+    }
+
+    /// The page's width against its viewport's, and the elements that reach past it.
+    pub async fn layout(&mut self, page: &str) -> Value {
+        self.call(json!({"cmd": "layout", "page": page})).await
+    }
+
     /// `window.livefilter.start(opts)` on the sender page: its state once live or failed.
     pub async fn start(&mut self, page: &str, opts: Value) -> Value {
         self.call(json!({"cmd": "start", "page": page, "opts": opts})).await
