@@ -273,6 +273,15 @@ pub struct WhipOutput {
 pub struct IceConfig {
     /// Local UDP sockets (`0.0.0.0:0` = every interface, ephemeral ports).
     pub udp_addrs: Vec<String>,
+    /// Local TCP listeners for the browser's ICE over TCP (RFC 6544 passive candidates, e.g.
+    /// `0.0.0.0:8443`), beside UDP: browsers on networks that let no UDP through (but allow
+    /// TCP to the relay) still connect. None by default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tcp_addrs: Vec<String>,
+    /// The browser's session takes ICE over TCP only (`tcp_addrs`), no UDP: for a relay whose
+    /// network lets no UDP in. Outputs (Sora, WHIP, the preview) still use UDP.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tcp_only: bool,
     /// Addresses to advertise instead (1:1 NAT, Kubernetes node IP).
     pub public_ips: Vec<String>,
     /// A file holding the address(es) to advertise, filled in by the platform after start
@@ -327,6 +336,8 @@ impl Default for IceConfig {
     fn default() -> Self {
         Self {
             udp_addrs: vec!["0.0.0.0:0".to_owned()],
+            tcp_addrs: Vec::new(),
+            tcp_only: false,
             public_ips: Vec::new(),
             public_ips_file: None,
             udp_port_range: None,

@@ -187,6 +187,18 @@ impl RelayConfigExt for RelayConfig {
                     detail,
                 })?;
         }
+        for addr in &self.ice.tcp_addrs {
+            addr.parse::<std::net::SocketAddr>().map_err(|e| ConfigError::Invalid {
+                setting: "ice.tcp_addrs",
+                detail: format!("{addr:?} is not an IP address and port: {e}"),
+            })?;
+        }
+        if self.ice.tcp_only && self.ice.tcp_addrs.is_empty() {
+            return Err(ConfigError::Invalid {
+                setting: "ice.tcp_only",
+                detail: "needs ice.tcp_addrs (--ice-tcp-addr): the TCP address to take ICE on".into(),
+            });
+        }
         crate::ice_servers::validate(&self.ice.servers)?;
         crate::ice::parse_public_ips(&self.ice.public_ips).map_err(|detail| ConfigError::Invalid {
             setting: "ice.public_ips",
@@ -456,6 +468,25 @@ ice: {udp_addrs: ["0.0.0.0:40000"], public_ips: [203.0.113.7]}
             err,
             "ice.servers[1]: turn: URLs need credentials (username with credential, or auth_secret)"
         );
+    }
+
+    #[test]
+    fn ice_over_tcp_only_needs_a_tcp_address_and_addresses_must_parse() {
+        let only = RelayConfig::from_yaml("ice: {tcp_only: true}").unwrap();
+        let bad = RelayConfig::from_yaml("ice: {tcp_addrs: [\"relay:8443\"]}").unwrap();
+        let good = RelayConfig::from_yaml("ice: {tcp_addrs: [\"0.0.0.0:8443\"], tcp_only: true}").unwrap();
+
+        assert_eq!(
+            only.validate().unwrap_err().to_string(),
+            "ice.tcp_only: needs ice.tcp_addrs (--ice-tcp-addr): the TCP address to take ICE on"
+        );
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("ice.tcp_addrs: \"relay:8443\" is not an IP address and port"),
+        );
+        assert!(good.validate().is_ok());
     }
 
     #[test]

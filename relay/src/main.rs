@@ -102,6 +102,13 @@ struct OutputArgs {
     /// Local UDP address for WebRTC (repeatable; default 0.0.0.0:0).
     #[arg(long = "udp-addr")]
     udp_addrs: Vec<String>,
+    /// Serve mode: also take the browser's ICE over TCP on this address (repeatable; e.g.
+    /// 0.0.0.0:8443), for streamers whose networks block UDP.
+    #[arg(long = "ice-tcp-addr")]
+    ice_tcp_addrs: Vec<String>,
+    /// Serve mode: the browser's session takes ICE over TCP only (--ice-tcp-addr), no UDP.
+    #[arg(long)]
+    ice_tcp_only: bool,
     /// Serve mode: bind the browser's session to the first free UDP port of FIRST-LAST.
     #[arg(long)]
     udp_port_range: Option<String>,
@@ -474,6 +481,12 @@ impl OutputArgs {
         }
         if !self.udp_addrs.is_empty() {
             cfg.ice.udp_addrs = self.udp_addrs;
+        }
+        if !self.ice_tcp_addrs.is_empty() {
+            cfg.ice.tcp_addrs = self.ice_tcp_addrs;
+        }
+        if self.ice_tcp_only {
+            cfg.ice.tcp_only = true;
         }
         if !self.public_ips.is_empty() {
             cfg.ice.public_ips = self.public_ips;

@@ -253,11 +253,22 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     let (sessions, sessions_task) = Sessions::start(
         IngestConfig {
             codecs: cfg.ingest.codecs.clone(),
-            udp_addrs: cfg.ice.udp_addrs.clone(),
+            // TCP only: the session binds no UDP at all.
+            udp_addrs: if cfg.ice.tcp_only {
+                Vec::new()
+            } else {
+                cfg.ice.udp_addrs.clone()
+            },
+            tcp_addrs: cfg.ice.tcp_addrs.clone(),
             public_ips: cfg.ice.public_ips.clone(),
             public_ips_file: cfg.ice.public_ips_file.clone(),
             // Validated with the configuration.
-            udp_port_range: cfg.ice.udp_port_range.as_deref().and_then(|r| r.parse().ok()),
+            udp_port_range: cfg
+                .ice
+                .udp_port_range
+                .as_deref()
+                .filter(|_| !cfg.ice.tcp_only)
+                .and_then(|r| r.parse().ok()),
             start_bitrate_kbps: cfg.ingest.start_bitrate_kbps,
             timers: cfg.session_timers(),
             video: VideoIngestConfig {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::browser::{Browser, Camera, Clip, artefact_dir, serial};
 use support::turn::TurnServer;
-use support::{Endpoint, Relay};
+use support::{Endpoint, Relay, free_port};
 
 /// The clip's size: Chromium sends it as is (no ramp-up from a smaller size at this size).
 const CLIP_WIDTH: u32 = 640;
@@ -307,6 +307,40 @@ async fn browser_clip_reaches_the_sora_endpoint_through_the_relay_with_its_pixel
     let (rtt_text, rtt_visible) = browser.text("streamer", "#rtt").await;
     assert!(rtt_visible && rtt_text.ends_with(" ms"), "#rtt shows {rtt_text:?}");
     browser.screenshot("streamer", "passthrough-sender").await;
+    browser.quit().await;
+}
+
+/// Whether a TCP connection to local `port` is established (from /proc/net/tcp: the local
+/// address's port in hex, state 01).
+fn tcp_established_on(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3
+            && fields[1].rsplit_once(':').map(|(_, p)| p) == Some(&format!("{port:04X}"))
+            && fields[3] == "01"
+    })
+}
+
+/// With ICE over TCP only (the relay offers no UDP candidate, as where no UDP gets through),
+/// Chromium's session goes live over the relay's TCP port and frames flow.
+#[tokio::test]
+async fn the_browser_streams_over_ice_tcp_when_the_relay_takes_ice_over_tcp_only() {
+    let _serial = serial().await;
+    let tcp_port = free_port();
+    let tcp_addr = format!("127.0.0.1:{tcp_port}");
+    let relay = Relay::serve(&["--ice-tcp-addr", &tcp_addr, "--ice-tcp-only"]).await;
+    let mut browser = Browser::launch(Camera::Fake).await;
+    browser.open("streamer", &relay.url("/")).await;
+
+    let state = browser.start("streamer", json!({"width": 640, "height": 360})).await;
+
+    assert_live(&state, &relay);
+    wait_for_frames_received(&relay, 30).await;
+    assert!(
+        tcp_established_on(tcp_port),
+        "the media came over the relay's ICE-TCP port {tcp_port}"
+    );
     browser.quit().await;
 }
 

@@ -60,6 +60,7 @@ async fn an_offer_dropped_while_it_is_being_answered_leaves_the_relay_idle_with_
         IngestConfig {
             codecs: vec![VideoCodec::Vp8],
             udp_addrs: vec!["127.0.0.1:0".into()],
+            tcp_addrs: vec![],
             public_ips: vec![],
             public_ips_file: None,
             udp_port_range: None,

@@ -135,6 +135,10 @@ async function main() {
     emit('start', { sdk: await page.evaluate(() => import('/sora.js').then((m) => m.default.version())), codec: opts.codec });
     const result = await page.evaluate((o) => window.publish(o), opts);
     summary.connection_id = result.connectionId;
+    // The SDK's 'connected' callback follows the peer connection's state, which can settle a
+    // moment after publish() resolves: wait for it (bounded) rather than read it too early.
+    await page.waitForFunction(() => window.publishState.connectedCallback !== null, null, { timeout: 10000 })
+      .catch(() => {});
     const state = await page.evaluate(() => window.publishState);
     summary.connected = state.connectedCallback !== null && state.connectedCallback === result.connectionId;
     emit('published-start', { connection_id: result.connectionId, mids: result.mids, camera: result.videoSettings, connected_callback: summary.connected });

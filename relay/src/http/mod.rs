@@ -933,6 +933,7 @@ mod tests {
                 IngestConfig {
                     codecs: vec![VideoCodec::Vp8, VideoCodec::H264],
                     udp_addrs: vec!["127.0.0.1:0".into()],
+                    tcp_addrs: vec![],
                     public_ips,
                     public_ips_file: None,
                     udp_port_range,
@@ -1243,6 +1244,7 @@ mod tests {
                 IngestConfig {
                     codecs: vec![VideoCodec::Vp8],
                     udp_addrs: vec!["127.0.0.1:0".into()],
+                    tcp_addrs: vec![],
                     public_ips: vec![],
                     public_ips_file: None,
                     udp_port_range: None,

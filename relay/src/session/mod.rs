@@ -73,6 +73,8 @@ pub struct IngestConfig {
     pub codecs: Vec<VideoCodec>,
     /// Local UDP sockets.
     pub udp_addrs: Vec<String>,
+    /// Local TCP listeners for ICE over TCP (none: UDP only).
+    pub tcp_addrs: Vec<String>,
     /// Addresses to advertise.
     pub public_ips: Vec<String>,
     /// Bind the first free port of this range instead of the `udp_addrs` ports.
@@ -530,7 +532,11 @@ impl Actor {
             keyframes: self.keyframes.clone(),
             video: self.config.video.clone(),
         };
-        let peer = match peer::build(&self.config.codecs, udp_addrs, ctx).await {
+        let binds = peer::Binds {
+            udp: udp_addrs,
+            tcp: self.config.tcp_addrs.clone(),
+        };
+        let peer = match peer::build(&self.config.codecs, binds, ctx).await {
             Ok(peer) => peer,
             Err(e) => {
                 cancel.cancel();

@@ -62,12 +62,16 @@ struct CaptureTimeIds {
     audio: Option<u8>,
 }
 
-/// Builds the peer for one session, bound to `udp_addrs`.
-pub(super) async fn build(
-    codecs: &[VideoCodec],
-    udp_addrs: Vec<String>,
-    ctx: PeerContext,
-) -> Result<BrowserPeer, AcceptError> {
+/// Where a session's peer takes ICE.
+pub(super) struct Binds {
+    /// UDP sockets.
+    pub udp: Vec<String>,
+    /// TCP listeners (ICE-TCP, passive candidates).
+    pub tcp: Vec<String>,
+}
+
+/// Builds the peer for one session, bound to `binds`.
+pub(super) async fn build(codecs: &[VideoCodec], binds: Binds, ctx: PeerContext) -> Result<BrowserPeer, AcceptError> {
     let mut media_engine = MediaEngine::default();
     for codec in codecs {
         for params in receive_codec_parameters(*codec) {
@@ -101,7 +105,8 @@ pub(super) async fn build(
         .map_err(webrtc_err("registering abs-capture-time for audio"))?;
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)
         .map_err(webrtc_err("registering interceptors"))?;
-    let settings = SettingEngineBuilder::new().with_include_loopback_candidate(ice::binds_loopback(&udp_addrs));
+    let loopback = ice::binds_loopback(&binds.udp) || ice::binds_loopback(&binds.tcp);
+    let settings = SettingEngineBuilder::new().with_include_loopback_candidate(loopback);
     let (gathered_tx, gathered) = watch::channel(0u64);
     let capture_time_ids = Arc::new(Mutex::new(CaptureTimeIds::default()));
     let handler = Arc::new(Handler {
@@ -115,7 +120,8 @@ pub(super) async fn build(
         .with_setting_engine(settings.build())
         .with_interceptor_registry(registry)
         .with_handler(handler)
-        .with_udp_addrs(udp_addrs)
+        .with_udp_addrs(binds.udp)
+        .with_tcp_addrs(binds.tcp)
         .build()
         .await
         .map_err(webrtc_err("creating the peer connection"))?;
