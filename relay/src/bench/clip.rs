@@ -6,6 +6,44 @@
 use crate::filter::pixels::{Planes, ResizeError};
 use crate::frame::I420Frame;
 
+/// `rgb` (`rgb_w`x`rgb_h`, packed RGB) scaled to cover `width`x`height` with its aspect kept.
+struct Cover {
+    rgb: Vec<u8>,
+    width: u32,
+    height: u32,
+}
+
+impl Cover {
+    fn new(
+        planes: &mut Planes,
+        rgb: &[u8],
+        rgb_w: u32,
+        rgb_h: u32,
+        width: u32,
+        height: u32,
+    ) -> Result<Self, ResizeError> {
+        let scale = (width as f32 / rgb_w as f32).max(height as f32 / rgb_h as f32);
+        let (sw, sh) = (
+            ((rgb_w as f32 * scale).ceil() as u32).max(width),
+            ((rgb_h as f32 * scale).ceil() as u32).max(height),
+        );
+        Ok(Self {
+            rgb: planes.rgb_resize(rgb, rgb_w, rgb_h, sw, sh)?,
+            width: sw,
+            height: sh,
+        })
+    }
+
+    /// The `width`x`height` window at (`ox`, `oy`) into `out` (packed RGB).
+    fn crop(&self, ox: u32, oy: u32, width: u32, height: u32, out: &mut [u8]) {
+        let row_bytes = width as usize * 3;
+        for row in 0..height as usize {
+            let src = ((oy as usize + row) * self.width as usize + ox as usize) * 3;
+            out[row * row_bytes..(row + 1) * row_bytes].copy_from_slice(&self.rgb[src..src + row_bytes]);
+        }
+    }
+}
+
 /// `frames` frames of `width`x`height` panning over `rgb` (`rgb_w`x`rgb_h`, packed RGB): one
 /// full down-and-up sweep over the clip, at most a quarter of the frame height.
 pub fn panned(
@@ -17,27 +55,18 @@ pub fn panned(
     frames: u32,
 ) -> Result<Vec<I420Frame>, ResizeError> {
     let mut planes = Planes::default();
-    let scale = (width as f32 / rgb_w as f32).max(height as f32 / rgb_h as f32);
-    let (sw, sh) = (
-        ((rgb_w as f32 * scale).ceil() as u32).max(width),
-        ((rgb_h as f32 * scale).ceil() as u32).max(height),
-    );
-    let big = planes.rgb_resize(rgb, rgb_w, rgb_h, sw, sh)?;
-    let travel = (sh - height).min(height / 4);
-    let ox = (sw - width) / 2;
-    let mut out = Vec::with_capacity(frames as usize);
+    let cover = Cover::new(&mut planes, rgb, rgb_w, rgb_h, width, height)?;
+    let travel = (cover.height - height).min(height / 4);
+    let ox = (cover.width - width) / 2;
     let mut crop = vec![0u8; width as usize * height as usize * 3];
-    for i in 0..frames {
-        let phase = i as f32 / frames.max(1) as f32 * std::f32::consts::TAU;
-        let oy = ((1.0 - phase.cos()) / 2.0 * travel as f32).round() as u32;
-        for row in 0..height as usize {
-            let src = ((oy as usize + row) * sw as usize + ox as usize) * 3;
-            let dst = row * width as usize * 3;
-            crop[dst..dst + width as usize * 3].copy_from_slice(&big[src..src + width as usize * 3]);
-        }
-        out.push(planes.rgb_to_frame(&crop, width, height, width, height)?);
-    }
-    Ok(out)
+    (0..frames)
+        .map(|i| {
+            let phase = i as f32 / frames.max(1) as f32 * std::f32::consts::TAU;
+            let oy = ((1.0 - phase.cos()) / 2.0 * travel as f32).round() as u32;
+            cover.crop(ox, oy, width, height, &mut crop);
+            planes.rgb_to_frame(&crop, width, height, width, height)
+        })
+        .collect()
 }
 
 /// `frames` frames of `width`x`height` of `rgb` (scaled to cover the frame, centred), each with
@@ -53,19 +82,15 @@ pub fn still(
     noise: f32,
 ) -> Result<Vec<I420Frame>, ResizeError> {
     let mut planes = Planes::default();
-    let scale = (width as f32 / rgb_w as f32).max(height as f32 / rgb_h as f32);
-    let (sw, sh) = (
-        ((rgb_w as f32 * scale).ceil() as u32).max(width),
-        ((rgb_h as f32 * scale).ceil() as u32).max(height),
-    );
-    let big = planes.rgb_resize(rgb, rgb_w, rgb_h, sw, sh)?;
-    let (ox, oy) = (((sw - width) / 2) as usize, ((sh - height) / 2) as usize);
+    let cover = Cover::new(&mut planes, rgb, rgb_w, rgb_h, width, height)?;
     let mut crop = vec![0u8; width as usize * height as usize * 3];
-    for row in 0..height as usize {
-        let src = ((oy + row) * sw as usize + ox) * 3;
-        let dst = row * width as usize * 3;
-        crop[dst..dst + width as usize * 3].copy_from_slice(&big[src..src + width as usize * 3]);
-    }
+    cover.crop(
+        (cover.width - width) / 2,
+        (cover.height - height) / 2,
+        width,
+        height,
+        &mut crop,
+    );
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let mut noisy = crop.clone();
     (0..frames)
