@@ -655,7 +655,7 @@ fn keypoint_jitter(filter: &mut dyn livefilter_relay::filter::Filter, clip: &[I4
     for frame in clip {
         filter.apply(frame.clone()).unwrap();
         match filter.probe() {
-            Some(Probe::Keypoints(points)) => drawn.push(points),
+            Some(Probe::Keypoints(points)) => drawn.push(points.to_vec()),
             other => panic!("pose shows its keypoints, got {other:?}"),
         }
     }

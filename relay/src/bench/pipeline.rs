@@ -237,7 +237,7 @@ impl SteadinessMeter {
                     }
                     self.pairs += 1;
                 }
-                self.points = Some(now);
+                self.points = Some(now.to_vec());
             }
         }
     }

@@ -111,7 +111,7 @@ pub enum Probe<'a> {
     /// The alpha the frame was composited with (255 = person), `width`x`height`.
     Mask { alpha: &'a [u8], width: u32, height: u32 },
     /// Each keypoint as drawn, in frame pixels; `None` where it was not drawn.
-    Keypoints(Vec<Option<(f32, f32)>>),
+    Keypoints(&'a [Option<(f32, f32)>]),
 }
 
 /// Leaves frames as they are.

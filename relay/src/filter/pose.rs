@@ -327,7 +327,7 @@ impl Filter for PoseFilter {
     }
 
     fn probe(&self) -> Option<Probe<'_>> {
-        (!self.drawn.is_empty()).then(|| Probe::Keypoints(self.drawn.clone()))
+        (!self.drawn.is_empty()).then_some(Probe::Keypoints(&self.drawn))
     }
 }
 

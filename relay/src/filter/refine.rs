@@ -29,24 +29,20 @@ impl Stabilizer {
     pub fn apply(&mut self, mask: Mask) -> Mask {
         self.history
             .retain(|m| (m.width, m.height) == (mask.width, mask.height));
-        let out = match self.history.as_slice() {
-            [a, b] => Mask {
-                width: mask.width,
-                height: mask.height,
-                data: mask
-                    .data
-                    .iter()
-                    .zip(&a.data)
-                    .zip(&b.data)
-                    .map(|((&x, &y), &z)| median3(x, y, z))
-                    .collect(),
-            },
-            _ => mask.clone(),
+        let out = match (self.history.len(), self.history.pop()) {
+            // The oldest mask's buffer takes the median in place: each value is read before
+            // it is written.
+            (2, Some(mut oldest)) => {
+                for ((o, &x), &y) in oldest.data.iter_mut().zip(&mask.data).zip(&self.history[0].data) {
+                    *o = median3(x, y, *o);
+                }
+                oldest
+            }
+            (_, older) => {
+                self.history.extend(older);
+                mask.clone()
+            }
         };
-        // Reuse the oldest buffer for the newest raw mask.
-        if self.history.len() == 2 {
-            self.history.pop();
-        }
         self.history.insert(0, mask);
         out
     }

@@ -148,6 +148,9 @@ struct AheadSegmenter {
     frames: Option<mpsc::SyncSender<I420Frame>>,
     masks: mpsc::Receiver<Result<Inferred, String>>,
     latest: Option<Inferred>,
+    /// Frames handed over whose mask has not come back yet: at 2 the worker has one and the
+    /// queue holds the other, so a frame is not even copied.
+    pending: usize,
     worker: Option<JoinHandle<Segmenter>>,
     device: Device,
 }
@@ -173,26 +176,42 @@ impl AheadSegmenter {
             frames: Some(frames),
             masks,
             latest: None,
+            pending: 0,
             worker: Some(worker),
             device,
         })
     }
 
     fn mask(&mut self, frame: &I420Frame) -> Result<Inferred, String> {
-        while let Ok(result) = self.masks.try_recv() {
-            self.latest = Some(result?);
+        loop {
+            match self.masks.try_recv() {
+                Ok(result) => {
+                    self.pending = self.pending.saturating_sub(1);
+                    self.latest = Some(result?);
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                // Only the worker holds the sender: it ended.
+                Err(mpsc::TryRecvError::Disconnected) => return Err(self.gone()),
+            }
         }
-        let sent = match self.frames.as_ref() {
-            Some(frames) => frames.try_send(frame.clone()),
-            None => return Err(self.gone()),
-        };
-        if let Err(mpsc::TrySendError::Disconnected(_)) = sent {
-            return Err(self.gone());
+        if self.pending < 2 {
+            let sent = match self.frames.as_ref() {
+                Some(frames) => frames.try_send(frame.clone()),
+                None => return Err(self.gone()),
+            };
+            match sent {
+                Ok(()) => self.pending += 1,
+                Err(mpsc::TrySendError::Full(_)) => {}
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(self.gone()),
+            }
         }
         if self.latest.is_none() {
             // The first frame: nothing earlier to use, so wait for its own.
             match self.masks.recv() {
-                Ok(result) => self.latest = Some(result?),
+                Ok(result) => {
+                    self.pending = self.pending.saturating_sub(1);
+                    self.latest = Some(result?);
+                }
                 Err(_) => return Err(self.gone()),
             }
         }
