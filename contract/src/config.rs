@@ -251,6 +251,10 @@ pub struct SoraOutput {
     /// Redirects followed in a row before they count as an error (and back off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_redirects: Option<u32>,
+    /// Ask Sora for simulcast: the relay then sends the layers Sora's offer describes
+    /// (`encodings`), each encoded from the same filtered picture.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub simulcast: bool,
 }
 
 /// Where to publish over WHIP.

@@ -326,6 +326,7 @@ impl RelayConfigExt for RelayConfig {
                 codec: self.video.codec,
                 bitrate_kbps: self.video.bitrate_kbps,
                 audio,
+                simulcast: sora.simulcast,
             },
         );
         config.udp_addrs = crate::ice::ephemeral(&self.ice.udp_addrs);

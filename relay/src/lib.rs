@@ -18,6 +18,7 @@ pub mod infer;
 pub mod ingest;
 pub mod install;
 pub mod latency;
+pub mod layers;
 pub mod logging;
 pub mod media_clock;
 pub mod metrics;

@@ -68,6 +68,9 @@ struct OutputArgs {
     /// Sora client id.
     #[arg(long)]
     client_id: Option<String>,
+    /// Ask Sora for simulcast and send the layers its offer describes.
+    #[arg(long)]
+    sora_simulcast: bool,
     /// Sora metadata as JSON, e.g. '{"access_token":"..."}'.
     #[arg(long, env = "LIVEFILTER_SORA_METADATA")]
     metadata: Option<String>,
@@ -506,6 +509,9 @@ impl OutputArgs {
         if let Some(sora) = cfg.sora.as_mut() {
             if let Some(v) = self.client_id {
                 sora.client_id = Some(v);
+            }
+            if self.sora_simulcast {
+                sora.simulcast = true;
             }
             if let Some(m) = self.metadata {
                 sora.metadata = Some(serde_json::from_str(&m).with_context(|| format!("--metadata is not JSON: {m}"))?);

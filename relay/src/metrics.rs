@@ -103,6 +103,11 @@ pub struct Metrics {
     pub publisher_target_bitrate: GaugeVec,
     /// The bitrate the shared encoder is set to, in bit/s.
     pub encoder_target_bitrate: Gauge,
+    /// Each simulcast layer's share of the Sora path in bit/s (0: suspended or inactive), by rid.
+    pub simulcast_layer_bitrate: GaugeVec,
+    /// Frames encoded per simulcast layer (the output stream's own frames count for the layer that
+    /// is the output itself), by rid.
+    pub simulcast_layer_frames: IntCounterVec,
     /// Per-stage latency histograms and windows.
     pub latency: Latency,
     /// From a browser's offer to its session's first filtered frame handed to the publishers.
@@ -270,6 +275,22 @@ impl Metrics {
                 "The bitrate the shared encoder is set to, in bit/s",
             )
             .expect("valid metric"),
+            simulcast_layer_bitrate: GaugeVec::new(
+                Opts::new(
+                    "livefilter_simulcast_layer_bitrate_bps",
+                    "A simulcast layer's share of the Sora path in bit/s (0: suspended or inactive)",
+                ),
+                &["rid"],
+            )
+            .expect("valid metric"),
+            simulcast_layer_frames: IntCounterVec::new(
+                Opts::new(
+                    "livefilter_simulcast_layer_frames_total",
+                    "Frames encoded for a simulcast layer",
+                ),
+                &["rid"],
+            )
+            .expect("valid metric"),
             latency: Latency::new(&registry),
             publisher_states: Default::default(),
             registry,
@@ -301,6 +322,8 @@ impl Metrics {
             Box::new(m.ingest_refused.clone()),
             Box::new(m.publisher_target_bitrate.clone()),
             Box::new(m.encoder_target_bitrate.clone()),
+            Box::new(m.simulcast_layer_bitrate.clone()),
+            Box::new(m.simulcast_layer_frames.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

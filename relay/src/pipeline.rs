@@ -15,6 +15,7 @@ use crate::filter::{Filter, FilterParams, Filtered};
 use crate::frame::{FrameTimes, I420Frame};
 use crate::health::{self, Health, Heartbeat};
 use crate::latency::Stage;
+use crate::layers::LayerEncoders;
 use crate::media_clock::MediaClock;
 use crate::metrics::{DropReason, Metrics};
 use crate::publish::congestion::EncoderBitrate;
@@ -73,6 +74,7 @@ pub struct EncodeStage {
     output_fps: FpsMeter,
     heartbeat: Option<Heartbeat>,
     bitrate: Option<EncoderBitrate>,
+    layers: Option<LayerEncoders>,
 }
 
 impl EncodeStage {
@@ -95,7 +97,15 @@ impl EncodeStage {
             output_fps: FpsMeter::default(),
             heartbeat: None,
             bitrate: None,
+            layers: None,
         }
+    }
+
+    /// Encodes the simulcast layers a Sora session asks for through `layers` as well (see
+    /// [`crate::layers`]).
+    pub fn with_simulcast(mut self, layers: LayerEncoders) -> Self {
+        self.layers = Some(layers);
+        self
     }
 
     /// Follows the publishers' congestion-control estimates (see [`EncoderBitrate`]); without
@@ -165,6 +175,12 @@ impl EncodeStage {
                 if let Some(beat) = &self.heartbeat {
                     beat.beat_at(done);
                 }
+                let fps = self.output_fps.tick(done);
+                let simulcast = self
+                    .layers
+                    .as_mut()
+                    .and_then(|layers| layers.encode(picture, pts, force, fps));
+                let done = if simulcast.is_some() { Instant::now() } else { done };
                 times.encoded = Some(done);
                 if let Some(captured) = capture_ntp {
                     self.metrics
@@ -181,13 +197,13 @@ impl EncodeStage {
                     .frames_encoded
                     .with_label_values(&[&self.codec_label])
                     .inc();
-                let fps = self.output_fps.tick(done);
                 self.metrics.set_video("output", frame.width, frame.height, fps);
                 let out = OutgoingFrame {
                     frame,
                     times,
                     media_time,
                     capture_ntp,
+                    simulcast,
                 };
                 for p in &self.publishers {
                     p.offer(out.clone());

@@ -17,10 +17,12 @@ use crate::filter::live::LiveParams;
 use crate::health::{Health, Unhealthy, publisher_stage, supervise};
 use crate::http::{self, AppState, RelayInfo, ServeState};
 use crate::ingest::VideoIngestConfig;
+use crate::layers::LayerEncoders;
 use crate::metrics::Metrics;
 use crate::pipeline::{EncodeStage, FilterPipeline, TestPatternPipeline};
 use crate::publish::congestion::{BitrateEstimate, EncoderBitrate};
 use crate::publish::preview::{self, PreviewConfig, PreviewHub};
+use crate::publish::simulcast::SimulcastControl;
 use crate::publish::sora::{SoraError, SoraPublisher};
 use crate::publish::whip::{WhipError, WhipPublisher};
 use crate::publish::{KeyframeRequest, PublisherHandle};
@@ -70,6 +72,22 @@ struct Publishers {
     handles: Vec<PublisherHandle>,
     /// The estimates of the publishers the encoder's bitrate follows (Sora, WHIP).
     estimates: Vec<BitrateEstimate>,
+    /// The Sora publisher's simulcast layers, when there is a Sora publisher.
+    simulcast: Option<SimulcastControl>,
+}
+
+/// Adds the encoding of the simulcast layers a Sora session asks for (when there is a Sora
+/// publisher) to `stage`.
+fn with_simulcast_layers(
+    stage: EncodeStage,
+    simulcast: Option<SimulcastControl>,
+    cfg: &RelayConfig,
+    metrics: &Metrics,
+) -> EncodeStage {
+    match simulcast {
+        Some(control) => stage.with_simulcast(LayerEncoders::new(control, cfg.encoder_config(), metrics.clone())),
+        None => stage,
+    }
 }
 
 fn start_publishers(
@@ -84,9 +102,12 @@ fn start_publishers(
     let mut handles = Vec::new();
     let mut estimates = Vec::new();
     let estimate = |name: &str| BitrateEstimate::exported(metrics.publisher_target_bitrate.with_label_values(&[name]));
+    let mut simulcast = None;
     if let Some(mut sora) = cfg.sora_config(audio)? {
         sora.estimate = estimate("sora");
         estimates.push(sora.estimate.clone());
+        sora.simulcast = SimulcastControl::new(sora.estimate.clone());
+        simulcast = Some(sora.simulcast.clone());
         let (handle, inputs) = PublisherHandle::new("sora", metrics.clone());
         let publisher = SoraPublisher::new(sora, metrics.clone(), keyframes.clone(), shutdown.clone())?;
         tasks.spawn(
@@ -110,6 +131,7 @@ fn start_publishers(
         tasks,
         handles,
         estimates,
+        simulcast,
     })
 }
 
@@ -141,6 +163,7 @@ pub async fn test_pattern(cfg: RelayConfig, shutdown: CancellationToken) -> Resu
         tasks,
         handles,
         estimates,
+        simulcast,
     } = start_publishers(&cfg, false, &metrics, &keyframes, &shutdown, &health)?;
     if handles.is_empty() {
         return Err(RunError::NoOutput);
@@ -169,9 +192,10 @@ pub async fn test_pattern(cfg: RelayConfig, shutdown: CancellationToken) -> Resu
         health: health.clone(),
     });
     let server = http::server::serve(listen(&cfg), app, metrics.clone(), shutdown.clone()).await?;
-    let stage = EncodeStage::new(encoder, handles, keyframes, metrics)
+    let stage = EncodeStage::new(encoder, handles, keyframes, metrics.clone())
         .with_keyframe_request_interval(Duration::from_millis(u64::from(cfg.video.keyframe_request_interval_ms)))
         .with_bitrate_control(EncoderBitrate::new(estimates, cfg.bitrate_limits()));
+    let stage = with_simulcast_layers(stage, simulcast, &cfg, &metrics);
     let thread = TestPatternPipeline { pattern, stage }
         .spawn(shutdown.clone())
         .map_err(|e| RunError::Thread("test-pattern", e))?;
@@ -215,6 +239,7 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
         mut tasks,
         mut handles,
         estimates,
+        simulcast,
     } = start_publishers(&cfg, true, &metrics, &keyframes, &shutdown, &health)?;
     let preview = if cfg.preview.enabled {
         let hub = PreviewHub::new(
@@ -315,9 +340,10 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     let app = http::app(app_state);
     let server = http::server::serve(listen(&cfg), app, metrics.clone(), shutdown.clone()).await?;
     let output_size = (!cfg.video.follow_input).then_some((cfg.video.width, cfg.video.height));
-    let stage = EncodeStage::new(encoder, handles, keyframes, metrics)
+    let stage = EncodeStage::new(encoder, handles, keyframes, metrics.clone())
         .with_keyframe_request_interval(Duration::from_millis(u64::from(cfg.video.keyframe_request_interval_ms)))
         .with_bitrate_control(EncoderBitrate::new(estimates, cfg.bitrate_limits()));
+    let stage = with_simulcast_layers(stage, simulcast, &cfg, &metrics);
     let thread = FilterPipeline {
         slot: Arc::clone(&slot),
         filter,

@@ -32,6 +32,11 @@ impl Scaler {
         if frame.width() == width && frame.height() == height {
             return Ok(frame);
         }
+        self.resized(&frame, width, height)
+    }
+
+    /// A copy of `frame` at `width`x`height`, leaving `frame` as it is (simulcast layers).
+    pub fn resized(&mut self, frame: &I420Frame, width: u32, height: u32) -> Result<I420Frame, ScaleError> {
         let (sw, sh) = (frame.width(), frame.height());
         let (scw, sch) = frame.chroma_size();
         let (dcw, dch) = (width.div_ceil(2), height.div_ceil(2));

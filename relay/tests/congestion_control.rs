@@ -150,6 +150,7 @@ async fn a_capped_path_lowers_the_bitrate_to_the_cap_and_lifting_it_ramps_back()
             codec: VideoCodec::Vp8,
             bitrate_kbps: START_KBPS,
             audio: false,
+            simulcast: false,
         },
     );
     config.udp_addrs = vec!["127.0.0.1:0".into()];

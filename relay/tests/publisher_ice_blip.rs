@@ -47,6 +47,7 @@ async fn a_three_second_ice_blip_keeps_the_same_sora_connection_and_frames_resum
             codec: VideoCodec::Vp8,
             bitrate_kbps: 300,
             audio: false,
+            simulcast: false,
         },
     );
     config.udp_addrs = vec!["127.0.0.1:0".into()];

@@ -9,6 +9,7 @@ pub mod peer;
 pub mod preview;
 pub mod retransmit;
 pub mod rtp;
+pub mod simulcast;
 pub mod sora;
 pub mod whip;
 
@@ -96,6 +97,9 @@ pub struct OutgoingFrame {
     pub media_time: MediaTime,
     /// When the source captured it (NTP), sent as `abs-capture-time` where negotiated.
     pub capture_ntp: Option<u64>,
+    /// The simulcast layers encoded from the same picture, while a Sora session asks for them
+    /// (other publishers send only `frame`).
+    pub simulcast: Option<Arc<Vec<simulcast::LayerFrame>>>,
 }
 
 /// One Opus packet from the browser, forwarded without transcoding.

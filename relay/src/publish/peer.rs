@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rtc::interceptor::Slot;
@@ -35,7 +35,11 @@ use super::{AudioPacket, KeyframeRequest, OutgoingFrame};
 use crate::abs_capture::{self, AbsCaptureTime};
 use crate::codec::VideoCodec;
 use crate::ice;
+use bytes::Bytes;
 use rtc::rtp::extension::HeaderExtension;
+use rtc::shared::marshal::{Marshal, MarshalSize};
+
+use super::rtp::MediaTime;
 
 /// The H.264 format the relay sends: constrained baseline 3.1, packetization-mode 1.
 pub const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
@@ -83,6 +87,9 @@ pub struct PeerOptions {
     pub bitrate: BitrateLimits,
     /// Where this peer publishes its estimate of the path (cleared when it closes).
     pub estimate: BitrateEstimate,
+    /// The simulcast layers to send, by rid, as the remote offer asks (`a=rid:<id> recv`);
+    /// empty for one stream.
+    pub rids: Vec<String>,
 }
 
 impl PeerOptions {
@@ -99,6 +106,7 @@ impl PeerOptions {
             link: LinkTiming::default(),
             bitrate: BitrateLimits::default(),
             estimate: BitrateEstimate::default(),
+            rids: Vec::new(),
         }
     }
 }
@@ -327,14 +335,15 @@ struct Packetizer {
 impl Packetizer {
     fn packetize(
         &mut self,
-        frame: &OutgoingFrame,
+        data: &Bytes,
+        media_time: MediaTime,
         ssrc: u32,
         payload_type: PayloadType,
     ) -> Result<Vec<rtc::rtp::Packet>, PeerError> {
-        let timestamp = self.timestamps.map(frame.media_time, Instant::now());
+        let timestamp = self.timestamps.map(media_time, Instant::now());
         let payloads = self
             .payloader
-            .payload(RTP_PAYLOAD_MTU, &frame.frame.data)
+            .payload(RTP_PAYLOAD_MTU, data)
             .map_err(webrtc_err("packetizing a video frame"))?;
         let last = payloads.len().saturating_sub(1);
         Ok(payloads
@@ -387,16 +396,73 @@ pub fn opus_codec_parameters() -> RTCRtpCodecParameters {
     }
 }
 
-/// A send-only peer connection with one video track.
+/// One RTP video stream of the track: the only one, or one simulcast layer.
+struct VideoStream {
+    /// The layer's rid (`None`: not simulcast).
+    rid: Option<Arc<str>>,
+    ssrc: u32,
+    packetizer: Mutex<Packetizer>,
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+}
+
+/// What one video stream has sent (a `pong`'s outbound-rtp stats).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamStats {
+    /// The simulcast layer's rid (`None`: not simulcast).
+    pub rid: Option<Arc<str>>,
+    /// The stream's SSRC.
+    pub ssrc: u32,
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Bitstream bytes sent.
+    pub bytes_sent: u64,
+}
+
+/// An SDES text header extension value (`mid`, `rtp-stream-id`).
+struct SdesText(Bytes);
+
+impl MarshalSize for SdesText {
+    fn marshal_size(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Marshal for SdesText {
+    fn marshal_to(&self, buf: &mut [u8]) -> rtc::shared::error::Result<usize> {
+        let n = self.0.len();
+        buf.get_mut(..n)
+            .ok_or(rtc::shared::error::Error::ErrBufferTooSmall)?
+            .copy_from_slice(&self.0);
+        Ok(n)
+    }
+}
+
+/// The `a=mid` of the first video section of an SDP.
+fn video_mid(sdp: &str) -> Option<String> {
+    let mut in_video = false;
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if line.starts_with("m=") {
+            in_video = line.starts_with("m=video ");
+        } else if in_video && let Some(mid) = line.strip_prefix("a=mid:") {
+            return Some(mid.to_owned());
+        }
+    }
+    None
+}
+
+/// A send-only peer connection with one video track (of one stream, or one per simulcast
+/// layer).
 pub struct SendPeer {
     pc: Arc<dyn PeerConnection>,
     track: Arc<TrackLocalStaticRTP>,
-    packetizer: Mutex<Packetizer>,
+    streams: Vec<VideoStream>,
+    video_mid: std::sync::Mutex<Option<Bytes>>,
     audio: Option<Mutex<AudioForwarder>>,
     audio_sender: Mutex<Option<Arc<dyn RtpSender>>>,
     sender: Mutex<Option<Arc<dyn RtpSender>>>,
     codec: VideoCodec,
-    ssrc: u32,
     payload_type: Mutex<Option<PayloadType>>,
     public_ips: Vec<IpAddr>,
     capture_time_negotiated: AtomicBool,
@@ -483,29 +549,50 @@ impl SendPeer {
             .map_err(webrtc_err("creating the peer connection"))?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
 
-        let ssrc = rand::random::<u32>();
-        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            "livefilter".to_owned(),
-            "livefilter-video".to_owned(),
-            "livefilter video".to_owned(),
-            RtpCodecKind::Video,
-            vec![RTCRtpEncodingParameters {
+        let rids: Vec<Option<Arc<str>>> = if options.rids.is_empty() {
+            vec![None]
+        } else {
+            options.rids.iter().map(|r| Some(Arc::from(r.as_str()))).collect()
+        };
+        // Every layer's RTP timestamps follow the same media clock (one random base), as
+        // libwebrtc's do, so an SFU switching layers keeps the timeline.
+        let timestamp_base = rand::random();
+        let mut streams = Vec::with_capacity(rids.len());
+        let mut codings = Vec::with_capacity(rids.len());
+        for rid in rids {
+            let ssrc = rand::random::<u32>();
+            codings.push(RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
+                    rid: rid.as_deref().unwrap_or_default().to_owned(),
                     ssrc: Some(ssrc),
                     ..Default::default()
                 },
                 codec: codec_params.rtp_codec.clone(),
                 ..Default::default()
-            }],
+            });
+            streams.push(VideoStream {
+                rid,
+                ssrc,
+                packetizer: Mutex::new(Packetizer {
+                    payloader: codec_params
+                        .rtp_codec
+                        .payloader()
+                        .map_err(webrtc_err("creating the RTP payloader"))?,
+                    sequence: rand::random(),
+                    timestamps: TimestampRebase::new(VIDEO_CLOCK_HZ, timestamp_base),
+                }),
+                frames_sent: AtomicU64::new(0),
+                bytes_sent: AtomicU64::new(0),
+            });
+        }
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            "livefilter".to_owned(),
+            "livefilter-video".to_owned(),
+            "livefilter video".to_owned(),
+            RtpCodecKind::Video,
+            codings,
         )));
-        let packetizer = Mutex::new(Packetizer {
-            payloader: codec_params
-                .rtp_codec
-                .payloader()
-                .map_err(webrtc_err("creating the RTP payloader"))?,
-            sequence: rand::random(),
-            timestamps: TimestampRebase::new(VIDEO_CLOCK_HZ, rand::random()),
-        });
+        let ssrc = streams[0].ssrc;
         let audio = options.audio.then(|| {
             let ssrc = rand::random::<u32>();
             Mutex::new(AudioForwarder {
@@ -548,12 +635,12 @@ impl SendPeer {
         Ok(Self {
             pc,
             track,
-            packetizer,
+            streams,
+            video_mid: std::sync::Mutex::new(None),
             audio,
             audio_sender: Mutex::new(None),
             sender: Mutex::new(None),
             codec: options.codec,
-            ssrc,
             payload_type: Mutex::new(None),
             public_ips,
             capture_time_negotiated: AtomicBool::new(false),
@@ -621,6 +708,8 @@ impl SendPeer {
             .await
             .map_err(webrtc_err("creating the answer"))?;
         let sdp = ice::rewrite_sdp(&answer.sdp, &self.public_ips);
+        *self.video_mid.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            video_mid(&answer.sdp).map(Bytes::from);
         self.pc
             .set_local_description(answer)
             .await
@@ -703,30 +792,106 @@ impl SendPeer {
             .map_err(webrtc_err("adding a remote ICE candidate"))
     }
 
-    /// The SSRC of the video stream.
+    /// The SSRC of the (first) video stream.
     pub fn ssrc(&self) -> u32 {
-        self.ssrc
+        self.streams[0].ssrc
     }
 
-    /// Packetizes and sends one encoded frame.
-    pub async fn write_frame(&self, frame: &OutgoingFrame) -> Result<(), PeerError> {
+    /// Each video stream's rid (`None` without simulcast), SSRC and what it sent.
+    pub fn streams(&self) -> Vec<StreamStats> {
+        self.streams
+            .iter()
+            .map(|s| StreamStats {
+                rid: s.rid.clone(),
+                ssrc: s.ssrc,
+                frames_sent: s.frames_sent.load(Ordering::Relaxed),
+                bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Whether this peer sends simulcast layers.
+    pub fn is_simulcast(&self) -> bool {
+        self.streams[0].rid.is_some()
+    }
+
+    /// Packetizes and sends one encoded frame: the frame itself, or with simulcast each of its
+    /// layers on its own stream. Returns the bitstream bytes sent (0: no layer of this peer's).
+    pub async fn write_frame(&self, frame: &OutgoingFrame) -> Result<usize, PeerError> {
         let payload_type = self.negotiated_payload_type().await?;
-        let packets = self.packetizer.lock().await.packetize(frame, self.ssrc, payload_type)?;
+        if !self.is_simulcast() {
+            self.write_stream(&self.streams[0], &frame.frame.data, frame, payload_type)
+                .await?;
+            return Ok(frame.frame.data.len());
+        }
+        let mut sent = 0;
+        for layer in frame.simulcast.iter().flat_map(|layers| layers.iter()) {
+            let Some(stream) = self.streams.iter().find(|s| s.rid.as_deref() == Some(&*layer.rid)) else {
+                continue;
+            };
+            let data = &layer.frame.as_ref().unwrap_or(&frame.frame).data;
+            self.write_stream(stream, data, frame, payload_type).await?;
+            sent += data.len();
+        }
+        Ok(sent)
+    }
+
+    async fn write_stream(
+        &self,
+        stream: &VideoStream,
+        data: &Bytes,
+        frame: &OutgoingFrame,
+        payload_type: PayloadType,
+    ) -> Result<(), PeerError> {
+        let packets = stream
+            .packetizer
+            .lock()
+            .await
+            .packetize(data, frame.media_time, stream.ssrc, payload_type)?;
+        // A layer's packets say which layer they are (rid) and which section (mid), as
+        // libwebrtc's do: the SFU has no SSRCs in the SDP to go by.
+        let layer_ids = stream.rid.as_ref().map(|rid| {
+            let mid = self
+                .video_mid
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            (Bytes::copy_from_slice(rid.as_bytes()), mid)
+        });
         for (i, packet) in packets.into_iter().enumerate() {
+            let mut extensions = Vec::new();
             // The capture time rides on each frame's first packet, only when the remote side's
             // description accepted the extension (webrtc-rs would otherwise send it anyway).
-            let written = match frame.capture_ntp {
-                Some(ntp) if i == 0 && self.capture_time_negotiated.load(Ordering::Acquire) => {
-                    let ext = HeaderExtension::Custom {
-                        uri: abs_capture::URI.into(),
-                        extension: Box::new(AbsCaptureTime(ntp)),
-                    };
-                    self.track.write_rtp_with_extensions(packet, &[ext]).await
+            if let Some(ntp) = frame.capture_ntp
+                && i == 0
+                && self.capture_time_negotiated.load(Ordering::Acquire)
+            {
+                extensions.push(HeaderExtension::Custom {
+                    uri: abs_capture::URI.into(),
+                    extension: Box::new(AbsCaptureTime(ntp)),
+                });
+            }
+            if let Some((rid, mid)) = &layer_ids {
+                extensions.push(HeaderExtension::Custom {
+                    uri: rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI.into(),
+                    extension: Box::new(SdesText(rid.clone())),
+                });
+                if let Some(mid) = mid {
+                    extensions.push(HeaderExtension::Custom {
+                        uri: rtc::sdp::extmap::SDES_MID_URI.into(),
+                        extension: Box::new(SdesText(mid.clone())),
+                    });
                 }
-                _ => self.track.write_rtp(packet).await,
+            }
+            let written = if extensions.is_empty() {
+                self.track.write_rtp(packet).await
+            } else {
+                self.track.write_rtp_with_extensions(packet, &extensions).await
             };
             written.map_err(webrtc_err("writing a video packet"))?;
         }
+        stream.frames_sent.fetch_add(1, Ordering::Relaxed);
+        stream.bytes_sent.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -854,6 +1019,56 @@ a=end-of-candidates\r\n";
             !answer.contains("a=ice-lite"),
             "the relay itself does full ICE: {answer}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_simulcast_offer_is_answered_with_its_rids_as_send_layers_and_their_header_extensions() {
+        let offer = ICE_LITE_OFFER.replace(
+            "a=rtcp-fb:96 nack pli\r\n",
+            "a=rtcp-fb:96 nack pli\r\n\
+             a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+             a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+             a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
+             a=rid:r0 recv\r\na=rid:r1 recv\r\na=rid:r2 recv\r\na=simulcast:recv r0;r1;r2\r\n",
+        );
+        let (events, _rx) = mpsc::channel(64);
+        let options = PeerOptions {
+            rids: vec!["r0".into(), "r1".into(), "r2".into()],
+            ..PeerOptions::loopback(VideoCodec::Vp8)
+        };
+        let peer = SendPeer::new(&options, events, KeyframeRequest::default(), || {})
+            .await
+            .unwrap();
+
+        let answer = peer.answer(offer).await.unwrap();
+        let streams = peer.streams();
+        peer.close().await;
+
+        let lines: Vec<&str> = answer.lines().collect();
+        for want in [
+            "a=rid:r0 send",
+            "a=rid:r1 send",
+            "a=rid:r2 send",
+            "a=simulcast:send r0;r1;r2",
+            "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+            "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+        ] {
+            assert!(lines.contains(&want), "{want} missing from {answer}");
+        }
+        assert_eq!(lines.iter().filter(|l| l.starts_with("a=simulcast:")).count(), 1);
+        let rids: Vec<_> = streams.iter().map(|s| s.rid.as_deref().unwrap().to_owned()).collect();
+        assert_eq!(rids, ["r0", "r1", "r2"]);
+        let mut ssrcs: Vec<u32> = streams.iter().map(|s| s.ssrc).collect();
+        ssrcs.dedup();
+        assert_eq!(ssrcs.len(), 3, "one SSRC per layer");
+    }
+
+    #[test]
+    fn sdes_text_extensions_marshal_as_their_bare_bytes() {
+        let mut buf = [0u8; 4];
+        assert_eq!(SdesText(Bytes::from_static(b"r1")).marshal_to(&mut buf).unwrap(), 2);
+        assert_eq!(&buf[..2], b"r1");
+        assert!(SdesText(Bytes::from_static(b"toolong")).marshal_to(&mut buf).is_err());
     }
 
     #[test]

@@ -242,6 +242,7 @@ impl ViewerTask {
             bitrate: hub.config.bitrate,
             // Each viewer's own: it paces that viewer, and drives nothing else.
             estimate: BitrateEstimate::default(),
+            rids: Vec::new(),
         };
         let peer = match SendPeer::new(&options, events_tx, hub.keyframes.clone(), move || {
             metrics.keyframe_requests.with_label_values(&[PUBLISHER]).inc()
@@ -314,7 +315,7 @@ impl ViewerTask {
                         continue;
                     }
                     match peer.write_frame(&frame).await {
-                        Ok(()) => observe_sent(&hub.metrics, PUBLISHER, &frame),
+                        Ok(_) => observe_sent(&hub.metrics, PUBLISHER, &frame),
                         Err(e) => tracing::debug!(error = %e, "preview frame not written"),
                     }
                 }

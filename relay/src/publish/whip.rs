@@ -217,6 +217,7 @@ impl WhipPublisher {
                 link: self.config.link,
                 bitrate: self.config.bitrate,
                 estimate: self.config.estimate.clone(),
+                rids: Vec::new(),
             },
             peer_tx,
             self.keyframes.clone(),
@@ -330,7 +331,7 @@ impl WhipPublisher {
                         continue;
                     }
                     match peer.write_frame(&frame).await {
-                        Ok(()) => observe_sent(&self.metrics, PUBLISHER, &frame),
+                        Ok(_) => observe_sent(&self.metrics, PUBLISHER, &frame),
                         Err(e) => {
                             tracing::debug!(error = %e, "frame not written");
                             self.metrics.drop_frame(PUBLISHER, DropReason::PublisherDisconnected);

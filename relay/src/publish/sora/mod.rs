@@ -21,8 +21,9 @@ use super::backoff::Backoff;
 use super::congestion::{BitrateEstimate, BitrateLimits};
 use super::lipsync::{AudioDelay, audio_delay};
 use super::peer::{
-    LinkTiming, LinkWatch, PeerError, PeerEvent, PeerOptions, SendPeer, on_link_change, sleep_until_some,
+    LinkTiming, LinkWatch, PeerError, PeerEvent, PeerOptions, SendPeer, StreamStats, on_link_change, sleep_until_some,
 };
+use super::simulcast::{Encoding, SimulcastControl, recv_rids};
 use super::{KeyframeRequest, PublisherInputs, PublisherState, observe_sent, retry_after_error, wait_to_reconnect};
 use crate::metrics::{DropReason, Metrics};
 
@@ -60,6 +61,9 @@ pub struct SoraConfig {
     pub bitrate: BitrateLimits,
     /// Where the connection's estimate of its path goes (the encoder follows it).
     pub estimate: BitrateEstimate,
+    /// Shared with the encode stage: the simulcast layers of the current session, and the
+    /// path's estimate they share (see [`crate::layers`]).
+    pub simulcast: SimulcastControl,
 }
 
 impl SoraConfig {
@@ -79,6 +83,7 @@ impl SoraConfig {
             link: LinkTiming::default(),
             bitrate,
             estimate: BitrateEstimate::default(),
+            simulcast: SimulcastControl::default(),
         }
     }
 }
@@ -348,6 +353,19 @@ impl SoraPublisher {
             }
         };
         tracing::info!(connection_id = %offer.connection_id, ice_servers = offer.ice_servers.len(), "offer received");
+        // The offer decides: layers when it asks to receive rids (whatever `connect` said, as
+        // libwebrtc answers), one stream otherwise.
+        let rids = recv_rids(&offer.sdp);
+        match (self.config.connect.simulcast, rids.is_empty()) {
+            (true, true) => tracing::warn!("simulcast was asked for but the offer has no rids; publishing one stream"),
+            (false, false) => tracing::info!(?rids, "the offer asks for simulcast layers; sending them"),
+            _ => {}
+        }
+        let estimate = if rids.is_empty() {
+            self.config.estimate.clone()
+        } else {
+            self.config.simulcast.path().clone()
+        };
 
         let (peer_tx, mut peer_rx) = mpsc::channel(64);
         let metrics = self.metrics.clone();
@@ -369,7 +387,8 @@ impl SoraPublisher {
                 audio: self.config.connect.audio,
                 link: self.config.link,
                 bitrate: self.config.bitrate,
-                estimate: self.config.estimate.clone(),
+                estimate,
+                rids: rids.clone(),
             },
             peer_tx,
             self.keyframes.clone(),
@@ -388,6 +407,9 @@ impl SoraPublisher {
                 connect_deadline,
             )
             .await;
+        if peer.is_simulcast() {
+            self.config.simulcast.stop();
+        }
         peer.close().await;
         result
     }
@@ -409,6 +431,18 @@ impl SoraPublisher {
             detail: e.to_string(),
         };
         let answer = peer.answer(offer.sdp.clone()).await?;
+        let rids: Vec<String> = peer
+            .streams()
+            .into_iter()
+            .filter_map(|s| s.rid.map(|r| r.to_string()))
+            .collect();
+        let mut encodings = None;
+        if !rids.is_empty() {
+            let layers = layer_encodings(&rids, offer.encodings.as_deref());
+            tracing::info!(?layers, "sending simulcast layers");
+            self.config.simulcast.start(layers.clone());
+            encodings = Some(layers);
+        }
         ws.send(Message::text(signaling::answer_message(&answer).to_string()))
             .await
             .map_err(ws_err)?;
@@ -417,7 +451,6 @@ impl SoraPublisher {
         let mut held_audio = AudioDelay::default();
         let mut created = false;
         let mut live = false;
-        let (mut frames_sent, mut bytes_sent) = (0u64, 0u64);
         let connect_timer = tokio::time::sleep_until(connect_deadline);
         tokio::pin!(connect_timer);
         loop {
@@ -470,9 +503,9 @@ impl SoraPublisher {
                         continue;
                     }
                     match peer.write_frame(&frame).await {
-                        Ok(()) => {
-                            frames_sent += 1;
-                            bytes_sent += frame.frame.data.len() as u64;
+                        // A simulcast frame from before the layers started carries none.
+                        Ok(0) => {}
+                        Ok(_) => {
                             observe_sent(&self.metrics, PUBLISHER, &frame);
                         }
                         Err(e) => {
@@ -492,7 +525,7 @@ impl SoraPublisher {
                 }
                 msg = ws.next() => match self.read_server_message(url, msg)? {
                     Incoming::Message(ServerMessage::Ping { stats }) => {
-                        let stats = stats.then(|| outbound_stats(peer.ssrc(), frames_sent, bytes_sent));
+                        let stats = stats.then(|| outbound_stats(&peer.streams()));
                         ws.send(Message::text(signaling::pong_message(stats).to_string())).await.map_err(ws_err)?;
                     }
                     Incoming::Message(ServerMessage::Notify { event_type, connection_id }) => {
@@ -502,8 +535,23 @@ impl SoraPublisher {
                             tracing::debug!(%event_type, ?connection_id, "notify");
                         }
                     }
-                    Incoming::Message(ServerMessage::ReOffer { sdp }) => {
+                    Incoming::Message(ServerMessage::ReOffer { sdp, encodings: new }) => {
+                        let offered = recv_rids(&sdp);
                         let answer = peer.reanswer(sdp).await?;
+                        if let Some(current) = &encodings {
+                            let rids: Vec<String> = current.iter().map(|e| e.rid.clone()).collect();
+                            if offered != rids {
+                                tracing::warn!(?offered, sending = ?rids, "a re-offer cannot change the simulcast layers of a live connection; keeping them");
+                            }
+                            // The re-offer's settings where it has them, else the current ones,
+                            // applied afresh (new layer encoders start on keyframes).
+                            let layers = match new {
+                                Some(new) => layer_encodings(&rids, Some(&new)),
+                                None => current.clone(),
+                            };
+                            self.config.simulcast.start(layers.clone());
+                            encodings = Some(layers);
+                        }
                         ws.send(Message::text(signaling::reanswer_message(&answer).to_string())).await.map_err(ws_err)?;
                         self.keyframes.request();
                     }
@@ -619,20 +667,50 @@ async fn say_goodbye(ws: &mut Ws, wait: Duration) {
     }
 }
 
-fn outbound_stats(ssrc: u32, frames_sent: u64, bytes_sent: u64) -> Value {
+/// The encodings of the layers to send: the server's for each offered rid (in the offer's
+/// order), an active default where it gave none. Encodings for rids the SDP does not offer
+/// are ignored.
+fn layer_encodings(rids: &[String], offered: Option<&[Encoding]>) -> Vec<Encoding> {
+    let offered = offered.unwrap_or_default();
+    for extra in offered.iter().filter(|e| !rids.contains(&e.rid)) {
+        tracing::warn!(rid = %extra.rid, "encoding for a rid the offer's SDP does not ask for; ignored");
+    }
+    rids.iter()
+        .map(|rid| {
+            offered
+                .iter()
+                .find(|e| &e.rid == rid)
+                .cloned()
+                .unwrap_or_else(|| Encoding::new(rid.as_str()))
+        })
+        .collect()
+}
+
+/// The `stats` of a `pong`: one outbound-rtp entry per video stream (per simulcast layer, with
+/// its rid).
+fn outbound_stats(streams: &[StreamStats]) -> Value {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64() * 1000.0)
         .unwrap_or(0.0);
-    json!([{
-        "type": "outbound-rtp",
-        "id": format!("RTCOutboundRTPVideoStream_{ssrc}"),
-        "kind": "video",
-        "ssrc": ssrc,
-        "framesSent": frames_sent,
-        "bytesSent": bytes_sent,
-        "timestamp": now_ms,
-    }])
+    streams
+        .iter()
+        .map(|s| {
+            let mut entry = json!({
+                "type": "outbound-rtp",
+                "id": format!("RTCOutboundRTPVideoStream_{}", s.ssrc),
+                "kind": "video",
+                "ssrc": s.ssrc,
+                "framesSent": s.frames_sent,
+                "bytesSent": s.bytes_sent,
+                "timestamp": now_ms,
+            });
+            if let (Some(rid), Some(obj)) = (&s.rid, entry.as_object_mut()) {
+                obj.insert("rid".into(), json!(&**rid));
+            }
+            entry
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -717,6 +795,7 @@ mod tests {
                 codec: VideoCodec::Vp8,
                 bitrate_kbps: 500,
                 audio: false,
+                simulcast: false,
             },
         );
         // Only the backoff may pace this test's virtual clock.

@@ -4,6 +4,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::codec::VideoCodec;
+use crate::publish::simulcast::{Encoding, parse_encodings};
 
 /// The longest `channel_id`, `client_id` or `bundle_id` Sora accepts, in bytes.
 pub const MAX_ID_BYTES: usize = 255;
@@ -27,6 +28,8 @@ pub struct ConnectOptions {
     pub bitrate_kbps: u32,
     /// Whether an Opus audio track is sent.
     pub audio: bool,
+    /// Ask for simulcast (`"simulcast": true`): Sora's offer then says which layers to send.
+    pub simulcast: bool,
 }
 
 /// Signaling input that cannot be used.
@@ -102,6 +105,9 @@ pub fn connect_message(opts: &ConnectOptions, redirect: bool) -> Value {
             obj.insert(key.to_owned(), v);
         }
     }
+    if opts.simulcast {
+        obj.insert("simulcast".to_owned(), Value::Bool(true));
+    }
     if redirect {
         obj.insert("redirect".to_owned(), Value::Bool(true));
     }
@@ -146,6 +152,8 @@ pub struct Offer {
     pub ice_servers: Vec<IceServer>,
     /// `config.iceTransportPolicy == "relay"`.
     pub relay_only: bool,
+    /// The simulcast `encodings`, when the server sent them.
+    pub encodings: Option<Vec<Encoding>>,
 }
 
 /// A message from the server, as far as a publisher cares.
@@ -153,8 +161,12 @@ pub struct Offer {
 pub enum ServerMessage {
     /// The SDP offer that starts the media session.
     Offer(Offer),
-    /// A renegotiation offer; answer with `re-answer`.
-    ReOffer { sdp: String },
+    /// A renegotiation offer; answer with `re-answer`. `encodings` replace the simulcast
+    /// layers' settings when present.
+    ReOffer {
+        sdp: String,
+        encodings: Option<Vec<Encoding>>,
+    },
     /// Keep-alive; answer with `pong` (with stats when asked).
     Ping { stats: bool },
     /// An event; `connection.created` with our own id means we are live.
@@ -191,6 +203,20 @@ fn str_field(v: &Value, message: &'static str, field: &'static str) -> Result<St
         })
 }
 
+/// The message's `encodings`, if it has any.
+fn encodings_field(v: &Value, message: &'static str) -> Result<Option<Vec<Encoding>>, SignalingError> {
+    match v.get("encodings") {
+        None | Some(Value::Null) => Ok(None),
+        Some(list) => parse_encodings(list)
+            .map(Some)
+            .map_err(|e| SignalingError::MissingField {
+                message,
+                field: "encodings",
+                detail: excerpt(&e.to_string()),
+            }),
+    }
+}
+
 /// Parses one server text frame.
 pub fn parse_server_message(text: &str) -> Result<ServerMessage, SignalingError> {
     let v: Value = serde_json::from_str(text).map_err(|e| SignalingError::NotJson {
@@ -217,10 +243,12 @@ pub fn parse_server_message(text: &str) -> Result<ServerMessage, SignalingError>
                 connection_id: str_field(&v, "offer", "connection_id")?,
                 ice_servers,
                 relay_only: config.get("iceTransportPolicy").and_then(Value::as_str) == Some("relay"),
+                encodings: encodings_field(&v, "offer")?,
             })
         }
         "re-offer" => ServerMessage::ReOffer {
             sdp: str_field(&v, "re-offer", "sdp")?,
+            encodings: encodings_field(&v, "re-offer")?,
         },
         "ping" => ServerMessage::Ping {
             stats: v.get("stats").and_then(Value::as_bool).unwrap_or(false),
@@ -336,6 +364,7 @@ mod tests {
             codec: VideoCodec::H264,
             bitrate_kbps: 1500,
             audio: false,
+            simulcast: false,
         }
     }
 
@@ -397,6 +426,52 @@ mod tests {
                 credential: "p".into()
             }]
         );
+    }
+
+    #[test]
+    fn simulcast_is_asked_for_only_when_configured() {
+        let mut o = options();
+        assert!(connect_message(&o, false).get("simulcast").is_none());
+
+        o.simulcast = true;
+
+        assert_eq!(connect_message(&o, false)["simulcast"], json!(true));
+    }
+
+    #[test]
+    fn the_offers_and_re_offers_simulcast_encodings_parse() {
+        let offer = r#"{"type":"offer","sdp":"v=0","connection_id":"C1","simulcast":true,
+            "encodings":[{"rid":"r0","active":true,"scaleResolutionDownBy":4.0,"maxBitrate":150000},
+                         {"rid":"r1","active":false,"maxFramerate":15}]}"#;
+        let re_offer = r#"{"type":"re-offer","sdp":"v=0","encodings":[{"rid":"r0","maxBitrate":90000}]}"#;
+
+        let ServerMessage::Offer(offer) = parse_server_message(offer).unwrap() else {
+            panic!("not an offer")
+        };
+        let ServerMessage::ReOffer { encodings, .. } = parse_server_message(re_offer).unwrap() else {
+            panic!("not a re-offer")
+        };
+
+        let offered = offer.encodings.unwrap();
+        assert_eq!(offered.len(), 2);
+        assert_eq!(
+            (offered[0].rid.as_str(), offered[0].max_bitrate_bps),
+            ("r0", Some(150_000))
+        );
+        assert_eq!((offered[1].active, offered[1].max_framerate), (false, Some(15.0)));
+        assert_eq!(encodings.unwrap()[0].max_bitrate_bps, Some(90_000));
+    }
+
+    #[test]
+    fn malformed_encodings_are_an_error_naming_the_field_and_the_encoding() {
+        let err = parse_server_message(r#"{"type":"offer","sdp":"v=0","connection_id":"C","encodings":[{"rid":7}]}"#)
+            .unwrap_err();
+
+        assert!(
+            matches!(err, SignalingError::MissingField { field: "encodings", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("encodings[0]: rid must be"), "{err}");
     }
 
     #[test]
