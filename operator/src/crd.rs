@@ -42,7 +42,10 @@ pub const MAX_NAME_LEN: usize = 47;
         .message("the name must be a DNS label of at most 47 characters starting with a letter (it names the relay Pod, ConfigMap and Service)"),
     validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.channel) || oldSelf.status.channel.provider != 'ImageFlux' || (has(self.spec.output.imageflux) && self.spec.output.imageflux.hls == oldSelf.spec.output.imageflux.hls)")
         .message("the ImageFlux channel settings (output.imageflux.hls, the output kind) are immutable once the channel exists; create a new session instead")
-        .field_path(".spec.output")
+        .field_path(".spec.output"),
+    validation = Rule::new("!has(self.spec.video) || !has(self.spec.video.simulcast) || !self.spec.video.simulcast || !has(self.spec.output.whip)")
+        .message("video.simulcast needs a Sora output (output.imageflux or output.sora): WHIP has no simulcast")
+        .field_path(".spec.video.simulcast")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LiveFilterSessionSpec {
@@ -228,6 +231,12 @@ pub struct VideoSpec {
     #[serde(default = "default_keyframe_interval")]
     #[schemars(range(min = 0, max = 3600))]
     pub keyframe_interval_secs: u32,
+    /// Publish simulcast layers into Sora (ImageFlux or Sora outputs): the relay asks for
+    /// simulcast and sends the layers Sora's offer describes (by default a quarter, a half and
+    /// the whole picture), each encoded from the same filtered frame. Costs two more encodes
+    /// per frame.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub simulcast: bool,
 }
 
 fn default_bitrate_kbps() -> u32 {
@@ -257,6 +266,7 @@ impl Default for VideoSpec {
             height: default_height(),
             fps: default_fps(),
             keyframe_interval_secs: default_keyframe_interval(),
+            simulcast: false,
         }
     }
 }

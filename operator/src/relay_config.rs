@@ -87,6 +87,7 @@ pub fn build(
             let sora = SoraOutput {
                 signaling_urls: vec![url.clone()],
                 channel_id: id.clone(),
+                simulcast: spec.video.simulcast,
                 ..SoraOutput::default()
             };
             (Some(sora), None)
@@ -103,6 +104,7 @@ pub fn build(
                     .metadata_secret_ref
                     .as_ref()
                     .map(|_| format!("{}/{}", paths::SORA_METADATA_DIR, paths::SORA_METADATA_FILE).into()),
+                simulcast: spec.video.simulcast,
                 ..SoraOutput::default()
             };
             (Some(sora), None)
@@ -323,6 +325,17 @@ http:
   request_timeout_secs: 15.0
 "
         );
+    }
+
+    #[test]
+    fn simulcast_in_the_video_spec_reaches_the_relays_sora_output() {
+        let mut spec = imageflux();
+        spec.video.simulcast = true;
+
+        let config = build(&spec, Some(&channel()), PORTS).unwrap();
+
+        assert!(config.sora.as_ref().unwrap().simulcast);
+        assert!(to_yaml(&config).contains("\n  simulcast: true\n"));
     }
 
     #[test]
