@@ -552,3 +552,117 @@ async fn the_relay_keeps_to_the_video_cap_the_sfus_offer_sets() {
     let kbps = (bytes(&endpoint.connection(&id, 0).await) - before) * 8.0 / start.elapsed().as_secs_f64() / 1000.0;
     assert!(kbps <= 480.0, "{kbps:.0} kbit/s arrived under a 400 kbit/s cap");
 }
+
+/// The layers Sora asks for in these tests: a quarter, a half and the whole picture, with
+/// ceilings low enough for a loopback path to carry all three at once.
+const SIMULCAST_ENCODINGS: &str = r#"[
+    {"rid": "r0", "active": true, "scaleResolutionDownBy": 4.0, "maxBitrate": 150000},
+    {"rid": "r1", "active": true, "scaleResolutionDownBy": 2.0, "maxBitrate": 400000},
+    {"rid": "r2", "active": true, "scaleResolutionDownBy": 1.0, "maxBitrate": 1000000}
+]"#;
+
+/// Polls the connection until every listed rid has decoded `min_frames`; returns its detail.
+async fn wait_for_layers(endpoint: &Endpoint, id: &str, rids: &[&str], min_frames: u64) -> Value {
+    let deadline = std::time::Instant::now() + support::WAIT;
+    loop {
+        let detail = endpoint.connection(id, 0).await;
+        let layers = detail["video_layers"].as_array().cloned().unwrap_or_default();
+        let decoded = |rid: &str| {
+            layers
+                .iter()
+                .find(|l| l["rid"] == rid)
+                .and_then(|l| l["frames_decoded"].as_u64())
+                .unwrap_or(0)
+        };
+        if rids.iter().all(|rid| decoded(rid) >= min_frames) {
+            return detail;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "layers {rids:?} did not each decode {min_frames} frames: {:#}",
+            detail["video_layers"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// The layer with `rid` in a connection's detail.
+fn layer<'a>(detail: &'a Value, rid: &str) -> &'a Value {
+    detail["video_layers"]
+        .as_array()
+        .and_then(|layers| layers.iter().find(|l| l["rid"] == rid))
+        .unwrap_or_else(|| panic!("no layer {rid}: {:#}", detail["video_layers"]))
+}
+
+#[tokio::test]
+async fn sora_simulcast_sends_three_layers_at_a_quarter_a_half_and_full_size_within_their_bitrates() {
+    let endpoint = Endpoint::start(&["--simulcast-encodings", SIMULCAST_ENCODINGS]);
+    let relay = Relay::test_pattern(&[
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        "simulcast",
+        "--sora-simulcast",
+    ]);
+    let conn = endpoint.wait_for("transport=sora&state=connected").await;
+    let id = conn["connection_id"].as_str().expect("connection_id").to_owned();
+
+    let detail = wait_for_layers(&endpoint, &id, &["r0", "r1", "r2"], 90).await;
+
+    assert_eq!(conn["signaling"]["connect"]["simulcast"], true);
+    for (rid, size, max_kbps) in [("r0", (320, 180), 150.0), ("r1", (640, 360), 400.0), ("r2", (1280, 720), 1000.0)] {
+        let l = layer(&detail, rid);
+        let kbps = l["bitrate_kbps"].as_f64().expect("bitrate_kbps");
+        println!(
+            "layer {rid}: {}x{} {:.1} fps {kbps:.0} kbit/s ({} frames, {} keyframes)",
+            l["width"], l["height"], l["fps"].as_f64().unwrap_or(0.0), l["frames_decoded"], l["keyframes_decoded"]
+        );
+        assert_eq!((l["width"].as_u64(), l["height"].as_u64()), (Some(size.0), Some(size.1)), "{l:#}");
+        assert!(l["keyframes_decoded"].as_u64().unwrap_or(0) >= 1, "{l:#}");
+        assert!(kbps > max_kbps * 0.1 && kbps < max_kbps * 1.3, "{rid}: {kbps} kbit/s for a {max_kbps} ceiling");
+    }
+    assert_eq!(detail["video"]["decode_errors"].as_u64(), Some(0), "{detail:#}");
+    let sent = relay.metric("livefilter_simulcast_layer_frames_total{rid=\"r0\"}").await;
+    assert!(sent >= 90.0, "{sent} r0 frames counted");
+}
+
+#[tokio::test]
+async fn an_inactive_encoding_is_not_sent_and_a_re_offer_keeps_the_layers_flowing() {
+    let encodings = r#"[
+        {"rid": "r0", "scaleResolutionDownBy": 2.0, "maxBitrate": 150000},
+        {"rid": "r1", "active": false, "scaleResolutionDownBy": 1.5},
+        {"rid": "r2", "maxBitrate": 400000}
+    ]"#;
+    let endpoint = Endpoint::start(&["--simulcast-encodings", encodings]);
+    let _relay = Relay::test_pattern(&[
+        "--sora-signaling-url",
+        &endpoint.signaling_url(),
+        "--channel-id",
+        "simulcast-reoffer",
+        "--sora-simulcast",
+        "--width",
+        "320",
+        "--height",
+        "180",
+    ]);
+    let conn = endpoint.wait_for("transport=sora&state=connected").await;
+    let id = conn["connection_id"].as_str().expect("connection_id").to_owned();
+    let before = wait_for_layers(&endpoint, &id, &["r0", "r2"], 15).await;
+
+    endpoint.re_offer(&id).await;
+    endpoint.wait_for(&format!("connection_id={id}&min_re_answers=1")).await;
+    let r2_before = layer(&before, "r2")["frames_decoded"].as_u64().unwrap_or(0);
+    let after = wait_for_layers(&endpoint, &id, &["r0", "r2"], r2_before + 30).await;
+
+    assert_eq!(
+        (layer(&after, "r0")["width"].as_u64(), layer(&after, "r0")["height"].as_u64()),
+        (Some(160), Some(90))
+    );
+    assert_eq!(layer(&after, "r2")["width"].as_u64(), Some(320));
+    let r1_frames = after["video_layers"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["rid"] == "r1"))
+        .and_then(|l| l["frames_decoded"].as_u64())
+        .unwrap_or(0);
+    assert_eq!(r1_frames, 0, "the inactive layer was sent: {:#}", after["video_layers"]);
+}
