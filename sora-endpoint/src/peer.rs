@@ -293,6 +293,14 @@ pub async fn answer_offer(pc: &Peer, sdp: String, events: &mut mpsc::Receiver<Pe
     Ok(pc.local_description().await.ok_or(PeerError::NoLocalDescription)?.sdp)
 }
 
+/// Abandons the offer applied last, back to the state negotiated before it.
+pub async fn roll_back_offer(pc: &Peer) -> Result<(), PeerError> {
+    let rollback = RTCSessionDescription::rollback(None).map_err(webrtc_err("rollback"))?;
+    pc.set_local_description(rollback)
+        .await
+        .map_err(webrtc_err("roll back the offer"))
+}
+
 /// Applies the client's answer (or re-answer).
 pub async fn apply_answer(pc: &Peer, sdp: String) -> Result<(), PeerError> {
     let answer = RTCSessionDescription::answer(sdp).map_err(webrtc_err("parse answer"))?;

@@ -217,6 +217,35 @@ async fn add_candidate(record: &Connection, pc: &Peer, candidate: RTCIceCandidat
     }
 }
 
+/// Applies a `re-answer`. For a simulcast connection the re-offer is rolled back instead:
+/// applying a re-answer makes webrtc-rs forget which SSRC carries which rid, and it can only
+/// learn them again from the rid header extension, which libwebrtc stops sending once its
+/// SSRCs are acknowledged, so every layer would go dark. A receive-only endpoint's re-offer
+/// changes nothing, so keeping the state negotiated before loses nothing.
+async fn apply_re_answer(
+    record: &Connection,
+    encodings: Option<&Encodings>,
+    pc: &Peer,
+    sdp: &str,
+) -> Result<(), peer::PeerError> {
+    let Some(layers) = record.simulcast_layers() else {
+        return peer::apply_answer(pc, sdp.to_owned()).await;
+    };
+    let offered = encodings.map(Encodings::rids).unwrap_or_default();
+    let rids = simulcast::negotiated_rids(&offered, sdp);
+    let kept: Vec<&str> = layers.layers().iter().map(|l| l.rid.as_str()).collect();
+    if rids != kept {
+        tracing::warn!(
+            ?rids,
+            ?kept,
+            "the re-answer sends other simulcast layers; the endpoint keeps receiving the first answer's"
+        );
+    }
+    peer::roll_back_offer(pc).await?;
+    tracing::info!("simulcast re-answer recorded; the re-offer rolled back to keep the layers bound");
+    Ok(())
+}
+
 struct Session {
     app: AppState,
     record: Arc<Connection>,
@@ -407,7 +436,7 @@ impl Session {
                             if let Err(refusal) = dtls_setup::vet_answer(&sdp) {
                                 return self.refuse_dtls_role(&refusal).await;
                             }
-                            match peer::apply_answer(pc, sdp.clone()).await {
+                            match apply_re_answer(&self.record, self.encodings.as_ref(), pc, &sdp).await {
                             Ok(()) => self.record.with_signaling(|s| {
                                 s.re_answers += 1;
                                 s.remote_sdp = Some(sdp);

@@ -477,13 +477,15 @@ fn layer_is_decoding_at(l: &Value, size: (u64, u64)) -> bool {
 /// sora-js-sdk in headless Chromium publishing simulcast VP8 from a 1280x720 camera: the
 /// endpoint's offer asks for r0/r1/r2 at 1/4, 1/2 and full resolution, and every layer is
 /// decoded on its own at its size, within its maxBitrate; the top layer feeds the connection's
-/// video; the connection closes cleanly.
+/// video; a re-offer (carrying the encodings again) keeps every layer going; the connection
+/// closes cleanly.
 #[tokio::test]
 async fn js_sdk_publishes_vp8_simulcast_in_three_layers() {
     let _media = MEDIA.lock().await;
     let encodings: Vec<Value> = SIMULCAST_LAYERS
         .iter()
-        .zip([4.0, 2.0, 1.0])
+        // Integers: the SDK echoes the numbers back from JavaScript, where 4.0 is 4.
+        .zip([4, 2, 1])
         .map(|(&(rid, _, max), scale)| {
             serde_json::json!({"rid": rid, "active": true, "scaleResolutionDownBy": scale, "maxBitrate": max})
         })
@@ -566,6 +568,37 @@ async fn js_sdk_publishes_vp8_simulcast_in_three_layers() {
             kbps <= cap,
             "{rid} at {kbps:.0} kbit/s, over its maxBitrate {max} (+30 %)"
         );
+    }
+
+    // A re-offer carries the encodings again; every layer keeps decoding after it.
+    let before: Vec<u64> = {
+        let c = endpoint.get(&format!("/api/connections/{id}?frames=0")).await;
+        SIMULCAST_LAYERS
+            .iter()
+            .map(|&(rid, _, _)| layer(&c, rid)["frames_decoded"].as_u64().unwrap_or(0))
+            .collect()
+    };
+    let (status, body) = endpoint
+        .post(&format!("/api/connections/{id}/re-offer"), Value::Null)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    endpoint.wait(&format!("connection_id={id}&min_re_answers=1")).await;
+    let started = std::time::Instant::now();
+    loop {
+        let c = endpoint.get(&format!("/api/connections/{id}?frames=0")).await;
+        let grown = SIMULCAST_LAYERS.iter().zip(&before).all(|(&(rid, size, _), n)| {
+            layer_is_decoding_at(layer(&c, rid), size)
+                && layer(&c, rid)["frames_decoded"].as_u64().unwrap_or(0) >= n + 20
+        });
+        if grown {
+            break;
+        }
+        assert!(
+            started.elapsed() < common::WAIT,
+            "layers stalled after the re-offer: {:#}",
+            c["video_layers"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 
     driver.stop().await;
