@@ -385,7 +385,10 @@ mod tests {
         }
     }
 
-    fn recorder() -> (PictureSink, Arc<Mutex<Vec<(u32, u64)>>>) {
+    /// (width, connection index) of every picture passed on.
+    type Seen = Arc<Mutex<Vec<(u32, u64)>>>;
+
+    fn recorder() -> (PictureSink, Seen) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let into = Arc::clone(&seen);
         let sink: PictureSink = Arc::new(move |d: DecodedPicture| lock(&into).push((d.picture.width(), d.index)));

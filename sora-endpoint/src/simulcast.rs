@@ -153,7 +153,7 @@ fn check_fields(index: usize, encoding: &Map<String, Value>) -> Result<(), Encod
     }
     if encoding
         .get("maxBitrate")
-        .is_some_and(|v| !v.as_u64().is_some_and(|n| n > 0))
+        .is_some_and(|v| v.as_u64().is_none_or(|n| n == 0))
     {
         return bad("maxBitrate", "must be a positive integer (bit/s)");
     }
