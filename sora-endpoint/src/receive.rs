@@ -146,6 +146,7 @@ impl Tally {
         }
     }
 
+    /// Adds `n` to `counter`.
     pub(crate) fn add(&self, counter: Counter, n: u64) {
         bump(counter(&self.own), n);
         if let Some((connection, feeding)) = &self.mirror
@@ -162,6 +163,7 @@ impl Tally {
         }
     }
 
+    /// The stream's own counters now.
     pub(crate) fn snapshot(&self) -> VideoSnapshot {
         self.own.snapshot()
     }
