@@ -13,12 +13,14 @@ pub mod frameid;
 pub mod framestats;
 pub mod ice_mode;
 pub mod ids;
+pub mod layers;
 pub mod peer;
 pub mod picture;
 pub mod receive;
 pub mod record;
 pub mod session;
 pub mod signaling;
+pub mod simulcast;
 pub mod whip;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -61,6 +63,9 @@ pub struct Config {
     /// Video bitrate publishers are asked to keep to (kbit/s; `b=AS`/`b=TIAS` in the SDP the
     /// endpoint sends), as Sora holds them to the channel's bitrate. `None`: no limit.
     pub max_video_bitrate_kbps: Option<u32>,
+    /// The `encodings` every simulcast offer carries (and so the rids asked for), replacing
+    /// Sora's defaults derived from the connect's `video.bit_rate`.
+    pub simulcast_encodings: Option<simulcast::Encodings>,
 }
 
 impl Default for Config {
@@ -77,6 +82,7 @@ impl Default for Config {
             max_closed: 256,
             frame_ring: 600,
             max_video_bitrate_kbps: None,
+            simulcast_encodings: None,
         }
     }
 }

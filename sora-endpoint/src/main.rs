@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use sora_endpoint::simulcast::Encodings;
 use sora_endpoint::{AppState, Config, IceMode};
 
 /// A local Sora-compatible endpoint (WebSocket signaling, WHIP) that decodes what it receives
@@ -49,6 +50,17 @@ struct Args {
     /// bitrate. Without it the SDP carries no limit.
     #[arg(long, value_parser = clap::value_parser!(u32).range(30..=100_000))]
     max_bitrate_kbps: Option<u32>,
+    /// The `encodings` of every simulcast offer, lowest layer first, as a JSON array of objects
+    /// with a string `rid` (e.g. `[{"rid":"r0","scaleResolutionDownBy":4,"maxBitrate":150000},
+    /// ...]`); sent verbatim, and the rids asked for in the SDP in that order. Without it, Sora's
+    /// defaults: r0/r1/r2 at 1/4, 1/2, 1 of the resolution with 15/30/55 % of the connect's
+    /// `video.bit_rate` (or the cap, or 1000 kbit/s).
+    #[arg(long, env = "SORA_ENDPOINT_SIMULCAST_ENCODINGS", value_name = "JSON", value_parser = parse_encodings)]
+    simulcast_encodings: Option<Encodings>,
+}
+
+fn parse_encodings(text: &str) -> Result<Encodings, String> {
+    Encodings::parse(text).map_err(|err| err.to_string())
 }
 
 async fn shutdown_signal() {
@@ -100,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         max_closed: args.max_closed,
         frame_ring: args.frame_ring,
         max_video_bitrate_kbps: args.max_bitrate_kbps,
+        simulcast_encodings: args.simulcast_encodings,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -20,6 +20,7 @@ use webrtc::peer_connection::{
 
 use crate::IceMode;
 use crate::codec::VideoCodec;
+use crate::layers;
 use crate::receive;
 use crate::record::Connection;
 
@@ -40,6 +41,9 @@ pub enum PeerError {
     /// The peer connection has no local description after negotiation.
     #[error("no local description")]
     NoLocalDescription,
+    /// The offer could not be made to ask for simulcast.
+    #[error("simulcast offer: {0}")]
+    Simulcast(#[from] crate::simulcast::OfferError),
 }
 
 fn webrtc_err(what: &'static str) -> impl FnOnce(webrtc::error::Error) -> PeerError {
@@ -160,11 +164,23 @@ impl PeerConnectionEventHandler for Handler {
                 tokio::spawn(
                     async move {
                         let stats = connection.video.clone();
-                        let sink = {
-                            let connection = connection.clone();
-                            move |frame| connection.record_frame(frame)
+                        let result = match connection.simulcast_layers() {
+                            Some(simulcast) => {
+                                let sink: layers::PictureSink = {
+                                    let connection = connection.clone();
+                                    Arc::new(move |frame| connection.record_frame(frame))
+                                };
+                                layers::run_simulcast_video_track(track, simulcast, stats, sink).await
+                            }
+                            None => {
+                                let sink = {
+                                    let connection = connection.clone();
+                                    move |frame| connection.record_frame(frame)
+                                };
+                                receive::run_video_track(track, stats, sink).await
+                            }
                         };
-                        if let Err(err) = receive::run_video_track(track, stats, sink).await {
+                        if let Err(err) = result {
                             tracing::warn!(%err, "video receive stopped");
                             connection.note_ingest_error(err.to_string());
                         }
@@ -232,12 +248,35 @@ pub async fn add_recvonly_transceivers(pc: &Peer, audio: bool, video: bool) -> R
 
 /// Creates and applies an offer, waits for gathering, and returns the offer SDP with candidates.
 pub async fn create_offer(pc: &Peer, events: &mut mpsc::Receiver<PeerEvent>) -> Result<String, PeerError> {
+    apply_new_offer(pc).await?;
+    wait_for_gathering(events).await?;
+    Ok(pc.local_description().await.ok_or(PeerError::NoLocalDescription)?.sdp)
+}
+
+/// Creates and applies an offer for a renegotiation (the candidates are already gathered);
+/// returns its SDP.
+pub async fn create_re_offer(pc: &Peer) -> Result<String, PeerError> {
+    apply_new_offer(pc).await?;
+    Ok(pc.local_description().await.ok_or(PeerError::NoLocalDescription)?.sdp)
+}
+
+async fn apply_new_offer(pc: &Peer) -> Result<(), PeerError> {
     let offer = pc.create_offer(None).await.map_err(webrtc_err("create offer"))?;
     pc.set_local_description(offer)
         .await
-        .map_err(webrtc_err("set local offer"))?;
-    wait_for_gathering(events).await?;
-    Ok(pc.local_description().await.ok_or(PeerError::NoLocalDescription)?.sdp)
+        .map_err(webrtc_err("set local offer"))
+}
+
+/// The SDP of an offer the peer connection applied, as sent to a client: for a simulcast
+/// connection (`simulcast_rids`), its video m-section asks to receive those layers. webrtc-rs
+/// cannot offer receive rids and applies only offers it wrote, so the rids are added to the
+/// text sent (as the bitrate cap is); the answer's send rids then bind the layers, since the
+/// receiver takes them from the remote description.
+pub fn offer_as_sent(sdp: String, simulcast_rids: Option<&[&str]>) -> Result<String, PeerError> {
+    match simulcast_rids {
+        Some(rids) => Ok(crate::simulcast::offer_to_receive(&sdp, rids)?),
+        None => Ok(sdp),
+    }
 }
 
 /// Applies a remote offer, creates the answer, waits for gathering and returns the answer SDP.
@@ -252,6 +291,14 @@ pub async fn answer_offer(pc: &Peer, sdp: String, events: &mut mpsc::Receiver<Pe
         .map_err(webrtc_err("set local answer"))?;
     wait_for_gathering(events).await?;
     Ok(pc.local_description().await.ok_or(PeerError::NoLocalDescription)?.sdp)
+}
+
+/// Abandons the offer applied last, back to the state negotiated before it.
+pub async fn roll_back_offer(pc: &Peer) -> Result<(), PeerError> {
+    let rollback = RTCSessionDescription::rollback(None).map_err(webrtc_err("rollback"))?;
+    pc.set_local_description(rollback)
+        .await
+        .map_err(webrtc_err("roll back the offer"))
 }
 
 /// Applies the client's answer (or re-answer).

@@ -117,6 +117,58 @@ impl VideoStats {
     }
 }
 
+/// A counter of [`VideoStats`], named by its accessor.
+pub(crate) type Counter = fn(&VideoStats) -> &AtomicU64;
+
+/// Where one RTP stream's counts go: its own counters and, while its `feeding` flag is set,
+/// the connection's too (a simulcast layer feeds the connection's counters while it is the
+/// best layer being received).
+#[derive(Clone, Debug)]
+pub(crate) struct Tally {
+    own: Arc<VideoStats>,
+    mirror: Option<(Arc<VideoStats>, Arc<AtomicBool>)>,
+}
+
+impl Tally {
+    /// Counts into `stats` only.
+    pub(crate) fn single(stats: Arc<VideoStats>) -> Self {
+        Self {
+            own: stats,
+            mirror: None,
+        }
+    }
+
+    /// Counts into `own`, and into `connection` while `feeding` is set.
+    pub(crate) fn mirrored(own: Arc<VideoStats>, connection: Arc<VideoStats>, feeding: Arc<AtomicBool>) -> Self {
+        Self {
+            own,
+            mirror: Some((connection, feeding)),
+        }
+    }
+
+    /// Adds `n` to `counter`.
+    pub(crate) fn add(&self, counter: Counter, n: u64) {
+        bump(counter(&self.own), n);
+        if let Some((connection, feeding)) = &self.mirror
+            && feeding.load(Ordering::Acquire)
+        {
+            bump(counter(connection), n);
+        }
+    }
+
+    fn set_codec(&self, codec: VideoCodec) {
+        let _ = self.own.codec.set(codec);
+        if let Some((connection, _)) = &self.mirror {
+            let _ = connection.codec.set(codec);
+        }
+    }
+
+    /// The stream's own counters now.
+    pub(crate) fn snapshot(&self) -> VideoSnapshot {
+        self.own.snapshot()
+    }
+}
+
 /// Live counters of one audio track.
 #[derive(Debug, Default)]
 pub struct AudioStats {
@@ -244,7 +296,7 @@ struct DecoderThread {
 impl DecoderThread {
     fn spawn(
         codec: VideoCodec,
-        stats: Arc<VideoStats>,
+        tally: Tally,
         mut sink: impl FnMut(DecodedPicture) + Send + 'static,
     ) -> Result<Self, ReceiveError> {
         let (jobs, queue) = mpsc::sync_channel::<Job>(DECODE_QUEUE);
@@ -270,10 +322,8 @@ impl DecoderThread {
                 for job in queue {
                     match decoder.decode(&job.data) {
                         Ok(Some(picture)) => {
-                            bump(&stats.frames_decoded, 1);
-                            if job.keyframe {
-                                bump(&stats.keyframes_decoded, 1);
-                            }
+                            // The sink first: a simulcast layer's sink decides whether the
+                            // layer feeds the connection, which the counts below follow.
                             sink(DecodedPicture {
                                 picture,
                                 rtp_timestamp: job.rtp_timestamp,
@@ -283,11 +333,15 @@ impl DecoderThread {
                                 index,
                             });
                             index += 1;
+                            tally.add(|s| &s.frames_decoded, 1);
+                            if job.keyframe {
+                                tally.add(|s| &s.keyframes_decoded, 1);
+                            }
                         }
                         Ok(None) => {}
                         Err(err) => {
                             tracing::warn!(%err, rtp_timestamp = job.rtp_timestamp, "frame did not decode");
-                            bump(&stats.decode_errors, 1);
+                            tally.add(|s| &s.decode_errors, 1);
                             lost.store(true, Ordering::Release);
                         }
                     }
@@ -354,6 +408,16 @@ impl Arrivals {
     }
 }
 
+/// The codec of a remote track's stream `ssrc`, as negotiated.
+pub(crate) async fn track_codec(track: &dyn TrackRemote, ssrc: u32) -> Result<VideoCodec, ReceiveError> {
+    let mime = track
+        .codec(ssrc)
+        .await
+        .map(|c| c.mime_type)
+        .ok_or(ReceiveError::NoCodec)?;
+    VideoCodec::from_mime(&mime).ok_or(ReceiveError::UnsupportedCodec(mime))
+}
+
 /// Reads a remote video track until it ends, decoding every frame into `sink` (called on the
 /// decoder thread: keep it short) and asking for keyframes while the decoder has none.
 pub async fn run_video_track(
@@ -362,88 +426,126 @@ pub async fn run_video_track(
     sink: impl FnMut(DecodedPicture) + Send + 'static,
 ) -> Result<(), ReceiveError> {
     let ssrc = track.ssrcs().await.first().copied().ok_or(ReceiveError::NoCodec)?;
-    let mime = track
-        .codec(ssrc)
-        .await
-        .map(|c| c.mime_type)
-        .ok_or(ReceiveError::NoCodec)?;
-    let codec = VideoCodec::from_mime(&mime).ok_or_else(|| ReceiveError::UnsupportedCodec(mime.clone()))?;
-    let _ = stats.codec.set(codec);
+    let codec = track_codec(&*track, ssrc).await?;
     tracing::info!(ssrc, %codec, "video track started");
+    let tally = Tally::single(stats);
     match codec {
-        VideoCodec::Vp8 => receive(track, codec, Vp8Packet::default(), stats, sink).await,
-        VideoCodec::H264 => receive(track, codec, H264Packet::default(), stats, sink).await,
+        VideoCodec::Vp8 => receive(track, StreamReceiver::<Vp8Packet>::new(codec, tally, sink)?).await,
+        VideoCodec::H264 => receive(track, StreamReceiver::<H264Packet>::new(codec, tally, sink)?).await,
     }
+    Ok(())
 }
 
-async fn receive<T: Depacketizer + Send + 'static>(
+async fn receive<T: Depacketizer + Default + Send + 'static>(
     track: Arc<dyn TrackRemote>,
-    codec: VideoCodec,
-    depacketizer: T,
-    stats: Arc<VideoStats>,
-    sink: impl FnMut(DecodedPicture) + Send + 'static,
-) -> Result<(), ReceiveError> {
-    let mut builder = SampleBuilder::new(MAX_LATE_PACKETS, depacketizer, 90_000).with_max_time_delay(MAX_LATE_TIME);
-    let decoder = DecoderThread::spawn(codec, Arc::clone(&stats), sink)?;
-    let mut gate = KeyframeGate::new();
-    let mut arrivals = Arrivals::default();
+    mut stream: StreamReceiver<T>,
+) {
     while let Some(event) = track.poll().await {
         let packet = match event {
             TrackRemoteEvent::OnRtpPacket(packet) => packet,
             TrackRemoteEvent::OnEnded => break,
             _ => continue,
         };
-        let now = Instant::now();
         let media_ssrc = packet.header.ssrc;
-        bump(&stats.packets, 1);
-        bump(&stats.bytes, packet.payload.len() as u64);
-        arrivals.note(packet.header.timestamp, now);
-        builder.push(now, packet);
-        while let Some(sample) = builder.pop(now) {
-            bump(&stats.frames_assembled, 1);
+        if stream.push(packet, Instant::now()) {
+            send_pli(&*track, media_ssrc, &stream.tally).await;
+        }
+    }
+    let summary = stream.tally.snapshot();
+    stream.finish().await;
+    tracing::info!(?summary, "video track ended");
+}
+
+/// One RTP stream (a track, or one simulcast layer) on its way to pictures: its own sample
+/// builder, keyframe gate and decoder thread.
+pub(crate) struct StreamReceiver<T: Depacketizer> {
+    codec: VideoCodec,
+    builder: SampleBuilder<T>,
+    decoder: DecoderThread,
+    gate: KeyframeGate,
+    arrivals: Arrivals,
+    tally: Tally,
+}
+
+impl<T: Depacketizer + Default + Send + 'static> StreamReceiver<T> {
+    /// Starts the stream's decoder thread; decoded pictures go to `sink` (on that thread).
+    pub(crate) fn new(
+        codec: VideoCodec,
+        tally: Tally,
+        sink: impl FnMut(DecodedPicture) + Send + 'static,
+    ) -> Result<Self, ReceiveError> {
+        tally.set_codec(codec);
+        let builder = SampleBuilder::new(MAX_LATE_PACKETS, T::default(), 90_000).with_max_time_delay(MAX_LATE_TIME);
+        let decoder = DecoderThread::spawn(codec, tally.clone(), sink)?;
+        Ok(Self {
+            codec,
+            builder,
+            decoder,
+            gate: KeyframeGate::new(),
+            arrivals: Arrivals::default(),
+            tally,
+        })
+    }
+
+    /// Takes one RTP packet of the stream; true when a keyframe request is due.
+    pub(crate) fn push(&mut self, packet: rtc::rtp::Packet, now: Instant) -> bool {
+        self.tally.add(|s| &s.packets, 1);
+        self.tally.add(|s| &s.bytes, packet.payload.len() as u64);
+        self.arrivals.note(packet.header.timestamp, now);
+        self.builder.push(now, packet);
+        let mut request = false;
+        while let Some(sample) = self.builder.pop(now) {
+            self.tally.add(|s| &s.frames_assembled, 1);
             let lost = sample.prev_dropped_packets.saturating_sub(sample.prev_padding_packets);
-            let keyframe = is_keyframe(codec, &sample.data);
+            let keyframe = is_keyframe(self.codec, &sample.data);
             if lost > 0 {
-                bump(&stats.lost_packets, u64::from(lost));
-                gate.lose_reference();
+                self.tally.add(|s| &s.lost_packets, u64::from(lost));
+                self.gate.lose_reference();
             }
-            if decoder.take_lost_reference() {
-                gate.lose_reference();
+            if self.decoder.take_lost_reference() {
+                self.gate.lose_reference();
             }
-            let arrival = arrivals.take(sample.packet_timestamp, now);
-            if !gate.admit(keyframe) {
-                bump(&stats.frames_skipped, 1);
-            } else if !decoder.submit(Job {
+            let arrival = self.arrivals.take(sample.packet_timestamp, now);
+            if !self.gate.admit(keyframe) {
+                self.tally.add(|s| &s.frames_skipped, 1);
+            } else if !self.decoder.submit(Job {
                 data: sample.data,
                 rtp_timestamp: sample.packet_timestamp,
                 keyframe,
                 arrival,
             }) {
                 tracing::debug!("decoder behind; frame dropped, waiting for a keyframe");
-                bump(&stats.decoder_backlog, 1);
-                gate.lose_reference();
+                self.tally.add(|s| &s.decoder_backlog, 1);
+                self.gate.lose_reference();
             }
-            if gate.request_due(now) {
-                send_pli(&*track, media_ssrc, &stats).await;
-            }
+            request |= self.gate.request_due(now);
+        }
+        request
+    }
+
+    /// The stream's counters.
+    pub(crate) fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    /// Lets the decoder finish its queue and stop (off the runtime's threads).
+    pub(crate) async fn finish(self) {
+        let decoder = self.decoder;
+        if tokio::task::spawn_blocking(move || decoder.finish()).await.is_err() {
+            tracing::warn!("the decoder thread did not stop cleanly");
         }
     }
-    let summary = stats.snapshot();
-    if tokio::task::spawn_blocking(move || decoder.finish()).await.is_err() {
-        tracing::warn!("the decoder thread did not stop cleanly");
-    }
-    tracing::info!(?summary, "video track ended");
-    Ok(())
 }
 
-async fn send_pli(track: &dyn TrackRemote, media_ssrc: u32, stats: &VideoStats) {
+/// Asks the sender of `media_ssrc` for a keyframe (PLI), counted in `tally`.
+pub(crate) async fn send_pli(track: &dyn TrackRemote, media_ssrc: u32, tally: &Tally) {
     let pli = PictureLossIndication {
         sender_ssrc: 0,
         media_ssrc,
     };
     match track.write_rtcp(vec![Box::new(pli)]).await {
         Ok(()) => {
-            bump(&stats.plis_sent, 1);
+            tally.add(|s| &s.plis_sent, 1);
             tracing::debug!(media_ssrc, "PLI sent");
         }
         Err(err) => tracing::debug!(%err, media_ssrc, "PLI not sent"),

@@ -1,7 +1,7 @@
 //! What the endpoint remembers about each connection, and the registry of connections
 //! (closed ones stay listed, bounded) that the HTTP API reads.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::framestats::{FrameLog, FrameSummary, summarize};
+use crate::layers::{LayerView, SimulcastLayers};
 use crate::picture::Picture;
 use crate::receive::{AudioSnapshot, AudioStats, DecodedPicture, VideoSnapshot, VideoStats};
 
@@ -110,6 +111,8 @@ pub struct SignalingInfo {
     pub re_offers_sent: u64,
     /// `re-answer`s applied.
     pub re_answers: u64,
+    /// The simulcast `encodings` the offer carried (simulcast connections only).
+    pub encodings: Option<Value>,
     /// Message types received that the endpoint ignores (first 32).
     pub ignored_message_types: Vec<String>,
 }
@@ -142,6 +145,7 @@ pub struct Connection {
     pub audio: Arc<AudioStats>,
     /// Cancelled to end the session (WHIP DELETE, control API for WHIP, shutdown).
     pub cancel: CancellationToken,
+    simulcast: OnceLock<Arc<SimulcastLayers>>,
     control: Option<mpsc::Sender<Control>>,
     mutable: Mutex<Mutable>,
     frames: Mutex<FrameLog>,
@@ -177,6 +181,7 @@ impl Connection {
             video: Arc::default(),
             audio: Arc::default(),
             cancel: CancellationToken::new(),
+            simulcast: OnceLock::new(),
             control,
             mutable: Mutex::new(Mutable {
                 state: ConnState::Connecting,
@@ -271,6 +276,17 @@ impl Connection {
         lock(&self.frames).push(Arc::new(decoded.picture), summary, now);
     }
 
+    /// Declares the simulcast layers the client's answer sends (first answer only); their
+    /// tracks are then received layer by layer. False when layers were already declared.
+    pub fn set_simulcast_layers(&self, rids: &[String]) -> bool {
+        self.simulcast.set(Arc::new(SimulcastLayers::new(rids))).is_ok()
+    }
+
+    /// The simulcast layers, for a simulcast connection.
+    pub fn simulcast_layers(&self) -> Option<Arc<SimulcastLayers>> {
+        self.simulcast.get().cloned()
+    }
+
     /// The newest decoded picture.
     pub fn latest_frame(&self) -> Option<Arc<Picture>> {
         lock(&self.frames).latest()
@@ -302,6 +318,7 @@ impl Connection {
                 ingest: self.video.snapshot(),
                 last_frame,
             },
+            video_layers: self.simulcast.get().map(|l| l.view()).unwrap_or_default(),
             audio: self.audio.snapshot(),
             ingest_errors: m.ingest_errors.clone(),
             frames: recent,
@@ -349,8 +366,11 @@ pub struct ConnectionView {
     pub closed_at_ms: Option<f64>,
     /// Signaling facts.
     pub signaling: SignalingInfo,
-    /// Video counters and the newest frame's summary.
+    /// Video counters and the newest frame's summary (of a simulcast connection: of the layer
+    /// feeding them, see [`crate::layers`]).
     pub video: VideoView,
+    /// Each simulcast layer on its own, sorted by rid; empty for other connections.
+    pub video_layers: Vec<LayerView>,
     /// Audio counters.
     pub audio: AudioSnapshot,
     /// Ingest failures (e.g. unsupported codec).
@@ -478,5 +498,12 @@ mod tests {
         assert_eq!(v["state"], "connecting");
         assert_eq!(v["transport"], "sora");
         assert_eq!(v["video"]["frames_decoded"], 0);
+        assert_eq!(v["video_layers"], serde_json::json!([]), "not simulcast");
+        assert!(c.set_simulcast_layers(&["r1".into(), "r0".into()]));
+        assert!(!c.set_simulcast_layers(&["x".into()]), "declared once");
+        let v = serde_json::to_value(c.view(10)).unwrap();
+        assert_eq!(v["video_layers"][0]["rid"], "r0");
+        assert_eq!(v["video_layers"][1]["rid"], "r1");
+        assert_eq!(v["video_layers"][1]["ssrc"], serde_json::Value::Null);
     }
 }

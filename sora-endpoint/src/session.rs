@@ -21,6 +21,7 @@ use crate::signaling::{
     self, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_MESSAGE, CLOSE_TIMEOUT, CandidateMessage,
     ClientMessage, ConnectMessage, SessionIds,
 };
+use crate::simulcast::{self, Encodings};
 
 /// How long a client may take to send `connect` after opening the WebSocket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,10 +80,19 @@ pub async fn run(mut socket: WebSocket, app: AppState) {
     registry.add(record.clone());
     let span = tracing::info_span!("session", connection_id = %record.id, channel_id = %connect.channel_id);
     let outcome = {
+        let encodings = signaling::wants_simulcast(&connect).then(|| {
+            app.config.simulcast_encodings.clone().unwrap_or_else(|| {
+                Encodings::sora_default(signaling::simulcast_bit_rate_kbps(
+                    &connect,
+                    app.config.max_video_bitrate_kbps,
+                ))
+            })
+        });
         let session = Session {
             app: app.clone(),
             record: record.clone(),
             connect,
+            encodings,
             socket,
         };
         tracing::Instrument::instrument(session.serve(control_rx), span).await
@@ -207,10 +217,41 @@ async fn add_candidate(record: &Connection, pc: &Peer, candidate: RTCIceCandidat
     }
 }
 
+/// Applies a `re-answer`. For a simulcast connection the re-offer is rolled back instead:
+/// applying a re-answer makes webrtc-rs forget which SSRC carries which rid, and it can only
+/// learn them again from the rid header extension, which libwebrtc stops sending once its
+/// SSRCs are acknowledged, so every layer would go dark. A receive-only endpoint's re-offer
+/// changes nothing, so keeping the state negotiated before loses nothing.
+async fn apply_re_answer(
+    record: &Connection,
+    encodings: Option<&Encodings>,
+    pc: &Peer,
+    sdp: &str,
+) -> Result<(), peer::PeerError> {
+    let Some(layers) = record.simulcast_layers() else {
+        return peer::apply_answer(pc, sdp.to_owned()).await;
+    };
+    let offered = encodings.map(Encodings::rids).unwrap_or_default();
+    let rids = simulcast::negotiated_rids(&offered, sdp);
+    let kept: Vec<&str> = layers.layers().iter().map(|l| l.rid.as_str()).collect();
+    if rids != kept {
+        tracing::warn!(
+            ?rids,
+            ?kept,
+            "the re-answer sends other simulcast layers; the endpoint keeps receiving the first answer's"
+        );
+    }
+    peer::roll_back_offer(pc).await?;
+    tracing::info!("simulcast re-answer recorded; the re-offer rolled back to keep the layers bound");
+    Ok(())
+}
+
 struct Session {
     app: AppState,
     record: Arc<Connection>,
     connect: ConnectMessage,
+    /// The simulcast encodings offered, for a simulcast connection.
+    encodings: Option<Encodings>,
     socket: WebSocket,
 }
 
@@ -239,6 +280,7 @@ impl Session {
         });
         let codec = VideoCodec::from_codec_type(self.connect.video_codec_type.as_deref());
         let (peer_tx, mut peer_rx) = mpsc::channel(32);
+        let rids = self.encodings.as_ref().map(Encodings::rids);
         let setup = async {
             let pc = peer::new_peer(
                 self.app.config.ice_ip,
@@ -250,6 +292,7 @@ impl Session {
             .await?;
             peer::add_recvonly_transceivers(&pc, self.connect.audio, self.connect.video).await?;
             let sdp = peer::create_offer(&pc, &mut peer_rx).await?;
+            let sdp = peer::offer_as_sent(sdp, rids.as_deref())?;
             Ok::<_, peer::PeerError>((pc, sdp))
         };
         let (pc, sdp) = match setup.await {
@@ -262,8 +305,11 @@ impl Session {
             }
         };
         let mids = signaling::mids_from_sdp(&sdp);
-        self.record.with_signaling(|s| s.local_sdp = Some(sdp.clone()));
-        let offer = signaling::offer_message(&self.connect, &ids, &sdp, &mids);
+        self.record.with_signaling(|s| {
+            s.local_sdp = Some(sdp.clone());
+            s.encodings = self.encodings.as_ref().map(Encodings::to_json);
+        });
+        let offer = signaling::offer_message(&self.connect, &ids, &sdp, &mids, self.encodings.as_ref());
         if !send_json(&mut self.socket, &offer).await {
             let _ = pc.close().await;
             return CloseInfo {
@@ -272,7 +318,7 @@ impl Session {
                 by: Closer::Client,
             };
         }
-        tracing::info!(role = %self.connect.role, ?codec, "offer sent");
+        tracing::info!(role = %self.connect.role, ?codec, simulcast = self.encodings.is_some(), "offer sent");
         let outcome = self.event_loop(&pc, &ids, &mut control, &mut peer_rx).await;
         if let Err(err) = pc.close().await {
             tracing::debug!(%err, "peer connection close");
@@ -372,6 +418,7 @@ impl Session {
                             if let Err(refusal) = dtls_setup::vet_answer(&sdp) {
                                 return self.refuse_dtls_role(&refusal).await;
                             }
+                            self.declare_simulcast_layers(&sdp);
                             if let Err(err) = peer::apply_answer(pc, sdp).await {
                                 tracing::warn!(%err, "answer refused");
                                 let reason = format!("INVALID-ANSWER: {err}");
@@ -389,7 +436,7 @@ impl Session {
                             if let Err(refusal) = dtls_setup::vet_answer(&sdp) {
                                 return self.refuse_dtls_role(&refusal).await;
                             }
-                            match peer::apply_answer(pc, sdp.clone()).await {
+                            match apply_re_answer(&self.record, self.encodings.as_ref(), pc, &sdp).await {
                             Ok(()) => self.record.with_signaling(|s| {
                                 s.re_answers += 1;
                                 s.remote_sdp = Some(sdp);
@@ -452,6 +499,25 @@ impl Session {
         }
     }
 
+    /// For a simulcast connection, declares the layers the answer sends (`a=rid:<rid> send` for
+    /// an offered rid) before the answer is applied, so that the video track is received layer
+    /// by layer. An answer sending none (the client declined simulcast) leaves one plain stream.
+    fn declare_simulcast_layers(&self, answer: &str) {
+        let Some(encodings) = &self.encodings else {
+            return;
+        };
+        let offered = encodings.rids();
+        let rids = simulcast::negotiated_rids(&offered, answer);
+        if rids.is_empty() {
+            tracing::warn!(
+                ?offered,
+                "the answer sends no offered simulcast rid: one plain video stream"
+            );
+        } else if self.record.set_simulcast_layers(&rids) {
+            tracing::info!(?rids, ?offered, "simulcast layers negotiated");
+        }
+    }
+
     /// Counts a candidate by format; returns it when it is worth adding.
     fn accept_candidate(&self, candidate: CandidateMessage) -> Option<RTCIceCandidateInit> {
         let browser = candidate.is_browser_format();
@@ -476,15 +542,15 @@ impl Session {
     }
 
     async fn re_offer(&mut self, pc: &Peer) {
-        let result = async {
-            let offer = pc.create_offer(None).await?;
-            pc.set_local_description(offer).await?;
-            Ok::<_, webrtc::error::Error>(pc.local_description().await.map(|d| d.sdp))
-        };
-        match result.await {
-            Ok(Some(sdp)) => {
+        let rids = self.encodings.as_ref().map(Encodings::rids);
+        let sdp = peer::create_re_offer(pc)
+            .await
+            .and_then(|sdp| peer::offer_as_sent(sdp, rids.as_deref()));
+        match sdp {
+            Ok(sdp) => {
                 let sdp = bandwidth::apply(sdp, self.app.config.max_video_bitrate_kbps);
-                if send_json(&mut self.socket, &signaling::re_offer_message(&sdp)).await {
+                let message = signaling::re_offer_message(&sdp, self.encodings.as_ref());
+                if send_json(&mut self.socket, &message).await {
                     self.record.with_signaling(|s| {
                         s.re_offers_sent += 1;
                         s.local_sdp = Some(sdp);
@@ -492,7 +558,6 @@ impl Session {
                     tracing::info!("re-offer sent");
                 }
             }
-            Ok(None) => tracing::warn!("re-offer: no local description"),
             Err(err) => tracing::warn!(%err, "re-offer failed"),
         }
     }

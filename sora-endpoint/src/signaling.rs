@@ -4,6 +4,8 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::simulcast::{DEFAULT_BIT_RATE_KBPS, Encodings};
+
 /// WebSocket close code for a message the server cannot read or did not expect.
 pub const CLOSE_INVALID_MESSAGE: u16 = 4400;
 /// WebSocket close code for a `connect` refused by authentication (`metadata.access_token`).
@@ -74,6 +76,8 @@ pub struct ConnectMessage {
     pub video: bool,
     /// `video.codec_type`, when given.
     pub video_codec_type: Option<String>,
+    /// `video.bit_rate` (kbit/s), when given.
+    pub video_bit_rate: Option<u32>,
     /// `multistream` as sent.
     pub multistream: Option<bool>,
     /// `simulcast` as sent.
@@ -217,6 +221,14 @@ fn parse_connect(raw: Value) -> Result<ConnectMessage, ParseError> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(bad("\"video.codec_type\" must be a string")),
     };
+    let video_bit_rate = match raw.get("video").and_then(|v| v.get("bit_rate")) {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|kbps| u32::try_from(kbps).ok())
+                .ok_or_else(|| bad("\"video.bit_rate\" must be a non-negative integer (kbit/s)"))?,
+        ),
+    };
     Ok(ConnectMessage {
         role,
         channel_id,
@@ -227,6 +239,7 @@ fn parse_connect(raw: Value) -> Result<ConnectMessage, ParseError> {
         audio: media("audio")?,
         video: media("video")?,
         video_codec_type,
+        video_bit_rate,
         multistream: boolean("multistream")?,
         simulcast: boolean("simulcast")?,
         spotlight: boolean("spotlight")?,
@@ -325,8 +338,15 @@ pub fn mids_from_sdp(sdp: &str) -> Mids {
 /// The version string this endpoint reports in `offer`.
 pub const SERVER_VERSION: &str = "livefilter-sora-endpoint";
 
-/// Builds the `offer` message.
-pub fn offer_message(connect: &ConnectMessage, ids: &SessionIds, sdp: &str, mids: &Mids) -> Value {
+/// Builds the `offer` message; `encodings` (simulcast connections only) makes it a simulcast
+/// offer carrying them.
+pub fn offer_message(
+    connect: &ConnectMessage,
+    ids: &SessionIds,
+    sdp: &str,
+    mids: &Mids,
+    encodings: Option<&Encodings>,
+) -> Value {
     let mut mid = serde_json::Map::new();
     if let Some(a) = &mids.audio {
         mid.insert("audio".into(), json!(a));
@@ -346,11 +366,16 @@ pub fn offer_message(connect: &ConnectMessage, ids: &SessionIds, sdp: &str, mids
         "config": {"iceServers": [], "iceTransportPolicy": "all"},
         "mid": mid,
         "multistream": connect.multistream.unwrap_or(true),
-        "simulcast": false,
+        "simulcast": encodings.is_some(),
         "spotlight": false,
     });
-    if let (Some(metadata), Some(obj)) = (&connect.metadata, offer.as_object_mut()) {
-        obj.insert("metadata".into(), metadata.clone());
+    if let Some(obj) = offer.as_object_mut() {
+        if let Some(metadata) = &connect.metadata {
+            obj.insert("metadata".into(), metadata.clone());
+        }
+        if let Some(encodings) = encodings {
+            obj.insert("encodings".into(), encodings.to_json());
+        }
     }
     offer
 }
@@ -392,9 +417,30 @@ pub fn ping_message(stats: bool) -> Value {
     json!({"type": "ping", "stats": stats})
 }
 
-/// Builds a `re-offer`.
-pub fn re_offer_message(sdp: &str) -> Value {
-    json!({"type": "re-offer", "sdp": sdp})
+/// Builds a `re-offer`; a simulcast connection's carries its `encodings` again.
+pub fn re_offer_message(sdp: &str, encodings: Option<&Encodings>) -> Value {
+    let mut message = json!({"type": "re-offer", "sdp": sdp});
+    if let (Some(encodings), Some(obj)) = (encodings, message.as_object_mut()) {
+        obj.insert("encodings".into(), encodings.to_json());
+    }
+    message
+}
+
+/// Whether a `connect` asks to publish simulcast video (`simulcast: true`, a sending role, video
+/// on).
+pub fn wants_simulcast(connect: &ConnectMessage) -> bool {
+    connect.simulcast == Some(true) && connect.video && matches!(connect.role.as_str(), "sendonly" | "sendrecv")
+}
+
+/// The video bitrate (kbit/s) Sora's default simulcast encodings share: the `connect`'s
+/// `video.bit_rate`, held to the endpoint's cap when there is one.
+pub fn simulcast_bit_rate_kbps(connect: &ConnectMessage, cap_kbps: Option<u32>) -> u32 {
+    match (connect.video_bit_rate.filter(|&kbps| kbps > 0), cap_kbps) {
+        (Some(kbps), Some(cap)) => kbps.min(cap),
+        (Some(kbps), None) => kbps,
+        (None, Some(cap)) => cap,
+        (None, None) => DEFAULT_BIT_RATE_KBPS,
+    }
 }
 
 /// Builds a `redirect`.
@@ -465,6 +511,8 @@ mod tests {
             r#"{"type":"connect","role":"sendonly","channel_id":"x","redirect":"yes"}"#,
             r#"{"type":"connect","role":"sendonly","channel_id":"x","video":3}"#,
             r#"{"type":"connect","role":"sendonly","channel_id":"x","video":{"codec_type":1}}"#,
+            r#"{"type":"connect","role":"sendonly","channel_id":"x","video":{"bit_rate":"fast"}}"#,
+            r#"{"type":"connect","role":"sendonly","channel_id":"x","video":{"bit_rate":-1}}"#,
         ] {
             assert!(
                 matches!(parse_client_message(text), Err(ParseError::BadField { .. })),
@@ -552,15 +600,76 @@ mod tests {
             audio: None,
             video: Some("0".into()),
         };
-        let offer = offer_message(&c, &ids, "v=0\r\n", &mids);
+        let offer = offer_message(&c, &ids, "v=0\r\n", &mids, None);
         assert_eq!(offer["type"], "offer");
         assert_eq!(offer["connection_id"], ids.connection_id);
         assert_eq!(offer["config"], json!({"iceServers": [], "iceTransportPolicy": "all"}));
         assert_eq!(offer["mid"], json!({"video": "0"}));
         assert_eq!(offer["metadata"], json!({"access_token": "dummy"}));
+        assert_eq!(offer["simulcast"], false);
+        assert!(offer.get("encodings").is_none(), "{offer:#}");
         let created = connection_created_message(&c, &ids);
         assert_eq!(created["event_type"], "connection.created");
         assert_eq!(created["connection_id"], ids.connection_id);
+    }
+
+    fn test_ids() -> SessionIds {
+        SessionIds {
+            connection_id: "C".repeat(26),
+            session_id: "S".repeat(26),
+            client_id: "c".into(),
+            bundle_id: "c".into(),
+        }
+    }
+
+    #[test]
+    fn a_simulcast_offer_carries_the_encodings_lowest_layer_first() {
+        let c = connect(
+            r#"{"type":"connect","role":"sendonly","channel_id":"x","simulcast":true,"video":{"codec_type":"VP8","bit_rate":2000}}"#,
+        );
+        assert!(wants_simulcast(&c));
+        assert_eq!(c.video_bit_rate, Some(2000));
+        let encodings = Encodings::sora_default(simulcast_bit_rate_kbps(&c, None));
+        let offer = offer_message(&c, &test_ids(), "v=0\r\n", &Mids::default(), Some(&encodings));
+        assert_eq!(offer["simulcast"], true);
+        assert_eq!(
+            offer["encodings"],
+            json!([
+                {"rid": "r0", "active": true, "scaleResolutionDownBy": 4.0, "maxBitrate": 300_000},
+                {"rid": "r1", "active": true, "scaleResolutionDownBy": 2.0, "maxBitrate": 600_000},
+                {"rid": "r2", "active": true, "scaleResolutionDownBy": 1.0, "maxBitrate": 1_100_000},
+            ])
+        );
+        let re_offer = re_offer_message("v=0\r\n", Some(&encodings));
+        assert_eq!(re_offer["encodings"], offer["encodings"], "a re-offer repeats them");
+        assert!(re_offer_message("v=0\r\n", None).get("encodings").is_none());
+    }
+
+    #[test]
+    fn simulcast_is_only_for_senders_with_video() {
+        let with = |fields: &str| connect(&format!(r#"{{"type":"connect","channel_id":"x",{fields}}}"#));
+        assert!(wants_simulcast(&with(r#""role":"sendrecv","simulcast":true"#)));
+        assert!(!wants_simulcast(&with(r#""role":"recvonly","simulcast":true"#)));
+        assert!(!wants_simulcast(&with(
+            r#""role":"sendonly","simulcast":true,"video":false"#
+        )));
+        assert!(!wants_simulcast(&with(r#""role":"sendonly","simulcast":false"#)));
+        assert!(!wants_simulcast(&with(r#""role":"sendonly""#)));
+    }
+
+    #[test]
+    fn the_default_encodings_share_the_connect_bitrate_held_to_the_cap_or_1000_kbps() {
+        let c = |video: &str| {
+            connect(&format!(
+                r#"{{"type":"connect","role":"sendonly","channel_id":"x","video":{video}}}"#
+            ))
+        };
+        assert_eq!(simulcast_bit_rate_kbps(&c(r#"{"bit_rate":2000}"#), None), 2000);
+        assert_eq!(simulcast_bit_rate_kbps(&c(r#"{"bit_rate":2000}"#), Some(800)), 800);
+        assert_eq!(simulcast_bit_rate_kbps(&c(r#"{"bit_rate":500}"#), Some(800)), 500);
+        assert_eq!(simulcast_bit_rate_kbps(&c("true"), Some(800)), 800);
+        assert_eq!(simulcast_bit_rate_kbps(&c("true"), None), 1000);
+        assert_eq!(simulcast_bit_rate_kbps(&c(r#"{"bit_rate":0}"#), None), 1000);
     }
 
     #[test]

@@ -42,3 +42,28 @@ async fn sigterm_closes_sessions_with_1001_and_exits_zero() {
     let frame = closing.await.expect("join");
     assert_eq!(frame, Some((1001, "SERVER-SHUTDOWN".to_owned())));
 }
+
+#[test]
+fn invalid_simulcast_encodings_are_refused_at_startup_with_the_reason() {
+    for (value, reason) in [
+        (
+            "[{\"rid\":\"r0\"},{\"maxBitrate\":1000}]",
+            "encoding 1 has no string \"rid\"",
+        ),
+        ("{\"rid\":\"r0\"}", "non-empty JSON array"),
+        ("[{\"rid\":\"r0\"},{\"rid\":\"r0\"}]", "appears twice"),
+        ("not json", "not JSON"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sora-endpoint"))
+            .args(["--listen", "127.0.0.1:0", "--simulcast-encodings", value])
+            .output()
+            .expect("run sora-endpoint");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{value}: {stderr}");
+        assert!(
+            stderr.contains("--simulcast-encodings") && stderr.contains(reason),
+            "{value}: {stderr}"
+        );
+        assert!(output.stdout.is_empty(), "it must not start listening");
+    }
+}

@@ -447,3 +447,210 @@ async fn js_sdk_publishes_h264_with(ice: Ice, channel: &str) {
             .contains("profile-level-id=42e01f")
     );
 }
+
+/// The layers the simulcast test offers, lowest first: rid, decoded size, maxBitrate (bit/s).
+/// Modest bitrates, so that Chromium's loopback bandwidth estimate reaches all three in time.
+const SIMULCAST_LAYERS: [(&str, (u64, u64), u64); 3] = [
+    ("r0", (320, 180), 150_000),
+    ("r1", (640, 360), 400_000),
+    ("r2", (1280, 720), 1_000_000),
+];
+/// How far over its maxBitrate a layer's received payload rate may be (encoder overshoot,
+/// keyframes).
+const BITRATE_MARGIN: f64 = 1.3;
+/// How long Chromium may take to enable every layer as its bandwidth estimate grows.
+const ALL_LAYERS_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn layer<'a>(c: &'a Value, rid: &str) -> &'a Value {
+    c["video_layers"]
+        .as_array()
+        .and_then(|layers| layers.iter().find(|l| l["rid"] == rid))
+        .unwrap_or(&Value::Null)
+}
+
+fn layer_is_decoding_at(l: &Value, size: (u64, u64)) -> bool {
+    l["frames_decoded"].as_u64().unwrap_or(0) >= 30
+        && l["fps"].as_f64().unwrap_or(0.0) >= 5.0
+        && (l["width"].as_u64(), l["height"].as_u64()) == (Some(size.0), Some(size.1))
+}
+
+/// sora-js-sdk in headless Chromium publishing simulcast VP8 from a 1280x720 camera: the
+/// endpoint's offer asks for r0/r1/r2 at 1/4, 1/2 and full resolution, and every layer is
+/// decoded on its own at its size, within its maxBitrate; the top layer feeds the connection's
+/// video; a re-offer (carrying the encodings again) keeps every layer going; the connection
+/// closes cleanly.
+#[tokio::test]
+async fn js_sdk_publishes_vp8_simulcast_in_three_layers() {
+    let _media = MEDIA.lock().await;
+    let encodings: Vec<Value> = SIMULCAST_LAYERS
+        .iter()
+        // Integers: the SDK echoes the numbers back from JavaScript, where 4.0 is 4.
+        .zip([4, 2, 1])
+        .map(|(&(rid, _, max), scale)| {
+            serde_json::json!({"rid": rid, "active": true, "scaleResolutionDownBy": scale, "maxBitrate": max})
+        })
+        .collect();
+    let encodings = Value::Array(encodings);
+    let endpoint = Endpoint::start(
+        "js-simulcast",
+        &[
+            "--ping-interval-secs",
+            "1",
+            "--simulcast-encodings",
+            &encodings.to_string(),
+        ],
+    )
+    .await;
+    let mut driver = js_publish(
+        &[endpoint.ws_url()],
+        "js-simulcast",
+        &["--codec", "VP8", "--simulcast", "--no-audio", "--seconds", "120"],
+    );
+    let live = endpoint
+        .wait("channel_id=js-simulcast&state=connected&min_frames=10")
+        .await;
+    let id = live["connection_id"].as_str().expect("id").to_owned();
+
+    // Chromium enables the upper layers as its bandwidth estimate grows: poll until all decode.
+    let started = std::time::Instant::now();
+    let all = loop {
+        let c = endpoint.get(&format!("/api/connections/{id}?frames=0")).await;
+        if SIMULCAST_LAYERS
+            .iter()
+            .all(|&(rid, size, _)| layer_is_decoding_at(layer(&c, rid), size))
+        {
+            break c;
+        }
+        assert!(
+            started.elapsed() < ALL_LAYERS_WITHIN,
+            "not every layer decodes at its size within {ALL_LAYERS_WITHIN:?}: {:#}\n{}",
+            c["video_layers"],
+            driver.output()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    println!(
+        "all three layers decoding after {:.1} s: {:#}",
+        started.elapsed().as_secs_f64(),
+        all["video_layers"]
+    );
+    assert_eq!(all["video_layers"].as_array().map(Vec::len), Some(3), "{all:#}");
+    let ssrcs: std::collections::HashSet<u64> = all["video_layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["ssrc"].as_u64())
+        .collect();
+    assert_eq!(ssrcs.len(), 3, "one SSRC per layer: {:#}", all["video_layers"]);
+    // The top layer feeds the connection's video counters and frame log.
+    assert_eq!(
+        (all["video"]["width"].as_u64(), all["video"]["height"].as_u64()),
+        (Some(1280), Some(720)),
+        "{:#}",
+        all["video"]
+    );
+    assert_eq!(layer(&all, "r2")["feeding"], true);
+
+    // Each layer keeps to its maxBitrate: sampled over a few 2-s windows.
+    let mut peak = [0.0f64; 3];
+    for _ in 0..4 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let c = endpoint.get(&format!("/api/connections/{id}?frames=0")).await;
+        for (i, &(rid, _, _)) in SIMULCAST_LAYERS.iter().enumerate() {
+            peak[i] = peak[i].max(layer(&c, rid)["bitrate_kbps"].as_f64().unwrap_or(0.0));
+        }
+    }
+    println!("peak layer bitrates (kbit/s): {peak:?}");
+    for (&(rid, _, max), kbps) in SIMULCAST_LAYERS.iter().zip(peak) {
+        let cap = max as f64 / 1000.0 * BITRATE_MARGIN;
+        assert!(kbps > 0.0, "{rid} stopped sending");
+        assert!(
+            kbps <= cap,
+            "{rid} at {kbps:.0} kbit/s, over its maxBitrate {max} (+30 %)"
+        );
+    }
+
+    // A re-offer carries the encodings again; every layer keeps decoding after it.
+    let before: Vec<u64> = {
+        let c = endpoint.get(&format!("/api/connections/{id}?frames=0")).await;
+        SIMULCAST_LAYERS
+            .iter()
+            .map(|&(rid, _, _)| layer(&c, rid)["frames_decoded"].as_u64().unwrap_or(0))
+            .collect()
+    };
+    let (status, body) = endpoint
+        .post(&format!("/api/connections/{id}/re-offer"), Value::Null)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    endpoint.wait(&format!("connection_id={id}&min_re_answers=1")).await;
+    let started = std::time::Instant::now();
+    loop {
+        let c = endpoint.get(&format!("/api/connections/{id}?frames=0")).await;
+        let grown = SIMULCAST_LAYERS.iter().zip(&before).all(|(&(rid, size, _), n)| {
+            layer_is_decoding_at(layer(&c, rid), size)
+                && layer(&c, rid)["frames_decoded"].as_u64().unwrap_or(0) >= n + 20
+        });
+        if grown {
+            break;
+        }
+        assert!(
+            started.elapsed() < common::WAIT,
+            "layers stalled after the re-offer: {:#}",
+            c["video_layers"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+
+    driver.stop().await;
+    let (status, output, summary) = driver.finish().await;
+    assert!(status.success(), "JS driver failed ({status}):\n{output}");
+    assert_eq!(summary["connected"], true, "{output}");
+    assert_eq!(summary["simulcast"], true, "the SDK took the offer as simulcast");
+    assert_eq!(summary["encodings"], encodings, "the SDK applied the offer's encodings");
+    let sent = &summary["outbound"]["video_rids"];
+    for &(rid, size, _) in &SIMULCAST_LAYERS {
+        assert_eq!(
+            (sent[rid]["frameWidth"].as_u64(), sent[rid]["frameHeight"].as_u64()),
+            (Some(size.0), Some(size.1)),
+            "Chromium's {rid}: {sent:#}"
+        );
+    }
+    assert_eq!(summary["disconnect"]["reason"], "TYPE-DISCONNECT", "{output}");
+
+    let c = endpoint
+        .wait(&format!("connection_id={id}&state=closed&frames=600"))
+        .await;
+    assert_eq!(
+        close_of(&c),
+        (Some(1000), "TYPE-DISCONNECT", "client"),
+        "close: {:#}",
+        c["close"]
+    );
+    let answer = c["signaling"]["remote_sdp"].as_str().unwrap_or("");
+    for &(rid, _, _) in &SIMULCAST_LAYERS {
+        assert!(answer.contains(&format!("a=rid:{rid} send")), "{answer}");
+    }
+    for l in c["video_layers"].as_array().into_iter().flatten() {
+        assert_eq!(l["decode_errors"], 0, "{l:#}");
+    }
+    let v = &c["video"];
+    assert_eq!(v["codec"], "vp8");
+    assert_eq!(v["decode_errors"], 0, "{v:#}");
+    let frames = c["frames"].as_array().expect("frame ring");
+    let seqs: Vec<u64> = frames.iter().filter_map(|f| f["seq"].as_u64()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "the connection's frames are numbered in one sequence across layers: {seqs:?}"
+    );
+    let layer_frames: u64 = c["video_layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["frames_decoded"].as_u64())
+        .sum();
+    let fed = v["frames_decoded"].as_u64().unwrap_or(0);
+    assert!(
+        fed > 0 && fed < layer_frames,
+        "the connection counts the feeding layer's frames only: {fed} of {layer_frames}"
+    );
+}

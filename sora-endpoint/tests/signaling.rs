@@ -181,6 +181,106 @@ async fn a_bitrate_cap_is_offered_in_the_video_section_only() {
     assert!(!offer["sdp"].as_str().expect("sdp").contains("b=AS"), "{offer:#}");
 }
 
+/// The video m-section of an SDP, line by line.
+fn video_section(sdp: &str) -> Vec<&str> {
+    let mut lines = sdp.lines().skip_while(|l| !l.starts_with("m=video "));
+    let first = lines.next().into_iter();
+    first.chain(lines.take_while(|l| !l.starts_with("m="))).collect()
+}
+
+#[tokio::test]
+async fn a_simulcast_connect_gets_an_offer_asking_for_three_layers_like_sora() {
+    let server = Server::start(Config::default()).await;
+    let mut ws = server.ws().await;
+    send(
+        &mut ws,
+        json!({"type": "connect", "role": "sendonly", "channel_id": "ch-sim", "simulcast": true,
+               "video": {"codec_type": "VP8", "bit_rate": 1000}}),
+    )
+    .await;
+    let offer = recv_json(&mut ws).await;
+    assert_eq!(offer["simulcast"], true);
+    assert_eq!(
+        offer["encodings"],
+        json!([
+            {"rid": "r0", "active": true, "scaleResolutionDownBy": 4.0, "maxBitrate": 150_000},
+            {"rid": "r1", "active": true, "scaleResolutionDownBy": 2.0, "maxBitrate": 300_000},
+            {"rid": "r2", "active": true, "scaleResolutionDownBy": 1.0, "maxBitrate": 550_000},
+        ])
+    );
+    let sdp = offer["sdp"].as_str().expect("sdp");
+    let video = video_section(sdp);
+    for uri in [
+        "urn:ietf:params:rtp-hdrext:sdes:mid",
+        "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+        "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+    ] {
+        assert!(
+            video.iter().any(|l| l.starts_with("a=extmap:") && l.ends_with(uri)),
+            "{uri} missing: {sdp}"
+        );
+    }
+    let simulcast: Vec<&str> = video
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("a=rid:") || l.starts_with("a=simulcast:"))
+        .collect();
+    assert_eq!(
+        simulcast,
+        [
+            "a=rid:r0 recv",
+            "a=rid:r1 recv",
+            "a=rid:r2 recv",
+            "a=simulcast:recv r0;r1;r2"
+        ],
+        "{sdp}"
+    );
+    assert!(
+        sdp.contains("a=candidate:"),
+        "the offer sent carries the gathered candidates: {sdp}"
+    );
+    let id = offer["connection_id"].as_str().expect("connection_id");
+    let c = server.get(&format!("/api/connections/{id}")).await;
+    assert_eq!(c["signaling"]["encodings"], offer["encodings"]);
+    assert_eq!(c["video_layers"], json!([]), "no layer before the answer");
+}
+
+#[tokio::test]
+async fn configured_simulcast_encodings_are_offered_verbatim_and_a_plain_connect_gets_none() {
+    let encodings = r#"[{"rid":"low","scaleResolutionDownTo":{"maxWidth":320,"maxHeight":180},"maxBitrate":100000},
+        {"rid":"high","active":true,"maxFramerate":15}]"#;
+    let server = Server::start(Config {
+        simulcast_encodings: Some(sora_endpoint::simulcast::Encodings::parse(encodings).expect("valid")),
+        ..Config::default()
+    })
+    .await;
+    let mut ws = server.ws().await;
+    send(
+        &mut ws,
+        json!({"type": "connect", "role": "sendrecv", "channel_id": "ch-sim2", "simulcast": true}),
+    )
+    .await;
+    let offer = recv_json(&mut ws).await;
+    assert_eq!(
+        offer["encodings"],
+        serde_json::from_str::<Value>(encodings).expect("JSON")
+    );
+    let sdp = offer["sdp"].as_str().expect("sdp");
+    let video = video_section(sdp);
+    assert_eq!(
+        video[video.len() - 3..],
+        ["a=rid:low recv", "a=rid:high recv", "a=simulcast:recv low;high"],
+        "{sdp}"
+    );
+
+    let mut ws = server.ws().await;
+    send(&mut ws, connect_msg("ch-plain")).await;
+    let offer = recv_json(&mut ws).await;
+    assert_eq!(offer["simulcast"], false);
+    assert!(offer.get("encodings").is_none(), "{offer:#}");
+    assert!(!offer["sdp"].as_str().expect("sdp").contains("a=rid:"), "{offer:#}");
+}
+
 #[tokio::test]
 async fn h264_connect_gets_an_h264_only_offer() {
     let server = Server::start(Config::default()).await;

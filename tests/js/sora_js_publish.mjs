@@ -4,7 +4,13 @@
 //
 // Used by sora-endpoint's conformance tests; usable by hand:
 //   node tests/js/sora_js_publish.mjs --signaling-url ws://127.0.0.1:7000/signaling \
-//        --channel-id test --seconds 4 [--codec VP8|H264] [--metadata '{"access_token":"x"}']
+//        --channel-id test --seconds 4 [--codec VP8|H264] [--metadata '{"access_token":"x"}'] \
+//        [--simulcast] [--width W --height H] [--no-audio]
+//
+// --simulcast publishes simulcast (`simulcast: true` in the SDK's sendonly options; the SDK
+// applies the offer's `encodings` to the video sender); the camera then defaults to 1280x720,
+// as Chromium enables fewer layers for small inputs. The outbound stats then list each layer by
+// rid (`video_rids`).
 //
 // The page is served from a throwaway HTTP server on 127.0.0.1 (a secure context, so
 // getUserMedia works) with sora.js straight from node_modules. Prints one JSON line per event
@@ -41,7 +47,7 @@ function emit(event, fields = {}) {
 
 function parseArgs(argv) {
   const opts = { urls: [], channelId: null, codec: 'VP8', seconds: 4, metadata: { access_token: 'dummy' },
-    audio: true, width: 640, height: 480, connectTimeoutMs: 20000 };
+    audio: true, width: null, height: null, simulcast: false, connectTimeoutMs: 20000 };
   for (let i = 0; i < argv.length; i++) {
     const [key, value] = [argv[i], argv[i + 1]];
     switch (key) {
@@ -53,11 +59,14 @@ function parseArgs(argv) {
       case '--no-audio': opts.audio = false; break;
       case '--width': opts.width = Number(value); i++; break;
       case '--height': opts.height = Number(value); i++; break;
+      case '--simulcast': opts.simulcast = true; break;
       default: throw new Error(`unknown argument ${key}`);
     }
   }
+  opts.width ??= opts.simulcast ? 1280 : 640;
+  opts.height ??= opts.simulcast ? 720 : 480;
   if (opts.urls.length === 0 || !opts.channelId) {
-    throw new Error('usage: sora_js_publish.mjs --signaling-url URL [--signaling-url URL2] --channel-id ID [--seconds N] [--codec VP8|H264]');
+    throw new Error('usage: sora_js_publish.mjs --signaling-url URL [--signaling-url URL2] --channel-id ID [--seconds N] [--codec VP8|H264] [--simulcast]');
   }
   return opts;
 }
@@ -73,9 +82,9 @@ window.publish = async (opts) => {
     video: { width: opts.width, height: opts.height },
   });
   const conn = Sora.connection(opts.urls.length === 1 ? opts.urls[0] : opts.urls, false);
-  pub = conn.sendonly(opts.channelId, opts.metadata, {
-    audio: opts.audio, video: true, videoCodecType: opts.codec, connectionTimeout: opts.connectTimeoutMs,
-  });
+  const options = { audio: opts.audio, video: true, videoCodecType: opts.codec, connectionTimeout: opts.connectTimeoutMs };
+  if (opts.simulcast) options.simulcast = true;
+  pub = conn.sendonly(opts.channelId, opts.metadata, options);
   const state = { connectedCallback: null, notifies: [], disconnect: null, signalingTypes: [] };
   window.publishState = state;
   pub.on('connected', (e) => { state.connectedCallback = e.connection_id; log('connected', { connection_id: e.connection_id }); });
@@ -83,15 +92,25 @@ window.publish = async (opts) => {
   pub.on('disconnect', (e) => { state.disconnect = { type: e.type, code: e.code, reason: e.reason, title: e.title }; log('disconnect', state.disconnect); });
   pub.on('signaling', (e) => { state.signalingTypes.push(e.type); });
   await pub.connect(stream);
-  return { connectionId: pub.connectionId, mids: pub.mids, videoSettings: stream.getVideoTracks()[0]?.getSettings() };
+  return { connectionId: pub.connectionId, mids: pub.mids, videoSettings: stream.getVideoTracks()[0]?.getSettings(),
+    simulcast: pub.simulcast, encodings: pub.encodings };
 };
 window.outboundStats = async () => {
   const out = {};
   if (!pub || !pub.pc) return out;
   for (const [, r] of (await pub.pc.getStats()).entries()) {
     if (r.type === 'outbound-rtp') {
-      out[r.kind] = { packetsSent: r.packetsSent, framesEncoded: r.framesEncoded, frameWidth: r.frameWidth,
-        frameHeight: r.frameHeight, encoderImplementation: r.encoderImplementation, pliCount: r.pliCount };
+      const stats = { packetsSent: r.packetsSent, bytesSent: r.bytesSent, framesEncoded: r.framesEncoded,
+        frameWidth: r.frameWidth, frameHeight: r.frameHeight, framesPerSecond: r.framesPerSecond,
+        targetBitrate: r.targetBitrate, active: r.active, qualityLimitationReason: r.qualityLimitationReason,
+        encoderImplementation: r.encoderImplementation, pliCount: r.pliCount };
+      // A simulcast sender has one outbound-rtp per layer, told apart by rid.
+      if (r.kind === 'video' && r.rid !== undefined) {
+        out.video_rids ??= {};
+        out.video_rids[r.rid] = stats;
+      } else {
+        out[r.kind] = stats;
+      }
     }
   }
   return out;
@@ -141,7 +160,10 @@ async function main() {
       .catch(() => {});
     const state = await page.evaluate(() => window.publishState);
     summary.connected = state.connectedCallback !== null && state.connectedCallback === result.connectionId;
-    emit('published-start', { connection_id: result.connectionId, mids: result.mids, camera: result.videoSettings, connected_callback: summary.connected });
+    summary.simulcast = result.simulcast;
+    summary.encodings = result.encodings;
+    emit('published-start', { connection_id: result.connectionId, mids: result.mids, camera: result.videoSettings,
+      connected_callback: summary.connected, simulcast: result.simulcast, encodings: result.encodings });
     const started = Date.now();
     while (Date.now() - started < opts.seconds * 1000 && !stopRequested) {
       await new Promise((r) => setTimeout(r, 100));
