@@ -13,7 +13,11 @@ use std::time::Duration;
 use crate::codec::{EncoderConfig, VideoEncoder, new_encoder};
 use crate::frame::I420Frame;
 use crate::metrics::Metrics;
-use crate::publish::simulcast::{Encoding, LayerFrame, LayerShape, SimulcastControl, allocate, layer_shapes};
+use crate::publish::KeyframeRequest;
+use crate::publish::keyframe::DEFAULT_KEYFRAME_REQUEST_INTERVAL;
+use crate::publish::simulcast::{
+    Encoding, LayerFrame, LayerShape, ResumeGate, SimulcastControl, allocate, layer_shapes,
+};
 use crate::scale::Scaler;
 
 /// A frame this much early still counts as due for a rate-limited layer (capture jitter).
@@ -28,9 +32,22 @@ struct Layer {
     encoder: Option<Box<dyn VideoEncoder>>,
     kbps: u32,
     next_due: Option<Duration>,
+    /// A keyframe was asked for and not yet made (held back by the interval).
+    keyframe_wanted: bool,
+    last_keyframe: Option<Duration>,
+    gate: ResumeGate,
 }
 
 impl Layer {
+    /// Whether this picture must be a keyframe: asked for, and at most once per interval (a
+    /// receiver cannot make a layer all keyframes).
+    fn keyframe_due(&self, pts: Duration) -> bool {
+        self.keyframe_wanted
+            && self
+                .last_keyframe
+                .is_none_or(|last| pts.saturating_sub(last) >= DEFAULT_KEYFRAME_REQUEST_INTERVAL)
+    }
+
     /// Whether a rate-limited layer takes the picture at `pts`; advances its schedule if so.
     fn due(&mut self, pts: Duration) -> bool {
         let Some(fps) = self.shape.max_fps else { return true };
@@ -60,6 +77,7 @@ pub struct LayerEncoders {
     layers: Vec<Layer>,
     shaped_for: (u32, u32),
     scaler: Scaler,
+    output_keyframes: KeyframeRequest,
 }
 
 impl LayerEncoders {
@@ -75,7 +93,15 @@ impl LayerEncoders {
             layers: Vec::new(),
             shaped_for: (0, 0),
             scaler: Scaler::default(),
+            output_keyframes: KeyframeRequest::default(),
         }
+    }
+
+    /// Where a keyframe request for the layer that is the output stream goes (the output
+    /// encoder's own requests).
+    pub fn with_output_keyframes(mut self, requests: KeyframeRequest) -> Self {
+        self.output_keyframes = requests;
+        self
     }
 
     fn follow_plan(&mut self) {
@@ -119,6 +145,9 @@ impl LayerEncoders {
                     encoder: None,
                     kbps: 0,
                     next_due: None,
+                    keyframe_wanted: false,
+                    last_keyframe: None,
+                    gate: ResumeGate::default(),
                 })
                 .collect();
         }
@@ -129,15 +158,9 @@ impl LayerEncoders {
     }
 
     /// Encodes `picture`'s layers (the output stream itself was just encoded from it at
-    /// `source_fps`); `force` asks every encoded layer for a keyframe. `None` while no
-    /// simulcast session is on.
-    pub fn encode(
-        &mut self,
-        picture: &I420Frame,
-        pts: Duration,
-        force: bool,
-        source_fps: f64,
-    ) -> Option<Arc<Vec<LayerFrame>>> {
+    /// `source_fps`); each layer makes a keyframe when its receiver asked for one. `None`
+    /// while no simulcast session is on.
+    pub fn encode(&mut self, picture: &I420Frame, pts: Duration, source_fps: f64) -> Option<Arc<Vec<LayerFrame>>> {
         self.follow_plan();
         let plan = self.plan.clone()?;
         let (width, height) = (picture.width(), picture.height());
@@ -148,6 +171,29 @@ impl LayerEncoders {
         let was_on: Vec<bool> = self.layers.iter().map(|l| l.on).collect();
         let shares = allocate(&shapes, &was_on, self.control.path().get());
 
+        // A layer held back keeps every larger suspended layer back too (they come back from
+        // the bottom up, as they were suspended from the top down).
+        let mut held_from: Option<u64> = None;
+        let area = |l: &Layer| u64::from(l.shape.width) * u64::from(l.shape.height);
+        let mut order: Vec<usize> = (0..self.layers.len()).collect();
+        order.sort_by_key(|&i| area(&self.layers[i]));
+        let mut shares = shares;
+        for &i in &order {
+            let layer = &mut self.layers[i];
+            if layer.on {
+                continue;
+            }
+            let held = held_from.is_some_and(|a| area(layer) >= a);
+            match shares[i] {
+                Some(_) if held || !layer.gate.may_resume(pts) => {
+                    shares[i] = None;
+                    held_from = Some(held_from.map_or(area(layer), |a| a.min(area(layer))));
+                }
+                Some(_) => {}
+                None => layer.gate.no_room(),
+            }
+        }
+
         let mut driver = None;
         let mut out = Vec::with_capacity(self.layers.len());
         for (layer, share) in self.layers.iter_mut().zip(shares) {
@@ -155,9 +201,13 @@ impl LayerEncoders {
                 .simulcast_layer_bitrate
                 .with_label_values(&[&*layer.rid])
                 .set(share.unwrap_or(0.0));
+            if self.control.take_keyframe_request(&layer.rid) {
+                layer.keyframe_wanted = true;
+            }
             let Some(bps) = share else {
                 if layer.on {
                     tracing::info!(rid = %layer.rid, "simulcast layer suspended: the path cannot carry it");
+                    layer.gate.suspended(pts);
                 }
                 layer.on = false;
                 layer.encoder = None;
@@ -165,6 +215,7 @@ impl LayerEncoders {
                 continue;
             };
             let resumed = !layer.on;
+            layer.gate.on(pts);
             if resumed {
                 tracing::info!(rid = %layer.rid, kbps = (bps / 1000.0).round(), "simulcast layer on");
             }
@@ -173,6 +224,10 @@ impl LayerEncoders {
                 && layer.shape.height == height
                 && layer.shape.max_fps.is_none_or(|max| max + 0.5 >= source_fps);
             if is_output {
+                // The SFU switches a viewer to a resumed layer only at a keyframe.
+                if std::mem::take(&mut layer.keyframe_wanted) || resumed {
+                    self.output_keyframes.request();
+                }
                 driver = Some(bps);
                 self.metrics
                     .simulcast_layer_frames
@@ -187,6 +242,7 @@ impl LayerEncoders {
             if !layer.due(pts) {
                 continue;
             }
+            let force = layer.keyframe_due(pts);
             let kbps = ((bps / 1000.0).round() as u32).max(1);
             let encoder = match layer.encoder.as_mut() {
                 Some(e) => {
@@ -230,6 +286,10 @@ impl LayerEncoders {
             };
             match encoder.encode(&scaled, pts, force || resumed) {
                 Ok(Some(frame)) => {
+                    if frame.keyframe {
+                        layer.keyframe_wanted = false;
+                        layer.last_keyframe = Some(pts);
+                    }
                     self.metrics
                         .simulcast_layer_frames
                         .with_label_values(&[&*layer.rid])
@@ -294,7 +354,7 @@ mod tests {
         let mut layers = encoders(&control);
         let picture = I420Frame::filled(1280, 720, [100, 128, 128]).unwrap();
 
-        assert!(layers.encode(&picture, pts(0), false, 30.0).is_none());
+        assert!(layers.encode(&picture, pts(0), 30.0).is_none());
     }
 
     #[test]
@@ -304,7 +364,7 @@ mod tests {
         let mut layers = encoders(&control);
         let picture = I420Frame::filled(1280, 720, [150, 90, 200]).unwrap();
 
-        let out = layers.encode(&picture, pts(0), false, 30.0).unwrap();
+        let out = layers.encode(&picture, pts(0), 30.0).unwrap();
 
         let rids: Vec<_> = out.iter().map(|l| &*l.rid).collect();
         assert_eq!(rids, ["r0", "r1", "r2"]);
@@ -332,10 +392,10 @@ mod tests {
         let mut layers = encoders(&control);
         let picture = I420Frame::filled(1280, 720, [90, 128, 128]).unwrap();
 
-        layers.encode(&picture, pts(0), false, 30.0);
+        layers.encode(&picture, pts(0), 30.0);
         let during = driver.get();
         control.stop();
-        let after_stop = layers.encode(&picture, pts(1), false, 30.0);
+        let after_stop = layers.encode(&picture, pts(1), 30.0);
 
         assert_eq!(during, Some(350_000.0), "900k less r0's 150k and r1's 400k");
         assert!(after_stop.is_none());
@@ -351,10 +411,10 @@ mod tests {
         let picture = I420Frame::filled(1280, 720, [90, 128, 128]).unwrap();
 
         control.path().set(600_000.0);
-        let narrow = layers.encode(&picture, pts(0), false, 30.0).unwrap();
+        let narrow = layers.encode(&picture, pts(0), 30.0).unwrap();
         let driver_while_narrow = driver.get();
         control.path().set(3_000_000.0);
-        let wide = layers.encode(&picture, pts(1), false, 30.0).unwrap();
+        let wide = layers.encode(&picture, pts(1), 30.0).unwrap();
 
         let rids = |out: &Vec<LayerFrame>| out.iter().map(|l| l.rid.to_string()).collect::<Vec<_>>();
         assert_eq!(rids(&narrow), ["r0", "r1"]);
@@ -364,6 +424,58 @@ mod tests {
         );
         assert_eq!(rids(&wide), ["r0", "r1", "r2"]);
         assert_eq!(driver.get(), Some(1_000_000.0));
+    }
+
+    #[test]
+    fn a_suspended_layer_comes_back_after_the_path_kept_room_for_it_for_two_seconds() {
+        let control = SimulcastControl::default();
+        control.start(sora_three());
+        let mut layers = encoders(&control);
+        let picture = I420Frame::filled(320, 180, [90, 128, 128]).unwrap();
+        control.path().set(3_000_000.0);
+        layers.encode(&picture, pts(0), 30.0);
+        control.path().set(600_000.0);
+        layers.encode(&picture, pts(1), 30.0);
+
+        control.path().set(3_000_000.0);
+        let r2_sent: Vec<bool> = (2..100)
+            .map(|i| {
+                let out = layers.encode(&picture, pts(i), 30.0).unwrap();
+                out.iter().any(|l| &*l.rid == "r2")
+            })
+            .collect();
+
+        let first = r2_sent.iter().position(|&sent| sent).expect("r2 comes back");
+        assert_eq!(first, 60, "after 60 frames (2 s) of room");
+        assert!(r2_sent[first..].iter().all(|&sent| sent));
+    }
+
+    #[test]
+    fn a_keyframe_request_on_one_layer_makes_a_keyframe_on_that_layer_only() {
+        let control = SimulcastControl::default();
+        control.start(sora_three());
+        let output = KeyframeRequest::default();
+        let mut layers = encoders(&control).with_output_keyframes(output.clone());
+        let picture = I420Frame::filled(1280, 720, [90, 128, 128]).unwrap();
+        layers.encode(&picture, pts(0), 30.0);
+        layers.encode(&picture, pts(30), 30.0);
+
+        control.request_keyframe("r1");
+        control.request_keyframe("r2");
+        let out = layers.encode(&picture, pts(60), 30.0).unwrap();
+        // Within the interval of that keyframe, a second request waits.
+        control.request_keyframe("r1");
+        let soon = layers.encode(&picture, pts(61), 30.0).unwrap();
+        let later = layers.encode(&picture, pts(76), 30.0).unwrap();
+
+        let keyframe = |out: &Vec<LayerFrame>, i: usize| out[i].frame.as_ref().unwrap().keyframe;
+        assert!(!keyframe(&out, 0) && keyframe(&out, 1), "only r1 restarts");
+        assert_eq!(output.take(), 1, "r2 is the output stream: its encoder is asked");
+        assert!(!keyframe(&soon, 1));
+        assert!(
+            keyframe(&later, 1),
+            "the held-back request is honoured after the interval"
+        );
     }
 
     #[test]
@@ -377,7 +489,7 @@ mod tests {
 
         let r0_frames = (0..30)
             .filter(|&i| {
-                let out = layers.encode(&picture, pts(i), false, 30.0).unwrap();
+                let out = layers.encode(&picture, pts(i), 30.0).unwrap();
                 out.iter().any(|l| &*l.rid == "r0")
             })
             .count();
@@ -395,7 +507,7 @@ mod tests {
         let mut layers = encoders(&control);
         let picture = I420Frame::filled(320, 180, [90, 128, 128]).unwrap();
 
-        let out = layers.encode(&picture, pts(0), false, 30.0).unwrap();
+        let out = layers.encode(&picture, pts(0), 30.0).unwrap();
 
         assert!(out[0].frame.is_some(), "not the 30 fps output stream");
     }
@@ -406,13 +518,13 @@ mod tests {
         control.start(sora_three());
         let mut layers = encoders(&control);
         let picture = I420Frame::filled(1280, 720, [90, 128, 128]).unwrap();
-        layers.encode(&picture, pts(0), false, 30.0);
-        let before = layers.encode(&picture, pts(1), false, 30.0).unwrap();
+        layers.encode(&picture, pts(0), 30.0);
+        let before = layers.encode(&picture, pts(1), 30.0).unwrap();
 
         let mut smaller = sora_three();
         smaller[1].scale_resolution_down_by = Some(3.0);
         control.start(smaller);
-        let after = layers.encode(&picture, pts(2), false, 30.0).unwrap();
+        let after = layers.encode(&picture, pts(2), 30.0).unwrap();
 
         assert!(!before[1].frame.as_ref().unwrap().keyframe);
         let r1 = after[1].frame.as_ref().unwrap();

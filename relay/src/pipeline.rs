@@ -104,7 +104,7 @@ impl EncodeStage {
     /// Encodes the simulcast layers a Sora session asks for through `layers` as well (see
     /// [`crate::layers`]).
     pub fn with_simulcast(mut self, layers: LayerEncoders) -> Self {
-        self.layers = Some(layers);
+        self.layers = Some(layers.with_output_keyframes(self.keyframes.clone()));
         self
     }
 
@@ -176,10 +176,7 @@ impl EncodeStage {
                     beat.beat_at(done);
                 }
                 let fps = self.output_fps.tick(done);
-                let simulcast = self
-                    .layers
-                    .as_mut()
-                    .and_then(|layers| layers.encode(picture, pts, force, fps));
+                let simulcast = self.layers.as_mut().and_then(|layers| layers.encode(picture, pts, fps));
                 let done = if simulcast.is_some() { Instant::now() } else { done };
                 times.encoded = Some(done);
                 if let Some(captured) = capture_ntp {

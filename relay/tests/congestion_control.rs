@@ -18,10 +18,12 @@ use std::time::{Duration, Instant};
 
 use livefilter_relay::codec::{self, EncoderConfig, VideoCodec};
 use livefilter_relay::frame::{FrameTimes, I420Frame};
+use livefilter_relay::layers::LayerEncoders;
 use livefilter_relay::metrics::Metrics;
 use livefilter_relay::pipeline::EncodeStage;
 use livefilter_relay::publish::congestion::{BitrateEstimate, BitrateLimits, EncoderBitrate};
 use livefilter_relay::publish::rtp::MediaTime;
+use livefilter_relay::publish::simulcast::SimulcastControl;
 use livefilter_relay::publish::sora::signaling::ConnectOptions;
 use livefilter_relay::publish::sora::{SoraConfig, SoraPublisher};
 use livefilter_relay::publish::{KeyframeRequest, PublisherHandle};
@@ -257,5 +259,175 @@ async fn a_capped_path_lowers_the_bitrate_to_the_cap_and_lifting_it_ramps_back()
     assert!(
         mean(&after_tail, |s| s.delivered_kbps) > cap_kbps * 1.3,
         "{after_tail:#?}"
+    );
+}
+
+/// The simulcast layers of the capped-path test: a quarter, a half and the whole picture.
+const SIMULCAST_ENCODINGS: &str = r#"[
+    {"rid": "r0", "scaleResolutionDownBy": 4.0, "maxBitrate": 150000},
+    {"rid": "r1", "scaleResolutionDownBy": 2.0, "maxBitrate": 400000},
+    {"rid": "r2", "scaleResolutionDownBy": 1.0, "maxBitrate": 1000000}
+]"#;
+
+/// One second of the simulcast run as the test saw it (layers in rid order r0, r1, r2).
+#[derive(Debug)]
+struct LayerSample {
+    second: usize,
+    capped: bool,
+    path_kbps: f64,
+    share_kbps: [f64; 3],
+    delivered_kbps: f64,
+    frames: [u64; 3],
+}
+
+/// Frames each layer has decoded so far, in rid order r0, r1, r2.
+fn layer_frames(connection: &Value) -> [u64; 3] {
+    let decoded = |rid: &str| {
+        connection["video_layers"]
+            .as_array()
+            .and_then(|ls| ls.iter().find(|l| l["rid"] == rid))
+            .and_then(|l| l["frames_decoded"].as_u64())
+            .unwrap_or(0)
+    };
+    [decoded("r0"), decoded("r1"), decoded("r2")]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_path_suspends_the_top_simulcast_layer_and_lifting_it_brings_the_layer_back() {
+    let endpoint = Endpoint::start(&["--simulcast-encodings", SIMULCAST_ENCODINGS]);
+    let mirror = Arc::new(UdpMirror::default());
+    let url = signaling_proxy(endpoint.signaling_url(), Arc::clone(&mirror)).await;
+    let limits = BitrateLimits::from_kbps(150, START_KBPS, START_KBPS);
+    let driver = BitrateEstimate::default();
+    let mut config = SoraConfig::new(
+        vec![url],
+        ConnectOptions {
+            channel_id: "congestion-simulcast".into(),
+            client_id: None,
+            bundle_id: None,
+            metadata: None,
+            signaling_notify_metadata: None,
+            codec: VideoCodec::Vp8,
+            bitrate_kbps: START_KBPS,
+            audio: false,
+            simulcast: true,
+        },
+    );
+    config.udp_addrs = vec!["127.0.0.1:0".into()];
+    config.bitrate = limits;
+    config.estimate = driver.clone();
+    config.simulcast = SimulcastControl::new(driver.clone());
+    let control = config.simulcast.clone();
+    let metrics = Metrics::new();
+    let keyframes = KeyframeRequest::default();
+    let shutdown = CancellationToken::new();
+    let (handle, inputs) = PublisherHandle::new("sora", metrics.clone());
+    let publisher = SoraPublisher::new(config, metrics.clone(), keyframes.clone(), shutdown.clone()).expect("config");
+    let publisher = tokio::spawn(publisher.run(inputs));
+    let encoder_config = EncoderConfig {
+        codec: VideoCodec::Vp8,
+        fps: FPS as u32,
+        bitrate_kbps: START_KBPS,
+        ..EncoderConfig::default()
+    };
+    let encoder = codec::new_encoder(&encoder_config).expect("encoder");
+    let stage = EncodeStage::new(encoder, vec![handle], keyframes, metrics.clone())
+        .with_bitrate_control(EncoderBitrate::new(vec![driver.clone()], limits))
+        .with_simulcast(LayerEncoders::new(control.clone(), encoder_config, metrics.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let source = spawn_source(stage, Arc::clone(&stop));
+
+    let conn = endpoint.wait_for("state=connected&min_frames=10").await;
+    let id = conn["connection_id"].as_str().expect("id").to_owned();
+
+    // Per second: 4 s free, 10 s capped at 600 kbit/s (r0 150 + r1 400 leave r2 less than its
+    // 250 kbit/s floor), 15 s free again.
+    let (free_before, capped, free_after) = (4, 10, 15);
+    let mut trace: Vec<LayerSample> = Vec::new();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.tick().await;
+    let mut bytes = mirror.media_bytes_delivered();
+    let mut frames_before = layer_frames(&endpoint.connection(&id, 0).await);
+    for second in 0..free_before + capped + free_after {
+        let capped_now = (free_before..free_before + capped).contains(&second);
+        mirror.cap(if capped_now { CAP_BPS } else { 0 });
+        ticks.tick().await;
+        let now_bytes = mirror.media_bytes_delivered();
+        let frames = layer_frames(&endpoint.connection(&id, 0).await);
+        let share = |rid: &str| metrics.simulcast_layer_bitrate.with_label_values(&[rid]).get() / 1000.0;
+        trace.push(LayerSample {
+            second,
+            capped: capped_now,
+            path_kbps: control.path().get().unwrap_or(0.0) / 1000.0,
+            share_kbps: [share("r0"), share("r1"), share("r2")],
+            delivered_kbps: (now_bytes - bytes) as f64 * 8.0 / 1000.0,
+            frames: [0, 1, 2].map(|i| frames[i] - frames_before[i]),
+        });
+        bytes = now_bytes;
+        frames_before = frames;
+    }
+    stop.store(true, Ordering::Release);
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, publisher)
+        .await
+        .expect("publisher stops")
+        .expect("no panic");
+    let _ = tokio::task::spawn_blocking(move || source.join()).await;
+
+    eprintln!("second  capped  path_kbps  share r0/r1/r2 kbps  delivered_kbps  frames r0/r1/r2");
+    for t in &trace {
+        eprintln!(
+            "{:>6}  {:>6}  {:>9.0}  {:>5.0} {:>5.0} {:>5.0}  {:>14.0}  {:>4} {:>4} {:>4}",
+            t.second,
+            t.capped,
+            t.path_kbps,
+            t.share_kbps[0],
+            t.share_kbps[1],
+            t.share_kbps[2],
+            t.delivered_kbps,
+            t.frames[0],
+            t.frames[1],
+            t.frames[2]
+        );
+    }
+    let frames_of = |from: usize, to: usize, layer: usize| -> Vec<u64> {
+        trace[from..to].iter().map(|t| t.frames[layer]).collect()
+    };
+    // Free path: every layer arrives.
+    for layer in 0..3 {
+        assert!(
+            frames_of(1, free_before, layer).iter().all(|&f| f > 0),
+            "layer {layer} before the cap: {trace:?}"
+        );
+    }
+    // The cap's second half (after the reaction): the top layer is suspended, the two smaller
+    // ones keep decoding, and what is sent fits the path. Without padding probes, coming back
+    // is the only way to find out whether the path has room again: at most one such probe
+    // (a second of r2, a dip in r1) may fall into the window.
+    let steady = free_before + capped / 2..free_before + capped;
+    let r2_under_cap: u64 = frames_of(steady.start, steady.end, 2).iter().sum();
+    assert!(r2_under_cap <= FPS, "r2 must be suspended under the cap: {trace:?}");
+    assert!(
+        frames_of(steady.start, steady.end, 0).iter().all(|&f| f >= FPS / 2),
+        "r0 must keep decoding under the cap: {trace:?}"
+    );
+    assert!(
+        frames_of(steady.start, steady.end, 1)
+            .iter()
+            .filter(|&&f| f >= FPS / 2)
+            .count()
+            >= steady.len() - 1,
+        "r1 must keep decoding under the cap: {trace:?}"
+    );
+    let delivered: f64 = trace[steady.clone()].iter().map(|t| t.delivered_kbps).sum::<f64>() / steady.len() as f64;
+    assert!(
+        delivered <= CAP_BPS as f64 / 1000.0 * 1.3,
+        "{delivered} kbit/s under the cap"
+    );
+    // Lifted: the estimate climbs and the top layer comes back.
+    let after = free_before + capped;
+    assert!(
+        frames_of(after, trace.len(), 2).iter().rev().take(3).all(|&f| f > 0),
+        "r2 must be back by the end: {trace:?}"
     );
 }

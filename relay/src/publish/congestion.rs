@@ -192,6 +192,11 @@ impl<E: BandwidthEstimator> BandwidthEstimator for ReportingEstimator<E> {
 pub const DELIVERED_FLOOR: f64 = 0.85;
 /// Over how long the delivered rate is measured.
 pub const DELIVERED_WINDOW: Duration = Duration::from_secs(1);
+/// The estimate may climb to at most this multiple of the delivered rate (plus
+/// [`DELIVERED_HEADROOM_BPS`]), as libwebrtc bounds its increases by the acknowledged rate.
+pub const DELIVERED_CEILING: f64 = 1.5;
+/// See [`DELIVERED_CEILING`].
+pub const DELIVERED_HEADROOM_BPS: f64 = 10_000.0;
 
 /// Keeps an estimator's target at least [`DELIVERED_FLOOR`] of the rate the receiver reports as
 /// delivered. webrtc-rs's GCC lowers its loss half by `1 - loss/2` every 200 ms while its
@@ -200,39 +205,55 @@ pub const DELIVERED_WINDOW: Duration = Duration::from_secs(1);
 /// path kept delivering 600 (measured), and climbing back from the floor takes many seconds.
 /// Whatever the loss, a path that just delivered `R` carries about `R`; below `0.85 R` the
 /// loss is not the path's, and the estimate has nothing left to learn there.
-pub struct DeliveredFloor<E> {
+///
+/// It also keeps the estimate from climbing past [`DELIVERED_CEILING`] times the delivered
+/// rate (it never lowers it for that). Sending less than the estimate (simulcast with a layer
+/// suspended) contradicts nothing, and webrtc-rs's GCC, which does not probe, then drifted up
+/// unchecked: 1436 kbit/s on a 600 kbit/s path that delivered 583 (measured), which brought the
+/// suspended layer back onto a path that could not carry it.
+pub struct DeliveredBounds<E> {
     inner: E,
     delivered: RateCalculator,
     floor_bps: f64,
+    ceiling_bps: f64,
+    last_bps: f64,
     max_bps: f64,
 }
 
-impl<E: BandwidthEstimator> DeliveredFloor<E> {
-    /// Floors `inner`'s target; never above `max_bps`.
+impl<E: BandwidthEstimator> DeliveredBounds<E> {
+    /// Bounds `inner`'s target; never above `max_bps`.
     pub fn new(inner: E, max_bps: f64) -> Self {
+        let last_bps = inner.target_bitrate();
         Self {
             inner,
             delivered: RateCalculator::new(DELIVERED_WINDOW),
             floor_bps: 0.0,
+            ceiling_bps: f64::INFINITY,
+            last_bps,
             max_bps,
         }
     }
 }
 
-impl<E: BandwidthEstimator> BandwidthEstimator for DeliveredFloor<E> {
+impl<E: BandwidthEstimator> BandwidthEstimator for DeliveredBounds<E> {
     fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
         for report in reports.iter().filter(|r| r.arrived) {
             self.delivered.add(now, report.size);
         }
-        self.floor_bps = self
-            .delivered
-            .rate_bits_per_second(now)
-            .map_or(0.0, |r| r * DELIVERED_FLOOR);
+        let delivered = self.delivered.rate_bits_per_second(now);
+        self.floor_bps = delivered.map_or(0.0, |r| r * DELIVERED_FLOOR);
+        self.ceiling_bps = delivered.map_or(f64::INFINITY, |r| {
+            (r * DELIVERED_CEILING + DELIVERED_HEADROOM_BPS).max(self.last_bps)
+        });
         self.inner.on_reports(now, reports);
+        self.last_bps = self.target_bitrate();
     }
 
     fn target_bitrate(&self) -> f64 {
-        self.inner.target_bitrate().max(self.floor_bps.min(self.max_bps))
+        self.inner
+            .target_bitrate()
+            .min(self.ceiling_bps)
+            .max(self.floor_bps.min(self.max_bps))
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -256,7 +277,7 @@ pub fn with_congestion_control(registry: Registry, limits: BitrateLimits, estima
     registry.with(Slot::TwccSender, TwccSenderBuilder::new().build()).with(
         Slot::CongestionControl,
         CongestionControlBuilder::new(ReportingEstimator::new(
-            DeliveredFloor::new(gcc, limits.max_bps),
+            DeliveredBounds::new(gcc, limits.max_bps),
             estimate,
         ))
         .build(),
@@ -557,7 +578,7 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nb=AS:30\r\n";
     #[test]
     fn the_estimate_never_falls_far_below_what_the_path_delivered() {
         // GCC's loss half alone would keep halving under 50 % loss.
-        let mut floored = DeliveredFloor::new(Gcc::new(1_000_000.0, 100_000.0, 2_000_000.0), 2_000_000.0);
+        let mut floored = DeliveredBounds::new(Gcc::new(1_000_000.0, 100_000.0, 2_000_000.0), 2_000_000.0);
 
         feed(&mut floored, Instant::now(), 5, true);
 
@@ -569,13 +590,33 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nb=AS:30\r\n";
 
     #[test]
     fn the_delivered_floor_never_lifts_above_the_maximum_or_lowers_the_inner_target() {
-        let mut capped = DeliveredFloor::new(ConstantBitrate::new(100_000.0), 500_000.0);
+        let mut capped = DeliveredBounds::new(ConstantBitrate::new(100_000.0), 500_000.0);
         feed(&mut capped, Instant::now(), 2, false);
         assert_eq!(capped.target_bitrate(), 500_000.0);
 
-        let mut higher = DeliveredFloor::new(ConstantBitrate::new(3_000_000.0), 5_000_000.0);
+        let mut higher = DeliveredBounds::new(ConstantBitrate::new(3_000_000.0), 5_000_000.0);
         feed(&mut higher, Instant::now(), 2, false);
         assert_eq!(higher.target_bitrate(), 3_000_000.0);
+    }
+
+    #[test]
+    fn the_estimate_climbs_no_further_than_one_and_a_half_times_what_was_delivered() {
+        // 1 Mbit/s delivered (100 packets of 1250 bytes a second) while the inner estimate
+        // jumps from 600 kbit/s to 3 Mbit/s: the sender sends less than it may (a suspended
+        // layer), so nothing backs that jump.
+        let t0 = Instant::now();
+        let mut bounded = DeliveredBounds::new(ConstantBitrate::new(600_000.0), 5_000_000.0);
+        feed(&mut bounded, t0, 2, false);
+        bounded.inner = ConstantBitrate::new(3_000_000.0);
+        feed(&mut bounded, t0 + Duration::from_secs(2), 2, false);
+
+        let target = bounded.target_bitrate();
+
+        // 1.5 × the delivered rate + 10 kbit/s; the one-second window holds 10 or 11 batches.
+        assert!(
+            (1_000_000.0..=1.5 * 1_100_000.0 + 10_000.0).contains(&target),
+            "{target}"
+        );
     }
 
     #[test]

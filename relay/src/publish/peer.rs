@@ -40,6 +40,7 @@ use rtc::rtp::extension::HeaderExtension;
 use rtc::shared::marshal::{Marshal, MarshalSize};
 
 use super::rtp::MediaTime;
+use super::simulcast::SimulcastControl;
 
 /// The H.264 format the relay sends: constrained baseline 3.1, packetization-mode 1.
 pub const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
@@ -90,6 +91,8 @@ pub struct PeerOptions {
     /// The simulcast layers to send, by rid, as the remote offer asks (`a=rid:<id> recv`);
     /// empty for one stream.
     pub rids: Vec<String>,
+    /// Where a keyframe request for one simulcast layer goes (only that layer makes one).
+    pub layer_keyframes: SimulcastControl,
 }
 
 impl PeerOptions {
@@ -107,6 +110,7 @@ impl PeerOptions {
             bitrate: BitrateLimits::default(),
             estimate: BitrateEstimate::default(),
             rids: Vec::new(),
+            layer_keyframes: SimulcastControl::default(),
         }
     }
 }
@@ -618,14 +622,31 @@ impl SendPeer {
         });
 
         let rtcp_track = Arc::clone(&track);
+        let layer_ssrcs: Vec<(u32, Arc<str>)> = streams
+            .iter()
+            .filter_map(|s| s.rid.clone().map(|rid| (s.ssrc, rid)))
+            .collect();
+        let layer_keyframes = options.layer_keyframes.clone();
         tokio::spawn(
             async move {
                 // Ends when the track is unbound, i.e. when the peer connection closes.
                 while let Some(event) = rtcp_track.poll().await {
-                    let TrackLocalEvent::OnRtcpPacket(_) = event else {
+                    let TrackLocalEvent::OnRtcpPacket(requests) = event else {
                         continue;
                     };
-                    keyframes.request();
+                    // A request names the SSRC it wants a keyframe on: with simulcast that is
+                    // one layer; otherwise (or an SSRC it does not name) the output stream.
+                    let layers: Vec<&Arc<str>> = requests
+                        .iter()
+                        .flat_map(|r| r.destination_ssrc())
+                        .filter_map(|ssrc| layer_ssrcs.iter().find(|(s, _)| *s == ssrc).map(|(_, rid)| rid))
+                        .collect();
+                    if layers.is_empty() {
+                        keyframes.request();
+                    }
+                    for rid in layers {
+                        layer_keyframes.request_keyframe(rid);
+                    }
                     on_keyframe_request();
                 }
             }

@@ -243,6 +243,7 @@ impl ViewerTask {
             // Each viewer's own: it paces that viewer, and drives nothing else.
             estimate: BitrateEstimate::default(),
             rids: Vec::new(),
+            layer_keyframes: Default::default(),
         };
         let peer = match SendPeer::new(&options, events_tx, hub.keyframes.clone(), move || {
             metrics.keyframe_requests.with_label_values(&[PUBLISHER]).inc()

@@ -9,8 +9,10 @@
 //! layer is always sent. A suspended layer comes back only with headroom, so a estimate that
 //! hovers at a floor does not switch it on and off every frame.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -29,6 +31,14 @@ const MIN_LAYER_BPS: f64 = 30_000.0;
 const RESUME_HEADROOM: f64 = 1.25;
 /// A layer's picture is never smaller than this on either side.
 const MIN_SIDE: u32 = 16;
+/// How long the estimate must keep room for a suspended layer before it comes back.
+pub const RESUME_HOLD: Duration = Duration::from_secs(2);
+/// The longest that wait grows to after layers that came back and had to go again.
+pub const MAX_RESUME_HOLD: Duration = Duration::from_secs(8);
+/// A layer suspended again within this time of coming back doubles its next wait...
+const QUICK_RELAPSE: Duration = Duration::from_secs(5);
+/// ...and one that stays on this long has it reset.
+const STABLE_ON: Duration = Duration::from_secs(10);
 
 /// `scaleResolutionDownTo`: the layer fits within this size, keeping the aspect ratio.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,6 +328,66 @@ pub fn allocate(shapes: &[LayerShape], was_on: &[bool], estimate_bps: Option<f64
     out
 }
 
+/// When a suspended layer may come back. webrtc-rs's GCC has no probing: while a layer is
+/// suspended the connection sends less than its estimate, nothing contradicts the estimate,
+/// and it drifts up past what the path carries (seen: 950 kbit/s on a 600 kbit/s path). A layer
+/// resumed on such an estimate overloads the path and costs the smaller layers their frames.
+/// So the estimate must keep room for the layer for a while first, and a layer that comes back
+/// only to be suspended again waits twice as long the next time.
+#[derive(Clone, Debug)]
+pub struct ResumeGate {
+    hold: Duration,
+    room_since: Option<Duration>,
+    resumed_at: Option<Duration>,
+    suspended_before: bool,
+}
+
+impl Default for ResumeGate {
+    fn default() -> Self {
+        Self {
+            hold: RESUME_HOLD,
+            room_since: None,
+            resumed_at: None,
+            suspended_before: false,
+        }
+    }
+}
+
+impl ResumeGate {
+    /// The allocation has room for the suspended layer at media time `pts`: whether it comes
+    /// back now. A layer that was never suspended (a session's start) comes at once.
+    pub fn may_resume(&mut self, pts: Duration) -> bool {
+        let since = *self.room_since.get_or_insert(pts);
+        let ok = !self.suspended_before || pts.saturating_sub(since) >= self.hold;
+        if ok {
+            self.room_since = None;
+            self.resumed_at = Some(pts);
+        }
+        ok
+    }
+
+    /// The allocation has no room for the suspended layer: its wait starts over.
+    pub fn no_room(&mut self) {
+        self.room_since = None;
+    }
+
+    /// The layer is on at `pts`; after a while on, its next wait is the short one again.
+    pub fn on(&mut self, pts: Duration) {
+        if self.resumed_at.is_some_and(|at| pts.saturating_sub(at) >= STABLE_ON) {
+            self.hold = RESUME_HOLD;
+        }
+    }
+
+    /// The layer was suspended at `pts`.
+    pub fn suspended(&mut self, pts: Duration) {
+        if self.resumed_at.is_some_and(|at| pts.saturating_sub(at) < QUICK_RELAPSE) && self.suspended_before {
+            self.hold = (self.hold * 2).min(MAX_RESUME_HOLD);
+        }
+        self.suspended_before = true;
+        self.room_since = None;
+    }
+}
+
 /// One layer of one picture, as the Sora publisher sends it.
 #[derive(Clone, Debug)]
 pub struct LayerFrame {
@@ -338,6 +408,7 @@ pub struct SimulcastControl {
     version: Arc<AtomicU64>,
     path: BitrateEstimate,
     driver: BitrateEstimate,
+    keyframes: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl SimulcastControl {
@@ -380,6 +451,23 @@ impl SimulcastControl {
     /// The publisher's estimate that the output encoder follows.
     pub fn driver(&self) -> &BitrateEstimate {
         &self.driver
+    }
+
+    /// The receiver asked for a keyframe on layer `rid` (a PLI or FIR for its SSRC): only that
+    /// layer's encoder makes one, as libwebrtc's simulcast does, not every layer.
+    pub fn request_keyframe(&self, rid: &str) {
+        self.keyframes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(rid.to_owned());
+    }
+
+    /// Whether a keyframe was asked for on layer `rid` since the last call; clears it.
+    pub fn take_keyframe_request(&self, rid: &str) -> bool {
+        self.keyframes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(rid)
     }
 }
 
@@ -583,6 +671,68 @@ mod tests {
             allocate(&shapes, &[false; 3], None),
             [Some(150_000.0), Some(400_000.0), Some(1_000_000.0)]
         );
+    }
+
+    #[test]
+    fn a_layers_keyframe_request_is_taken_once_and_only_for_that_layer() {
+        let control = SimulcastControl::default();
+
+        control.request_keyframe("r1");
+        control.request_keyframe("r1");
+
+        assert!(!control.take_keyframe_request("r0"));
+        assert!(control.take_keyframe_request("r1"));
+        assert!(!control.take_keyframe_request("r1"));
+    }
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn a_layer_starts_at_once_but_comes_back_only_after_the_estimate_kept_room_for_two_seconds() {
+        let mut gate = ResumeGate::default();
+        assert!(gate.may_resume(S(0)), "a session's layers start at once");
+        gate.suspended(S(20));
+
+        let at_once = gate.may_resume(S(21));
+        let after_1s = gate.may_resume(S(22));
+        gate.no_room();
+        let after_gap = gate.may_resume(S(23));
+        let after_2s_of_room = gate.may_resume(S(25));
+
+        assert_eq!(
+            (at_once, after_1s, after_gap, after_2s_of_room),
+            (false, false, false, true)
+        );
+    }
+
+    #[test]
+    fn a_layer_suspended_again_soon_after_coming_back_waits_twice_as_long_up_to_8_s() {
+        let mut gate = ResumeGate::default();
+        gate.may_resume(S(0));
+        gate.suspended(S(30));
+        let mut waits = Vec::new();
+        let mut t = S(30);
+        for _ in 0..4 {
+            let start = t;
+            while !gate.may_resume(t) {
+                t += Duration::from_millis(100);
+            }
+            waits.push((t - start).as_secs());
+            t += S(1);
+            gate.suspended(t);
+        }
+        // Then a long spell on resets it.
+        gate.may_resume(t + S(60));
+        gate.on(t + S(75));
+        gate.suspended(t + S(76));
+        let start = t + S(76);
+        let mut u = start;
+        while !gate.may_resume(u) {
+            u += Duration::from_millis(100);
+        }
+
+        assert_eq!(waits, [2, 4, 8, 8]);
+        assert_eq!((u - start).as_secs(), 2);
     }
 
     #[test]

@@ -218,6 +218,7 @@ impl WhipPublisher {
                 bitrate: self.config.bitrate,
                 estimate: self.config.estimate.clone(),
                 rids: Vec::new(),
+                layer_keyframes: Default::default(),
             },
             peer_tx,
             self.keyframes.clone(),

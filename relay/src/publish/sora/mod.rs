@@ -389,6 +389,7 @@ impl SoraPublisher {
                 bitrate: self.config.bitrate,
                 estimate,
                 rids: rids.clone(),
+                layer_keyframes: self.config.simulcast.clone(),
             },
             peer_tx,
             self.keyframes.clone(),
