@@ -650,7 +650,7 @@ async fn sora_simulcast_sends_three_layers_at_a_quarter_a_half_and_full_size_wit
 }
 
 #[tokio::test]
-async fn an_inactive_encoding_is_not_sent_and_a_re_offer_keeps_the_layers_flowing() {
+async fn h264_simulcast_skips_an_inactive_encoding_and_a_re_offer_keeps_the_layers_flowing() {
     let encodings = r#"[
         {"rid": "r0", "scaleResolutionDownBy": 2.0, "maxBitrate": 150000},
         {"rid": "r1", "active": false, "scaleResolutionDownBy": 1.5},
@@ -663,6 +663,8 @@ async fn an_inactive_encoding_is_not_sent_and_a_re_offer_keeps_the_layers_flowin
         "--channel-id",
         "simulcast-reoffer",
         "--sora-simulcast",
+        "--codec",
+        "h264",
         "--width",
         "320",
         "--height",
@@ -691,4 +693,8 @@ async fn an_inactive_encoding_is_not_sent_and_a_re_offer_keeps_the_layers_flowin
         .and_then(|l| l["frames_decoded"].as_u64())
         .unwrap_or(0);
     assert_eq!(r1_frames, 0, "the inactive layer was sent: {:#}", after["video_layers"]);
+    assert_eq!(
+        after["video"]["codec"].as_str().map(str::to_ascii_lowercase).as_deref(),
+        Some("h264")
+    );
 }
