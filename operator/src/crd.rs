@@ -565,6 +565,12 @@ pub struct NetworkSpec {
     /// the relay's UDP port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turn: Option<TurnSpec>,
+    /// Also take the browser's ICE over TCP, on the WebRTC port's number (TCP), for streamers
+    /// whose networks block UDP but let TCP out: the Pod declares that TCP host port too. The
+    /// HTTP and UDP port ranges are disjoint, so it never clashes with another relay's HTTP
+    /// port.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ice_tcp: bool,
 }
 
 /// A TURN server for the sender page, with fixed or time-limited credentials.

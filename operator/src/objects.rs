@@ -300,28 +300,39 @@ pub fn relay_pod(
         mounts.push(mount("podinfo", paths::PODINFO_DIR));
     }
 
+    let mut container_ports = vec![
+        ContainerPort {
+            name: Some("http".into()),
+            container_port: i32::from(ports.http),
+            host_port: Some(i32::from(ports.http)),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        },
+        ContainerPort {
+            name: Some("webrtc".into()),
+            container_port: i32::from(ports.udp),
+            host_port: Some(i32::from(ports.udp)),
+            protocol: Some("UDP".into()),
+            ..ContainerPort::default()
+        },
+    ];
+    if spec.network.ice_tcp {
+        // Declared so the scheduler keeps another user of this TCP port off the node.
+        container_ports.push(ContainerPort {
+            name: Some("webrtc-tcp".into()),
+            container_port: i32::from(ports.udp),
+            host_port: Some(i32::from(ports.udp)),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        });
+    }
     let container = Container {
         name: "relay".into(),
         image: Some(image),
         image_pull_policy: relay.image_pull_policy.map(|p| p.as_str().to_owned()),
         args: Some(args),
         env: Some(env),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("http".into()),
-                container_port: i32::from(ports.http),
-                host_port: Some(i32::from(ports.http)),
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("webrtc".into()),
-                container_port: i32::from(ports.udp),
-                host_port: Some(i32::from(ports.udp)),
-                protocol: Some("UDP".into()),
-                ..ContainerPort::default()
-            },
-        ]),
+        ports: Some(container_ports),
         resources: Some(ResourceRequirements { ..resources }),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -743,6 +754,29 @@ mod tests {
         assert_eq!(psc.fs_group, Some(RELAY_UID));
         assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
         assert_eq!(ps.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn with_ice_over_tcp_the_pod_also_holds_the_webrtc_ports_number_as_a_tcp_host_port() {
+        let mut s = spec();
+        s.network.ice_tcp = true;
+
+        let p = pod_of(&session(s));
+
+        let tcp: Vec<_> = container(&p)
+            .ports
+            .iter()
+            .flatten()
+            .filter(|cp| cp.protocol.as_deref() == Some("TCP"))
+            .map(|cp| (cp.name.as_deref(), cp.container_port, cp.host_port))
+            .collect();
+        assert_eq!(
+            tcp,
+            [
+                (Some("http"), 38001, Some(38001)),
+                (Some("webrtc-tcp"), 40001, Some(40001))
+            ]
+        );
     }
 
     #[test]

@@ -152,6 +152,11 @@ pub fn build(
         whip,
         ice: IceConfig {
             udp_addrs: vec![format!("0.0.0.0:{}", ports.udp)],
+            tcp_addrs: if spec.network.ice_tcp {
+                vec![format!("0.0.0.0:{}", ports.udp)]
+            } else {
+                Vec::new()
+            },
             public_ips,
             public_ips_file,
             servers: spec.network.turn.as_ref().map(ice_server).into_iter().collect(),
@@ -325,6 +330,18 @@ http:
   request_timeout_secs: 15.0
 "
         );
+    }
+
+    #[test]
+    fn ice_over_tcp_listens_on_the_webrtc_ports_number() {
+        let mut spec = imageflux();
+        spec.network.ice_tcp = true;
+
+        let config = build(&spec, Some(&channel()), PORTS).unwrap();
+
+        assert_eq!(config.ice.tcp_addrs, ["0.0.0.0:40000"]);
+        assert_eq!(config.ice.udp_addrs, ["0.0.0.0:40000"]);
+        assert!(!config.ice.tcp_only);
     }
 
     #[test]
