@@ -209,6 +209,11 @@ pub struct VideoConfig {
     /// Serve mode: encode at the browser's resolution as it changes (true), or scale every
     /// frame to `width`x`height` (false).
     pub follow_input: bool,
+    /// Serve mode with the passthrough filter: decode and re-encode the browser's frames even
+    /// when it sends the output codec (by default they are forwarded as they are, the
+    /// publishers' keyframe requests and bitrate passed back to the browser).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub passthrough_transcode: bool,
 }
 
 impl Default for VideoConfig {
@@ -224,6 +229,7 @@ impl Default for VideoConfig {
             height: 720,
             fps: 30,
             follow_input: true,
+            passthrough_transcode: false,
         }
     }
 }

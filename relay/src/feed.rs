@@ -1,6 +1,8 @@
 //! Feeds a browser session's tracks into the media spine: video RTP → `ingest` (decode) → the
-//! newest-frame slot; Opus audio → every publisher, untouched. Knows nothing of HTTP or of the
-//! session's lifecycle: it runs until its track ends or the session's token is cancelled.
+//! newest-frame slot, or, with passthrough in the output's own codec, the browser's frames
+//! straight to the publishers (no decode, no encode); Opus audio → every publisher, untouched.
+//! Knows nothing of HTTP or of the session's lifecycle: it runs until its track ends or the
+//! session's token is cancelled.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -8,18 +10,50 @@ use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use crate::abs_capture::{self, CaptureClock};
+use crate::codec::{EncodedFrame, VideoCodec};
 use crate::frame::FrameTimes;
-use crate::ingest::{DecodedFrame, IngestError, VideoIngestConfig, VideoIngestStats, run_video_track};
+use crate::ingest::{
+    DecodedFrame, ForwardedFrame, IngestError, Upstream, VideoIngestConfig, VideoIngestStats, forward_video_track,
+    run_video_track, track_codec,
+};
 use crate::latency::Stage;
 use crate::metrics::{DropReason, Metrics};
 use crate::pipeline::InputFrame;
+use crate::publish::congestion::{BitrateEstimate, BitrateLimits};
 use crate::publish::rtp::MediaTime;
-use crate::publish::{AudioPacket, PublisherHandle};
+use crate::publish::{AudioPacket, KeyframeRequest, OutgoingFrame, PublisherHandle};
 use crate::rate::FpsMeter;
 use crate::slot::NewestSlot;
 
 /// The RTP clock of Opus (RFC 7587), whatever the sampling rate.
 const OPUS_CLOCK_RATE: u32 = 48_000;
+
+/// Passthrough without transcoding: when the browser sends the output's codec, its frames go
+/// to the publishers as they are; the publishers' keyframe requests and bitrate go back to the
+/// browser (PLI, REMB), whose encoder then serves the outputs directly.
+#[derive(Clone)]
+pub struct Forwarding {
+    /// The output codec: only a browser sending it is forwarded (any other is transcoded).
+    pub codec: VideoCodec,
+    /// Raised by the publishers when a viewer needs a keyframe.
+    pub keyframes: KeyframeRequest,
+    /// The driving publishers' estimates (Sora, WHIP): the browser is held to the lowest.
+    pub estimates: Vec<BitrateEstimate>,
+    /// The configured range; its start applies while no publisher has an estimate.
+    pub limits: BitrateLimits,
+}
+
+impl Forwarding {
+    /// The most the browser should send now, in bit/s.
+    pub fn max_bitrate(&self) -> f64 {
+        self.estimates
+            .iter()
+            .filter_map(BitrateEstimate::get)
+            .reduce(f64::min)
+            .unwrap_or(self.limits.start_bps)
+            .clamp(self.limits.min_bps, self.limits.max_bps)
+    }
+}
 
 /// Where a session's media goes; shared by every session of the relay.
 #[derive(Clone)]
@@ -32,6 +66,8 @@ pub struct MediaSinks {
     pub metrics: Metrics,
     /// The current (or last) video track's counters, for `/status`.
     pub video_stats: Arc<Mutex<Option<Arc<VideoIngestStats>>>>,
+    /// Forward the browser's frames instead of decoding them, when it sends this codec.
+    pub forwarding: Option<Forwarding>,
 }
 
 impl MediaSinks {
@@ -42,7 +78,14 @@ impl MediaSinks {
             publishers,
             metrics,
             video_stats: Arc::new(Mutex::new(None)),
+            forwarding: None,
         }
+    }
+
+    /// Passes frames of `forwarding.codec` on without transcoding (see [`Forwarding`]).
+    pub fn with_forwarding(mut self, forwarding: Forwarding) -> Self {
+        self.forwarding = Some(forwarding);
+        self
     }
 
     /// Frames assembled from the browser's RTP in the current (or last) session.
@@ -81,6 +124,19 @@ impl MediaSinks {
     ) -> Result<(), IngestError> {
         let stats = Arc::new(VideoIngestStats::with_metrics(self.metrics.clone()));
         *self.video_stats.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&stats));
+        if let Some(forwarding) = &self.forwarding {
+            match track_codec(&*track).await {
+                Ok((_, codec)) if codec == forwarding.codec => {
+                    return self
+                        .forward_video(track, epoch, config, cancel, stats, forwarding.clone())
+                        .await;
+                }
+                Ok((_, codec)) => {
+                    tracing::info!(input = %codec, output = %forwarding.codec, "the browser sends another codec than the output's: transcoding")
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let mut fps = FpsMeter::default();
         let mut seen = 0u64;
         let sink_stats = Arc::clone(&stats);
@@ -100,6 +156,71 @@ impl MediaSinks {
             result = run_video_track(track, config, stats, sink) => result,
             _ = cancel.cancelled() => Ok(()),
         }
+    }
+
+    async fn forward_video(
+        &self,
+        track: Arc<dyn TrackRemote>,
+        epoch: u64,
+        config: VideoIngestConfig,
+        cancel: CancellationToken,
+        stats: Arc<VideoIngestStats>,
+        forwarding: Forwarding,
+    ) -> Result<(), IngestError> {
+        let mut fps = FpsMeter::default();
+        let mut seen = 0u64;
+        let sink_stats = Arc::clone(&stats);
+        let sinks = self.clone();
+        let sink_cancel = cancel.clone();
+        let sink = move |frame: ForwardedFrame| {
+            if sink_cancel.is_cancelled() {
+                return;
+            }
+            let assembled = sink_stats.snapshot().frames_assembled;
+            sinks.metrics.frames_received.inc_by(assembled.saturating_sub(seen));
+            seen = assembled;
+            sinks.on_forwarded(epoch, forwarding.codec, frame, &mut fps);
+        };
+        let upstream = Upstream {
+            keyframes: forwarding.keyframes.clone(),
+            max_bitrate: Box::new(move || Some(forwarding.max_bitrate())),
+        };
+        tokio::select! {
+            result = forward_video_track(track, config, stats, sink, upstream) => result,
+            _ = cancel.cancelled() => Ok(()),
+        }
+    }
+
+    fn on_forwarded(&self, epoch: u64, codec: VideoCodec, frame: ForwardedFrame, fps: &mut FpsMeter) {
+        let m = &self.metrics;
+        let now = std::time::Instant::now();
+        m.frames_forwarded.inc();
+        m.frames_encoded.with_label_values(&[&codec.to_string()]).inc();
+        let rate = fps.tick(now);
+        m.set_video("input", frame.width, frame.height, rate);
+        m.set_video("output", frame.width, frame.height, rate);
+        // No decode, filter or encode: the frame is "encoded" when it is whole.
+        let mut times = FrameTimes::new(frame.arrival);
+        times.encoded = Some(now);
+        let out = OutgoingFrame {
+            frame: EncodedFrame {
+                data: frame.data,
+                keyframe: frame.keyframe,
+                width: frame.width,
+                height: frame.height,
+            },
+            times,
+            media_time: MediaTime {
+                epoch,
+                rtp_timestamp: frame.rtp_timestamp,
+            },
+            capture_ntp: frame.capture_ntp,
+            simulcast: None,
+        };
+        for p in &self.publishers {
+            p.offer(out.clone());
+        }
+        m.frame_out(now);
     }
 
     fn on_decoded(&self, epoch: u64, decoded: DecodedFrame, fps: &mut FpsMeter) {

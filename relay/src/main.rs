@@ -144,6 +144,10 @@ struct ServeArgs {
     /// Scale every frame to --width x --height instead of following the browser's size.
     #[arg(long)]
     scale_to_output: bool,
+    /// With the passthrough filter, decode and re-encode the browser's frames even when it
+    /// sends the output codec (by default they are forwarded as they are).
+    #[arg(long)]
+    transcode_passthrough: bool,
     /// TLS certificate chain (PEM); serves HTTPS with --tls-key.
     #[arg(long)]
     tls_cert: Option<PathBuf>,
@@ -296,6 +300,7 @@ impl ServeArgs {
             max_viewers,
             input_codecs,
             scale_to_output,
+            transcode_passthrough,
             tls_cert,
             tls_key,
             hls_url,
@@ -321,6 +326,9 @@ impl ServeArgs {
         }
         if scale_to_output {
             cfg.video.follow_input = false;
+        }
+        if transcode_passthrough {
+            cfg.video.passthrough_transcode = true;
         }
         if tls_cert.is_some() {
             cfg.offer.tls_cert = tls_cert;

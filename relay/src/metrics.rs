@@ -103,6 +103,8 @@ pub struct Metrics {
     pub publisher_target_bitrate: GaugeVec,
     /// The bitrate the shared encoder is set to, in bit/s.
     pub encoder_target_bitrate: Gauge,
+    /// Browser frames passed to the publishers as they came (passthrough without transcoding).
+    pub frames_forwarded: IntCounter,
     /// Each simulcast layer's share of the Sora path in bit/s (0: suspended or inactive), by rid.
     pub simulcast_layer_bitrate: GaugeVec,
     /// Frames encoded per simulcast layer (the output stream's own frames count for the layer that
@@ -275,6 +277,11 @@ impl Metrics {
                 "The bitrate the shared encoder is set to, in bit/s",
             )
             .expect("valid metric"),
+            frames_forwarded: IntCounter::new(
+                "livefilter_frames_forwarded_total",
+                "Browser frames passed to the publishers without decoding or re-encoding (passthrough)",
+            )
+            .expect("valid metric"),
             simulcast_layer_bitrate: GaugeVec::new(
                 Opts::new(
                     "livefilter_simulcast_layer_bitrate_bps",
@@ -322,6 +329,7 @@ impl Metrics {
             Box::new(m.ingest_refused.clone()),
             Box::new(m.publisher_target_bitrate.clone()),
             Box::new(m.encoder_target_bitrate.clone()),
+            Box::new(m.frames_forwarded.clone()),
             Box::new(m.simulcast_layer_bitrate.clone()),
             Box::new(m.simulcast_layer_frames.clone()),
         ] {

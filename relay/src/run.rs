@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use crate::codec;
 use crate::config::{ConfigError, RelayConfig, RelayConfigExt};
-use crate::feed::MediaSinks;
+use crate::feed::{Forwarding, MediaSinks};
 use crate::filter::FilterConfigExt;
 use crate::filter::live::LiveParams;
 use crate::health::{Health, Unhealthy, publisher_stage, supervise};
@@ -29,6 +29,7 @@ use crate::publish::{KeyframeRequest, PublisherHandle};
 use crate::session::{IngestConfig, Sessions};
 use crate::slot::NewestSlot;
 use crate::testpattern::{self, TestPattern, TestPatternError};
+use livefilter_contract::config::FilterKind;
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,22 @@ struct Publishers {
     estimates: Vec<BitrateEstimate>,
     /// The Sora publisher's simulcast layers, when there is a Sora publisher.
     simulcast: Option<SimulcastControl>,
+}
+
+/// Whether the browser's frames may skip decode and encode: the passthrough filter, the
+/// output following the browser's size, no simulcast layers to encode, and not switched off.
+fn forwarding(cfg: &RelayConfig, keyframes: &KeyframeRequest, estimates: &[BitrateEstimate]) -> Option<Forwarding> {
+    let simulcast = cfg.sora.as_ref().is_some_and(|s| s.simulcast);
+    (cfg.filter.kind == FilterKind::Passthrough
+        && cfg.video.follow_input
+        && !simulcast
+        && !cfg.video.passthrough_transcode)
+        .then(|| Forwarding {
+            codec: cfg.video.codec,
+            keyframes: keyframes.clone(),
+            estimates: estimates.to_vec(),
+            limits: cfg.bitrate_limits(),
+        })
 }
 
 /// Adds the encoding of the simulcast layers a Sora session asks for (when there is a Sora
@@ -274,7 +291,11 @@ pub async fn serve(cfg: RelayConfig, shutdown: CancellationToken) -> Result<(), 
     let filter_name = filter.name().to_owned();
     let encoder = codec::new_encoder(&cfg.encoder_config())?;
     let slot = Arc::new(NewestSlot::new());
-    let sinks = MediaSinks::new(Arc::clone(&slot), handles.clone(), metrics.clone());
+    let mut sinks = MediaSinks::new(Arc::clone(&slot), handles.clone(), metrics.clone());
+    if let Some(forwarding) = forwarding(&cfg, &keyframes, &estimates) {
+        tracing::info!(codec = %forwarding.codec, "passthrough: a browser sending the output codec is forwarded without transcoding");
+        sinks = sinks.with_forwarding(forwarding);
+    }
     let (sessions, sessions_task) = Sessions::start(
         IngestConfig {
             codecs: cfg.ingest.codecs.clone(),

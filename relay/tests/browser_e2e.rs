@@ -1332,3 +1332,68 @@ async fn audio_and_video_reach_the_preview_within_the_bt1359_lip_sync_window() {
     );
     browser.quit().await;
 }
+
+#[tokio::test]
+async fn passthrough_forwards_the_browsers_frames_untranscoded_and_passes_keyframe_requests_and_bitrate_back() {
+    let _serial = serial().await;
+    let ClipToSora {
+        endpoint,
+        relay,
+        clip,
+        mut browser,
+    } = ClipToSora::open("forward", "forward", &["--bitrate-kbps", "150"]).await;
+
+    let started = browser
+        .start(
+            "streamer",
+            json!({"width": CLIP_WIDTH, "height": CLIP_HEIGHT, "codec": "vp8"}),
+        )
+        .await;
+    assert_live(&started, &relay);
+    let conn = endpoint
+        .wait_for("transport=sora&channel_id=forward&state=connected&min_frames=60")
+        .await;
+    let first = conn["connection_id"].as_str().expect("connection_id").to_owned();
+    assert_endpoint_shows_the_card(&endpoint, &first, &clip, "forward-endpoint").await;
+
+    // Forwarded: nothing was decoded or encoded by the relay.
+    let forwarded = relay.metric("livefilter_frames_forwarded_total").await;
+    let decoded = relay.metric("livefilter_frames_decoded_total").await;
+    assert!(forwarded >= 60.0, "{forwarded} frames forwarded");
+    assert_eq!(decoded, 0.0, "the relay decoded browser frames");
+
+    // The browser's encoder is held to the output's bitrate (REMB), below its own start
+    // bitrate (2000 kbit/s) and the page's ceiling: its target says so.
+    let held = browser
+        .wait_state("streamer", "the browser's target bitrate at most 150 kbit/s", |s| {
+            s["sent"]["targetBitrateKbps"].as_f64().is_some_and(|k| k <= 150.0)
+        })
+        .await;
+    println!(
+        "browser target bitrate under REMB: {} kbit/s",
+        held["sent"]["targetBitrateKbps"]
+    );
+
+    // A new Sora connection needs a keyframe: the relay asks the browser for one (PLI), since
+    // it has no encoder of its own here. Frames decode on the new connection.
+    endpoint.close(&first, 4500, "test: reconnect").await;
+    endpoint.wait_for(&format!("connection_id={first}&state=closed")).await;
+    let again = endpoint
+        .wait_for("transport=sora&channel_id=forward&state=connected&min_frames=30")
+        .await;
+    assert_ne!(again["connection_id"].as_str(), Some(first.as_str()));
+    assert!(
+        again["video"]["keyframes_decoded"].as_u64().unwrap_or(0) >= 1,
+        "{again:#}"
+    );
+    assert_eq!(relay.metric("livefilter_frames_decoded_total").await, 0.0);
+    let asked = browser
+        .wait_state("streamer", "a PLI from the relay", |s| {
+            s["sent"]["pliCount"].as_u64().is_some_and(|n| n >= 1)
+        })
+        .await;
+    assert!(
+        asked["sent"]["keyFramesEncoded"].as_u64().unwrap_or(0) >= 2,
+        "{asked:#}"
+    );
+}

@@ -11,7 +11,8 @@
 //! - [`decode`]: the decoder thread behind a bounded queue.
 //! - [`VideoReceiver`]: assembler + limits + recovery, driven packet by packet, feeding the
 //!   decoder thread; it never waits on the codec.
-//! - [`run_video_track`] / [`run_audio_track`]: the async loops reading a webrtc-rs track.
+//! - [`run_video_track`] / [`run_audio_track`]: the async loops reading a webrtc-rs track;
+//!   [`forward_video_track`]: the same without decoding, frames passed on as they came.
 //! - [`fuzz`]: byte-driven harnesses of the parsers, for property tests and cargo-fuzz.
 
 pub mod assembler;
@@ -29,7 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use serde::Serialize;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
@@ -38,6 +41,7 @@ use crate::codec::{self, CodecError, VideoCodec, VideoDecoder};
 use crate::frame::I420Frame;
 use crate::health::Health;
 use crate::metrics::{DropReason, Metrics};
+use crate::publish::KeyframeRequest;
 
 pub use assembler::{AssembledFrame, AssemblerConfig, AssemblerStats, FrameAssembler, RtpInput};
 pub use decode::{DecodeJob, DecoderThread, SubmitError};
@@ -136,6 +140,38 @@ pub struct DecodedFrame {
     /// When the sender captured it (NTP), if the sender stamps `abs-capture-time`.
     pub capture_ntp: Option<u64>,
 }
+
+/// A browser frame passed on as it came (passthrough without transcoding): the bitstream the
+/// assembler built, from a keyframe on, with the picture size its latest keyframe declared.
+#[derive(Clone, Debug)]
+pub struct ForwardedFrame {
+    /// A VP8 frame, or an H.264 access unit in Annex-B form.
+    pub data: Bytes,
+    /// Whether it is a keyframe.
+    pub keyframe: bool,
+    /// Picture width (from the latest keyframe's header; 0 if it declared none).
+    pub width: u32,
+    /// Picture height.
+    pub height: u32,
+    /// RTP timestamp of the frame (90 kHz).
+    pub rtp_timestamp: u32,
+    /// Arrival of the frame's first RTP packet.
+    pub arrival: Instant,
+    /// When the sender captured it (NTP), if the sender stamps `abs-capture-time`.
+    pub capture_ntp: Option<u64>,
+}
+
+/// What a forwarding receiver needs besides its sink: the outputs' keyframe requests, passed
+/// on to the sender as PLI, and their bitrate, passed on as REMB.
+pub struct Upstream {
+    /// Raised by the publishers when a viewer needs a keyframe.
+    pub keyframes: KeyframeRequest,
+    /// The bitrate the outputs can carry now, in bit/s (`None`: no estimate yet).
+    pub max_bitrate: Box<dyn Fn() -> Option<f64> + Send + Sync>,
+}
+
+/// How often the outputs' bitrate is sent to the browser (REMB).
+pub const REMB_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Receives decoded frames. Implemented for any `FnMut(DecodedFrame) + Send`.
 pub trait FrameSink: Send {
@@ -315,10 +351,22 @@ pub struct VideoReceiver {
     gate: KeyframeGate,
     limiter: PliLimiter,
     max_size: SizeLimit,
-    decoder: DecoderThread,
+    output: FrameOutput,
     stats: Arc<VideoIngestStats>,
     assembler_seen: AssemblerStats,
     capture_clock: CaptureClock,
+    upstream_wants_keyframe: bool,
+}
+
+/// Where a receiver's complete frames go.
+enum FrameOutput {
+    /// To the decoder thread.
+    Decode(DecoderThread),
+    /// As they are, to a sink; `size` is the latest keyframe's picture size.
+    Forward {
+        sink: Box<dyn FnMut(ForwardedFrame) + Send>,
+        size: (u32, u32),
+    },
 }
 
 impl VideoReceiver {
@@ -332,7 +380,6 @@ impl VideoReceiver {
     ) -> Result<Self, IngestError> {
         let codec = decoder.codec();
         let _ = stats.codec.set(codec);
-        let format = PayloadFormat::for_codec(codec);
         let health = config.health.clone().unwrap_or_default();
         let decoder = DecoderThread::spawn(
             decoder,
@@ -342,17 +389,49 @@ impl VideoReceiver {
             config.decode_queue_frames,
             &health,
         )?;
-        Ok(Self {
+        Ok(Self::with_output(codec, &config, stats, FrameOutput::Decode(decoder)))
+    }
+
+    /// A receiver passing `codec` frames on as they are, from a keyframe on, into `sink`.
+    pub fn forwarding(
+        codec: VideoCodec,
+        config: &VideoIngestConfig,
+        stats: Arc<VideoIngestStats>,
+        sink: impl FnMut(ForwardedFrame) + Send + 'static,
+    ) -> Self {
+        let _ = stats.codec.set(codec);
+        let output = FrameOutput::Forward {
+            sink: Box::new(sink),
+            size: (0, 0),
+        };
+        Self::with_output(codec, config, stats, output)
+    }
+
+    fn with_output(
+        codec: VideoCodec,
+        config: &VideoIngestConfig,
+        stats: Arc<VideoIngestStats>,
+        output: FrameOutput,
+    ) -> Self {
+        let format = PayloadFormat::for_codec(codec);
+        Self {
             format,
             assembler: FrameAssembler::new(format, config.assembler),
             gate: KeyframeGate::new(),
             limiter: PliLimiter::new(config.pli_interval),
             max_size: config.max_size,
-            decoder,
+            output,
             stats,
             assembler_seen: AssemblerStats::default(),
             capture_clock: CaptureClock::new(90_000),
-        })
+            upstream_wants_keyframe: false,
+        }
+    }
+
+    /// An output needs a keyframe (forwarding): the next packet's return value asks for a PLI,
+    /// at the limiter's pace.
+    pub fn request_keyframe(&mut self) {
+        self.upstream_wants_keyframe = true;
     }
 
     /// Records a packet's `abs-capture-time`; later frames' capture times extrapolate from it.
@@ -383,13 +462,17 @@ impl VideoReceiver {
 
     /// Lets the decoder thread finish what is queued and end. Blocks: call it off the runtime.
     pub fn finish(self) {
-        self.decoder.finish();
+        if let FrameOutput::Decode(decoder) = self.output {
+            decoder.finish();
+        }
     }
 
     fn handle(&mut self, frames: Vec<AssembledFrame>, now: Instant) -> Result<bool, IngestError> {
         self.sync_assembler_stats();
-        let mut want_keyframe = false;
-        if self.decoder.take_keyframe_need() {
+        let mut want_keyframe = self.upstream_wants_keyframe;
+        if let FrameOutput::Decode(decoder) = &self.output
+            && decoder.take_keyframe_need()
+        {
             self.gate.on_decode_error();
             want_keyframe = true;
         }
@@ -408,20 +491,42 @@ impl VideoReceiver {
                 continue;
             }
             let capture_ntp = self.capture_clock.estimate(frame.rtp_timestamp);
-            match self.decoder.try_submit(DecodeJob { frame, capture_ntp }) {
-                Ok(()) => {}
-                Err(SubmitError::Backlog) => {
-                    tracing::debug!("decoder behind; frame dropped, waiting for a keyframe");
-                    self.stats.record_decoder_backlog();
-                    self.gate.on_decode_error();
-                    want_keyframe = true;
+            match &mut self.output {
+                FrameOutput::Decode(decoder) => match decoder.try_submit(DecodeJob { frame, capture_ntp }) {
+                    Ok(()) => {}
+                    Err(SubmitError::Backlog) => {
+                        tracing::debug!("decoder behind; frame dropped, waiting for a keyframe");
+                        self.stats.record_decoder_backlog();
+                        self.gate.on_decode_error();
+                        want_keyframe = true;
+                    }
+                    Err(SubmitError::Stopped) => return Err(IngestError::DecoderStopped),
+                },
+                FrameOutput::Forward { sink, size } => {
+                    if frame.keyframe
+                        && let Some(declared) = keyframe_size(self.format, &frame.data)
+                    {
+                        *size = declared;
+                    }
+                    sink(ForwardedFrame {
+                        data: Bytes::from(frame.data),
+                        keyframe: frame.keyframe,
+                        width: size.0,
+                        height: size.1,
+                        rtp_timestamp: frame.rtp_timestamp,
+                        arrival: frame.first_arrival,
+                        capture_ntp,
+                    });
                 }
-                Err(SubmitError::Stopped) => return Err(IngestError::DecoderStopped),
             }
         }
         // While waiting, every skipped frame asks again (at the limiter's pace), so a lost PLI
         // or keyframe is retried.
-        Ok(want_keyframe && self.limiter.try_acquire(now))
+        let send = want_keyframe && self.limiter.try_acquire(now);
+        if send {
+            self.upstream_wants_keyframe = false;
+        }
+        Ok(send)
     }
 
     fn sync_assembler_stats(&mut self) {
@@ -439,6 +544,26 @@ impl VideoReceiver {
     }
 }
 
+/// The picture size a keyframe declares (VP8 frame header, H.264 SPS), if it parses.
+fn keyframe_size(format: PayloadFormat, data: &[u8]) -> Option<(u32, u32)> {
+    match format {
+        PayloadFormat::Vp8 => bitstream::vp8_keyframe_size(data).ok().flatten(),
+        PayloadFormat::H264 => bitstream::h264_largest_sps_size(data).ok().flatten(),
+    }
+}
+
+/// The SSRC and codec a remote video track was negotiated with.
+pub async fn track_codec(track: &dyn TrackRemote) -> Result<(u32, VideoCodec), IngestError> {
+    let ssrc = track.ssrcs().await.first().copied().ok_or(IngestError::NoCodec)?;
+    let mime = track
+        .codec(ssrc)
+        .await
+        .map(|c| c.mime_type)
+        .ok_or(IngestError::NoCodec)?;
+    let codec: VideoCodec = mime.parse().map_err(|_| IngestError::UnsupportedCodec(mime.clone()))?;
+    Ok((ssrc, codec))
+}
+
 /// Reads a remote video track until it ends (the peer connection closed or the sender stopped),
 /// decoding every frame on a decoder thread into `sink` and sending PLIs when the decoder needs
 /// a keyframe. The decoder thread ends with the track.
@@ -448,18 +573,59 @@ pub async fn run_video_track(
     stats: Arc<VideoIngestStats>,
     sink: impl FrameSink + 'static,
 ) -> Result<(), IngestError> {
-    let ssrc = track.ssrcs().await.first().copied().ok_or(IngestError::NoCodec)?;
-    let mime = track
-        .codec(ssrc)
-        .await
-        .map(|c| c.mime_type)
-        .ok_or(IngestError::NoCodec)?;
-    let codec: VideoCodec = mime.parse().map_err(|_| IngestError::UnsupportedCodec(mime.clone()))?;
+    let (ssrc, codec) = track_codec(&*track).await?;
     let decoder = codec::new_decoder(codec)?;
     tracing::info!(ssrc, %codec, "video ingest started");
     let (flush_interval, abs_capture_time_id) = (config.flush_interval, config.abs_capture_time_id);
-    let mut receiver = VideoReceiver::new(decoder, config, stats, sink)?;
+    let receiver = VideoReceiver::new(decoder, config, stats, sink)?;
+    drive(track, ssrc, receiver, flush_interval, abs_capture_time_id, None).await
+}
+
+/// Reads a remote video track until it ends, passing its frames on as they came (from a
+/// keyframe on, as the decode path does) into `sink`; the outputs' keyframe requests go to the
+/// sender as PLI and their bitrate as REMB, so the sender's encoder serves them directly.
+pub async fn forward_video_track(
+    track: Arc<dyn TrackRemote>,
+    config: VideoIngestConfig,
+    stats: Arc<VideoIngestStats>,
+    sink: impl FnMut(ForwardedFrame) + Send + 'static,
+    upstream: Upstream,
+) -> Result<(), IngestError> {
+    let (ssrc, codec) = track_codec(&*track).await?;
+    tracing::info!(ssrc, %codec, "video ingest started, forwarding without transcoding");
+    let receiver = VideoReceiver::forwarding(codec, &config, stats, sink);
+    drive(
+        track,
+        ssrc,
+        receiver,
+        config.flush_interval,
+        config.abs_capture_time_id,
+        Some(upstream),
+    )
+    .await
+}
+
+async fn drive(
+    track: Arc<dyn TrackRemote>,
+    ssrc: u32,
+    mut receiver: VideoReceiver,
+    flush_interval: Duration,
+    abs_capture_time_id: Option<u8>,
+    upstream: Option<Upstream>,
+) -> Result<(), IngestError> {
+    let mut last_remb: Option<Instant> = None;
     let result = loop {
+        if let Some(up) = &upstream {
+            if up.keyframes.take() > 0 {
+                receiver.request_keyframe();
+            }
+            if last_remb.is_none_or(|at| at.elapsed() >= REMB_INTERVAL) {
+                last_remb = Some(Instant::now());
+                if let Some(bps) = (up.max_bitrate)() {
+                    send_remb(&*track, ssrc, bps).await;
+                }
+            }
+        }
         let event = match tokio::time::timeout(flush_interval, track.poll()).await {
             Ok(Some(event)) => event,
             Ok(None) => break Ok(()),
@@ -496,6 +662,19 @@ pub async fn run_video_track(
     }
     tracing::info!(ssrc, stats = ?stats.snapshot(), "video ingest ended");
     result
+}
+
+/// Tells the sender the most it should send (REMB), so that its encoder follows the outputs'
+/// paths when its frames are forwarded.
+async fn send_remb(track: &dyn TrackRemote, media_ssrc: u32, bps: f64) {
+    let remb = ReceiverEstimatedMaximumBitrate {
+        sender_ssrc: 0,
+        bitrate: bps as f32,
+        ssrcs: vec![media_ssrc],
+    };
+    if let Err(err) = track.write_rtcp(vec![Box::new(remb)]).await {
+        tracing::debug!(%err, media_ssrc, "REMB not sent");
+    }
 }
 
 async fn send_pli(track: &dyn TrackRemote, media_ssrc: u32, stats: &VideoIngestStats) {
@@ -610,9 +789,77 @@ mod tests {
         receiver_with(decoder, VideoIngestConfig::default(), Arc::default())
     }
 
+    impl VideoReceiver {
+        /// Waits for the decoder thread (if any) to catch up.
+        fn settle(&self) {
+            if let FrameOutput::Decode(decoder) = &self.output {
+                decoder.settle();
+            }
+        }
+    }
+
+    /// A forwarding receiver whose frames come out of the returned list.
+    fn forwarder() -> (VideoReceiver, Arc<Mutex<Vec<ForwardedFrame>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let into = Arc::clone(&seen);
+        let rx = VideoReceiver::forwarding(
+            VideoCodec::Vp8,
+            &VideoIngestConfig::default(),
+            Arc::default(),
+            move |f: ForwardedFrame| into.lock().unwrap().push(f),
+        );
+        (rx, seen)
+    }
+
+    #[test]
+    fn forwarding_passes_frames_on_unchanged_from_the_first_keyframe_with_its_declared_size() {
+        let t0 = Instant::now();
+        let (mut rx, seen) = forwarder();
+
+        let asked_before_keyframe = rx.push(vp8(1, 100, false, 7, t0)).unwrap();
+        rx.push(vp8(2, 200, true, 8, t0 + Duration::from_millis(33))).unwrap();
+        rx.push(vp8(3, 300, false, 9, t0 + Duration::from_millis(66))).unwrap();
+
+        assert!(asked_before_keyframe, "a delta frame first: PLI");
+        let seen = seen.lock().unwrap();
+        let got: Vec<_> = seen
+            .iter()
+            .map(|f| (f.rtp_timestamp, f.keyframe, f.width, f.height))
+            .collect();
+        assert_eq!(got, [(200, true, 640, 360), (300, false, 640, 360)]);
+        assert_eq!(
+            &seen[0].data[..],
+            &build::vp8_keyframe(640, 360, &[8])[..],
+            "bitstream unchanged"
+        );
+        assert_eq!(&seen[1].data[..], &[0x01, 9]);
+        assert_eq!(rx.stats().snapshot().frames_skipped, 1);
+    }
+
+    #[test]
+    fn an_outputs_keyframe_request_asks_the_sender_for_one_at_the_limiters_pace() {
+        let t0 = Instant::now();
+        let (mut rx, _seen) = forwarder();
+        rx.push(vp8(1, 100, true, 0, t0)).unwrap();
+
+        rx.request_keyframe();
+        let first = rx.push(vp8(2, 200, false, 0, t0 + Duration::from_millis(10))).unwrap();
+        rx.request_keyframe();
+        let too_soon = rx.push(vp8(3, 300, false, 0, t0 + Duration::from_millis(20))).unwrap();
+        let held_until_due = rx.push(vp8(4, 400, false, 0, t0 + Duration::from_millis(600))).unwrap();
+        let nothing_pending = rx
+            .push(vp8(5, 500, false, 0, t0 + Duration::from_millis(1200)))
+            .unwrap();
+
+        assert_eq!(
+            (first, too_soon, held_until_due, nothing_pending),
+            (true, false, true, false)
+        );
+    }
+
     /// Every frame decoded so far (waits for the decoder thread to catch up).
     fn decoded(rx: &VideoReceiver, frames: &mpsc::Receiver<DecodedFrame>) -> Vec<DecodedFrame> {
-        rx.decoder.settle();
+        rx.settle();
         frames.try_iter().collect()
     }
 
@@ -646,7 +893,7 @@ mod tests {
         let (mut rx, frames) = receiver();
         rx.push(vp8(1, 100, true, 0, t0)).unwrap();
         rx.push(vp8(2, 200, false, 0xff, t0)).unwrap();
-        rx.decoder.settle();
+        rx.settle();
         assert!(rx.push(vp8(3, 300, false, 0, t0)).unwrap(), "the error is seen: PLI");
         rx.push(vp8(4, 400, true, 0, t0 + Duration::from_secs(1))).unwrap();
         assert_eq!(decoded(&rx, &frames).len(), 2);
