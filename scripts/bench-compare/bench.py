@@ -213,7 +213,7 @@ def run_once(args, endpoint, endpoint_proc, system, filter_name, index, work):
         env.setdefault("LIVEFILTER_MODELS_DIR", os.path.abspath("models"))
         cmd = [args.relay, "serve", "--listen", f"127.0.0.1:{port}", "--filter", filter_name,
                "--sora-signaling-url", signaling, "--channel-id", channel, "--codec", "vp8",
-               "--bitrate-kbps", str(args.bitrate_kbps), "--no-preview"]
+               "--bitrate-kbps", str(args.bitrate_kbps), "--no-preview", *args.relay_arg]
         proc = start(cmd, log, env)
         ready, status_url = f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{port}/status"
     else:
@@ -442,6 +442,8 @@ def main():
     p.add_argument("--filters", default="passthrough,background-blur")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of livefilter,original")
     p.add_argument("--bitrate-kbps", type=int, default=1000, help="both systems' bitrate, enforced by the endpoint")
+    p.add_argument("--relay-arg", action="append", default=[],
+                   help="an extra livefilter-relay flag (repeatable; write --relay-arg=--transcode-passthrough)")
     p.add_argument("--max-other-load", type=float, default=0.3, help="cores of other load above which a run is left out")
     p.add_argument("--frame-ring", type=int, default=4000, help="frame summaries the endpoint keeps")
     p.add_argument("--out-dir", default="target/bench-compare")
