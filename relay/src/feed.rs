@@ -137,24 +137,35 @@ impl MediaSinks {
                 Err(e) => return Err(e),
             }
         }
-        let mut fps = FpsMeter::default();
-        let mut seen = 0u64;
-        let sink_stats = Arc::clone(&stats);
-        let sinks = self.clone();
-        let sink_cancel = cancel.clone();
-        let sink = move |decoded: DecodedFrame| {
-            // A frame decoded after its session ended must not reach the next session's output.
-            if sink_cancel.is_cancelled() {
-                return;
-            }
-            let assembled = sink_stats.snapshot().frames_assembled;
-            sinks.metrics.frames_received.inc_by(assembled.saturating_sub(seen));
-            seen = assembled;
-            sinks.on_decoded(epoch, decoded, &mut fps);
-        };
+        let sink = self.session_sink(&stats, &cancel, move |sinks, decoded: DecodedFrame, fps| {
+            sinks.on_decoded(epoch, decoded, fps)
+        });
         tokio::select! {
             result = run_video_track(track, config, stats, sink) => result,
             _ = cancel.cancelled() => Ok(()),
+        }
+    }
+
+    /// Wraps `deliver` for the ingest: nothing that comes after the session's end reaches the
+    /// outputs, and every frame the ingest assembled counts as received.
+    fn session_sink<T>(
+        &self,
+        stats: &Arc<VideoIngestStats>,
+        cancel: &CancellationToken,
+        mut deliver: impl FnMut(&MediaSinks, T, &mut FpsMeter) + Send + 'static,
+    ) -> impl FnMut(T) + Send + 'static {
+        let (stats, sinks, cancel) = (Arc::clone(stats), self.clone(), cancel.clone());
+        let mut fps = FpsMeter::default();
+        let mut seen = 0u64;
+        move |item: T| {
+            // A frame that comes after its session ended must not reach the next session's output.
+            if cancel.is_cancelled() {
+                return;
+            }
+            let assembled = stats.snapshot().frames_assembled;
+            sinks.metrics.frames_received.inc_by(assembled.saturating_sub(seen));
+            seen = assembled;
+            deliver(&sinks, item, &mut fps);
         }
     }
 
@@ -167,20 +178,10 @@ impl MediaSinks {
         stats: Arc<VideoIngestStats>,
         forwarding: Forwarding,
     ) -> Result<(), IngestError> {
-        let mut fps = FpsMeter::default();
-        let mut seen = 0u64;
-        let sink_stats = Arc::clone(&stats);
-        let sinks = self.clone();
-        let sink_cancel = cancel.clone();
-        let sink = move |frame: ForwardedFrame| {
-            if sink_cancel.is_cancelled() {
-                return;
-            }
-            let assembled = sink_stats.snapshot().frames_assembled;
-            sinks.metrics.frames_received.inc_by(assembled.saturating_sub(seen));
-            seen = assembled;
-            sinks.on_forwarded(epoch, forwarding.codec, frame, &mut fps);
-        };
+        let codec = forwarding.codec;
+        let sink = self.session_sink(&stats, &cancel, move |sinks, frame: ForwardedFrame, fps| {
+            sinks.on_forwarded(epoch, codec, frame, fps)
+        });
         let upstream = Upstream {
             keyframes: forwarding.keyframes.clone(),
             max_bitrate: Box::new(move || Some(forwarding.max_bitrate())),

@@ -67,6 +67,15 @@ impl Layer {
     }
 }
 
+/// A layer's frame of this picture (`None`: the output stream's own), counted.
+fn sent(metrics: &Metrics, layer: &Layer, frame: Option<crate::codec::EncodedFrame>) -> LayerFrame {
+    metrics.simulcast_layer_frames.with_label_values(&[&*layer.rid]).inc();
+    LayerFrame {
+        rid: Arc::clone(&layer.rid),
+        frame,
+    }
+}
+
 /// The simulcast layers of the current Sora session (none while it has no simulcast).
 pub struct LayerEncoders {
     control: SimulcastControl,
@@ -229,14 +238,7 @@ impl LayerEncoders {
                     self.output_keyframes.request();
                 }
                 driver = Some(bps);
-                self.metrics
-                    .simulcast_layer_frames
-                    .with_label_values(&[&*layer.rid])
-                    .inc();
-                out.push(LayerFrame {
-                    rid: Arc::clone(&layer.rid),
-                    frame: None,
-                });
+                out.push(sent(&self.metrics, layer, None));
                 continue;
             }
             if !layer.due(pts) {
@@ -290,14 +292,7 @@ impl LayerEncoders {
                         layer.keyframe_wanted = false;
                         layer.last_keyframe = Some(pts);
                     }
-                    self.metrics
-                        .simulcast_layer_frames
-                        .with_label_values(&[&*layer.rid])
-                        .inc();
-                    out.push(LayerFrame {
-                        rid: Arc::clone(&layer.rid),
-                        frame: Some(frame),
-                    });
+                    out.push(sent(&self.metrics, layer, Some(frame)));
                 }
                 Ok(None) => {}
                 Err(err) => {
@@ -459,6 +454,7 @@ mod tests {
         let picture = I420Frame::filled(1280, 720, [90, 128, 128]).unwrap();
         layers.encode(&picture, pts(0), 30.0);
         layers.encode(&picture, pts(30), 30.0);
+        let at_start = output.take();
 
         control.request_keyframe("r1");
         control.request_keyframe("r2");
@@ -470,6 +466,10 @@ mod tests {
 
         let keyframe = |out: &Vec<LayerFrame>, i: usize| out[i].frame.as_ref().unwrap().keyframe;
         assert!(!keyframe(&out, 0) && keyframe(&out, 1), "only r1 restarts");
+        assert_eq!(
+            at_start, 1,
+            "the output layer's start asks the output encoder for a keyframe"
+        );
         assert_eq!(output.take(), 1, "r2 is the output stream: its encoder is asked");
         assert!(!keyframe(&soon, 1));
         assert!(

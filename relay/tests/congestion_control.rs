@@ -130,6 +130,35 @@ fn last_frame(connection: &Value) -> (u64, f64, f64) {
     (frames, rtp, arrival)
 }
 
+/// A VP8 Sora publisher on loopback into `channel` at `url`, within `limits`, its estimate in
+/// `estimate`.
+fn sora_config(
+    url: String,
+    channel: &str,
+    simulcast: bool,
+    limits: BitrateLimits,
+    estimate: &BitrateEstimate,
+) -> SoraConfig {
+    let mut config = SoraConfig::new(
+        vec![url],
+        ConnectOptions {
+            channel_id: channel.into(),
+            client_id: None,
+            bundle_id: None,
+            metadata: None,
+            signaling_notify_metadata: None,
+            codec: VideoCodec::Vp8,
+            bitrate_kbps: START_KBPS,
+            audio: false,
+            simulcast,
+        },
+    );
+    config.udp_addrs = vec!["127.0.0.1:0".into()];
+    config.bitrate = limits;
+    config.estimate = estimate.clone();
+    config
+}
+
 fn mean(samples: &[&Sample], f: impl Fn(&Sample) -> f64) -> f64 {
     samples.iter().map(|s| f(s)).sum::<f64>() / samples.len().max(1) as f64
 }
@@ -141,23 +170,7 @@ async fn a_capped_path_lowers_the_bitrate_to_the_cap_and_lifting_it_ramps_back()
     let url = signaling_proxy(endpoint.signaling_url(), Arc::clone(&mirror)).await;
     let limits = BitrateLimits::from_kbps(150, START_KBPS, START_KBPS);
     let estimate = BitrateEstimate::default();
-    let mut config = SoraConfig::new(
-        vec![url],
-        ConnectOptions {
-            channel_id: "congestion".into(),
-            client_id: None,
-            bundle_id: None,
-            metadata: None,
-            signaling_notify_metadata: None,
-            codec: VideoCodec::Vp8,
-            bitrate_kbps: START_KBPS,
-            audio: false,
-            simulcast: false,
-        },
-    );
-    config.udp_addrs = vec!["127.0.0.1:0".into()];
-    config.bitrate = limits;
-    config.estimate = estimate.clone();
+    let config = sora_config(url, "congestion", false, limits, &estimate);
     let metrics = Metrics::new();
     let keyframes = KeyframeRequest::default();
     let shutdown = CancellationToken::new();
@@ -299,23 +312,7 @@ async fn a_capped_path_suspends_the_top_simulcast_layer_and_lifting_it_brings_th
     let url = signaling_proxy(endpoint.signaling_url(), Arc::clone(&mirror)).await;
     let limits = BitrateLimits::from_kbps(150, START_KBPS, START_KBPS);
     let driver = BitrateEstimate::default();
-    let mut config = SoraConfig::new(
-        vec![url],
-        ConnectOptions {
-            channel_id: "congestion-simulcast".into(),
-            client_id: None,
-            bundle_id: None,
-            metadata: None,
-            signaling_notify_metadata: None,
-            codec: VideoCodec::Vp8,
-            bitrate_kbps: START_KBPS,
-            audio: false,
-            simulcast: true,
-        },
-    );
-    config.udp_addrs = vec!["127.0.0.1:0".into()];
-    config.bitrate = limits;
-    config.estimate = driver.clone();
+    let mut config = sora_config(url, "congestion-simulcast", true, limits, &driver);
     config.simulcast = SimulcastControl::new(driver.clone());
     let control = config.simulcast.clone();
     let metrics = Metrics::new();
