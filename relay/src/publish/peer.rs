@@ -845,8 +845,17 @@ impl SendPeer {
                 .await?;
             return Ok(frame.frame.data.len());
         }
+        let Some(layers) = &frame.simulcast else {
+            // No layers were encoded for this frame (forwarded without transcoding, or the
+            // layers have not started yet): it goes out as the last rid, the largest layer in
+            // Sora's order (smallest first), which an output-sized frame stands for; the smaller
+            // ones wait.
+            let top = &self.streams[self.streams.len() - 1];
+            self.write_stream(top, &frame.frame.data, frame, payload_type).await?;
+            return Ok(frame.frame.data.len());
+        };
         let mut sent = 0;
-        for layer in frame.simulcast.iter().flat_map(|layers| layers.iter()) {
+        for layer in layers.iter() {
             let Some(stream) = self.streams.iter().find(|s| s.rid.as_deref() == Some(&*layer.rid)) else {
                 continue;
             };

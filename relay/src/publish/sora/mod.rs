@@ -504,7 +504,7 @@ impl SoraPublisher {
                         continue;
                     }
                     match peer.write_frame(&frame).await {
-                        // A simulcast frame from before the layers started carries none.
+                        // Every layer of this frame suspended or rate-limited: nothing left.
                         Ok(0) => {}
                         Ok(_) => {
                             observe_sent(&self.metrics, PUBLISHER, &frame);
