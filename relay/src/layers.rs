@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec::{EncoderConfig, VideoEncoder, new_encoder};
+use crate::codec::{EncodedFrame, EncoderConfig, VideoEncoder, new_encoder};
 use crate::frame::I420Frame;
 use crate::metrics::Metrics;
 use crate::publish::KeyframeRequest;
@@ -68,7 +68,7 @@ impl Layer {
 }
 
 /// A layer's frame of this picture (`None`: the output stream's own), counted.
-fn sent(metrics: &Metrics, layer: &Layer, frame: Option<crate::codec::EncodedFrame>) -> LayerFrame {
+fn sent(metrics: &Metrics, layer: &Layer, frame: Option<EncodedFrame>) -> LayerFrame {
     metrics.simulcast_layer_frames.with_label_values(&[&*layer.rid]).inc();
     LayerFrame {
         rid: Arc::clone(&layer.rid),
@@ -176,32 +176,7 @@ impl LayerEncoders {
         if self.layers.is_empty() || self.shaped_for != (width, height) {
             self.reshape(&plan, width, height);
         }
-        let shapes: Vec<LayerShape> = self.layers.iter().map(|l| l.shape.clone()).collect();
-        let was_on: Vec<bool> = self.layers.iter().map(|l| l.on).collect();
-        let shares = allocate(&shapes, &was_on, self.control.path().get());
-
-        // A layer held back keeps every larger suspended layer back too (they come back from
-        // the bottom up, as they were suspended from the top down).
-        let mut held_from: Option<u64> = None;
-        let area = |l: &Layer| u64::from(l.shape.width) * u64::from(l.shape.height);
-        let mut order: Vec<usize> = (0..self.layers.len()).collect();
-        order.sort_by_key(|&i| area(&self.layers[i]));
-        let mut shares = shares;
-        for &i in &order {
-            let layer = &mut self.layers[i];
-            if layer.on {
-                continue;
-            }
-            let held = held_from.is_some_and(|a| area(layer) >= a);
-            match shares[i] {
-                Some(_) if held || !layer.gate.may_resume(pts) => {
-                    shares[i] = None;
-                    held_from = Some(held_from.map_or(area(layer), |a| a.min(area(layer))));
-                }
-                Some(_) => {}
-                None => layer.gate.no_room(),
-            }
-        }
+        let shares = self.shares(pts);
 
         let mut driver = None;
         let mut out = Vec::with_capacity(self.layers.len());
@@ -241,66 +216,8 @@ impl LayerEncoders {
                 out.push(sent(&self.metrics, layer, None));
                 continue;
             }
-            if !layer.due(pts) {
-                continue;
-            }
-            let force = layer.keyframe_due(pts);
-            let kbps = ((bps / 1000.0).round() as u32).max(1);
-            let encoder = match layer.encoder.as_mut() {
-                Some(e) => {
-                    if (f64::from(kbps) - f64::from(layer.kbps)).abs() >= f64::from(layer.kbps) * BITRATE_STEP {
-                        match e.set_bitrate_kbps(kbps) {
-                            Ok(()) => layer.kbps = kbps,
-                            Err(err) => {
-                                tracing::warn!(rid = %layer.rid, error = %err, kbps, "a layer encoder refused a bitrate change")
-                            }
-                        }
-                    }
-                    e
-                }
-                None => {
-                    let config = EncoderConfig {
-                        bitrate_kbps: kbps,
-                        fps: layer
-                            .shape
-                            .max_fps
-                            .map_or(self.config.fps, |f| (f.round() as u32).clamp(1, self.config.fps.max(1))),
-                        ..self.config.clone()
-                    };
-                    match new_encoder(&config) {
-                        Ok(e) => {
-                            layer.kbps = kbps;
-                            layer.encoder.insert(e)
-                        }
-                        Err(err) => {
-                            tracing::warn!(rid = %layer.rid, error = %err, "cannot create a layer encoder; the layer skips this frame");
-                            continue;
-                        }
-                    }
-                }
-            };
-            let scaled = match self.scaler.resized(picture, layer.shape.width, layer.shape.height) {
-                Ok(p) => p,
-                Err(err) => {
-                    tracing::warn!(rid = %layer.rid, error = %err, "cannot scale a layer; it skips this frame");
-                    continue;
-                }
-            };
-            match encoder.encode(&scaled, pts, force || resumed) {
-                Ok(Some(frame)) => {
-                    if frame.keyframe {
-                        layer.keyframe_wanted = false;
-                        layer.last_keyframe = Some(pts);
-                    }
-                    out.push(sent(&self.metrics, layer, Some(frame)));
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    // A fresh encoder (and keyframe) on the next picture.
-                    tracing::warn!(rid = %layer.rid, error = %err, "layer encode failed");
-                    layer.encoder = None;
-                    layer.on = false;
-                }
+            if let Some(frame) = encode_layer(layer, &self.config, &mut self.scaler, picture, pts, bps, resumed) {
+                out.push(sent(&self.metrics, layer, Some(frame)));
             }
         }
         match driver {
@@ -308,6 +225,112 @@ impl LayerEncoders {
             None => self.control.driver().clear(),
         }
         Some(Arc::new(out))
+    }
+
+    /// Each layer's share of the path now (`None`: suspended or inactive). A suspended layer
+    /// the estimate has room for comes back only when its [`ResumeGate`] lets it, and one held
+    /// back keeps every larger suspended layer back too: they come back from the bottom up, as
+    /// they were suspended from the top down.
+    fn shares(&mut self, pts: Duration) -> Vec<Option<f64>> {
+        let shapes: Vec<LayerShape> = self.layers.iter().map(|l| l.shape.clone()).collect();
+        let was_on: Vec<bool> = self.layers.iter().map(|l| l.on).collect();
+        let mut shares = allocate(&shapes, &was_on, self.control.path().get());
+        let area = |l: &Layer| u64::from(l.shape.width) * u64::from(l.shape.height);
+        let mut order: Vec<usize> = (0..self.layers.len()).collect();
+        order.sort_by_key(|&i| area(&self.layers[i]));
+        let mut held_from: Option<u64> = None;
+        for i in order {
+            let layer = &mut self.layers[i];
+            if layer.on {
+                continue;
+            }
+            let held = held_from.is_some_and(|a| area(layer) >= a);
+            match shares[i] {
+                Some(_) if held || !layer.gate.may_resume(pts) => {
+                    shares[i] = None;
+                    held_from = Some(held_from.map_or(area(layer), |a| a.min(area(layer))));
+                }
+                Some(_) => {}
+                None => layer.gate.no_room(),
+            }
+        }
+        shares
+    }
+}
+
+/// Encodes a layer of its own (not the output stream) at `bps`: scales `picture`, creates the
+/// layer's encoder when it has none (a resumed layer starts on a keyframe), makes a keyframe
+/// when one is due. `None` when the layer skips this picture (its rate, an error: logged).
+fn encode_layer(
+    layer: &mut Layer,
+    config: &EncoderConfig,
+    scaler: &mut Scaler,
+    picture: &I420Frame,
+    pts: Duration,
+    bps: f64,
+    resumed: bool,
+) -> Option<EncodedFrame> {
+    if !layer.due(pts) {
+        return None;
+    }
+    let force = layer.keyframe_due(pts) || resumed;
+    let kbps = ((bps / 1000.0).round() as u32).max(1);
+    let encoder = match layer.encoder.as_mut() {
+        Some(e) => {
+            if (f64::from(kbps) - f64::from(layer.kbps)).abs() >= f64::from(layer.kbps) * BITRATE_STEP {
+                match e.set_bitrate_kbps(kbps) {
+                    Ok(()) => layer.kbps = kbps,
+                    Err(err) => {
+                        tracing::warn!(rid = %layer.rid, error = %err, kbps, "a layer encoder refused a bitrate change")
+                    }
+                }
+            }
+            e
+        }
+        None => {
+            let config = EncoderConfig {
+                bitrate_kbps: kbps,
+                fps: layer
+                    .shape
+                    .max_fps
+                    .map_or(config.fps, |f| (f.round() as u32).clamp(1, config.fps.max(1))),
+                ..config.clone()
+            };
+            match new_encoder(&config) {
+                Ok(e) => {
+                    layer.kbps = kbps;
+                    layer.encoder.insert(e)
+                }
+                Err(err) => {
+                    tracing::warn!(rid = %layer.rid, error = %err, "cannot create a layer encoder; the layer skips this frame");
+                    return None;
+                }
+            }
+        }
+    };
+    let scaled = match scaler.resized(picture, layer.shape.width, layer.shape.height) {
+        Ok(p) => p,
+        Err(err) => {
+            tracing::warn!(rid = %layer.rid, error = %err, "cannot scale a layer; it skips this frame");
+            return None;
+        }
+    };
+    match encoder.encode(&scaled, pts, force) {
+        Ok(Some(frame)) => {
+            if frame.keyframe {
+                layer.keyframe_wanted = false;
+                layer.last_keyframe = Some(pts);
+            }
+            Some(frame)
+        }
+        Ok(None) => None,
+        Err(err) => {
+            // A fresh encoder (and keyframe) on the next picture.
+            tracing::warn!(rid = %layer.rid, error = %err, "layer encode failed");
+            layer.encoder = None;
+            layer.on = false;
+            None
+        }
     }
 }
 
