@@ -371,6 +371,17 @@ async fn a_capped_path_suspends_the_top_simulcast_layer_and_lifting_it_brings_th
         .expect("no panic");
     let _ = tokio::task::spawn_blocking(move || source.join()).await;
 
+    let layers = endpoint.connection(&id, 0).await["video_layers"].clone();
+    for l in layers.as_array().into_iter().flatten() {
+        eprintln!(
+            "endpoint layer {}: ssrc {} packets {} keyframes {} PLIs sent {}",
+            l["rid"], l["ssrc"], l["packets"], l["keyframes_decoded"], l["plis_sent"]
+        );
+    }
+    eprintln!(
+        "relay: keyframe requests received {}",
+        metrics.keyframe_requests.with_label_values(&["sora"]).get()
+    );
     eprintln!("second  capped  path_kbps  share r0/r1/r2 kbps  delivered_kbps  frames r0/r1/r2");
     for t in &trace {
         eprintln!(

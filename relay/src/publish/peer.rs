@@ -16,6 +16,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{PayloadType, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -471,7 +472,18 @@ pub struct SendPeer {
     public_ips: Vec<IpAddr>,
     capture_time_negotiated: AtomicBool,
     estimate: BitrateEstimate,
+    /// Ends the task reading the remote side's keyframe requests (on close or drop).
+    rtcp_stop: CancellationToken,
 }
+
+impl Drop for SendPeer {
+    fn drop(&mut self) {
+        self.rtcp_stop.cancel();
+    }
+}
+
+/// How soon the keyframe-request reader looks again after its feedback channel ended.
+const REBIND_POLL: Duration = Duration::from_millis(20);
 
 impl SendPeer {
     /// Builds the peer; `events` receives candidates and state changes, `keyframes` is raised
@@ -627,10 +639,24 @@ impl SendPeer {
             .filter_map(|s| s.rid.clone().map(|rid| (s.ssrc, rid)))
             .collect();
         let layer_keyframes = options.layer_keyframes.clone();
+        let rtcp_stop = CancellationToken::new();
+        let stopped = rtcp_stop.clone();
         tokio::spawn(
             async move {
-                // Ends when the track is unbound, i.e. when the peer connection closes.
-                while let Some(event) = rtcp_track.poll().await {
+                loop {
+                    let event = tokio::select! {
+                        _ = stopped.cancelled() => break,
+                        event = rtcp_track.poll() => event,
+                    };
+                    // No event: the track is (re)bound to a new feedback channel. webrtc-rs
+                    // binds a simulcast sender again during negotiation, which ended the old
+                    // channel under a waiting poll and, with it, every later keyframe request
+                    // (seen: a whole session's PLIs lost). Poll the new channel instead.
+                    let Some(event) = event else {
+                        tracing::trace!("keyframe-request channel ended; polling the track again");
+                        tokio::time::sleep(REBIND_POLL).await;
+                        continue;
+                    };
                     let TrackLocalEvent::OnRtcpPacket(requests) = event else {
                         continue;
                     };
@@ -666,6 +692,7 @@ impl SendPeer {
             public_ips,
             capture_time_negotiated: AtomicBool::new(false),
             estimate: options.estimate.clone(),
+            rtcp_stop,
         })
     }
 
@@ -996,6 +1023,7 @@ impl SendPeer {
     /// Closes the connection (idempotent); its estimate no longer counts.
     pub async fn close(&self) {
         self.estimate.clear();
+        self.rtcp_stop.cancel();
         if let Err(e) = self.pc.close().await {
             tracing::debug!(error = %e, "closing the peer connection");
         }
