@@ -297,3 +297,38 @@ impl MediaSinks {
         tracing::info!("browser audio ended");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarding(estimates: Vec<BitrateEstimate>) -> Forwarding {
+        Forwarding {
+            codec: VideoCodec::Vp8,
+            keyframes: KeyframeRequest::default(),
+            estimates,
+            limits: BitrateLimits::from_kbps(150, 1000, 1500),
+        }
+    }
+
+    #[test]
+    fn the_browser_is_held_to_the_lowest_publishers_estimate_within_the_configured_range() {
+        let (sora, whip) = (BitrateEstimate::default(), BitrateEstimate::default());
+        let f = forwarding(vec![sora.clone(), whip.clone()]);
+
+        let before_any = f.max_bitrate();
+        sora.set(900_000.0);
+        whip.set(600_000.0);
+        let lowest = f.max_bitrate();
+        whip.set(20_000.0);
+        let floored = f.max_bitrate();
+        whip.clear();
+        sora.set(9_000_000.0);
+        let capped = f.max_bitrate();
+
+        assert_eq!(before_any, 1_000_000.0, "the configured start before any estimate");
+        assert_eq!(lowest, 600_000.0);
+        assert_eq!(floored, 150_000.0);
+        assert_eq!(capped, 1_500_000.0);
+    }
+}

@@ -724,6 +724,19 @@ mod tests {
     use crate::publish::PublisherHandle;
 
     #[test]
+    fn each_offered_rid_gets_the_servers_encoding_or_an_active_default_in_the_sdps_order() {
+        let rids = ["r0".to_owned(), "r1".to_owned(), "r2".to_owned()];
+        let mut r2 = Encoding::new("r2");
+        r2.max_bitrate_bps = Some(900_000);
+        let stray = Encoding::new("x9");
+
+        let layers = layer_encodings(&rids, Some(&[r2.clone(), stray]));
+
+        assert_eq!(layers, vec![Encoding::new("r0"), Encoding::new("r1"), r2]);
+        assert_eq!(layer_encodings(&rids[..1], None), vec![Encoding::new("r0")]);
+    }
+
+    #[test]
     fn the_first_redirect_is_followed_at_once_and_later_ones_after_growing_delays() {
         let mut retry = Retry::new(5);
 
