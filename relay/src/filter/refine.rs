@@ -88,6 +88,9 @@ pub struct EdgeRefiner {
     mask: Vec<f32>,
     /// The coefficient rows widened to the frame's width.
     wide: Vec<f32>,
+    /// The solve's planes, kept between frames: luma, its mean, the alpha's mean, the means of
+    /// luma² and of luma·alpha.
+    scratch: [Vec<f32>; 5],
 }
 
 impl EdgeRefiner {
@@ -133,19 +136,21 @@ impl EdgeRefiner {
     /// the solving size.
     fn solve(&mut self, guide: &[u8], alpha: &[u8], w: usize, h: usize) {
         let n = w * h;
-        let i: Vec<f32> = guide.iter().map(|&v| f32::from(v) / 255.0).collect();
         self.mask.clear();
         self.mask.extend(alpha.iter().map(|&v| f32::from(v) / 255.0));
         let p = &self.mask;
-        let blurred = |v: Vec<f32>| {
-            let mut v = v;
-            box_blur(&mut v, w, h, RADIUS, 1);
-            v
-        };
-        let mean_i = blurred(i.clone());
-        let mean_p = blurred(p.clone());
-        let corr_ii = blurred(i.iter().map(|v| v * v).collect());
-        let corr_ip = blurred(i.iter().zip(p).map(|(a, b)| a * b).collect());
+        let [i, mean_i, mean_p, corr_ii, corr_ip] = &mut self.scratch;
+        i.clear();
+        i.extend(guide.iter().map(|&v| f32::from(v) / 255.0));
+        mean_i.clone_from(i);
+        mean_p.clone_from(p);
+        corr_ii.clear();
+        corr_ii.extend(i.iter().map(|v| v * v));
+        corr_ip.clear();
+        corr_ip.extend(i.iter().zip(p).map(|(a, b)| a * b));
+        for plane in [&mut *mean_i, &mut *mean_p, &mut *corr_ii, &mut *corr_ip] {
+            box_blur(plane, w, h, RADIUS, 1);
+        }
         self.mean_a.clear();
         self.mean_b.clear();
         self.mean_a.reserve(n);
