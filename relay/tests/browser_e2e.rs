@@ -744,6 +744,40 @@ async fn h264_from_the_browser_is_decoded_and_republished_in_the_relays_own_code
 }
 
 #[tokio::test]
+async fn h264_from_the_browser_is_forwarded_untranscoded_when_the_output_is_h264() {
+    let _serial = serial().await;
+    let ClipToSora {
+        endpoint,
+        relay,
+        clip,
+        mut browser,
+    } = ClipToSora::open("forward-h264", "forward-h264", &["--codec", "h264"]).await;
+
+    let started = browser
+        .start(
+            "streamer",
+            json!({"width": CLIP_WIDTH, "height": CLIP_HEIGHT, "codec": "h264"}),
+        )
+        .await;
+
+    assert_live(&started, &relay);
+    let conn = endpoint
+        .wait_for("transport=sora&channel_id=forward-h264&state=connected&min_frames=40")
+        .await;
+    let id = conn["connection_id"].as_str().expect("connection_id");
+    assert_eq!(
+        conn["video"]["codec"].as_str().map(str::to_ascii_lowercase).as_deref(),
+        Some("h264"),
+        "{:#}",
+        conn["video"]
+    );
+    assert_endpoint_shows_the_card(&endpoint, id, &clip, "forward-h264-endpoint").await;
+    assert!(relay.metric("livefilter_frames_forwarded_total").await >= 40.0);
+    assert_eq!(relay.metric("livefilter_frames_decoded_total").await, 0.0);
+    browser.quit().await;
+}
+
+#[tokio::test]
 async fn a_second_streamer_gets_409_on_its_page_while_the_first_stays_live() {
     let _serial = serial().await;
     let relay = Relay::serve(&[]).await;
