@@ -178,9 +178,13 @@ impl MediaSinks {
         stats: Arc<VideoIngestStats>,
         forwarding: Forwarding,
     ) -> Result<(), IngestError> {
-        let codec = forwarding.codec;
+        let encoded = self
+            .metrics
+            .frames_encoded
+            .with_label_values(&[&forwarding.codec.to_string()]);
         let sink = self.session_sink(&stats, &cancel, move |sinks, frame: ForwardedFrame, fps| {
-            sinks.on_forwarded(epoch, codec, frame, fps)
+            encoded.inc();
+            sinks.on_forwarded(epoch, frame, fps)
         });
         let upstream = Upstream {
             keyframes: forwarding.keyframes.clone(),
@@ -192,11 +196,10 @@ impl MediaSinks {
         }
     }
 
-    fn on_forwarded(&self, epoch: u64, codec: VideoCodec, frame: ForwardedFrame, fps: &mut FpsMeter) {
+    fn on_forwarded(&self, epoch: u64, frame: ForwardedFrame, fps: &mut FpsMeter) {
         let m = &self.metrics;
         let now = std::time::Instant::now();
         m.frames_forwarded.inc();
-        m.frames_encoded.with_label_values(&[&codec.to_string()]).inc();
         let rate = fps.tick(now);
         m.set_video("input", frame.width, frame.height, rate);
         m.set_video("output", frame.width, frame.height, rate);

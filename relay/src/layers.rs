@@ -232,7 +232,7 @@ impl LayerEncoders {
     /// back keeps every larger suspended layer back too: they come back from the bottom up, as
     /// they were suspended from the top down.
     fn shares(&mut self, pts: Duration) -> Vec<Option<f64>> {
-        let shapes: Vec<LayerShape> = self.layers.iter().map(|l| l.shape.clone()).collect();
+        let shapes: Vec<&LayerShape> = self.layers.iter().map(|l| &l.shape).collect();
         let was_on: Vec<bool> = self.layers.iter().map(|l| l.on).collect();
         let mut shares = allocate(&shapes, &was_on, self.control.path().get());
         let area = |l: &Layer| u64::from(l.shape.width) * u64::from(l.shape.height);

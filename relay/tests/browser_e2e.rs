@@ -255,6 +255,30 @@ impl ClipToSora {
     }
 }
 
+/// Starts the streamer page's clip in `codec`, checks it went live, and waits until the
+/// endpoint decoded `min_frames` of it on `channel`; returns that connection.
+async fn go_live(
+    browser: &mut Browser,
+    relay: &Relay,
+    endpoint: &Endpoint,
+    channel: &str,
+    codec: &str,
+    min_frames: u32,
+) -> Value {
+    let started = browser
+        .start(
+            "streamer",
+            json!({"width": CLIP_WIDTH, "height": CLIP_HEIGHT, "codec": codec}),
+        )
+        .await;
+    assert_live(&started, relay);
+    endpoint
+        .wait_for(&format!(
+            "transport=sora&channel_id={channel}&state=connected&min_frames={min_frames}"
+        ))
+        .await
+}
+
 #[tokio::test]
 async fn browser_clip_reaches_the_sora_endpoint_through_the_relay_with_its_pixels_and_audio() {
     let _serial = serial().await;
@@ -753,17 +777,7 @@ async fn h264_from_the_browser_is_forwarded_untranscoded_when_the_output_is_h264
         mut browser,
     } = ClipToSora::open("forward-h264", "forward-h264", &["--codec", "h264"]).await;
 
-    let started = browser
-        .start(
-            "streamer",
-            json!({"width": CLIP_WIDTH, "height": CLIP_HEIGHT, "codec": "h264"}),
-        )
-        .await;
-
-    assert_live(&started, &relay);
-    let conn = endpoint
-        .wait_for("transport=sora&channel_id=forward-h264&state=connected&min_frames=40")
-        .await;
+    let conn = go_live(&mut browser, &relay, &endpoint, "forward-h264", "h264", 40).await;
     let id = conn["connection_id"].as_str().expect("connection_id");
     assert_eq!(
         conn["video"]["codec"].as_str().map(str::to_ascii_lowercase).as_deref(),
@@ -1377,16 +1391,7 @@ async fn passthrough_forwards_the_browsers_frames_untranscoded_and_passes_keyfra
         mut browser,
     } = ClipToSora::open("forward", "forward", &["--bitrate-kbps", "150"]).await;
 
-    let started = browser
-        .start(
-            "streamer",
-            json!({"width": CLIP_WIDTH, "height": CLIP_HEIGHT, "codec": "vp8"}),
-        )
-        .await;
-    assert_live(&started, &relay);
-    let conn = endpoint
-        .wait_for("transport=sora&channel_id=forward&state=connected&min_frames=60")
-        .await;
+    let conn = go_live(&mut browser, &relay, &endpoint, "forward", "vp8", 60).await;
     let first = conn["connection_id"].as_str().expect("connection_id").to_owned();
     assert_endpoint_shows_the_card(&endpoint, &first, &clip, "forward-endpoint").await;
 

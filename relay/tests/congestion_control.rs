@@ -159,6 +159,22 @@ fn sora_config(
     config
 }
 
+/// Stops the source and the publisher (which must stop in time and without a panic).
+async fn finish(
+    stop: &AtomicBool,
+    shutdown: &CancellationToken,
+    publisher: tokio::task::JoinHandle<()>,
+    source: JoinHandle<()>,
+) {
+    stop.store(true, Ordering::Release);
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, publisher)
+        .await
+        .expect("publisher stops")
+        .expect("no panic");
+    let _ = tokio::task::spawn_blocking(move || source.join()).await;
+}
+
 fn mean(samples: &[&Sample], f: impl Fn(&Sample) -> f64) -> f64 {
     samples.iter().map(|s| f(s)).sum::<f64>() / samples.len().max(1) as f64
 }
@@ -220,13 +236,7 @@ async fn a_capped_path_lowers_the_bitrate_to_the_cap_and_lifting_it_ramps_back()
         bytes = now_bytes;
         frames_before = frames;
     }
-    stop.store(true, Ordering::Release);
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, publisher)
-        .await
-        .expect("publisher stops")
-        .expect("no panic");
-    let _ = tokio::task::spawn_blocking(move || source.join()).await;
+    finish(&stop, &shutdown, publisher, source).await;
 
     eprintln!("second  capped  estimate_kbps  encoder_kbps  delivered_kbps  frames  delay_ms");
     for s in &samples {
@@ -363,13 +373,7 @@ async fn a_capped_path_suspends_the_top_simulcast_layer_and_lifting_it_brings_th
         bytes = now_bytes;
         frames_before = frames;
     }
-    stop.store(true, Ordering::Release);
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, publisher)
-        .await
-        .expect("publisher stops")
-        .expect("no panic");
-    let _ = tokio::task::spawn_blocking(move || source.join()).await;
+    finish(&stop, &shutdown, publisher, source).await;
 
     let layers = endpoint.connection(&id, 0).await["video_layers"].clone();
     for l in layers.as_array().into_iter().flatten() {

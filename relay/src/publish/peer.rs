@@ -405,6 +405,8 @@ pub fn opus_codec_parameters() -> RTCRtpCodecParameters {
 struct VideoStream {
     /// The layer's rid (`None`: not simulcast).
     rid: Option<Arc<str>>,
+    /// The rid as the `rtp-stream-id` extension carries it, made once rather than per frame.
+    rid_ext: Option<Bytes>,
     ssrc: u32,
     packetizer: Mutex<Packetizer>,
     frames_sent: AtomicU64,
@@ -587,6 +589,7 @@ impl SendPeer {
                 ..Default::default()
             });
             streams.push(VideoStream {
+                rid_ext: rid.as_deref().map(|r| Bytes::copy_from_slice(r.as_bytes())),
                 rid,
                 ssrc,
                 packetizer: Mutex::new(Packetizer {
@@ -907,13 +910,13 @@ impl SendPeer {
             .packetize(data, frame.media_time, stream.ssrc, payload_type)?;
         // A layer's packets say which layer they are (rid) and which section (mid), as
         // libwebrtc's do: the SFU has no SSRCs in the SDP to go by.
-        let layer_ids = stream.rid.as_ref().map(|rid| {
+        let layer_ids = stream.rid_ext.as_ref().map(|rid| {
             let mid = self
                 .video_mid
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
-            (Bytes::copy_from_slice(rid.as_bytes()), mid)
+            (rid.clone(), mid)
         });
         for (i, packet) in packets.into_iter().enumerate() {
             let mut extensions = Vec::new();

@@ -301,7 +301,7 @@ pub fn layer_shapes(encodings: &[Encoding], width: u32, height: u32, default_tot
 /// suspended now, `was_on` false) is suspended with every larger one. The smallest active layer
 /// is always sent. Without an estimate (none yet), every active layer gets its ceiling.
 /// Returns each layer's bitrate in bit/s, `None` for a suspended or inactive one.
-pub fn allocate(shapes: &[LayerShape], was_on: &[bool], estimate_bps: Option<f64>) -> Vec<Option<f64>> {
+pub fn allocate(shapes: &[&LayerShape], was_on: &[bool], estimate_bps: Option<f64>) -> Vec<Option<f64>> {
     let mut out = vec![None; shapes.len()];
     let mut order: Vec<usize> = (0..shapes.len()).filter(|&i| shapes[i].active).collect();
     order.sort_by_key(|&i| u64::from(shapes[i].width) * u64::from(shapes[i].height));
@@ -476,6 +476,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// `allocate` over owned shapes.
+    fn shares_of(shapes: &[LayerShape], was_on: &[bool], estimate: Option<f64>) -> Vec<Option<f64>> {
+        allocate(&shapes.iter().collect::<Vec<_>>(), was_on, estimate)
+    }
+
     fn sora_three(max: [u32; 3]) -> Vec<Encoding> {
         parse_encodings(&json!([
             {"rid": "r0", "active": true, "scaleResolutionDownBy": 4.0, "maxBitrate": max[0]},
@@ -606,7 +611,7 @@ mod tests {
     fn a_generous_path_sends_every_layer_at_its_ceiling() {
         let shapes = layer_shapes(&sora_three([150_000, 400_000, 1_000_000]), 1280, 720, 1e6);
 
-        let got = allocate(&shapes, &[true; 3], Some(5e6));
+        let got = shares_of(&shapes, &[true; 3], Some(5e6));
 
         assert_eq!(got, [Some(150_000.0), Some(400_000.0), Some(1_000_000.0)]);
     }
@@ -616,7 +621,7 @@ mod tests {
         let shapes = layer_shapes(&sora_three([150_000, 400_000, 1_000_000]), 1280, 720, 1e6);
 
         // 600 kbit/s: r0 150 + r1 400 leave 50 for r2, whose floor is 250.
-        let got = allocate(&shapes, &[true; 3], Some(600_000.0));
+        let got = shares_of(&shapes, &[true; 3], Some(600_000.0));
 
         assert_eq!(got, [Some(150_000.0), Some(400_000.0), None]);
     }
@@ -625,7 +630,7 @@ mod tests {
     fn the_top_layer_gets_what_is_left_when_that_is_above_its_floor() {
         let shapes = layer_shapes(&sora_three([150_000, 400_000, 1_000_000]), 1280, 720, 1e6);
 
-        let got = allocate(&shapes, &[true; 3], Some(900_000.0));
+        let got = shares_of(&shapes, &[true; 3], Some(900_000.0));
 
         assert_eq!(got, [Some(150_000.0), Some(400_000.0), Some(350_000.0)]);
     }
@@ -634,7 +639,7 @@ mod tests {
     fn the_smallest_layer_is_sent_at_its_floor_even_on_a_starved_path() {
         let shapes = layer_shapes(&sora_three([150_000, 400_000, 1_000_000]), 1280, 720, 1e6);
 
-        let got = allocate(&shapes, &[true; 3], Some(10_000.0));
+        let got = shares_of(&shapes, &[true; 3], Some(10_000.0));
 
         assert_eq!(got, [Some(37_500.0), None, None]);
     }
@@ -645,8 +650,8 @@ mod tests {
         // 260 kbit/s left for r2: above its 250 floor, below 1.25 × 250.
         let estimate = Some(810_000.0);
 
-        let while_on = allocate(&shapes, &[true, true, true], estimate);
-        let while_off = allocate(&shapes, &[true, true, false], estimate);
+        let while_on = shares_of(&shapes, &[true, true, true], estimate);
+        let while_off = shares_of(&shapes, &[true, true, false], estimate);
 
         assert_eq!(while_on[2], Some(260_000.0));
         assert_eq!(while_off[2], None);
@@ -658,7 +663,7 @@ mod tests {
         encodings[0].active = false;
         let shapes = layer_shapes(&encodings, 1280, 720, 1e6);
 
-        let got = allocate(&shapes, &[false, true, true], Some(300_000.0));
+        let got = shares_of(&shapes, &[false, true, true], Some(300_000.0));
 
         assert_eq!(got, [None, Some(300_000.0), None]);
     }
@@ -668,7 +673,7 @@ mod tests {
         let shapes = layer_shapes(&sora_three([150_000, 400_000, 1_000_000]), 1280, 720, 1e6);
 
         assert_eq!(
-            allocate(&shapes, &[false; 3], None),
+            shares_of(&shapes, &[false; 3], None),
             [Some(150_000.0), Some(400_000.0), Some(1_000_000.0)]
         );
     }
