@@ -11,6 +11,7 @@ pub mod live;
 pub mod params;
 pub mod pixels;
 pub mod pose;
+pub mod pyramid;
 pub mod refine;
 pub mod segment;
 

@@ -6,6 +6,7 @@
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
+use super::pyramid::{Pyramid, halve};
 use crate::frame::{I420Frame, rgb_to_yuv, yuv_to_rgb};
 
 /// A resize that `fast_image_resize` refused (a zero-sized plane), or planes that do not form a
@@ -78,6 +79,8 @@ pub struct Rgb {
 pub struct Planes {
     resizer: Resizer,
     options: ResizeOptions,
+    /// The luma halved, kept between frames (see [`Planes::sample_rgb`]).
+    half_luma: Vec<u8>,
 }
 
 impl Default for Planes {
@@ -87,6 +90,7 @@ impl Default for Planes {
             // Bilinear with a support that widens when shrinking: an area-like average on
             // downscales, so fine detail does not alias into the model input.
             options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+            half_luma: Vec::new(),
         }
     }
 }
@@ -202,7 +206,18 @@ impl Planes {
         };
         let (ox, oy) = ((width - cw) / 2, (height - ch) / 2);
         let (scw, sch) = frame.chroma_size();
-        let y = self.resize(frame.y(), fw, fh, cw, ch)?;
+        // A model input of at most half the frame each way is sampled from the luma halved
+        // (2x2 means), the chroma's size: a quarter of the samples for the resize to read,
+        // for the same low-pass.
+        let y = if cw * 2 <= fw && ch * 2 <= fh {
+            let mut half = std::mem::take(&mut self.half_luma);
+            halve(frame.y(), fw as usize, fh as usize, &mut half);
+            let y = self.resize(&half, fw.div_ceil(2), fh.div_ceil(2), cw, ch);
+            self.half_luma = half;
+            y?
+        } else {
+            self.resize(frame.y(), fw, fh, cw, ch)?
+        };
         let u = self.resize(frame.u(), scw as u32, sch as u32, cw, ch)?;
         let v = self.resize(frame.v(), scw as u32, sch as u32, cw, ch)?;
         let mut data = vec![0u8; width as usize * height as usize * 3];
@@ -276,10 +291,16 @@ impl Mask {
         }
         let soft = softness.max(1e-3);
         let lo = threshold - soft / 2.0;
-        data.iter()
-            .map(|&v| (((v - lo) / soft).clamp(0.0, 1.0) * 255.0).round() as u8)
-            .collect()
+        data.iter().map(|&v| to_u8((v - lo) / soft * 255.0)).collect()
     }
+}
+
+/// `v` rounded to the nearest sample value, clamped to 0..=255 (NaN: 0). Not `f32::round`: on
+/// baseline x86-64 that is a library call per sample, which the profile showed and which keeps
+/// the loop from vectorising.
+#[inline]
+fn to_u8(v: f32) -> u8 {
+    (v.clamp(0.0, 255.0) + 0.5) as u8
 }
 
 /// Running-sum box blur of a float plane, `passes` times, horizontally then vertically, with the
@@ -365,17 +386,24 @@ pub struct SmallFrame {
 /// A blurred copy of the frame's background at a quarter of the size (blur is low frequency:
 /// the result is the same, the cost a sixteenth; compositing upsamples it). With `alpha`
 /// (1 = person) the blur is weighted by the background share, so the person's colours do not
-/// bleed into the blurred background as a halo.
+/// bleed into the blurred background as a halo. `pyramid` holds `frame`'s reduced planes.
 pub fn blurred_background(
     planes: &mut Planes,
     frame: &I420Frame,
+    pyramid: &Pyramid,
     alpha: Option<&Mask>,
     radius: u32,
 ) -> Result<SmallFrame, ResizeError> {
     let (fw, fh) = (frame.width(), frame.height());
-    let factor = if fw >= 320 && fh >= 180 { 4 } else { 1 };
-    let (sw, sh) = (fw.div_ceil(factor).max(1), fh.div_ceil(factor).max(1));
-    let (scw, sch) = (sw.div_ceil(2), sh.div_ceil(2));
+    let (fcw, fch) = frame.chroma_size();
+    let (fcw, fch) = (fcw as u32, fch as u32);
+    let quarter = fw >= 320 && fh >= 180;
+    let factor = if quarter { 4 } else { 1 };
+    let (y, u, v) = if quarter {
+        (pyramid.y(2).view(), pyramid.u(2).view(), pyramid.v(2).view())
+    } else {
+        ((frame.y(), fw, fh), (frame.u(), fcw, fch), (frame.v(), fcw, fch))
+    };
     let r = (radius / factor).max(1) as usize;
     let weight = |w: u32, h: u32, planes: &mut Planes| -> Result<Option<Vec<f32>>, ResizeError> {
         alpha
@@ -386,19 +414,19 @@ pub fn blurred_background(
             })
             .transpose()
     };
-    let wy = weight(sw, sh, planes)?;
-    let wc = weight(scw, sch, planes)?;
-    let (fcw, fch) = frame.chroma_size();
-    let mut plane = |src: &[u8], w: u32, h: u32, width: u32, height: u32, wgt: Option<&Vec<f32>>, r: usize| {
-        let small = planes.resize(src, w, h, width, height)?;
-        let data = weighted_blur(&small, width as usize, height as usize, wgt.map(Vec::as_slice), r);
-        Ok::<_, ResizeError>(Plane { data, width, height })
+    let wy = weight(y.1, y.2, planes)?;
+    let wc = weight(u.1, u.2, planes)?;
+    let plane = |(src, width, height): (&[u8], u32, u32), wgt: Option<&Vec<f32>>, r: usize| Plane {
+        data: weighted_blur(src, width as usize, height as usize, wgt.map(Vec::as_slice), r),
+        width,
+        height,
     };
-    let y = plane(frame.y(), fw, fh, sw, sh, wy.as_ref(), r)?;
     let rc = (r / 2).max(1);
-    let u = plane(frame.u(), fcw as u32, fch as u32, scw, sch, wc.as_ref(), rc)?;
-    let v = plane(frame.v(), fcw as u32, fch as u32, scw, sch, wc.as_ref(), rc)?;
-    Ok(SmallFrame { y, u, v })
+    Ok(SmallFrame {
+        y: plane(y, wy.as_ref(), r),
+        u: plane(u, wc.as_ref(), rc),
+        v: plane(v, wc.as_ref(), rc),
+    })
 }
 
 fn weighted_blur(src: &[u8], w: usize, h: usize, weight: Option<&[f32]>, radius: usize) -> Vec<u8> {
@@ -406,7 +434,7 @@ fn weighted_blur(src: &[u8], w: usize, h: usize, weight: Option<&[f32]>, radius:
         None => {
             let mut data: Vec<f32> = src.iter().map(|&p| f32::from(p)).collect();
             box_blur(&mut data, w, h, radius, 3);
-            data.iter().map(|&v| v.round().clamp(0.0, 255.0) as u8).collect()
+            data.iter().map(|&v| to_u8(v)).collect()
         }
         Some(wgt) => {
             let mut num: Vec<f32> = src.iter().zip(wgt).map(|(&p, &k)| f32::from(p) * k).collect();
@@ -416,13 +444,7 @@ fn weighted_blur(src: &[u8], w: usize, h: usize, weight: Option<&[f32]>, radius:
             num.iter()
                 .zip(&den)
                 .zip(src)
-                .map(|((&n, &d), &orig)| {
-                    if d > 1e-3 {
-                        (n / d).round().clamp(0.0, 255.0) as u8
-                    } else {
-                        orig
-                    }
-                })
+                .map(|((&n, &d), &orig)| if d > 1e-3 { to_u8(n / d) } else { orig })
                 .collect()
         }
     }
@@ -730,7 +752,7 @@ fn blur_region(plane: &mut [u8], stride: usize, x: u32, y: u32, w: u32, h: u32, 
     box_blur(&mut data, rw, rh, radius, 3);
     for (i, row) in (y0..y1).enumerate() {
         for (j, p) in plane[row * stride + x0..row * stride + x1].iter_mut().enumerate() {
-            *p = data[i * rw + j].round().clamp(0.0, 255.0) as u8;
+            *p = to_u8(data[i * rw + j]);
         }
     }
 }
@@ -915,12 +937,18 @@ mod tests {
         assert_eq!(frame.u()[3], 128);
     }
 
+    fn pyramid_of(frame: &I420Frame) -> Pyramid {
+        let mut pyramid = Pyramid::default();
+        pyramid.build(frame);
+        pyramid
+    }
+
     #[test]
     fn the_background_blur_flattens_stripes_at_a_quarter_of_the_size() {
         let mut planes = Planes::default();
         let stripes = frame_with(640, 360, |x, _| if (x / 4) % 2 == 0 { [255; 3] } else { [0; 3] });
 
-        let blurred = blurred_background(&mut planes, &stripes, None, 16).unwrap();
+        let blurred = blurred_background(&mut planes, &stripes, &pyramid_of(&stripes), None, 16).unwrap();
 
         assert_eq!((blurred.y.width, blurred.y.height), (160, 90));
         assert_eq!((blurred.u.width, blurred.u.height), (80, 45));
@@ -942,8 +970,9 @@ mod tests {
             data: (0..64 * 36).map(|i| if i % 64 < 32 { 1.0 } else { 0.0 }).collect(),
         };
 
-        let plain = blurred_background(&mut planes, &frame, None, 32).unwrap();
-        let weighted = blurred_background(&mut planes, &frame, Some(&mask), 32).unwrap();
+        let pyramid = pyramid_of(&frame);
+        let plain = blurred_background(&mut planes, &frame, &pyramid, None, 32).unwrap();
+        let weighted = blurred_background(&mut planes, &frame, &pyramid, Some(&mask), 32).unwrap();
 
         let at = |f: &SmallFrame| f.y.data[45 * 160 + 84];
         assert!(at(&plain) > 40, "the unweighted blur bleeds: {}", at(&plain));

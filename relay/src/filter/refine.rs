@@ -14,6 +14,7 @@
 //!   output's bitrate.
 
 use super::pixels::{Mask, Planes, ResizeError, box_blur};
+use super::pyramid::Pyramid;
 use crate::frame::I420Frame;
 
 /// Temporal median of three consecutive masks.
@@ -96,31 +97,31 @@ pub struct EdgeRefiner {
 impl EdgeRefiner {
     /// Refines `alpha` (`aw`x`ah`, 255 = person) against `frame`'s luma into `out`; returns
     /// `out`'s size (half the frame's each way, rounded up; the frame's own when small).
+    /// `pyramid` holds `frame`'s reduced planes (the guide and the solve's luma come from it).
     pub fn refine(
         &mut self,
         frame: &I420Frame,
+        pyramid: &Pyramid,
         alpha: &[u8],
         aw: u32,
         ah: u32,
         out: &mut Vec<u8>,
     ) -> Result<(u32, u32), ResizeError> {
-        let (luma, fw, fh) = (frame.y(), frame.width(), frame.height());
-        let half = fw >= 128 && fh >= 128;
-        let (ow, oh) = if half {
-            (fw.div_ceil(2), fh.div_ceil(2))
-        } else {
-            (fw, fh)
+        let (fw, fh) = (frame.width(), frame.height());
+        // The guide's level in the pyramid: half size, or the frame itself when small.
+        let level = usize::from(fw >= 128 && fh >= 128);
+        let plane = |level: usize| match level {
+            0 => (frame.y(), fw, fh),
+            l => pyramid.y(l).view(),
         };
-        let guide: std::borrow::Cow<'_, [u8]> = if half {
-            self.planes.resize(luma, fw, fh, ow, oh)?.into()
+        let (guide, ow, oh) = plane(level);
+        let (i_small, gw, gh) = if ow >= 32 && oh >= 32 {
+            plane(level + 1)
         } else {
-            luma.into()
+            (guide, ow, oh)
         };
-        let factor = if ow >= 32 && oh >= 32 { 2 } else { 1 };
-        let (gw, gh) = (ow.div_ceil(factor).max(1), oh.div_ceil(factor).max(1));
-        let i_small = self.planes.resize(&guide, ow, oh, gw, gh)?;
         let p_small = self.planes.resize(alpha, aw, ah, gw, gh)?;
-        self.solve(&i_small, &p_small, gw as usize, gh as usize);
+        self.solve(i_small, &p_small, gw as usize, gh as usize);
         let coefficients = Coefficients {
             a: &self.mean_a,
             b: &self.mean_b,
@@ -128,7 +129,7 @@ impl EdgeRefiner {
             width: gw as usize,
             height: gh as usize,
         };
-        apply_full(&guide, ow as usize, oh as usize, &coefficients, &mut self.wide, out);
+        apply_full(guide, ow as usize, oh as usize, &coefficients, &mut self.wide, out);
         Ok((ow, oh))
     }
 
@@ -247,6 +248,12 @@ mod tests {
         Mask { width, height, data }
     }
 
+    fn pyramid_of(frame: &I420Frame) -> Pyramid {
+        let mut pyramid = Pyramid::default();
+        pyramid.build(frame);
+        pyramid
+    }
+
     fn gray_frame(w: usize, h: usize, luma: Vec<u8>) -> I420Frame {
         let chroma = w.div_ceil(2) * h.div_ceil(2);
         I420Frame::from_planes(w as u32, h as u32, luma, vec![128; chroma], vec![128; chroma]).unwrap()
@@ -312,7 +319,7 @@ mod tests {
             .collect();
         let mut refined = Vec::new();
         let size = EdgeRefiner::default()
-            .refine(&frame, &mask, aw as u32, ah as u32, &mut refined)
+            .refine(&frame, &pyramid_of(&frame), &mask, aw as u32, ah as u32, &mut refined)
             .unwrap();
         assert_eq!(size, (320, 180), "half the frame each way");
         assert_eq!(refined.len(), 320 * 180);
@@ -386,7 +393,7 @@ mod tests {
         let mut refined = Vec::new();
 
         EdgeRefiner::default()
-            .refine(&frame, &alpha, 32, 18, &mut refined)
+            .refine(&frame, &pyramid_of(&frame), &alpha, 32, 18, &mut refined)
             .unwrap();
 
         let y = fh / 2;

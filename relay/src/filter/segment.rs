@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::assets::Backdrop as Picture;
 use super::params::{FilterParams, MaskBackground, MaskFrom, ParamsError};
 use super::pixels::{Backdrop, Fit, Mask, Planes, blurred_background, composite};
+use super::pyramid::Pyramid;
 use super::refine::{EdgeRefiner, Stabilizer};
 use super::{Filter, FilterError, Filtered, Probe, StageTimes, frame_error, mismatch};
 use crate::frame::{I420Frame, rgb_to_yuv};
@@ -286,6 +287,8 @@ pub struct MaskCompositor {
     planes: Planes,
     /// The backdrop picture at the last frame size.
     backdrop: Option<I420Frame>,
+    /// The frame's reduced planes, shared by the blur and the edge refinement.
+    pyramid: Pyramid,
 }
 
 impl MaskCompositor {
@@ -299,6 +302,7 @@ impl MaskCompositor {
             alpha: (Vec::new(), 0, 0),
             planes: Planes::default(),
             backdrop: None,
+            pyramid: Pyramid::default(),
         }
     }
 
@@ -342,6 +346,9 @@ impl MaskCompositor {
         let (mw, mh) = (mask.width, mask.height);
         self.previous = Some(mask);
         let e = |e: super::pixels::ResizeError| e.to_string();
+        if self.shape.refine_edges || matches!(self.look, Look::Blur { .. }) {
+            self.pyramid.build(frame);
+        }
         // The background blur's weights come from the model-size alpha: blur is low frequency.
         let blurred = match &self.look {
             Look::Blur { radius } => {
@@ -350,14 +357,14 @@ impl MaskCompositor {
                     height: mh,
                     data: small.iter().map(|&a| f32::from(a) / 255.0).collect(),
                 };
-                Some(blurred_background(&mut self.planes, frame, Some(&weight), *radius).map_err(e)?)
+                Some(blurred_background(&mut self.planes, frame, &self.pyramid, Some(&weight), *radius).map_err(e)?)
             }
             _ => None,
         };
         if self.shape.refine_edges {
             (self.alpha.1, self.alpha.2) = self
                 .refiner
-                .refine(frame, &small, mw, mh, &mut self.alpha.0)
+                .refine(frame, &self.pyramid, &small, mw, mh, &mut self.alpha.0)
                 .map_err(e)?;
         } else {
             self.alpha = (small, mw, mh);
