@@ -1,7 +1,8 @@
 //! Pixel work shared by the filters: sampling an I420 frame into a model-sized RGB picture
 //! (stretched or letterboxed), masks (smoothing, feathering, upsampling), a background blur that
 //! keeps the person's colours out of the background, alpha compositing in YUV, pixelation and
-//! drawing. Planes are resized with `fast_image_resize`; everything else is a single pass.
+//! drawing. Pictures are resized with `fast_image_resize` (a low-pass on the way down); masks,
+//! which are smooth, are resampled bilinearly ([`resample`]); everything else is a single pass.
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -384,16 +385,16 @@ pub struct SmallFrame {
 }
 
 /// A blurred copy of the frame's background at a quarter of the size (blur is low frequency:
-/// the result is the same, the cost a sixteenth; compositing upsamples it). With `alpha`
-/// (1 = person) the blur is weighted by the background share, so the person's colours do not
-/// bleed into the blurred background as a halo. `pyramid` holds `frame`'s reduced planes.
+/// the result is the same, the cost a sixteenth; compositing upsamples it). With `alpha` (an
+/// 8-bit mask of any size, 255 = person) the blur is weighted by the background share, so the
+/// person's colours do not bleed into the blurred background as a halo. `pyramid` holds
+/// `frame`'s reduced planes.
 pub fn blurred_background(
-    planes: &mut Planes,
     frame: &I420Frame,
     pyramid: &Pyramid,
-    alpha: Option<&Mask>,
+    alpha: Option<(&[u8], u32, u32)>,
     radius: u32,
-) -> Result<SmallFrame, ResizeError> {
+) -> SmallFrame {
     let (fw, fh) = (frame.width(), frame.height());
     let (fcw, fch) = frame.chroma_size();
     let (fcw, fch) = (fcw as u32, fch as u32);
@@ -405,28 +406,47 @@ pub fn blurred_background(
         ((frame.y(), fw, fh), (frame.u(), fcw, fch), (frame.v(), fcw, fch))
     };
     let r = (radius / factor).max(1) as usize;
-    let weight = |w: u32, h: u32, planes: &mut Planes| -> Result<Option<Vec<f32>>, ResizeError> {
-        alpha
-            .map(|a| {
-                planes
-                    .resize_f32(&a.data, a.width, a.height, w, h)
-                    .map(|v| v.into_iter().map(|p| (1.0 - p).clamp(0.0, 1.0)).collect())
-            })
-            .transpose()
+    // The weights are the mask resampled bilinearly: it is smooth (feathered), so no
+    // low-pass is needed on the way down, and the convolution resizer cost several times more.
+    let mut sampled = Vec::new();
+    let mut weight = |w: u32, h: u32| {
+        alpha.map(|(a, aw, ah)| {
+            resample(a, aw, ah, w, h, &mut sampled);
+            sampled
+                .iter()
+                .map(|&p| f32::from(255 - p) / 255.0)
+                .collect::<Vec<f32>>()
+        })
     };
-    let wy = weight(y.1, y.2, planes)?;
-    let wc = weight(u.1, u.2, planes)?;
+    let (wy, wc) = (weight(y.1, y.2), weight(u.1, u.2));
     let plane = |(src, width, height): (&[u8], u32, u32), wgt: Option<&Vec<f32>>, r: usize| Plane {
         data: weighted_blur(src, width as usize, height as usize, wgt.map(Vec::as_slice), r),
         width,
         height,
     };
     let rc = (r / 2).max(1);
-    Ok(SmallFrame {
+    SmallFrame {
         y: plane(y, wy.as_ref(), r),
         u: plane(u, wc.as_ref(), rc),
         v: plane(v, wc.as_ref(), rc),
-    })
+    }
+}
+
+/// `src` (`sw`x`sh`) resampled bilinearly to `dw`x`dh` into `out` (pixel centres aligned, the
+/// compositor's sampling). No low-pass on downscales: for smooth maps such as masks, not
+/// pictures. An empty source gives zeros.
+pub fn resample(src: &[u8], sw: u32, sh: u32, dw: u32, dh: u32, out: &mut Vec<u8>) {
+    let w = dw as usize;
+    out.clear();
+    out.resize(w * dh as usize, 0);
+    if sw == 0 || sh == 0 || w == 0 || src.len() < sw as usize * sh as usize {
+        return;
+    }
+    let sampler = Sampler::new(src, sw, sh, dw, dh);
+    let mut window = RowWindow::default();
+    for (y, row) in out.chunks_exact_mut(w).enumerate() {
+        sampler.row(y, &mut window, row);
+    }
 }
 
 fn weighted_blur(src: &[u8], w: usize, h: usize, weight: Option<&[f32]>, radius: usize) -> Vec<u8> {
@@ -945,10 +965,9 @@ mod tests {
 
     #[test]
     fn the_background_blur_flattens_stripes_at_a_quarter_of_the_size() {
-        let mut planes = Planes::default();
         let stripes = frame_with(640, 360, |x, _| if (x / 4) % 2 == 0 { [255; 3] } else { [0; 3] });
 
-        let blurred = blurred_background(&mut planes, &stripes, &pyramid_of(&stripes), None, 16).unwrap();
+        let blurred = blurred_background(&stripes, &pyramid_of(&stripes), None, 16);
 
         assert_eq!((blurred.y.width, blurred.y.height), (160, 90));
         assert_eq!((blurred.u.width, blurred.u.height), (80, 45));
@@ -962,17 +981,12 @@ mod tests {
     fn weighting_keeps_the_person_colour_out_of_the_blurred_background() {
         // A bright person (left half) on a dark background: with the person's weight removed,
         // the background next to the edge stays dark instead of glowing.
-        let mut planes = Planes::default();
         let frame = frame_with(640, 360, |x, _| if x < 320 { [255; 3] } else { [0; 3] });
-        let mask = Mask {
-            width: 64,
-            height: 36,
-            data: (0..64 * 36).map(|i| if i % 64 < 32 { 1.0 } else { 0.0 }).collect(),
-        };
+        let alpha: Vec<u8> = (0..64 * 36).map(|i| if i % 64 < 32 { 255 } else { 0 }).collect();
 
         let pyramid = pyramid_of(&frame);
-        let plain = blurred_background(&mut planes, &frame, &pyramid, None, 32).unwrap();
-        let weighted = blurred_background(&mut planes, &frame, &pyramid, Some(&mask), 32).unwrap();
+        let plain = blurred_background(&frame, &pyramid, None, 32);
+        let weighted = blurred_background(&frame, &pyramid, Some((&alpha, 64, 36)), 32);
 
         let at = |f: &SmallFrame| f.y.data[45 * 160 + 84];
         assert!(at(&plain) > 40, "the unweighted blur bleeds: {}", at(&plain));
@@ -1122,6 +1136,43 @@ mod composite_oracle {
                 (s >> 24) as u8
             })
             .collect()
+    }
+
+    #[test]
+    fn resampling_matches_bilinear_from_the_definition_up_down_and_across_parities() {
+        for (sw, sh, dw, dh) in [
+            (256u32, 256u32, 320u32, 180u32),
+            (16, 9, 64, 36),
+            (7, 5, 3, 11),
+            (5, 5, 5, 5),
+        ] {
+            let src = noise((sw * sh) as usize, 8);
+            let mut out = vec![1, 2, 3];
+
+            resample(&src, sw, sh, dw, dh, &mut out);
+
+            assert_eq!(out.len(), (dw * dh) as usize);
+            for y in 0..dh {
+                for x in 0..dw {
+                    let want = bilinear(&src, sw, sh, dw, dh, x, y);
+                    let got = f64::from(out[(y * dw + x) as usize]);
+                    // Weights in 1/256 steps on each axis, then rounding: 1.5 at most.
+                    assert!(
+                        (got - want).abs() <= 1.5,
+                        "{sw}x{sh}->{dw}x{dh} at ({x},{y}): {got} vs {want:.2}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn resampling_an_empty_source_gives_zeros_of_the_asked_size() {
+        let mut out = Vec::new();
+
+        resample(&[], 0, 0, 4, 2, &mut out);
+
+        assert_eq!(out, vec![0; 8]);
     }
 
     #[test]

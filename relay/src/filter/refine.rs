@@ -13,7 +13,7 @@
 //!   (measured) for a difference of one luma pixel in the edge's ramp, not visible at the
 //!   output's bitrate.
 
-use super::pixels::{Mask, Planes, ResizeError, box_blur};
+use super::pixels::{Mask, box_blur, resample};
 use super::pyramid::Pyramid;
 use crate::frame::I420Frame;
 
@@ -82,7 +82,8 @@ const MAX_CHANGE: f32 = 0.3;
 /// Fast guided filter of an 8-bit alpha with the frame's luma as the guide.
 #[derive(Default)]
 pub struct EdgeRefiner {
-    planes: Planes,
+    /// The model's alpha resampled to the solving size.
+    alpha_small: Vec<u8>,
     mean_a: Vec<f32>,
     mean_b: Vec<f32>,
     /// The model's alpha at the solving size (0..1).
@@ -106,7 +107,7 @@ impl EdgeRefiner {
         aw: u32,
         ah: u32,
         out: &mut Vec<u8>,
-    ) -> Result<(u32, u32), ResizeError> {
+    ) -> (u32, u32) {
         let (fw, fh) = (frame.width(), frame.height());
         // The guide's level in the pyramid: half size, or the frame itself when small.
         let level = usize::from(fw >= 128 && fh >= 128);
@@ -120,8 +121,10 @@ impl EdgeRefiner {
         } else {
             (guide, ow, oh)
         };
-        let p_small = self.planes.resize(alpha, aw, ah, gw, gh)?;
+        let mut p_small = std::mem::take(&mut self.alpha_small);
+        resample(alpha, aw, ah, gw, gh, &mut p_small);
         self.solve(i_small, &p_small, gw as usize, gh as usize);
+        self.alpha_small = p_small;
         let coefficients = Coefficients {
             a: &self.mean_a,
             b: &self.mean_b,
@@ -130,7 +133,7 @@ impl EdgeRefiner {
             height: gh as usize,
         };
         apply_full(guide, ow as usize, oh as usize, &coefficients, &mut self.wide, out);
-        Ok((ow, oh))
+        (ow, oh)
     }
 
     /// The guided filter's mean coefficients (`a`, `b` with q = a·I + b, I and q in 0..1) at
@@ -318,9 +321,8 @@ mod tests {
             .map(|i| (alpha((i % aw) as f32 * (fw / aw) as f32).clamp(0.0, 1.0) * 255.0) as u8)
             .collect();
         let mut refined = Vec::new();
-        let size = EdgeRefiner::default()
-            .refine(&frame, &pyramid_of(&frame), &mask, aw as u32, ah as u32, &mut refined)
-            .unwrap();
+        let size =
+            EdgeRefiner::default().refine(&frame, &pyramid_of(&frame), &mask, aw as u32, ah as u32, &mut refined);
         assert_eq!(size, (320, 180), "half the frame each way");
         assert_eq!(refined.len(), 320 * 180);
         refined
@@ -392,9 +394,7 @@ mod tests {
         let alpha: Vec<u8> = (0..32 * 18).map(|i| if i % 32 < 16 { 0 } else { 255 }).collect();
         let mut refined = Vec::new();
 
-        EdgeRefiner::default()
-            .refine(&frame, &pyramid_of(&frame), &alpha, 32, 18, &mut refined)
-            .unwrap();
+        EdgeRefiner::default().refine(&frame, &pyramid_of(&frame), &alpha, 32, 18, &mut refined);
 
         let y = fh / 2;
         assert_eq!(refined[y * fw], 0);

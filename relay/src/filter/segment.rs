@@ -351,21 +351,18 @@ impl MaskCompositor {
         }
         // The background blur's weights come from the model-size alpha: blur is low frequency.
         let blurred = match &self.look {
-            Look::Blur { radius } => {
-                let weight = Mask {
-                    width: mw,
-                    height: mh,
-                    data: small.iter().map(|&a| f32::from(a) / 255.0).collect(),
-                };
-                Some(blurred_background(&mut self.planes, frame, &self.pyramid, Some(&weight), *radius).map_err(e)?)
-            }
+            Look::Blur { radius } => Some(blurred_background(
+                frame,
+                &self.pyramid,
+                Some((&small, mw, mh)),
+                *radius,
+            )),
             _ => None,
         };
         if self.shape.refine_edges {
             (self.alpha.1, self.alpha.2) = self
                 .refiner
-                .refine(frame, &self.pyramid, &small, mw, mh, &mut self.alpha.0)
-                .map_err(e)?;
+                .refine(frame, &self.pyramid, &small, mw, mh, &mut self.alpha.0);
         } else {
             self.alpha = (small, mw, mh);
         }
