@@ -502,6 +502,12 @@ impl Axis {
     }
 }
 
+/// One horizontal tap: `src[x0]` and `src[x1]` blended with `wx`/256 of the second (`value * 256`).
+#[inline]
+fn lerp(src: &[u8], (x0, x1, wx): (u32, u32, u32)) -> u16 {
+    (u32::from(src[x0 as usize]) * (256 - wx) + u32::from(src[x1 as usize]) * wx) as u16
+}
+
 /// A source plane sampled bilinearly onto rows of the destination size. Each source row is
 /// resampled horizontally once into a [`RowWindow`] (the gather-heavy part, done per source
 /// row rather than per destination row); a destination row is then a vertical blend of two
@@ -514,6 +520,10 @@ struct Sampler<'a> {
     ys: Axis,
     /// Same size: rows are copied (a full-size refined alpha).
     identity: bool,
+    /// The destination width is this whole multiple (2, 4 or 8) of the source's: the usual
+    /// case (the half-size alpha onto luma, the quarter-size backdrop), where the taps repeat
+    /// with the period of the factor and a row is filled without gathers.
+    factor: Option<usize>,
 }
 
 /// The two horizontally resampled source rows a destination row blends (`value * 256`).
@@ -531,6 +541,10 @@ impl<'a> Sampler<'a> {
             xs: Axis::new(sw, dw),
             ys: Axis::new(sh, dh),
             identity: (sw, sh) == (dw, dh),
+            factor: [2, 4, 8]
+                .into_iter()
+                .find(|&k| sw >= 2 && dw == k * sw)
+                .map(|k| k as usize),
         }
     }
 
@@ -538,13 +552,40 @@ impl<'a> Sampler<'a> {
     fn fill(&self, i: u32, window: &mut RowWindow, slot: usize) {
         let src = &self.src[i as usize * self.width..(i as usize + 1) * self.width];
         let row = &mut window.rows[slot];
-        row.clear();
-        row.extend(
-            self.xs.taps.iter().map(|&(x0, x1, wx)| {
-                (u32::from(src[x0 as usize]) * (256 - wx) + u32::from(src[x1 as usize]) * wx) as u16
-            }),
-        );
+        match self.factor {
+            Some(2) => self.fill_by::<2>(src, row),
+            Some(4) => self.fill_by::<4>(src, row),
+            Some(8) => self.fill_by::<8>(src, row),
+            _ => {
+                row.clear();
+                row.extend(self.xs.taps.iter().map(|&tap| lerp(src, tap)));
+            }
+        }
         window.tags[slot] = Some(i);
+    }
+
+    /// [`Sampler::fill`] for a destination `K` times as wide as `src`: destination `K·i + j`
+    /// blends source `i + o_j` and `i + o_j + 1` with a weight that depends on `j` only (`o_j`
+    /// is -1 or 0), so the interior is a fixed pattern over windows of three source samples.
+    /// The first and last `K` samples, where the taps clamp at the edges, use the taps; the
+    /// result is the same to the last bit.
+    fn fill_by<const K: usize>(&self, src: &[u8], row: &mut Vec<u16>) {
+        let taps = &self.xs.taps;
+        row.clear();
+        row.resize(taps.len(), 0);
+        let phase: [(usize, u32); K] = std::array::from_fn(|j| {
+            let (x0, _, wx) = taps[K + j];
+            // Source index 1 is the window's middle: x0 is 0 (one back) or 1.
+            (x0 as usize, wx)
+        });
+        for (out, w) in row[K..taps.len() - K].chunks_exact_mut(K).zip(src.windows(3)) {
+            for (o, &(at, wx)) in out.iter_mut().zip(&phase) {
+                *o = (u32::from(w[at]) * (256 - wx) + u32::from(w[at + 1]) * wx) as u16;
+            }
+        }
+        for x in (0..K).chain(taps.len() - K..taps.len()) {
+            row[x] = lerp(src, taps[x]);
+        }
     }
 
     /// The slot holding source row `i`, filling one (never `keep`) when it is not there.
@@ -1162,6 +1203,23 @@ mod composite_oracle {
                         "{sw}x{sh}->{dw}x{dh} at ({x},{y}): {got} vs {want:.2}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_upsampled_by_a_whole_factor_equal_the_general_taps_to_the_last_bit() {
+        for k in [2u32, 4, 8] {
+            for sw in 2..40u32 {
+                let src = noise(sw as usize, sw + k);
+                let sampler = Sampler::new(&src, sw, 1, k * sw, 1);
+                assert_eq!(sampler.factor, Some(k as usize));
+                let mut window = RowWindow::default();
+
+                sampler.fill(0, &mut window, 0);
+
+                let general: Vec<u16> = sampler.xs.taps.iter().map(|&tap| lerp(&src, tap)).collect();
+                assert_eq!(window.rows[0], general, "x{k} from {sw}");
             }
         }
     }
