@@ -558,38 +558,10 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// The CPU features this build was compiled to use beyond baseline x86-64
-/// (`.cargo/config.toml`: x86-64-v3) that this CPU lacks; empty for a baseline build.
-fn missing_cpu_features() -> Vec<&'static str> {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    let present = [
-        ("avx2", std::arch::is_x86_feature_detected!("avx2")),
-        ("fma", std::arch::is_x86_feature_detected!("fma")),
-        ("bmi2", std::arch::is_x86_feature_detected!("bmi2")),
-    ];
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-    let present: [(&str, bool); 0] = [];
-    present
-        .into_iter()
-        .filter(|&(_, ok)| !ok)
-        .map(|(name, _)| name)
-        .collect()
-}
-
-/// Why the build cannot run here and how to get one that can.
-fn cpu_message(binary: &str, missing: &[&str]) -> String {
-    format!(
-        "this build of {binary} uses CPU features this CPU lacks ({}; built for x86-64-v3 by .cargo/config.toml); \
-         rebuild for baseline x86-64 with CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS=\"-C target-cpu=x86-64\"",
-        missing.join(", ")
-    )
-}
-
 fn main() -> ExitCode {
     // Before anything else runs code compiled for those features.
-    let missing = missing_cpu_features();
-    if !missing.is_empty() {
-        eprintln!("error: {}", cpu_message("livefilter-relay", &missing));
+    if let Some(why) = livefilter_contract::cpu::unsupported("livefilter-relay") {
+        eprintln!("error: {why}");
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();

@@ -121,10 +121,8 @@ impl EdgeRefiner {
         } else {
             (guide, ow, oh)
         };
-        let mut p_small = std::mem::take(&mut self.alpha_small);
-        resample(alpha, aw, ah, gw, gh, &mut p_small);
-        self.solve(i_small, &p_small, gw as usize, gh as usize);
-        self.alpha_small = p_small;
+        resample(alpha, aw, ah, gw, gh, &mut self.alpha_small);
+        self.solve(i_small, gw as usize, gh as usize);
         let coefficients = Coefficients {
             a: &self.mean_a,
             b: &self.mean_b,
@@ -137,11 +135,11 @@ impl EdgeRefiner {
     }
 
     /// The guided filter's mean coefficients (`a`, `b` with q = a·I + b, I and q in 0..1) at
-    /// the solving size.
-    fn solve(&mut self, guide: &[u8], alpha: &[u8], w: usize, h: usize) {
+    /// the solving size, for `alpha_small` against `guide`.
+    fn solve(&mut self, guide: &[u8], w: usize, h: usize) {
         let n = w * h;
         self.mask.clear();
-        self.mask.extend(alpha.iter().map(|&v| f32::from(v) / 255.0));
+        self.mask.extend(self.alpha_small.iter().map(|&v| f32::from(v) / 255.0));
         let p = &self.mask;
         let [i, mean_i, mean_p, corr_ii, corr_ip] = &mut self.scratch;
         i.clear();
